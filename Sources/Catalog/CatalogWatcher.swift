@@ -1,0 +1,171 @@
+import DNSWire
+import Foundation
+import Logging
+
+/// Watches the catalog directory (`*.json`) and the zones directory (`*.zone`) by polling
+/// file metadata, and publishes a complete new snapshot whenever anything changed.
+/// A file that fails to parse is reported once per change; its last good content keeps serving.
+public actor CatalogWatcher {
+    public struct Configuration: Sendable {
+        public var catalogDirectory: String
+        public var zonesDirectory: String?
+        public var localDatacenter: String
+        /// How often file metadata is checked. Changes show up within one interval.
+        public var pollInterval: Duration
+
+        public init(catalogDirectory: String, zonesDirectory: String?, localDatacenter: String = "dc1",
+                    pollInterval: Duration = .milliseconds(200)) {
+            self.catalogDirectory = catalogDirectory
+            self.zonesDirectory = zonesDirectory
+            self.localDatacenter = localDatacenter
+            self.pollInterval = pollInterval
+        }
+    }
+
+    struct Fingerprint: Equatable {
+        var inode: UInt64, size: Int64, mtime: timespec, ctime: timespec
+        static func == (a: Fingerprint, b: Fingerprint) -> Bool {
+            a.inode == b.inode && a.size == b.size && a.mtime.tv_sec == b.mtime.tv_sec && a.mtime.tv_nsec == b.mtime.tv_nsec
+                && a.ctime.tv_sec == b.ctime.tv_sec && a.ctime.tv_nsec == b.ctime.tv_nsec
+        }
+    }
+
+    struct Tracked<Content> {
+        var fingerprint: Fingerprint
+        var good: Content?
+    }
+
+    public let configuration: Configuration
+    public let store: SnapshotStore
+    private let logger: Logger
+    private var catalogFiles: [String: Tracked<[Registration]>] = [:]
+    private var zoneFiles: [String: Tracked<Zone>] = [:]
+    private var generation: UInt32 = 0
+
+    /// Loads everything once. Throws if a directory cannot be read; problems in single files
+    /// are logged and do not stop start-up.
+    public init(configuration: Configuration, store: SnapshotStore, logger: Logger) throws(CatalogProblem) {
+        self.configuration = configuration
+        self.store = store
+        self.logger = logger
+        _ = try Self.list(configuration.catalogDirectory, suffix: ".json")
+        if let z = configuration.zonesDirectory { _ = try Self.list(z, suffix: ".zone") }
+    }
+
+    /// Checks the files once; publishes a snapshot if anything changed. Returns new problems.
+    @discardableResult
+    public func refresh() -> [CatalogProblem] {
+        var problems: [CatalogProblem] = []
+        var changed = !store.snapshot.isLoaded
+        let dc = configuration.localDatacenter
+        changed = sync(&catalogFiles, directory: configuration.catalogDirectory, suffix: ".json", problems: &problems) { path, bytes throws(CatalogProblem) in
+            try RegistrationDecoder.decode(bytes: bytes, path: path, defaultDatacenter: dc)
+        } || changed
+        if let z = configuration.zonesDirectory {
+            changed = sync(&zoneFiles, directory: z, suffix: ".zone", problems: &problems) { path, _ throws(CatalogProblem) in
+                try ZoneLoader.load(path: path)
+            } || changed
+        }
+        for p in problems {
+            logger.error("\(p) (keeping the last good content)", metadata: ["file.path": "\(p.path)", "file.line": "\(p.line)"])
+        }
+        if changed {
+            generation &+= 1
+            let regs = catalogFiles.keys.sorted().flatMap { catalogFiles[$0]!.good ?? [] }
+            let zones = zoneFiles.keys.sorted().compactMap { zoneFiles[$0]!.good }
+            let snapshot = CatalogSnapshot.build(registrations: regs, zones: zones, localDatacenter: dc, generation: generation)
+            store.publish(snapshot)
+            logger.info("catalog loaded", metadata: [
+                "catalog.services": "\(snapshot.services.count)",
+                "catalog.instances": "\(snapshot.services.values.reduce(0) { $0 + $1.instances.count })",
+                "catalog.zones": "\(zones.count)",
+            ])
+        }
+        return problems
+    }
+
+    /// Polls until cancelled.
+    public func run() async {
+        while !Task.isCancelled {
+            do { try await Task.sleep(for: configuration.pollInterval) } catch { return }
+            refresh()
+        }
+    }
+
+    /// Validates every file without serving: the `signpost check` path.
+    public static func check(catalogDirectory: String, zonesDirectory: String?, localDatacenter: String) -> [CatalogProblem] {
+        var problems: [CatalogProblem] = []
+        do {
+            for path in try list(catalogDirectory, suffix: ".json").keys.sorted() {
+                do {
+                    _ = try RegistrationDecoder.decode(bytes: try read(path), path: path, defaultDatacenter: localDatacenter)
+                } catch { problems.append(error) }
+            }
+        } catch { problems.append(error) }
+        if let zonesDirectory {
+            do {
+                for path in try list(zonesDirectory, suffix: ".zone").keys.sorted() {
+                    do { _ = try ZoneLoader.load(path: path) } catch { problems.append(error) }
+                }
+            } catch { problems.append(error) }
+        }
+        return problems
+    }
+
+    private func sync<Content>(_ tracked: inout [String: Tracked<Content>], directory: String, suffix: String,
+                               problems: inout [CatalogProblem],
+                               parse: (String, [UInt8]) throws(CatalogProblem) -> Content) -> Bool {
+        let current: [String: Fingerprint]
+        do {
+            current = try Self.list(directory, suffix: suffix)
+        } catch {
+            // A directory that vanished or became unreadable keeps its last good content.
+            if !tracked.isEmpty { problems.append(error) }
+            return false
+        }
+        var changed = false
+        for path in tracked.keys where current[path] == nil {
+            tracked.removeValue(forKey: path)
+            changed = true
+        }
+        for (path, fp) in current where tracked[path]?.fingerprint != fp {
+            var entry = tracked[path] ?? Tracked(fingerprint: fp, good: nil)
+            entry.fingerprint = fp
+            do {
+                entry.good = try parse(path, try Self.read(path))
+                changed = true
+            } catch {
+                problems.append(error)
+            }
+            tracked[path] = entry
+        }
+        return changed
+    }
+
+    static func list(_ directory: String, suffix: String) throws(CatalogProblem) -> [String: Fingerprint] {
+        let names: [String]
+        do {
+            names = try FileManager.default.contentsOfDirectory(atPath: directory)
+        } catch {
+            var isDir: ObjCBool = false
+            let reason = FileManager.default.fileExists(atPath: directory, isDirectory: &isDir)
+                ? (isDir.boolValue ? "cannot read directory" : "not a directory") : "no such directory"
+            throw CatalogProblem(path: directory, line: 0, reason: reason)
+        }
+        var out: [String: Fingerprint] = [:]
+        for name in names where name.hasSuffix(suffix) && !name.hasPrefix(".") {
+            let path = directory.hasSuffix("/") ? directory + name : directory + "/" + name
+            var st = stat()
+            guard stat(path, &st) == 0, (st.st_mode & S_IFMT) == S_IFREG else { continue }
+            out[path] = Fingerprint(inode: UInt64(st.st_ino), size: Int64(st.st_size), mtime: st.st_mtim, ctime: st.st_ctim)
+        }
+        return out
+    }
+
+    static func read(_ path: String) throws(CatalogProblem) -> [UInt8] {
+        guard let data = FileManager.default.contents(atPath: path) else {
+            throw CatalogProblem(path: path, line: 0, reason: "cannot read file")
+        }
+        return [UInt8](data)
+    }
+}

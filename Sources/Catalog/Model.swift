@@ -1,0 +1,149 @@
+import DNSWire
+
+/// Check status, ordered from best to worst.
+public enum Health: Int, Comparable, Sendable, CustomStringConvertible {
+    case passing = 0, warning, critical, maintenance
+
+    public init?(status: String) {
+        switch status.lowercased() {
+        case "passing": self = .passing
+        case "warning": self = .warning
+        case "critical": self = .critical
+        case "maintenance": self = .maintenance
+        default: return nil
+        }
+    }
+
+    public static func < (a: Health, b: Health) -> Bool { a.rawValue < b.rawValue }
+
+    public var description: String {
+        switch self {
+        case .passing: return "passing"
+        case .warning: return "warning"
+        case .critical: return "critical"
+        case .maintenance: return "maintenance"
+        }
+    }
+
+    /// Whether an instance in this state is served: critical and maintenance never are,
+    /// warning is unless only passing instances are wanted.
+    public func isServed(onlyPassing: Bool) -> Bool {
+        switch self {
+        case .passing: return true
+        case .warning: return !onlyPassing
+        case .critical, .maintenance: return false
+        }
+    }
+}
+
+/// Where an instance can be reached: an IP address or a hostname.
+public enum Address: Hashable, Sendable, CustomStringConvertible {
+    case v4(IPv4)
+    case v6(IPv6)
+    case hostname(DNSName)
+
+    /// Parses an IP literal or a hostname; nil for anything that is neither.
+    public init?(_ text: String) {
+        if let v4 = IPv4(text) { self = .v4(v4); return }
+        if text.contains(":") {
+            guard let v6 = IPv6(text) else { return nil }
+            self = .v6(v6)
+            return
+        }
+        let allowed = text.utf8.allSatisfy { b in
+            (b >= 0x30 && b <= 0x39) || (b >= 0x41 && b <= 0x5A) || (b >= 0x61 && b <= 0x7A)
+                || b == UInt8(ascii: "-") || b == UInt8(ascii: ".") || b == UInt8(ascii: "_")
+        }
+        guard allowed, !text.isEmpty, let name = try? DNSName(text) else { return nil }
+        self = .hostname(name)
+    }
+
+    /// `<hex>.addr` label: 8 hex digits for IPv4, 32 for IPv6 (Consul's encoding).
+    public var hexLabel: String? {
+        func hex(_ bytes: [UInt8]) -> String {
+            bytes.map { b in (b < 16 ? "0" : "") + String(b, radix: 16) }.joined()
+        }
+        switch self {
+        case .v4(let a): return hex(a.array)
+        case .v6(let a): return hex(a.bytes)
+        case .hostname: return nil
+        }
+    }
+
+    public var description: String {
+        switch self {
+        case .v4(let a): return a.description
+        case .v6(let a): return a.description
+        case .hostname(let n): return n.description
+        }
+    }
+}
+
+/// A node as registered: name, address, datacenter and its metadata.
+public struct Node: Sendable, Hashable {
+    public var name: String
+    public var address: Address
+    public var datacenter: String
+    public var meta: [String: String]
+}
+
+/// One registered instance of a service, with the health folded in from its checks.
+public struct Instance: Sendable, Hashable {
+    public var id: String
+    public var service: String
+    public var node: Node
+    /// The service's own address; nil means "the node's address".
+    public var serviceAddress: Address?
+    public var port: UInt16
+    public var tags: [String]
+    public var meta: [String: String]
+    public var weightPassing: UInt16
+    public var weightWarning: UInt16
+    public var health: Health
+
+    /// The address clients should use.
+    public var address: Address { serviceAddress ?? node.address }
+
+    /// The SRV weight that matches the instance's health.
+    public var weight: UInt16 { health == .warning ? weightWarning : weightPassing }
+
+    public func hasTag(_ tag: String) -> Bool {
+        tags.contains { $0.caseInsensitiveEquals(tag) }
+    }
+}
+
+extension String {
+    func caseInsensitiveEquals(_ other: String) -> Bool {
+        utf8.count == other.utf8.count && lowercased() == other.lowercased()
+    }
+}
+
+/// A check as registered. An empty ServiceID makes it a node-level check.
+public struct Check: Sendable, Hashable {
+    public var id: String
+    public var name: String
+    public var status: Health
+    public var serviceID: String
+}
+
+/// One `/v1/catalog/register` body.
+public struct Registration: Sendable, Hashable {
+    public var node: Node
+    public var service: Instance?
+    public var checks: [Check]
+}
+
+/// A problem in a catalog, zone or config file, reported as `path:line: reason`.
+public struct CatalogProblem: Error, Sendable, Hashable, CustomStringConvertible {
+    public var path: String
+    public var line: Int
+    public var reason: String
+
+    public init(path: String, line: Int, reason: String) {
+        self.path = path
+        self.line = line
+        self.reason = reason
+    }
+
+    public var description: String { line > 0 ? "\(path):\(line): \(reason)" : "\(path): \(reason)" }
+}

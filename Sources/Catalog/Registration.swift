@@ -1,0 +1,189 @@
+import DNSWire
+
+/// Reads catalog files shaped like Consul's `/v1/catalog/register` body.
+/// Keys match case-insensitively, as Consul's Go decoder does; unknown keys are ignored.
+public enum RegistrationDecoder {
+    struct SchemaError: Error {
+        var line: Int
+        var reason: String
+    }
+
+    /// Parses a whole file: one registration object, or an array of them.
+    public static func decode(bytes: [UInt8], path: String, defaultDatacenter: String) throws(CatalogProblem) -> [Registration] {
+        let root: JSONNode
+        do {
+            root = try JSONParser.parse(bytes)
+        } catch {
+            throw CatalogProblem(path: path, line: error.line, reason: "invalid JSON: \(error.reason)")
+        }
+        do throws(SchemaError) {
+            switch root.value {
+            case .object:
+                return [try registration(root, at: "", defaultDatacenter: defaultDatacenter)]
+            case .array(let items):
+                var out: [Registration] = []
+                for (i, item) in items.enumerated() {
+                    out.append(try registration(item, at: "[\(i)].", defaultDatacenter: defaultDatacenter))
+                }
+                return out
+            default:
+                throw SchemaError(line: root.line, reason: "expected an object or an array of objects, got \(root.typeName)")
+            }
+        } catch {
+            throw CatalogProblem(path: path, line: error.line, reason: error.reason)
+        }
+    }
+
+    private struct Object {
+        let fields: [String: JSONNode]
+        let line: Int
+        let path: String
+
+        init(_ node: JSONNode, path: String) throws(SchemaError) {
+            guard case .object(let dict, _) = node.value else {
+                throw SchemaError(line: node.line, reason: "\(path.isEmpty ? "registration" : String(path.dropLast())): expected an object, got \(node.typeName)")
+            }
+            var lowered: [String: JSONNode] = [:]
+            for (k, v) in dict { lowered[k.lowercased()] = v }
+            self.fields = lowered
+            self.line = node.line
+            self.path = path
+        }
+
+        func node(_ key: String) -> JSONNode? {
+            guard let n = fields[key.lowercased()] else { return nil }
+            if case .null = n.value { return nil }
+            return n
+        }
+
+        func string(_ key: String, required: Bool = false) throws(SchemaError) -> String? {
+            guard let n = node(key) else {
+                if required { throw SchemaError(line: line, reason: "\(path)\(key): required") }
+                return nil
+            }
+            guard case .string(let s) = n.value else {
+                throw SchemaError(line: n.line, reason: "\(path)\(key): expected a string, got \(n.typeName)")
+            }
+            if required && s.isEmpty { throw SchemaError(line: n.line, reason: "\(path)\(key): must not be empty") }
+            return s
+        }
+
+        func integer(_ key: String, in range: ClosedRange<Int>) throws(SchemaError) -> Int? {
+            guard let n = node(key) else { return nil }
+            guard case .number(let d) = n.value, d == d.rounded(), d >= Double(range.lowerBound), d <= Double(range.upperBound) else {
+                throw SchemaError(line: n.line, reason: "\(path)\(key): expected an integer from \(range.lowerBound) to \(range.upperBound)")
+            }
+            return Int(d)
+        }
+
+        func strings(_ key: String) throws(SchemaError) -> [String] {
+            guard let n = node(key) else { return [] }
+            guard case .array(let items) = n.value else {
+                throw SchemaError(line: n.line, reason: "\(path)\(key): expected an array of strings, got \(n.typeName)")
+            }
+            var out: [String] = []
+            for (i, item) in items.enumerated() {
+                guard case .string(let s) = item.value else {
+                    throw SchemaError(line: item.line, reason: "\(path)\(key)[\(i)]: expected a string, got \(item.typeName)")
+                }
+                out.append(s)
+            }
+            return out
+        }
+
+        func stringMap(_ key: String) throws(SchemaError) -> [String: String] {
+            guard let n = node(key) else { return [:] }
+            guard case .object(let dict, _) = n.value else {
+                throw SchemaError(line: n.line, reason: "\(path)\(key): expected an object of strings, got \(n.typeName)")
+            }
+            var out: [String: String] = [:]
+            for (k, v) in dict {
+                guard case .string(let s) = v.value else {
+                    throw SchemaError(line: v.line, reason: "\(path)\(key).\(k): expected a string, got \(v.typeName)")
+                }
+                out[k] = s
+            }
+            return out
+        }
+
+        func object(_ key: String) throws(SchemaError) -> Object? {
+            guard let n = node(key) else { return nil }
+            return try Object(n, path: "\(path)\(key).")
+        }
+    }
+
+    static func address(_ text: String, line: Int, field: String) throws(SchemaError) -> Address {
+        guard let a = Address(text) else {
+            throw SchemaError(line: line, reason: "\(field): \"\(text)\" is neither an IP address nor a hostname")
+        }
+        return a
+    }
+
+    static func registration(_ json: JSONNode, at path: String, defaultDatacenter: String) throws(SchemaError) -> Registration {
+        let o = try Object(json, path: path)
+        let nodeName = try o.string("Node", required: true)!
+        guard (try? DNSName(labels: nodeName.split(separator: ".", omittingEmptySubsequences: false))) != nil else {
+            throw SchemaError(line: o.node("Node")!.line, reason: "\(path)Node: \"\(nodeName)\" cannot be a DNS label")
+        }
+        let addrText = try o.string("Address", required: true)!
+        let node = Node(
+            name: nodeName,
+            address: try address(addrText, line: o.node("Address")!.line, field: "\(path)Address"),
+            datacenter: (try o.string("Datacenter")).flatMap { $0.isEmpty ? nil : $0 } ?? defaultDatacenter,
+            meta: try o.stringMap("NodeMeta"))
+
+        var checks: [Check] = []
+        var checkNodes: [JSONNode] = []
+        if let single = o.node("Check") { checkNodes.append(single) }
+        if let many = o.node("Checks") {
+            guard case .array(let items) = many.value else {
+                throw SchemaError(line: many.line, reason: "\(path)Checks: expected an array, got \(many.typeName)")
+            }
+            checkNodes += items
+        }
+        for (i, c) in checkNodes.enumerated() {
+            let co = try Object(c, path: "\(path)Checks[\(i)].")
+            let name = try co.string("Name") ?? ""
+            let id = try co.string("CheckID") ?? name
+            guard !id.isEmpty else { throw SchemaError(line: co.line, reason: "\(co.path)CheckID: a check needs a CheckID or a Name") }
+            // Consul registers a check with no status as critical.
+            let statusText = try co.string("Status") ?? "critical"
+            guard let status = Health(status: statusText) else {
+                throw SchemaError(line: co.node("Status")!.line,
+                                  reason: "\(co.path)Status: \"\(statusText)\" is not one of passing, warning, critical, maintenance")
+            }
+            checks.append(Check(id: id, name: name, status: status, serviceID: try co.string("ServiceID") ?? ""))
+        }
+
+        var instance: Instance? = nil
+        if let s = try o.object("Service") {
+            let name = try s.string("Service", required: true)!
+            guard (try? DNSName(labels: [name])) != nil, !name.contains(".") else {
+                throw SchemaError(line: s.node("Service")!.line, reason: "\(s.path)Service: \"\(name)\" cannot be a DNS label")
+            }
+            let id = try s.string("ID").flatMap { $0.isEmpty ? nil : $0 } ?? name
+            var serviceAddress: Address? = nil
+            if let a = try s.string("Address"), !a.isEmpty {
+                serviceAddress = try address(a, line: s.node("Address")!.line, field: "\(s.path)Address")
+            }
+            var passing = 1, warning = 1
+            if let w = try s.object("Weights") {
+                passing = try w.integer("Passing", in: 1...65535) ?? 1
+                warning = try w.integer("Warning", in: 0...65535) ?? 1
+            }
+            // The service's own checks; node-level checks are folded in when the snapshot is built,
+            // because they may come from another registration of the same node.
+            let health = checks.filter { $0.serviceID == id }.map(\.status).max() ?? .passing
+            instance = Instance(
+                id: id, service: name, node: node,
+                serviceAddress: serviceAddress == node.address ? nil : serviceAddress,
+                port: UInt16(try s.integer("Port", in: 0...65535) ?? 0),
+                tags: try s.strings("Tags"), meta: try s.stringMap("Meta"),
+                weightPassing: UInt16(passing), weightWarning: UInt16(warning), health: health)
+        }
+        for c in checks where !c.serviceID.isEmpty && c.serviceID != instance?.id {
+            throw SchemaError(line: o.line, reason: "\(path)Checks: check \"\(c.id)\" names ServiceID \"\(c.serviceID)\", which this registration does not define")
+        }
+        return Registration(node: node, service: instance, checks: checks)
+    }
+}

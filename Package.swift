@@ -51,7 +51,9 @@ let package = Package(
         .executableTarget(
             name: "signpost",
             dependencies: [
-                "Gateway", "Catalog",
+                "Gateway", "Catalog", "DNSWire",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),

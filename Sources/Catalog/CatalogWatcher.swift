@@ -70,7 +70,8 @@ public actor CatalogWatcher {
             logger.error("\(p) (keeping the last good content)", metadata: ["file.path": "\(p.path)", "file.line": "\(p.line)"])
         }
         if changed {
-            generation &+= 1
+            // The default SOA serial: seconds since the epoch, but always increasing.
+            generation = max(generation &+ 1, UInt32(truncatingIfNeeded: Int(Date().timeIntervalSince1970)))
             let regs = catalogFiles.keys.sorted().flatMap { catalogFiles[$0]!.good ?? [] }
             let zones = zoneFiles.keys.sorted().compactMap { zoneFiles[$0]!.good }
             let snapshot = CatalogSnapshot.build(registrations: regs, zones: zones, localDatacenter: dc, generation: generation)

@@ -1,0 +1,127 @@
+import Catalog
+import DNSWire
+
+/// How answers are ordered across successive queries.
+public enum AnswerOrder: String, Sendable, CaseIterable {
+    /// Each query starts one position further round the healthy set.
+    case cyclic
+    /// A fresh shuffle for every query, as Consul does.
+    case random
+}
+
+/// TTLs per service name, with Consul's `service_ttl` semantics: an exact name wins,
+/// then the longest `prefix*` match, then `*`, then the default (0, as in Consul).
+public struct TTLPolicy: Sendable, Hashable {
+    public var defaultTTL: UInt32
+    public var exact: [String: UInt32]
+    /// (prefix, ttl), longest prefix first.
+    public var prefixes: [Prefix]
+
+    public struct Prefix: Sendable, Hashable {
+        public var prefix: String
+        public var ttl: UInt32
+    }
+
+    public init(defaultTTL: UInt32 = 0, exact: [String: UInt32] = [:], prefixes: [Prefix] = []) {
+        self.defaultTTL = defaultTTL
+        self.exact = exact
+        self.prefixes = prefixes.sorted { $0.prefix.count > $1.prefix.count }
+    }
+
+    public func ttl(for service: String) -> UInt32 {
+        let name = service.lowercased()
+        if let t = exact[name] { return t }
+        for p in prefixes where name.hasPrefix(p.prefix) { return p.ttl }
+        return defaultTTL
+    }
+
+    /// Parses entries like `30s`, `*=5s`, `web=30s`, `db*=1m`.
+    public static func parse(_ entries: [String]) throws(ConfigurationError) -> TTLPolicy {
+        var policy = TTLPolicy()
+        for entry in entries {
+            let parts = entry.split(separator: "=", maxSplits: 1).map(String.init)
+            let key = parts.count == 2 ? parts[0].lowercased() : "*"
+            let value = parts.count == 2 ? parts[1] : parts[0]
+            guard let seconds = parseDuration(value) else {
+                throw ConfigurationError("invalid TTL \"\(entry)\": expected a duration such as 30s, 5m or 1h, optionally after NAME= or PREFIX*=")
+            }
+            if key == "*" {
+                policy.defaultTTL = seconds
+            } else if key.hasSuffix("*") {
+                policy.prefixes.append(Prefix(prefix: String(key.dropLast()), ttl: seconds))
+            } else {
+                policy.exact[key] = seconds
+            }
+        }
+        policy.prefixes.sort { $0.prefix.count > $1.prefix.count }
+        return policy
+    }
+}
+
+/// Go-style durations ("10s", "1m30s", "250ms", "0"), rounded down to whole seconds.
+public func parseDuration(_ text: String) -> UInt32? {
+    if text == "0" { return 0 }
+    if let plain = UInt32(text) { return plain }
+    var total: Double = 0
+    var rest = Substring(text)
+    guard !rest.isEmpty else { return nil }
+    while !rest.isEmpty {
+        let number = rest.prefix { $0.isNumber || $0 == "." }
+        guard !number.isEmpty, let value = Double(number) else { return nil }
+        rest = rest.dropFirst(number.count)
+        let unit = rest.prefix { $0.isLetter }
+        rest = rest.dropFirst(unit.count)
+        switch unit {
+        case "ms": total += value / 1000
+        case "s": total += value
+        case "m": total += value * 60
+        case "h": total += value * 3600
+        default: return nil
+        }
+    }
+    guard total <= Double(Int32.max) else { return nil }
+    return UInt32(total)
+}
+
+public struct ConfigurationError: Error, CustomStringConvertible, Sendable {
+    public var description: String
+    public init(_ description: String) { self.description = description }
+}
+
+/// Everything the resolver needs besides the snapshot. Defaults match the README.
+public struct ResolverConfiguration: Sendable {
+    /// The service domain, `consul` by default.
+    public var domain: DNSName
+    /// The local datacenter, used when a name carries none.
+    public var datacenter: String
+    /// Leave out `warning` instances too.
+    public var onlyPassing: Bool
+    public var order: AnswerOrder
+    public var serviceTTL: TTLPolicy
+    public var nodeTTL: UInt32
+    /// Sets RA. Out-of-domain names are REFUSED while this is false.
+    public var forwarding: Bool
+    /// Largest UDP response we send, whatever a client's EDNS buffer says.
+    public var maxUDPSize: Int
+    /// Addresses for the default `ns.<domain>` glue, when no zone file gives NS records.
+    public var nameserverAddresses: [Address]
+
+    public init(domain: DNSName = try! DNSName("consul"), datacenter: String = "dc1", onlyPassing: Bool = false,
+                order: AnswerOrder = .cyclic, serviceTTL: TTLPolicy = TTLPolicy(), nodeTTL: UInt32 = 0,
+                forwarding: Bool = false, maxUDPSize: Int = 1232,
+                nameserverAddresses: [Address] = [.v4(IPv4("127.0.0.1")!)]) {
+        self.domain = domain.lowercased
+        self.datacenter = datacenter
+        self.onlyPassing = onlyPassing
+        self.order = order
+        self.serviceTTL = serviceTTL
+        self.nodeTTL = nodeTTL
+        self.forwarding = forwarding
+        self.maxUDPSize = maxUDPSize
+        self.nameserverAddresses = nameserverAddresses
+    }
+
+    /// Default SOA timers (RFC 1912 style), used without a zone file for the domain.
+    /// The minimum (negative TTL) is 0, as in Consul, so new instances are found at once.
+    public static let defaultSOATimers = (refresh: UInt32(3600), retry: UInt32(600), expire: UInt32(86400), minimum: UInt32(0))
+}

@@ -1,0 +1,189 @@
+import Logging
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOExtras
+import NIOPosix
+import ServiceLifecycle
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Serves DNS over UDP and TCP on every listen address.
+/// `start()` binds (so start-up errors surface before anything runs); `run()` serves until
+/// graceful shutdown, then closes the listeners.
+public final class DNSServer: Service, Sendable {
+    public struct Configuration: Sendable {
+        public var listen: [ListenAddress]
+        /// A TCP connection with no complete query for this long is closed (RFC 7766 §6.2.3).
+        public var tcpIdleTimeout: TimeAmount
+
+        public init(listen: [ListenAddress], tcpIdleTimeout: TimeAmount = .seconds(10)) {
+            self.listen = listen
+            self.tcpIdleTimeout = tcpIdleTimeout
+        }
+    }
+
+    public struct BindError: Error, CustomStringConvertible {
+        public var description: String
+    }
+
+    private let configuration: Configuration
+    private let handler: QueryHandler
+    private let group: any EventLoopGroup
+    private let logger: Logger
+    private let channels = NIOLockedValueBox<[any Channel]>([])
+
+    public init(configuration: Configuration, handler: QueryHandler, group: any EventLoopGroup, logger: Logger) {
+        self.configuration = configuration
+        self.handler = handler
+        self.group = group
+        self.logger = logger
+    }
+
+    /// Binds UDP and then TCP on each address; returns the bound addresses (useful with port 0).
+    @discardableResult
+    public func start() async throws -> [ListenAddress] {
+        var bound: [ListenAddress] = []
+        for address in configuration.listen {
+            let udp = try await bindUDP(address)
+            channels.withLockedValue { $0.append(udp) }
+            let port = udp.localAddress?.port ?? address.port
+            let actual = ListenAddress(host: address.host, port: port)
+            let tcp = try await bindTCP(actual)
+            channels.withLockedValue { $0.append(tcp) }
+            logger.info("listening on \(actual) (udp, tcp)")
+            bound.append(actual)
+        }
+        return bound
+    }
+
+    public func run() async throws {
+        let all = channels.withLockedValue { $0 }
+        await withGracefulShutdownHandler {
+            for channel in all { try? await channel.closeFuture.get() }
+        } onGracefulShutdown: {
+            for channel in all { channel.close(promise: nil) }
+        }
+    }
+
+    /// Closes every listener (for tests and embedding).
+    public func stop() async {
+        for channel in channels.withLockedValue({ $0 }) { try? await channel.close() }
+    }
+
+    private func bindUDP(_ address: ListenAddress) async throws -> any Channel {
+        let handler = self.handler
+        let logger = self.logger
+        let bootstrap = DatagramBootstrap(group: group)
+            .channelOption(.datagramVectorReadMessageCount, value: 16)
+            .channelOption(.recvAllocator, value: FixedSizeRecvByteBufferAllocator(capacity: 16 * 4096))
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(UDPQueryHandler(handler: handler, logger: logger))
+                }
+            }
+        do {
+            return try await bootstrap.bind(host: address.host, port: address.port).get()
+        } catch {
+            throw BindError(description: "cannot listen on \(address) (udp): \(Self.reason(error))")
+        }
+    }
+
+    private func bindTCP(_ address: ListenAddress) async throws -> any Channel {
+        let handler = self.handler
+        let logger = self.logger
+        let idle = configuration.tcpIdleTimeout
+        let bootstrap = ServerBootstrap(group: group)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .serverChannelOption(.backlog, value: 256)
+            .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+            .childChannelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    let ops = channel.pipeline.syncOperations
+                    try ops.addHandler(IdleStateHandler(readTimeout: idle))
+                    try ops.addHandler(ByteToMessageHandler(LengthFieldBasedFrameDecoder(lengthFieldBitLength: .twoBytes)))
+                    try ops.addHandler(LengthFieldPrepender(lengthFieldBitLength: .twoBytes))
+                    try ops.addHandler(TCPQueryHandler(handler: handler, logger: logger))
+                }
+            }
+        do {
+            return try await bootstrap.bind(host: address.host, port: address.port).get()
+        } catch {
+            throw BindError(description: "cannot listen on \(address) (tcp): \(Self.reason(error))")
+        }
+    }
+
+    static func reason(_ error: any Error) -> String {
+        if let io = error as? IOError { return String(cString: strerror(io.errnoCode)).lowercased() }
+        return "\(error)"
+    }
+}
+
+/// One datagram in, at most one out. Never closes the channel: a single bad datagram
+/// (or an ICMP error surfacing as a write failure) must not stop the listener.
+final class UDPQueryHandler: ChannelInboundHandler, Sendable {
+    typealias InboundIn = AddressedEnvelope<ByteBuffer>
+    typealias OutboundOut = AddressedEnvelope<ByteBuffer>
+
+    let handler: QueryHandler
+    let logger: Logger
+
+    init(handler: QueryHandler, logger: Logger) {
+        self.handler = handler
+        self.logger = logger
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let envelope = unwrapInboundIn(data)
+        guard let response = handler.respond(to: envelope.data, transport: .udp, allocator: context.channel.allocator) else {
+            return
+        }
+        context.write(wrapOutboundOut(AddressedEnvelope(remoteAddress: envelope.remoteAddress, data: response)), promise: nil)
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        context.flush()
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        logger.debug("udp error", metadata: ["error": "\(error)"])
+    }
+}
+
+/// Answers each length-framed query as it arrives, so pipelined queries never wait on one another.
+final class TCPQueryHandler: ChannelInboundHandler, Sendable {
+    typealias InboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+
+    let handler: QueryHandler
+    let logger: Logger
+
+    init(handler: QueryHandler, logger: Logger) {
+        self.handler = handler
+        self.logger = logger
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let frame = unwrapInboundIn(data)
+        guard let response = handler.respond(to: frame, transport: .tcp, allocator: context.channel.allocator) else { return }
+        context.write(wrapOutboundOut(response), promise: nil)
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        context.flush()
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if event is IdleStateHandler.IdleStateEvent {
+            context.close(promise: nil)
+        } else {
+            context.fireUserInboundEventTriggered(event)
+        }
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        logger.debug("tcp connection error", metadata: ["error": "\(error)"])
+        context.close(promise: nil)
+    }
+}

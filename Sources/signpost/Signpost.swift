@@ -1,0 +1,197 @@
+import ArgumentParser
+import Catalog
+import DNSWire
+import Foundation
+import Gateway
+import Logging
+import NIOCore
+import NIOPosix
+import ServiceLifecycle
+
+@main
+struct Signpost: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "signpost",
+        abstract: "A DNS gateway for service discovery: Consul-style names from a watched registry.",
+        subcommands: [Serve.self, Check.self],
+        defaultSubcommand: Serve.self)
+
+    /// Every failure is one line on stderr and a non-zero exit; never a stack trace.
+    static func main() async {
+        do {
+            var command = try parseAsRoot()
+            if var async = command as? AsyncParsableCommand {
+                try await async.run()
+            } else {
+                try command.run()
+            }
+        } catch let error as StartupError {
+            FileHandle.standardError.write(Data("signpost: \(error.message)\n".utf8))
+            Foundation.exit(error.code)
+        } catch {
+            if exitCode(for: error) == .success || error is CleanExit { exit(withError: error) }
+            if let code = error as? ExitCode { Foundation.exit(code.rawValue) }
+            let message = message(for: error).split(separator: "\n").first.map(String.init) ?? "\(error)"
+            FileHandle.standardError.write(Data("signpost: \(message) (see 'signpost --help')\n".utf8))
+            Foundation.exit(64)
+        }
+    }
+}
+
+struct StartupError: Error {
+    var message: String
+    var code: Int32 = 1
+}
+
+/// Options shared by `serve` and `check`.
+struct CatalogOptions: ParsableArguments {
+    @Option(name: .long, help: ArgumentHelp("Directory of JSON catalog files (Consul /v1/catalog/register bodies).", valueName: "DIR"))
+    var catalog: String = "zones/catalog"
+
+    @Option(name: .long, help: ArgumentHelp("Directory of RFC 1035 master files (*.zone). Default: zones, if it exists.", valueName: "DIR"))
+    var zones: String?
+
+    @Option(name: .long, help: "The local datacenter, used for names that give none.")
+    var datacenter: String = "dc1"
+
+    /// The zones directory to use: an explicit one must exist; the default is optional.
+    func zonesDirectory() -> String? {
+        if let zones { return zones }
+        var isDir: ObjCBool = false
+        return FileManager.default.fileExists(atPath: "zones", isDirectory: &isDir) && isDir.boolValue ? "zones" : nil
+    }
+}
+
+struct Serve: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Serve DNS (the default command).")
+
+    @Option(name: .long, help: ArgumentHelp("Address to serve on, over UDP and TCP. Repeatable. Port 0 picks a free port.", valueName: "HOST:PORT"))
+    var listen: [String] = ["127.0.0.1:8600"]
+
+    @OptionGroup var catalogOptions: CatalogOptions
+
+    @Option(name: .long, help: "The service domain.")
+    var domain: String = "consul"
+
+    @Flag(name: .long, help: "Serve only instances whose checks all pass (leave out warning ones too).")
+    var onlyPassing = false
+
+    @Option(name: .long, help: ArgumentHelp("Service TTL, Consul style: 30s, or NAME=30s, or PREFIX*=30s. Repeatable. Default 0s.", valueName: "TTL"))
+    var serviceTTL: [String] = []
+
+    @Option(name: .long, help: ArgumentHelp("TTL for node and addr answers.", valueName: "DURATION"))
+    var nodeTTL: String = "0s"
+
+    @Option(name: .long, help: "Answer order: cyclic (rotate by one per query) or random (shuffle).")
+    var order: AnswerOrder = .cyclic
+
+    @Option(name: .long, help: "Largest UDP response with EDNS, in bytes (512-65535).")
+    var maxUDPSize: Int = 1232
+
+    @Option(name: .long, help: ArgumentHelp("Close idle TCP connections after this long.", valueName: "DURATION"))
+    var tcpIdleTimeout: String = "10s"
+
+    @Option(name: .long, help: "Log level: trace, debug, info, notice, warning, error, critical.")
+    var logLevel: String = "info"
+
+    @Option(name: .long, help: "Event loop threads. Default: one per core.")
+    var threads: Int?
+
+    func run() async throws {
+        guard let level = Logger.Level(rawValue: logLevel) else {
+            throw StartupError(message: "invalid --log-level \"\(logLevel)\"", code: 64)
+        }
+        LoggingSystem.bootstrap { label in
+            var handler = StreamLogHandler.standardError(label: label)
+            handler.logLevel = level
+            return handler
+        }
+        let logger = Logger(label: "signpost")
+
+        let resolverConfig: ResolverConfiguration
+        let serverConfig: DNSServer.Configuration
+        do {
+            guard let domainName = try? DNSName(domain), domainName.labelCount > 0 else {
+                throw ConfigurationError("invalid --domain \"\(domain)\"")
+            }
+            guard let nodeTTLValue = parseDuration(nodeTTL) else { throw ConfigurationError("invalid --node-ttl \"\(nodeTTL)\"") }
+            guard let idle = parseDuration(tcpIdleTimeout), idle > 0 else {
+                throw ConfigurationError("invalid --tcp-idle-timeout \"\(tcpIdleTimeout)\"")
+            }
+            guard (512...65535).contains(maxUDPSize) else { throw ConfigurationError("--max-udp-size must be 512-65535") }
+            let addresses = try listen.map { text throws(ConfigurationError) in try ListenAddress(parsing: text) }
+            let nsAddresses = addresses.compactMap { Address($0.host) }.filter {
+                $0 != Address("0.0.0.0") && $0 != Address("::")
+            }
+            resolverConfig = ResolverConfiguration(
+                domain: domainName, datacenter: catalogOptions.datacenter, onlyPassing: onlyPassing, order: order,
+                serviceTTL: try TTLPolicy.parse(serviceTTL), nodeTTL: nodeTTLValue, forwarding: false,
+                maxUDPSize: maxUDPSize, nameserverAddresses: nsAddresses.isEmpty ? [Address("127.0.0.1")!] : nsAddresses)
+            serverConfig = DNSServer.Configuration(listen: addresses, tcpIdleTimeout: .seconds(Int64(idle)))
+        } catch let error as ConfigurationError {
+            throw StartupError(message: error.description, code: 64)
+        }
+
+        let store = SnapshotStore()
+        let watcher: CatalogWatcher
+        do {
+            watcher = try CatalogWatcher(
+                configuration: .init(catalogDirectory: catalogOptions.catalog, zonesDirectory: catalogOptions.zonesDirectory(),
+                                     localDatacenter: catalogOptions.datacenter),
+                store: store, logger: logger)
+        } catch {
+            throw StartupError(message: "cannot use \(error.path): \(error.reason)")
+        }
+        await watcher.refresh()
+
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: threads ?? NIOCore.System.coreCount)
+        let server = DNSServer(
+            configuration: serverConfig,
+            handler: QueryHandler(resolver: Resolver(configuration: resolverConfig), store: store, logger: logger),
+            group: group, logger: logger)
+        do {
+            try await server.start()
+        } catch let error as DNSServer.BindError {
+            try? await group.shutdownGracefully()
+            throw StartupError(message: error.description)
+        }
+
+        let services = ServiceGroup(
+            services: [WatcherService(watcher: watcher), server],
+            gracefulShutdownSignals: [.sigterm, .sigint],
+            logger: logger)
+        try await services.run()
+        try? await group.shutdownGracefully()
+    }
+}
+
+/// Runs the catalog watcher's poll loop inside the ServiceGroup.
+struct WatcherService: Service {
+    let watcher: CatalogWatcher
+
+    func run() async throws {
+        await cancelWhenGracefulShutdown {
+            await watcher.run()
+        }
+    }
+}
+
+struct Check: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Validate the catalog and zone files; print path:line: reason for each problem.")
+
+    @OptionGroup var catalogOptions: CatalogOptions
+
+    func run() async throws {
+        let zonesDir = catalogOptions.zonesDirectory()
+        let problems = CatalogWatcher.check(catalogDirectory: catalogOptions.catalog, zonesDirectory: zonesDir,
+                                            localDatacenter: catalogOptions.datacenter)
+        for p in problems { print(p) }
+        if !problems.isEmpty {
+            throw StartupError(message: "\(problems.count) problem\(problems.count == 1 ? "" : "s") found")
+        }
+        print("ok: \(catalogOptions.catalog)\(zonesDir.map { " and \($0)" } ?? "")")
+    }
+}
+
+extension AnswerOrder: ExpressibleByArgument {}

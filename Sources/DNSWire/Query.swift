@@ -5,6 +5,12 @@ public struct EDNS: Hashable, Sendable {
     public var udpSize: UInt16
     public var version: UInt8
     public var dnssecOK: Bool
+
+    public init(udpSize: UInt16, version: UInt8, dnssecOK: Bool) {
+        self.udpSize = udpSize
+        self.version = version
+        self.dnssecOK = dnssecOK
+    }
 }
 
 /// An incoming query, parsed just enough to answer it.

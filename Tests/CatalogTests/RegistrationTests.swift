@@ -1,0 +1,103 @@
+@testable import Catalog
+import DNSWire
+import Testing
+
+@Suite("Catalog files")
+struct RegistrationTests {
+    func decode(_ text: String) throws(CatalogProblem) -> [Registration] {
+        try RegistrationDecoder.decode(bytes: Array(text.utf8), path: "t.json", defaultDatacenter: "dc1")
+    }
+
+    func problem(_ text: String) -> CatalogProblem? {
+        do { _ = try decode(text); return nil } catch { return error }
+    }
+
+    @Test func fullRegistration() throws {
+        let regs = try decode("""
+        {
+          "Node": "web-1", "Address": "192.0.2.1", "Datacenter": "dc2", "NodeMeta": {"rack": "r1"},
+          "Service": {"ID": "web-a", "Service": "web", "Tags": ["v1", "Primary"], "Address": "2001:db8::1", "Port": 8080,
+                      "Meta": {"version": "1"}, "Weights": {"Passing": 5, "Warning": 2}},
+          "Checks": [
+            {"CheckID": "serf", "Name": "Serf", "Status": "passing"},
+            {"CheckID": "svc", "Name": "HTTP", "Status": "warning", "ServiceID": "web-a"}
+          ]
+        }
+        """)
+        let r = try #require(regs.first)
+        #expect(r.node == Node(name: "web-1", address: .v4(IPv4("192.0.2.1")!), datacenter: "dc2", meta: ["rack": "r1"]))
+        let s = try #require(r.service)
+        #expect(s.id == "web-a" && s.service == "web" && s.port == 8080)
+        #expect(s.serviceAddress == .v6(IPv6("2001:db8::1")!))
+        #expect(s.hasTag("primary") && s.hasTag("V1") && !s.hasTag("v2"))
+        #expect(s.weightPassing == 5 && s.weightWarning == 2)
+        #expect(s.health == .warning)
+        #expect(s.weight == 2)
+        #expect(r.checks.count == 2)
+    }
+
+    @Test func defaultsAndCaseInsensitiveKeys() throws {
+        let r = try #require(try decode("""
+        [{"node": "n1", "address": "n1.example.internal", "service": {"service": "db"}, "check": {"name": "ping"}}]
+        """).first)
+        #expect(r.node.datacenter == "dc1")
+        #expect(r.node.address == .hostname(try DNSName("n1.example.internal")))
+        #expect(r.service?.id == "db")
+        #expect(r.service?.port == 0)
+        #expect(r.service?.weightPassing == 1 && r.service?.weightWarning == 1)
+        // A check with no status is critical, as in Consul; it is node-level (no ServiceID).
+        #expect(r.checks == [Check(id: "ping", name: "ping", status: .critical, serviceID: "")])
+    }
+
+    @Test func serviceAddressEqualToNodeAddressMeansNode() throws {
+        let r = try #require(try decode(#"{"Node":"a","Address":"192.0.2.1","Service":{"Service":"x","Address":"192.0.2.1"}}"#).first)
+        #expect(r.service?.serviceAddress == nil)
+    }
+
+    @Test(arguments: [
+        ("{\n  \"Node\": \"a\",\n  \"Address\": \"192.0.2.1\",\n}", 4, "invalid JSON"),
+        ("{\"Node\": \"a\"}", 1, "Address: required"),
+        ("{\n\"Node\": \"a\",\n\"Address\": \"not an address!\"}", 3, "neither an IP address nor a hostname"),
+        ("{\"Node\": \"a\", \"Address\": \"192.0.2.1\",\n \"Service\": {\"Service\": \"web\",\n \"Port\": 70000}}", 3, "Service.Port: expected an integer from 0 to 65535"),
+        ("{\"Node\": \"a\", \"Address\": \"192.0.2.1\",\n \"Service\": {\"Port\": 80}}", 2, "Service.Service: required"),
+        ("[{\"Node\": \"a\", \"Address\": \"192.0.2.1\"},\n {\"Node\": \"b\", \"Address\": \"192.0.2.2\",\n \"Checks\": [{\"Name\": \"x\",\n \"Status\": \"sick\"}]}]", 4, "[1].Checks[0].Status: \"sick\" is not one of"),
+        ("{\"Node\": \"a\", \"Address\": \"192.0.2.1\", \"Service\": {\"Service\": \"web\", \"Tags\": \"v1\"}}", 1, "Service.Tags: expected an array of strings"),
+        ("\"just a string\"", 1, "expected an object or an array of objects"),
+        ("{\"Node\": \"a\", \"Address\": \"192.0.2.1\", \"Checks\": [{\"Name\": \"x\", \"Status\": \"passing\", \"ServiceID\": \"ghost\"}]}", 1, "ServiceID \"ghost\""),
+        ("{\"Node\": \"a\", \"Address\": \"192.0.2.1\", \"Service\": {\"Service\": \"web.v2\"}}", 1, "cannot be a DNS label"),
+    ])
+    func problemsNameLineAndReason(text: String, line: Int, reason: String) throws {
+        let p = try #require(problem(text))
+        #expect(p.path == "t.json")
+        #expect(p.line == line, "\(p)")
+        #expect(p.reason.contains(reason), "\(p)")
+        #expect(p.description.hasPrefix("t.json:\(line): "))
+    }
+}
+
+@Suite("JSON reader")
+struct JSONTests {
+    @Test func parsesValues() throws {
+        let node = try JSONParser.parse(Array(#"{"a": [1, -2.5e3, true, false, null, "x\u00e9\n\ud83d\ude00"]}"#.utf8))
+        guard case .object(let d, _) = node.value, case .array(let items)? = d["a"]?.value else {
+            Issue.record("shape"); return
+        }
+        #expect(items.count == 6)
+        if case .number(let n) = items[1].value { #expect(n == -2500) } else { Issue.record("number") }
+        if case .string(let s) = items[5].value { #expect(s == "xé\n😀") } else { Issue.record("string") }
+    }
+
+    @Test(arguments: ["{", "[1,]", "{\"a\" 1}", "01", "\"\\x\"", "tru", "{} x", "\"a\nb\"", "\"\\ud800\""])
+    func rejects(text: String) {
+        #expect(throws: JSONSyntaxError.self) { try JSONParser.parse(Array(text.utf8)) }
+    }
+
+    @Test func reportsLines() {
+        do {
+            _ = try JSONParser.parse(Array("[\n1,\n2,\n@]".utf8))
+            Issue.record("accepted")
+        } catch {
+            #expect(error.line == 4)
+        }
+    }
+}

@@ -52,7 +52,6 @@ public final class DNSServer: Service, Sendable {
             let actual = ListenAddress(host: address.host, port: port)
             let tcp = try await bindTCP(actual)
             channels.withLockedValue { $0.append(tcp) }
-            logger.info("listening on \(actual) (udp, tcp)")
             bound.append(actual)
         }
         return bound

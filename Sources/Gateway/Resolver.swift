@@ -44,6 +44,8 @@ public struct Resolver: Sendable {
         guard qclass == DNSClass.inet || qclass == DNSClass.any else { return .refused }
         guard type != RRType.axfr && type != RRType.ixfr else { return .refused }
         if name.isSubdomain(of: configuration.domain) {
+            // Until the first snapshot has loaded we know nothing: SERVFAIL, not a false NXDOMAIN.
+            guard snapshot.isLoaded else { return Answer(rcode: RCode.servFail, authoritative: false) }
             return resolveDomain(name, type, in: snapshot, depth: depth)
         }
         if let zone = snapshot.zone(containing: name) {

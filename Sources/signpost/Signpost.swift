@@ -142,19 +142,22 @@ struct Serve: AsyncParsableCommand {
         } catch {
             throw StartupError(message: "cannot use \(error.path): \(error.reason)")
         }
-        await watcher.refresh()
-
         let group = MultiThreadedEventLoopGroup(numberOfThreads: threads ?? NIOCore.System.coreCount)
         let server = DNSServer(
             configuration: serverConfig,
             handler: QueryHandler(resolver: Resolver(configuration: resolverConfig), store: store, logger: logger),
             group: group, logger: logger)
+        // Bind first, so a busy port fails before anything else is logged; queries that arrive
+        // before the catalog has loaded get SERVFAIL, never a false NXDOMAIN.
+        let bound: [ListenAddress]
         do {
-            try await server.start()
+            bound = try await server.start()
         } catch let error as DNSServer.BindError {
             try? await group.shutdownGracefully()
             throw StartupError(message: error.description)
         }
+        await watcher.refresh()
+        for address in bound { logger.info("listening on \(address) (udp, tcp)") }
 
         let services = ServiceGroup(
             services: [WatcherService(watcher: watcher), server],

@@ -281,3 +281,11 @@ struct HealthRotationTests {
         #expect(r.resolve(Question(name: Fixture.name("web-1.node.consul"), type: RRType.a), in: snap).answers.allSatisfy { $0.ttl == 7 })
     }
 }
+
+@Suite("Resolver: before the first load")
+struct NotLoadedTests {
+    @Test func servfailUntilLoaded() {
+        let a = Fixture.resolver().resolve(Question(name: Fixture.name("web.service.consul"), type: RRType.a), in: .empty)
+        #expect(a.rcode == RCode.servFail)
+    }
+}

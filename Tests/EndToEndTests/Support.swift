@@ -1,0 +1,262 @@
+import DNSWire
+import Foundation
+import NIOCore
+import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Runs a command to completion and returns its exit status and output.
+@discardableResult
+func run(_ arguments: [String], environment: [String: String]? = nil) throws -> (status: Int32, out: String, err: String) {
+    let p = Process()
+    p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+    p.arguments = arguments
+    if let environment { p.environment = environment }
+    let out = Pipe(), err = Pipe()
+    p.standardOutput = out
+    p.standardError = err
+    p.standardInput = FileHandle.nullDevice
+    try p.run()
+    let o = out.fileHandleForReading.readDataToEndOfFile()
+    let e = err.fileHandleForReading.readDataToEndOfFile()
+    p.waitUntilExit()
+    return (p.terminationStatus, String(decoding: o, as: UTF8.self), String(decoding: e, as: UTF8.self))
+}
+
+/// The `signpost` binary built next to this test bundle (or $SIGNPOST_BIN).
+var signpostBinary: String {
+    if let env = ProcessInfo.processInfo.environment["SIGNPOST_BIN"] { return env }
+    let dir = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
+    for candidate in [dir, dir.deletingLastPathComponent()] {
+        let path = candidate.appendingPathComponent("signpost").path
+        if FileManager.default.isExecutableFile(atPath: path) { return path }
+    }
+    return FileManager.default.currentDirectoryPath + "/.build/debug/signpost"
+}
+
+/// A temporary directory, removed when released.
+final class TempDir: @unchecked Sendable {
+    let path: String
+    init() {
+        path = NSTemporaryDirectory() + "signpost-e2e-" + UUID().uuidString
+        try! FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
+    }
+    deinit { try? FileManager.default.removeItem(atPath: path) }
+
+    func write(_ name: String, _ text: String) {
+        let full = path + "/" + name
+        try! FileManager.default.createDirectory(atPath: (full as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
+        // Write-then-rename, as editors and config tools do, so the watcher never sees half a file.
+        let tmp = full + ".tmp-\(UUID().uuidString)"
+        FileManager.default.createFile(atPath: tmp, contents: Data(text.utf8))
+        rename(tmp, full)
+    }
+
+    func remove(_ name: String) { try? FileManager.default.removeItem(atPath: path + "/" + name) }
+}
+
+/// The real server on a free loopback port, started and stopped by PID.
+final class Server: @unchecked Sendable {
+    let process = Process()
+    let logPath: String
+    private(set) var port = 0
+    let dir: TempDir
+
+    /// Starts `signpost serve` on 127.0.0.1:0 with `catalog/` and `zones/` under `dir`.
+    init(dir: TempDir, extra: [String] = []) throws {
+        self.dir = dir
+        logPath = dir.path + "/server.log"
+        FileManager.default.createFile(atPath: logPath, contents: nil)
+        try FileManager.default.createDirectory(atPath: dir.path + "/catalog", withIntermediateDirectories: true)
+        try FileManager.default.createDirectory(atPath: dir.path + "/zones", withIntermediateDirectories: true)
+        process.executableURL = URL(fileURLWithPath: signpostBinary)
+        process.arguments = ["serve", "--listen", "127.0.0.1:0", "--catalog", dir.path + "/catalog",
+                             "--zones", dir.path + "/zones"] + extra
+        let log = FileHandle(forWritingAtPath: logPath)!
+        process.standardOutput = log
+        process.standardError = log
+        process.standardInput = FileHandle.nullDevice
+        try process.run()
+        let deadline = Date().addingTimeInterval(20)
+        while Date() < deadline {
+            if let line = log_().split(separator: "\n").first(where: { $0.contains("listening on 127.0.0.1:") }),
+               let portText = line.split(separator: "listening on 127.0.0.1:").last?.split(separator: " ").first,
+               let p = Int(portText) {
+                port = p
+                return
+            }
+            guard process.isRunning else { break }
+            usleep(20_000)
+        }
+        stop()
+        throw ServerError(message: "server did not start: \(log_())")
+    }
+
+    struct ServerError: Error, CustomStringConvertible { var message: String; var description: String { message } }
+
+    func log_() -> String { (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? "" }
+
+    /// SIGTERM, then wait (bounded); SIGKILL if it does not go.
+    @discardableResult
+    func stop() -> Int32 {
+        guard process.isRunning else { return process.terminationStatus }
+        kill(process.processIdentifier, SIGTERM)
+        let deadline = Date().addingTimeInterval(10)
+        while process.isRunning && Date() < deadline { usleep(10_000) }
+        if process.isRunning { kill(process.processIdentifier, SIGKILL) }
+        process.waitUntilExit()
+        return process.terminationStatus
+    }
+
+    deinit { stop() }
+
+    func dig(_ args: String...) throws -> Dig {
+        try Dig(port: port, args)
+    }
+}
+
+/// dig's answer, parsed from its normal output.
+struct Dig: CustomStringConvertible {
+    var status = ""
+    var flags: Set<String> = []
+    var answer: [[String]] = []
+    var authority: [[String]] = []
+    var additional: [[String]] = []
+    var udpSize: Int? = nil
+    var raw = ""
+
+    init(port: Int, _ args: [String]) throws {
+        let r = try run(["dig", "@127.0.0.1", "-p", "\(port)", "+time=2", "+tries=1", "+nocookie"] + args)
+        raw = r.out
+        var section: String? = nil
+        for line in r.out.split(separator: "\n", omittingEmptySubsequences: false) {
+            if line.contains("->>HEADER<<-"), let s = line.split(separator: "status: ").last?.split(separator: ",").first {
+                status = String(s)
+            } else if line.hasPrefix(";; flags:") {
+                let f = line.dropFirst(";; flags:".count).split(separator: ";").first ?? ""
+                flags = Set(f.split(separator: " ").map(String.init))
+            } else if line.hasPrefix("; EDNS:"), let u = line.split(separator: "udp: ").last {
+                udpSize = Int(u.trimmingCharacters(in: .whitespaces))
+            } else if line.hasPrefix(";; ANSWER SECTION") { section = "answer" }
+            else if line.hasPrefix(";; AUTHORITY SECTION") { section = "authority" }
+            else if line.hasPrefix(";; ADDITIONAL SECTION") { section = "additional" }
+            else if line.isEmpty || line.hasPrefix(";") { if line.isEmpty { section = nil } }
+            else if let s = section {
+                let fields = line.split(whereSeparator: { $0 == " " || $0 == "\t" }).map(String.init)
+                switch s {
+                case "answer": answer.append(fields)
+                case "authority": authority.append(fields)
+                default: additional.append(fields)
+                }
+            }
+        }
+    }
+
+    /// RDATA of the answer records of `type`, as text.
+    func data(_ type: String) -> [String] {
+        answer.filter { $0.count > 4 && $0[3] == type }.map { $0[4...].joined(separator: " ") }
+    }
+
+    var description: String { raw }
+}
+
+/// A plain UDP socket on loopback, for packets no DNS client would send.
+final class UDPSocket {
+    let fd: Int32
+    var address = sockaddr_in()
+
+    init(port: Int) {
+        fd = socket(AF_INET, Int32(SOCK_DGRAM.rawValue), 0)
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_port = in_port_t(UInt16(port).bigEndian)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        var tv = timeval(tv_sec: 0, tv_usec: 300_000)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+    }
+    deinit { close(fd) }
+
+    func send(_ bytes: [UInt8]) {
+        var a = address
+        _ = bytes.withUnsafeBytes { buf in
+            withUnsafePointer(to: &a) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                    sendto(fd, buf.baseAddress, buf.count, 0, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
+                }
+            }
+        }
+    }
+
+    /// The next datagram, or nil after the receive timeout.
+    func receive() -> [UInt8]? {
+        var buf = [UInt8](repeating: 0, count: 65536)
+        let n = recv(fd, &buf, buf.count, 0)
+        return n >= 0 ? Array(buf[0..<n]) : nil
+    }
+}
+
+/// A plain TCP connection on loopback.
+final class TCPSocket {
+    let fd: Int32
+
+    init?(port: Int, timeout: Int = 2) {
+        fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        var a = sockaddr_in()
+        a.sin_family = sa_family_t(AF_INET)
+        a.sin_port = in_port_t(UInt16(port).bigEndian)
+        a.sin_addr.s_addr = inet_addr("127.0.0.1")
+        var tv = timeval(tv_sec: timeout, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+        let rc = withUnsafePointer(to: &a) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+        if rc != 0 { close(fd); return nil }
+    }
+    deinit { close(fd) }
+
+    func send(_ bytes: [UInt8]) { _ = bytes.withUnsafeBytes { Glibc.send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) } }
+
+    /// Exactly `count` bytes, or nil on EOF/timeout.
+    func read(_ count: Int) -> [UInt8]? {
+        var out: [UInt8] = []
+        var buf = [UInt8](repeating: 0, count: count)
+        while out.count < count {
+            let n = recv(fd, &buf, count - out.count, 0)
+            if n <= 0 { return nil }
+            out += buf[0..<n]
+        }
+        return out
+    }
+
+    /// One length-prefixed DNS message.
+    func readFrame() -> [UInt8]? {
+        guard let len = read(2) else { return nil }
+        return read(Int(len[0]) << 8 | Int(len[1]))
+    }
+
+    /// True when the server closed the connection (recv returns 0).
+    func isClosedByPeer() -> Bool {
+        var b: UInt8 = 0
+        return recv(fd, &b, 1, 0) == 0
+    }
+}
+
+func framed(_ bytes: [UInt8]) -> [UInt8] { [UInt8(bytes.count >> 8), UInt8(bytes.count & 0xFF)] + bytes }
+
+func queryBytes(_ name: String, _ type: UInt16, id: UInt16) -> [UInt8] {
+    var h = DNSHeader(id: id)
+    h.rd = true
+    return Array(Message(header: h, questions: [Question(name: try! DNSName(name), type: type)]).encode().readableBytesView)
+}
+
+/// A catalog registration in the file format.
+func registration(node: String, address: String, service: String, port: Int = 80, tags: [String] = [],
+                  status: String = "passing", serviceAddress: String? = nil) -> String {
+    let addr = serviceAddress.map { #", "Address": "\#($0)""# } ?? ""
+    return #"""
+    {"Node": "\#(node)", "Address": "\#(address)", "NodeMeta": {"zone": "a"},
+     "Service": {"ID": "\#(service)-\#(node)", "Service": "\#(service)", "Port": \#(port), "Tags": [\#(tags.map { "\"\($0)\"" }.joined(separator: ","))]\#(addr)},
+     "Checks": [{"CheckID": "c-\#(node)", "Name": "check", "Status": "\#(status)", "ServiceID": "\#(service)-\#(node)"}]}
+    """#
+}

@@ -85,7 +85,8 @@ public struct Resolver: Sendable {
         if let zone, !rel.isEmpty, zone.records[name.lowercased] != nil {
             return resolveStatic(name, type, zone: zone, in: snapshot, depth: depth)
         }
-        if rel.isEmpty { return apex(name, type, snapshot, zone: zone) }
+        // SOA and NS at any name in the domain answer with the domain's own records, as Consul does.
+        if rel.isEmpty || type == RRType.soa || type == RRType.ns { return apex(name, type, snapshot, zone: zone, atApex: rel.isEmpty) }
         if zone == nil, rel == ["ns"] {
             let records = addressRecords(configuration.nameserverAddresses, owner: name, type: type, ttl: configuration.nodeTTL)
             return records.isEmpty ? nodata() : Answer(rcode: RCode.noError, authoritative: true, answers: records)
@@ -139,7 +140,10 @@ public struct Resolver: Sendable {
         }
     }
 
-    private func apex(_ name: DNSName, _ type: UInt16, _ snapshot: CatalogSnapshot, zone: Zone?) -> Answer {
+    /// SOA/NS for the domain. At the apex the owner echoes the question; below it the owner is the
+    /// apex, the SOA answer carries the NS set in authority, and glue goes in additional (Consul's shape).
+    private func apex(_ question: DNSName, _ type: UInt16, _ snapshot: CatalogSnapshot, zone: Zone?, atApex: Bool) -> Answer {
+        let name = atApex ? question : configuration.domain
         let soaRecord = soa(snapshot, zone: zone).record
         var answer = Answer(rcode: RCode.noError, authoritative: true)
         var ns: [ResourceRecord]
@@ -161,6 +165,10 @@ public struct Resolver: Sendable {
         switch type {
         case RRType.soa:
             answer.answers = [soaAnswer]
+            if !atApex {
+                answer.authority = ns
+                answer.additional = glue
+            }
         case RRType.ns:
             answer.answers = ns
             answer.additional = glue
@@ -197,7 +205,9 @@ public struct Resolver: Sendable {
                 serviceName = second
             }
         default:
-            return nxdomain()
+            // Consul allows dots in tags: a.b.web.service → tag "a.b".
+            serviceName = rest[rest.endIndex - 1]
+            tag = rest.dropLast().joined(separator: ".")
         }
         guard let entry = snapshot.services[serviceName] else { return nxdomain() }
         let onlyPassing = configuration.onlyPassing

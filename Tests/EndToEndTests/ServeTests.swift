@@ -82,6 +82,8 @@ final class ServeTests {
 
         let soa = try dig("consul", "SOA")
         #expect(soa.data("SOA") == ["ns1.consul. ops.example.org. 2026112101 3600 600 86400 30"])
+        let belowSOA = try dig("web.service.consul", "SOA")
+        #expect(belowSOA.answer.first?.first == "consul." && belowSOA.data("SOA").count == 1, "\(belowSOA)")
         let ns = try dig("consul", "NS")
         #expect(ns.data("NS") == ["ns1.consul."])
         #expect(ns.additional.map { $0[4] } == ["127.0.0.1"])

@@ -55,6 +55,7 @@ enum Fixture {
         I(node: "db-1", address: "192.0.2.31", service: "db", serviceAddress: "db.example.internal", port: 5432),
         I(node: "far-1", address: "192.0.2.41", service: "web", dc: "dc2"),
         I(node: "dead-1", address: "192.0.2.51", service: "dead", status: "critical"),
+        I(node: "t-1", address: "192.0.2.61", service: "tagged", tags: ["v1.2"]),
     ]
 
     static func name(_ s: String) -> DNSName { try! DNSName(s) }

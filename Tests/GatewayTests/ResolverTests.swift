@@ -55,6 +55,7 @@ struct NamingTests {
         Case(name: "dead.service.consul", type: RRType.a, rcode: RCode.nxDomain, addresses: []),
         Case(name: "nope.service.consul", type: RRType.a, rcode: RCode.nxDomain, addresses: []),
         Case(name: "a.b.web.service.consul", type: RRType.a, rcode: RCode.nxDomain, addresses: []),
+        Case(name: "v1.2.tagged.service.consul", type: RRType.a, rcode: RCode.noError, addresses: ["192.0.2.61"]),
         Case(name: "web.consul", type: RRType.a, rcode: RCode.nxDomain, addresses: []),
         // Nodes and addr
         Case(name: "web-1.node.consul", type: RRType.a, rcode: RCode.noError, addresses: ["192.0.2.11"]),
@@ -140,9 +141,15 @@ struct NamingTests {
         #expect(ns.answers.map(\.rdata) == [.ns(Fixture.name("ns.consul"))])
         #expect(ns.additional.map(\.rdata) == [.a(IPv4("127.0.0.1")!)])
         #expect(resolve("ns.consul", RRType.a).answers.map(\.rdata) == [.a(IPv4("127.0.0.1")!)])
-        // Below the apex, SOA/NS at an existing name is NODATA with the SOA, as an authoritative server answers.
-        let below = resolve("web.service.consul", RRType.soa)
-        #expect(below.rcode == RCode.noError && below.answers.isEmpty && below.authority.map(\.type) == [RRType.soa])
+        // Below the apex, as in Consul: the domain's SOA (owner: the apex), its NS in authority, glue.
+        for qname in ["web.service.consul", "nosuch.service.consul"] {
+            let below = resolve(qname, RRType.soa)
+            #expect(below.rcode == RCode.noError)
+            #expect(below.answers.map(\.name) == [Fixture.name("consul")] && below.answers.map(\.type) == [RRType.soa])
+            #expect(below.authority.map(\.type) == [RRType.ns])
+            #expect(below.additional.map(\.rdata) == [.a(IPv4("127.0.0.1")!)])
+            #expect(resolve(qname, RRType.ns).answers.map(\.rdata) == [.ns(Fixture.name("ns.consul"))])
+        }
     }
 
     @Test func domainZoneFileSuppliesSOAAndNegativeTTL() throws {

@@ -1,0 +1,44 @@
+# Signpost: the two commands a new user needs are `make run` and `make test`.
+SWIFT    ?= swift
+LISTEN   ?= 127.0.0.1:8600
+SUDO     := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+# System packages: what building and serving needs, and what the test suite adds.
+RUN_PACKAGES  := libldns-dev libssl-dev pkg-config
+TEST_PACKAGES := $(RUN_PACKAGES) bind9-dnsutils knot-dnsutils ldnsutils
+
+.PHONY: run test build deps test-deps check clean
+
+# Installs only what is missing, so a second run does not touch apt.
+define apt_install
+	@missing=$$(for p in $(1); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:" $$missing; \
+	  $(SUDO) apt-get update -qq && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+endef
+
+deps:
+	$(call apt_install,$(RUN_PACKAGES))
+
+test-deps:
+	$(call apt_install,$(TEST_PACKAGES))
+
+build: deps
+	$(SWIFT) build -c release --product signpost
+
+# Serves the demo catalog in zones/ on $(LISTEN), over UDP and TCP.
+run: build
+	.build/release/signpost serve --listen $(LISTEN) --catalog zones/catalog --zones zones
+
+# Validates the demo catalog and zones.
+check: build
+	.build/release/signpost check --catalog zones/catalog --zones zones
+
+test: test-deps
+	$(SWIFT) build --build-tests
+	$(SWIFT) test --skip-build
+
+clean:
+	rm -rf .build

@@ -19,7 +19,13 @@ struct Signpost: AsyncParsableCommand {
     /// Every failure is one line on stderr and a non-zero exit; never a stack trace.
     static func main() async {
         do {
-            var command = try parseAsRoot()
+            let arguments: [String]
+            do {
+                arguments = try ConfigFile.merge(Array(CommandLine.arguments.dropFirst()))
+            } catch {
+                throw StartupError(message: error.description, code: 64)
+            }
+            var command = try parseAsRoot(arguments)
             if var async = command as? AsyncParsableCommand {
                 try await async.run()
             } else {
@@ -45,6 +51,9 @@ struct StartupError: Error {
 
 /// Options shared by `serve` and `check`.
 struct CatalogOptions: ParsableArguments {
+    @Option(name: .long, help: ArgumentHelp("JSON file of settings named like these flags; flags on the command line win.", valueName: "FILE"))
+    var config: String?
+
     @Option(name: .long, help: ArgumentHelp("Directory of JSON catalog files (Consul /v1/catalog/register bodies).", valueName: "DIR"))
     var catalog: String = "zones/catalog"
 

@@ -41,6 +41,8 @@ public actor CatalogWatcher {
     private var catalogFiles: [String: Tracked<[Registration]>] = [:]
     private var zoneFiles: [String: Tracked<Zone>] = [:]
     private var generation: UInt32 = 0
+    /// Directories currently failing to list, so each outage is reported once, not on every poll.
+    private var failingDirectories: Set<String> = []
 
     /// Loads everything once. Throws if a directory cannot be read; problems in single files
     /// are logged and do not stop start-up.
@@ -121,8 +123,11 @@ public actor CatalogWatcher {
             current = try Self.list(directory, suffix: suffix)
         } catch {
             // A directory that vanished or became unreadable keeps its last good content.
-            if !tracked.isEmpty { problems.append(error) }
+            if failingDirectories.insert(directory).inserted { problems.append(error) }
             return false
+        }
+        if failingDirectories.remove(directory) != nil {
+            logger.info("directory readable again", metadata: ["file.path": "\(directory)"])
         }
         var changed = false
         for path in tracked.keys where current[path] == nil {

@@ -66,11 +66,6 @@ public final class DNSServer: Service, Sendable {
         }
     }
 
-    /// Closes every listener (for tests and embedding).
-    public func stop() async {
-        for channel in channels.withLockedValue({ $0 }) { try? await channel.close() }
-    }
-
     private func bindUDP(_ address: ListenAddress) async throws -> any Channel {
         let handler = self.handler
         let logger = self.logger

@@ -38,9 +38,8 @@ public enum ResponseEncoder {
             if level > units + 1 {
                 for rr in answer.additional where seen.insert(rr).inserted { w.writeRecord(rr, section: .additional) }
             }
-            if let edns = reply.edns {
+            if reply.edns != nil {
                 w.writeOPT(udpSize: reply.udpSize, extendedRcode: UInt8(reply.rcode >> 4), dnssecOK: false)
-                _ = edns
             }
             var h = reply.header
             h.tc = level < levels && droppedSomething(answer, level: level)

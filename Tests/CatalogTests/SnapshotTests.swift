@@ -113,6 +113,23 @@ struct WatcherTests {
         #expect(store.snapshot.zones.first?.rrset(try DNSName("ns.example.internal"), RRType.a).count == 1)
     }
 
+    @Test func vanishedDirectoryKeepsContentAndIsReportedOnce() async throws {
+        let catalog = TempDir()
+        catalog.write("a.json", SnapshotTests.reg("n1", "192.0.2.1", service: "web"))
+        let store = SnapshotStore()
+        let watcher = try CatalogWatcher(configuration: .init(catalogDirectory: catalog.path, zonesDirectory: nil),
+                                         store: store, logger: Logger(label: "test"))
+        await watcher.refresh()
+        let moved = catalog.path + ".moved"
+        try FileManager.default.moveItem(atPath: catalog.path, toPath: moved)
+        #expect(await watcher.refresh().map(\.reason) == ["no such directory"])
+        #expect(await watcher.refresh().isEmpty)
+        #expect(store.snapshot.services["web"]?.instances.count == 1)
+        try FileManager.default.moveItem(atPath: moved, toPath: catalog.path)
+        #expect(await watcher.refresh().isEmpty)
+        #expect(store.snapshot.services["web"]?.instances.count == 1)
+    }
+
     @Test func missingDirectoryIsAStartupError() {
         #expect(throws: CatalogProblem.self) {
             try CatalogWatcher(configuration: .init(catalogDirectory: "/nonexistent-signpost-dir", zonesDirectory: nil),

@@ -33,6 +33,7 @@ public final class DNSServer: Service, Sendable {
     private let group: any EventLoopGroup
     private let logger: Logger
     private let channels = NIOLockedValueBox<[any Channel]>([])
+    private let bound = NIOLockedValueBox<[ListenAddress]>([])
 
     public init(configuration: Configuration, handler: QueryHandler, group: any EventLoopGroup, logger: Logger) {
         self.configuration = configuration
@@ -44,7 +45,7 @@ public final class DNSServer: Service, Sendable {
     /// Binds UDP and then TCP on each address; returns the bound addresses (useful with port 0).
     @discardableResult
     public func start() async throws -> [ListenAddress] {
-        var bound: [ListenAddress] = []
+        var result: [ListenAddress] = []
         for address in configuration.listen {
             let udp = try await bindUDP(address)
             channels.withLockedValue { $0.append(udp) }
@@ -52,12 +53,16 @@ public final class DNSServer: Service, Sendable {
             let actual = ListenAddress(host: address.host, port: port)
             let tcp = try await bindTCP(actual)
             channels.withLockedValue { $0.append(tcp) }
-            bound.append(actual)
+            result.append(actual)
         }
-        return bound
+        bound.withLockedValue { $0 = result }
+        return result
     }
 
+    /// Serves until graceful shutdown. "listening on" is logged here, inside the ServiceGroup, so by the
+    /// time anyone reads it the catalog has loaded and SIGTERM/SIGINT lead to a graceful shutdown.
     public func run() async throws {
+        for address in bound.withLockedValue({ $0 }) { logger.info("listening on \(address) (udp, tcp)") }
         let all = channels.withLockedValue { $0 }
         await withGracefulShutdownHandler {
             for channel in all { try? await channel.closeFuture.get() }

@@ -158,15 +158,13 @@ struct Serve: AsyncParsableCommand {
             group: group, logger: logger)
         // Bind first, so a busy port fails before anything else is logged; queries that arrive
         // before the catalog has loaded get SERVFAIL, never a false NXDOMAIN.
-        let bound: [ListenAddress]
         do {
-            bound = try await server.start()
+            try await server.start()
         } catch let error as DNSServer.BindError {
             try? await group.shutdownGracefully()
             throw StartupError(message: error.description)
         }
         await watcher.refresh()
-        for address in bound { logger.info("listening on \(address) (udp, tcp)") }
 
         let services = ServiceGroup(
             services: [WatcherService(watcher: watcher), server],

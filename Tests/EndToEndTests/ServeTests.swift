@@ -177,7 +177,7 @@ final class ServeTests {
         #expect(try server.dig("+tcp", "web.service.consul", "A").data("A").count == 3)
     }
 
-    @Test func tcpPipeliningAndIdleTimeout() throws {
+    @Test func tcpPipeliningAndSplitFrames() throws {
         let conn = try #require(TCPSocket(port: server.port))
         // Three queries in one write; three answers back, in order.
         conn.send(framed(queryBytes("web.service.consul", RRType.a, id: 1)) + framed(queryBytes("api.service.consul", RRType.aaaa, id: 2))

@@ -2,18 +2,18 @@ import DNSWire
 import Foundation
 import Logging
 
-/// Watches the catalog directory (`*.json`) and the zones directory (`*.zone`) by polling
-/// file metadata, and publishes a complete new snapshot whenever anything changed.
+/// Watches the catalog directory (`*.json`, a `file:` registry) and the zones directory (`*.zone`) by
+/// polling file metadata, and hands the assembler the whole file catalog whenever anything changed.
 /// A file that fails to parse is reported once per change; its last good content keeps serving.
 public actor CatalogWatcher {
     public struct Configuration: Sendable {
-        public var catalogDirectory: String
+        public var catalogDirectory: String?
         public var zonesDirectory: String?
         public var localDatacenter: String
         /// How often file metadata is checked. Changes show up within one interval.
         public var pollInterval: Duration
 
-        public init(catalogDirectory: String, zonesDirectory: String?, localDatacenter: String = "dc1",
+        public init(catalogDirectory: String?, zonesDirectory: String?, localDatacenter: String = "dc1",
                     pollInterval: Duration = .milliseconds(200)) {
             self.catalogDirectory = catalogDirectory
             self.zonesDirectory = zonesDirectory
@@ -36,54 +36,69 @@ public actor CatalogWatcher {
     }
 
     public let configuration: Configuration
-    public let store: SnapshotStore
+    private let assembler: CatalogAssembler
+    /// This registry's position among the assembler's sources (when there is a catalog directory).
+    private let sourceIndex: Int
     private let logger: Logger
     private var catalogFiles: [String: Tracked<[Registration]>] = [:]
     private var zoneFiles: [String: Tracked<Zone>] = [:]
-    private var generation: UInt32 = 0
+    private var delivered = false
     /// Directories currently failing to list, so each outage is reported once, not on every poll.
     private var failingDirectories: Set<String> = []
 
     /// Loads everything once. Throws if a directory cannot be read; problems in single files
     /// are logged and do not stop start-up.
-    public init(configuration: Configuration, store: SnapshotStore, logger: Logger) throws(CatalogProblem) {
+    public init(configuration: Configuration, assembler: CatalogAssembler, sourceIndex: Int, logger: Logger) throws(CatalogProblem) {
         self.configuration = configuration
-        self.store = store
+        self.assembler = assembler
+        self.sourceIndex = sourceIndex
         self.logger = logger
-        _ = try Self.list(configuration.catalogDirectory, suffix: ".json")
+        if let c = configuration.catalogDirectory { _ = try Self.list(c, suffix: ".json") }
         if let z = configuration.zonesDirectory { _ = try Self.list(z, suffix: ".zone") }
+    }
+
+    /// A watcher that is the only registry, publishing into `store`.
+    public init(configuration: Configuration, store: SnapshotStore, logger: Logger) throws(CatalogProblem) {
+        let assembler = CatalogAssembler(sources: configuration.catalogDirectory.map { ["file:\($0)"] } ?? [],
+                                         expectsZones: configuration.zonesDirectory != nil,
+                                         localDatacenter: configuration.localDatacenter, store: store, logger: logger)
+        try self.init(configuration: configuration, assembler: assembler, sourceIndex: 0, logger: logger)
     }
 
     /// Checks the files once; publishes a snapshot if anything changed. Returns new problems.
     @discardableResult
-    public func refresh() -> [CatalogProblem] {
+    public func refresh() async -> [CatalogProblem] {
         var problems: [CatalogProblem] = []
-        var changed = !store.snapshot.isLoaded
         let dc = configuration.localDatacenter
-        changed = sync(&catalogFiles, directory: configuration.catalogDirectory, suffix: ".json", problems: &problems) { path, bytes throws(CatalogProblem) in
-            try RegistrationDecoder.decode(bytes: bytes, path: path, defaultDatacenter: dc)
-        } || changed
+        var catalogChanged = !delivered, zonesChanged = !delivered
+        if let c = configuration.catalogDirectory {
+            catalogChanged = sync(&catalogFiles, directory: c, suffix: ".json", problems: &problems) { path, bytes throws(CatalogProblem) in
+                try RegistrationDecoder.decode(bytes: bytes, path: path, defaultDatacenter: dc)
+            } || catalogChanged
+        }
         if let z = configuration.zonesDirectory {
-            changed = sync(&zoneFiles, directory: z, suffix: ".zone", problems: &problems) { path, _ throws(CatalogProblem) in
+            zonesChanged = sync(&zoneFiles, directory: z, suffix: ".zone", problems: &problems) { path, _ throws(CatalogProblem) in
                 try ZoneLoader.load(path: path)
-            } || changed
+            } || zonesChanged
         }
         for p in problems {
             logger.error("\(p) (keeping the last good content)", metadata: ["file.path": "\(p.path)", "file.line": "\(p.line)"])
         }
-        if changed {
-            // The default SOA serial: seconds since the epoch, but always increasing.
-            generation = max(generation &+ 1, UInt32(truncatingIfNeeded: Int(Date().timeIntervalSince1970)))
+        if zonesChanged, configuration.zonesDirectory != nil {
+            await assembler.setZones(zoneFiles.keys.sorted().compactMap { zoneFiles[$0]!.good })
+        }
+        if catalogChanged, configuration.catalogDirectory != nil {
             let regs = catalogFiles.keys.sorted().flatMap { catalogFiles[$0]!.good ?? [] }
-            let zones = zoneFiles.keys.sorted().compactMap { zoneFiles[$0]!.good }
-            let snapshot = CatalogSnapshot.build(registrations: regs, zones: zones, localDatacenter: dc, generation: generation)
-            store.publish(snapshot)
+            await assembler.replace(source: sourceIndex, with: SourceCatalog(registrations: regs))
+        }
+        if (catalogChanged || zonesChanged) {
+            let counts = await assembler.counts
             logger.info("catalog loaded", metadata: [
-                "catalog.services": "\(snapshot.services.count)",
-                "catalog.instances": "\(snapshot.services.values.reduce(0) { $0 + $1.instances.count })",
-                "catalog.zones": "\(zones.count)",
+                "catalog.services": "\(counts.services)", "catalog.instances": "\(counts.instances)",
+                "catalog.zones": "\(zoneFiles.values.filter { $0.good != nil }.count)",
             ])
         }
+        delivered = true
         return problems
     }
 
@@ -91,20 +106,20 @@ public actor CatalogWatcher {
     public func run() async {
         while !Task.isCancelled {
             do { try await Task.sleep(for: configuration.pollInterval) } catch { return }
-            refresh()
+            await refresh()
         }
     }
 
     /// Validates every file without serving: the `signpost check` path.
-    public static func check(catalogDirectory: String, zonesDirectory: String?, localDatacenter: String) -> [CatalogProblem] {
+    public static func check(catalogDirectory: String?, zonesDirectory: String?, localDatacenter: String) -> [CatalogProblem] {
         var problems: [CatalogProblem] = []
-        do {
+        if let catalogDirectory { do {
             for path in try list(catalogDirectory, suffix: ".json").keys.sorted() {
                 do {
                     _ = try RegistrationDecoder.decode(bytes: try read(path), path: path, defaultDatacenter: localDatacenter)
                 } catch { problems.append(error) }
             }
-        } catch { problems.append(error) }
+        } catch { problems.append(error) } }
         if let zonesDirectory {
             do {
                 for path in try list(zonesDirectory, suffix: ".zone").keys.sorted() {

@@ -1,5 +1,9 @@
 import Atomics
 import DNSWire
+import HashTreeCollections
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// All instances of one service name, in a stable base order (node, then ID).
 /// The only mutable part is the rotation counter, which never touches the instance list.
@@ -13,25 +17,42 @@ public final class ServiceEntry: Sendable {
         self.instances = instances
     }
 
+    /// One service's instances from several registries, in registry order. The first occurrence of an
+    /// instance (node, datacenter, ID) wins; the result is sorted by node, then ID, so the base order is stable.
+    static func merged(name: String, _ lists: [[Instance]]) -> ServiceEntry? {
+        var seen: Set<[String]> = []
+        var all: [Instance] = []
+        for list in lists {
+            for inst in list where seen.insert([inst.node.name.lowercased(), inst.node.datacenter.lowercased(), inst.id]).inserted {
+                all.append(inst)
+            }
+        }
+        guard !all.isEmpty else { return nil }
+        all.sort { ($0.node.name, $0.id) < ($1.node.name, $1.id) }
+        return ServiceEntry(name: all[0].service, instances: all)
+    }
+
     /// A fresh start offset for the next answer: 0, 1, 2, … for successive queries.
     public func nextRotation() -> Int {
         Int(truncatingIfNeeded: rotation.loadThenWrappingIncrement(ordering: .relaxed) & UInt(Int.max))
     }
 }
 
-/// An immutable view of the registry, swapped in whole by the watcher.
+/// An immutable view of the registry, swapped in whole by the assembler.
+/// The maps are persistent hash tries, so a new snapshot that changes one service shares everything else
+/// with the old one: an update costs work proportional to that service, not to the whole catalog.
 public final class CatalogSnapshot: AtomicReference, Sendable {
     /// Services by lower-cased name.
-    public let services: [String: ServiceEntry]
-    /// Nodes by lower-cased "name" and datacenter.
-    public let nodes: [NodeKey: Node]
+    public let services: TreeDictionary<String, ServiceEntry>
+    /// Nodes by lower-cased name and datacenter.
+    public let nodes: TreeDictionary<NodeKey, Node>
     /// Lower-cased datacenter names that appear in the catalog (plus the local one).
     public let datacenters: Set<String>
     /// Static zones, longest origin first.
     public let zones: [Zone]
     /// Increases with every published snapshot; used as the default SOA serial.
     public let generation: UInt32
-    /// False only for the placeholder used before anything was loaded.
+    /// False until every registry (and the zone files) have loaded once.
     public let isLoaded: Bool
 
     public struct NodeKey: Hashable, Sendable {
@@ -43,8 +64,8 @@ public final class CatalogSnapshot: AtomicReference, Sendable {
         }
     }
 
-    public init(services: [String: ServiceEntry], nodes: [NodeKey: Node], datacenters: Set<String>, zones: [Zone],
-                generation: UInt32, isLoaded: Bool = true) {
+    public init(services: TreeDictionary<String, ServiceEntry>, nodes: TreeDictionary<NodeKey, Node>, datacenters: Set<String>,
+                zones: [Zone], generation: UInt32, isLoaded: Bool = true) {
         self.services = services
         self.nodes = nodes
         self.datacenters = datacenters
@@ -60,39 +81,17 @@ public final class CatalogSnapshot: AtomicReference, Sendable {
         zones.first { name.isSubdomain(of: $0.origin) }
     }
 
-    /// Builds a snapshot from registrations (in file order) and zones.
-    /// The first definition of a node or of an instance (node + service ID) wins.
-    /// An instance's health is the worst of its own checks and every node-level check of its node.
+    /// A snapshot of a single catalog-file registry (used by tests and tools).
     public static func build(registrations: [Registration], zones: [Zone], localDatacenter: String,
                              generation: UInt32) -> CatalogSnapshot {
-        var nodes: [NodeKey: Node] = [:]
-        var nodeHealth: [NodeKey: Health] = [:]
+        let source = SourceCatalog(registrations: registrations)
+        var services = TreeDictionary<String, ServiceEntry>()
+        for (name, list) in source.services { if let e = ServiceEntry.merged(name: name, [list]) { services[name] = e } }
         var datacenters: Set<String> = [localDatacenter.lowercased()]
-        for r in registrations {
-            let key = NodeKey(name: r.node.name, datacenter: r.node.datacenter)
-            if nodes[key] == nil { nodes[key] = r.node }
-            datacenters.insert(r.node.datacenter.lowercased())
-            for c in r.checks where c.serviceID.isEmpty {
-                nodeHealth[key] = max(nodeHealth[key] ?? .passing, c.status)
-            }
-        }
-        var byService: [String: [Instance]] = [:]
-        var seen: Set<[String]> = []
-        for r in registrations {
-            guard var inst = r.service else { continue }
-            let key = NodeKey(name: r.node.name, datacenter: r.node.datacenter)
-            guard seen.insert([key.name, key.datacenter, inst.id]).inserted else { continue }
-            inst.node = nodes[key]!
-            inst.health = max(inst.health, nodeHealth[key] ?? .passing)
-            byService[inst.service.lowercased(), default: []].append(inst)
-        }
-        var services: [String: ServiceEntry] = [:]
-        for (name, list) in byService {
-            let sorted = list.sorted { ($0.node.name, $0.id) < ($1.node.name, $1.id) }
-            services[name] = ServiceEntry(name: sorted[0].service, instances: sorted)
-        }
-        return CatalogSnapshot(services: services, nodes: nodes, datacenters: datacenters, zones: zones,
-                               generation: generation)
+        for n in source.nodes.values { datacenters.insert(n.datacenter.lowercased()) }
+        for list in source.services.values { for i in list { datacenters.insert(i.node.datacenter.lowercased()) } }
+        return CatalogSnapshot(services: services, nodes: TreeDictionary(uniqueKeysWithValues: source.nodes.map { ($0.key, $0.value) }),
+                               datacenters: datacenters, zones: zones, generation: generation)
     }
 }
 
@@ -108,5 +107,28 @@ public final class SnapshotStore: Sendable {
 
     public func publish(_ snapshot: CatalogSnapshot) {
         current.store(snapshot, ordering: .releasing)
+    }
+
+    /// Uptime in nanoseconds at which the oldest registry lost contact; 0 while all are in contact.
+    private let staleSince = ManagedAtomic<UInt64>(0)
+
+    public func setStale(since uptimeNanoseconds: UInt64?) {
+        staleSince.store(uptimeNanoseconds ?? 0, ordering: .relaxed)
+    }
+
+    /// How long the data has been without a registry's confirmation; nil while every registry is in contact.
+    public func staleness(now: UInt64 = Uptime.nanoseconds) -> Duration? {
+        let since = staleSince.load(ordering: .relaxed)
+        guard since != 0, now >= since else { return nil }
+        return .nanoseconds(Int64(now - since))
+    }
+}
+
+/// A monotonic clock reading that fits in an atomic.
+public enum Uptime {
+    public static var nanoseconds: UInt64 {
+        var ts = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &ts)
+        return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
     }
 }

@@ -11,11 +11,20 @@ public struct QueryHandler: Sendable {
     public let resolver: Resolver
     public let store: SnapshotStore
     public let logger: Logger
+    /// Past this much staleness (a registry out of contact), names in the domain get SERVFAIL.
+    public let maxStale: Duration?
 
-    public init(resolver: Resolver, store: SnapshotStore, logger: Logger) {
+    public init(resolver: Resolver, store: SnapshotStore, logger: Logger, maxStale: Duration? = nil) {
         self.resolver = resolver
         self.store = store
         self.logger = logger
+        self.maxStale = maxStale
+    }
+
+    /// True when the data is older than `--max-stale` allows.
+    func tooStale(_ question: Question) -> Bool {
+        guard let maxStale, let age = store.staleness(), age > maxStale else { return false }
+        return question.name.isSubdomain(of: resolver.configuration.domain)
     }
 
     /// The response for `packet`, or nil when it must be dropped.
@@ -37,7 +46,9 @@ public struct QueryHandler: Sendable {
             return ResponseEncoder.encode(Answer(rcode: rcode, authoritative: false), reply: reply,
                                           limit: limit(edns, transport), allocator: allocator)
         case .query(let query):
-            let answer = resolver.resolve(query.question, in: store.snapshot)
+            let answer = tooStale(query.question)
+                ? Answer(rcode: RCode.servFail, authoritative: false)
+                : resolver.resolve(query.question, in: store.snapshot)
             var h = DNSHeader(id: query.header.id)
             h.qr = true
             h.aa = answer.authoritative

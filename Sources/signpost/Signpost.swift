@@ -54,8 +54,8 @@ struct CatalogOptions: ParsableArguments {
     @Option(name: .long, help: ArgumentHelp("JSON file of settings named like these flags; flags on the command line win.", valueName: "FILE"))
     var config: String?
 
-    @Option(name: .long, help: ArgumentHelp("Directory of JSON catalog files (Consul /v1/catalog/register bodies).", valueName: "DIR"))
-    var catalog: String = "zones/catalog"
+    @Option(name: .long, help: ArgumentHelp("Directory of JSON catalog files (Consul /v1/catalog/register bodies); short for --registry file:DIR. Default zones/catalog when no --registry is given.", valueName: "DIR"))
+    var catalog: String?
 
     @Option(name: .long, help: ArgumentHelp("Directory of RFC 1035 master files (*.zone). Default: zones, if it exists.", valueName: "DIR"))
     var zones: String?
@@ -78,6 +78,12 @@ struct Serve: AsyncParsableCommand {
     var listen: [String] = ["127.0.0.1:8600"]
 
     @OptionGroup var catalogOptions: CatalogOptions
+
+    @Option(name: .long, help: ArgumentHelp("A registry to watch: file:DIR, etcd:http://HOST:PORT[,…][?prefix=/services/], consul:http://HOST:PORT[?dc=&token=&stale=true]. Repeatable; catalogs are merged, earlier registries win conflicts.", valueName: "URL"))
+    var registry: [String] = []
+
+    @Option(name: .long, help: ArgumentHelp("Answer SERVFAIL for the domain once registry data is this stale (e.g. 10m). Default: unlimited.", valueName: "DURATION"))
+    var maxStale: String?
 
     @Option(name: .long, help: "The service domain.")
     var domain: String = "consul"
@@ -141,20 +147,59 @@ struct Serve: AsyncParsableCommand {
             throw StartupError(message: error.description, code: 64)
         }
 
-        let store = SnapshotStore()
-        let watcher: CatalogWatcher
+        var maxStaleValue: Duration? = nil
+        if let maxStale {
+            guard let seconds = parseDuration(maxStale), seconds > 0 else { throw StartupError(message: "invalid --max-stale \"\(maxStale)\"", code: 64) }
+            maxStaleValue = .seconds(Int64(seconds))
+        }
+        var specs: [RegistrySpec] = []
+        if let c = catalogOptions.catalog { specs.append(.file(directory: c)) }
         do {
-            watcher = try CatalogWatcher(
-                configuration: .init(catalogDirectory: catalogOptions.catalog, zonesDirectory: catalogOptions.zonesDirectory(),
-                                     localDatacenter: catalogOptions.datacenter),
-                store: store, logger: logger)
+            for r in registry { specs.append(try RegistrySpec(parsing: r, environment: ProcessInfo.processInfo.environment)) }
         } catch {
+            throw StartupError(message: error.description, code: 64)
+        }
+        if specs.isEmpty { specs = [.file(directory: "zones/catalog")] }
+
+        let store = SnapshotStore()
+        let zonesDir = catalogOptions.zonesDirectory()
+        let dc = catalogOptions.datacenter
+        let assembler = CatalogAssembler(sources: specs.map(\.description), expectsZones: zonesDir != nil,
+                                         localDatacenter: dc, store: store, logger: logger)
+        var fileWatchers: [CatalogWatcher] = []
+        var services: [any Service] = []
+        do {
+            for (index, spec) in specs.enumerated() {
+                switch spec {
+                case .file(let directory):
+                    fileWatchers.append(try CatalogWatcher(
+                        configuration: .init(catalogDirectory: directory, zonesDirectory: nil, localDatacenter: dc),
+                        assembler: assembler, sourceIndex: index, logger: logger))
+                case .etcd(let endpoints, let prefix):
+                    let watcher = EtcdWatcher(configuration: .init(endpoints: endpoints, prefix: prefix, localDatacenter: dc),
+                                              assembler: assembler, sourceIndex: index, logger: logger)
+                    services.append(TaskService { await watcher.run() })
+                case .consul:
+                    throw StartupError(message: "consul registries are not supported yet", code: 64)
+                }
+            }
+            if let zonesDir {
+                fileWatchers.append(try CatalogWatcher(
+                    configuration: .init(catalogDirectory: nil, zonesDirectory: zonesDir, localDatacenter: dc),
+                    assembler: assembler, sourceIndex: -1, logger: logger))
+            }
+        } catch let error as CatalogProblem {
             throw StartupError(message: "cannot use \(error.path): \(error.reason)")
         }
+        for w in fileWatchers { services.append(TaskService { await w.run() }) }
+        let monitor = StalenessMonitor(store: store, logger: logger)
+        services.append(TaskService { await monitor.run() })
+
         let group = MultiThreadedEventLoopGroup(numberOfThreads: threads ?? NIOCore.System.coreCount)
         let server = DNSServer(
             configuration: serverConfig,
-            handler: QueryHandler(resolver: Resolver(configuration: resolverConfig), store: store, logger: logger),
+            handler: QueryHandler(resolver: Resolver(configuration: resolverConfig), store: store, logger: logger,
+                                  maxStale: maxStaleValue),
             group: group, logger: logger)
         // Bind first, so a busy port fails before anything else is logged; queries that arrive
         // before the catalog has loaded get SERVFAIL, never a false NXDOMAIN.
@@ -164,25 +209,26 @@ struct Serve: AsyncParsableCommand {
             try? await group.shutdownGracefully()
             throw StartupError(message: error.description)
         }
-        await watcher.refresh()
+        for w in fileWatchers { await w.refresh() }
 
-        let services = ServiceGroup(
-            services: [WatcherService(watcher: watcher), server],
+        let serviceGroup = ServiceGroup(
+            services: services + [server],
             gracefulShutdownSignals: [.sigterm, .sigint],
             logger: logger)
-        try await services.run()
+        try await serviceGroup.run()
         try? await group.shutdownGracefully()
     }
 }
 
-/// Runs the catalog watcher's poll loop inside the ServiceGroup.
-struct WatcherService: Service {
-    let watcher: CatalogWatcher
+/// A loop (a watcher's poll or watch, the staleness monitor) run inside the ServiceGroup,
+/// cancelled on graceful shutdown.
+struct TaskService: Service {
+    let body: @Sendable () async -> Void
+
+    init(_ body: @escaping @Sendable () async -> Void) { self.body = body }
 
     func run() async throws {
-        await cancelWhenGracefulShutdown {
-            await watcher.run()
-        }
+        await cancelWhenGracefulShutdown { await body() }
     }
 }
 
@@ -194,13 +240,14 @@ struct Check: AsyncParsableCommand {
 
     func run() async throws {
         let zonesDir = catalogOptions.zonesDirectory()
-        let problems = CatalogWatcher.check(catalogDirectory: catalogOptions.catalog, zonesDirectory: zonesDir,
+        let catalog = catalogOptions.catalog ?? "zones/catalog"
+        let problems = CatalogWatcher.check(catalogDirectory: catalog, zonesDirectory: zonesDir,
                                             localDatacenter: catalogOptions.datacenter)
         for p in problems { print(p) }
         if !problems.isEmpty {
             throw StartupError(message: "\(problems.count) problem\(problems.count == 1 ? "" : "s") found")
         }
-        print("ok: \(catalogOptions.catalog)\(zonesDir.map { " and \($0)" } ?? "")")
+        print("ok: \(catalog)\(zonesDir.map { " and \($0)" } ?? "")")
     }
 }
 

@@ -65,15 +65,15 @@ final class Server: @unchecked Sendable {
     let dir: TempDir
 
     /// Starts `signpost serve` on 127.0.0.1:0 with `catalog/` and `zones/` under `dir`.
-    init(dir: TempDir, extra: [String] = []) throws {
+    init(dir: TempDir, catalog: Bool = true, extra: [String] = []) throws {
         self.dir = dir
         logPath = dir.path + "/server.log"
         FileManager.default.createFile(atPath: logPath, contents: nil)
         try FileManager.default.createDirectory(atPath: dir.path + "/catalog", withIntermediateDirectories: true)
         try FileManager.default.createDirectory(atPath: dir.path + "/zones", withIntermediateDirectories: true)
         process.executableURL = URL(fileURLWithPath: signpostBinary)
-        process.arguments = ["serve", "--listen", "127.0.0.1:0", "--catalog", dir.path + "/catalog",
-                             "--zones", dir.path + "/zones"] + extra
+        process.arguments = ["serve", "--listen", "127.0.0.1:0"] + (catalog ? ["--catalog", dir.path + "/catalog"] : [])
+            + ["--zones", dir.path + "/zones"] + extra
         let log = FileHandle(forWritingAtPath: logPath)!
         process.standardOutput = log
         process.standardError = log

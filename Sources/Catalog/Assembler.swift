@@ -1,0 +1,118 @@
+import DNSWire
+import Foundation
+import HashTreeCollections
+import Logging
+
+/// Merges the registries (in `--registry` order) and the zone files into snapshots.
+///
+/// - A registry publishes either its whole catalog (`replace`), or only the services and nodes that
+///   changed (`update`); then only those entries are merged again, and the persistent maps share the rest.
+/// - The same service in several registries: the instance lists are merged, and the first registry wins when
+///   two registries carry the same instance (node, datacenter, ID). The same node: the first registry wins.
+/// - The snapshot is loaded once every registry and the zone files have loaded once; before that,
+///   names in the domain get SERVFAIL rather than a false NXDOMAIN.
+public actor CatalogAssembler {
+    public let store: SnapshotStore
+    private let localDatacenter: String
+    private let logger: Logger
+    private var sources: [SourceCatalog?]
+    private var names: [String]
+    private var zones: [Zone]?
+    private var services = TreeDictionary<String, ServiceEntry>()
+    private var nodes = TreeDictionary<CatalogSnapshot.NodeKey, Node>()
+    /// How many instances and nodes name each datacenter, so the set stays exact under updates.
+    private var datacenterCounts: [String: Int] = [:]
+    private var generation: UInt32 = 0
+    /// Uptime (ns) at which each registry lost contact, if it has.
+    private var staleSince: [Int: UInt64] = [:]
+
+    /// - Parameters:
+    ///   - sources: a name per registry, for logs.
+    ///   - expectsZones: whether zone files will be delivered (so loading waits for them).
+    public init(sources: [String], expectsZones: Bool, localDatacenter: String, store: SnapshotStore, logger: Logger) {
+        self.names = sources
+        self.sources = Array(repeating: nil, count: sources.count)
+        self.zones = expectsZones ? nil : []
+        self.localDatacenter = localDatacenter.lowercased()
+        self.store = store
+        self.logger = logger
+    }
+
+    /// A registry's whole catalog (initial load, re-list, or a file change).
+    public func replace(source index: Int, with catalog: SourceCatalog) {
+        let old = sources[index]
+        sources[index] = catalog
+        var serviceNames = Set(catalog.services.keys)
+        var nodeKeys = Set(catalog.nodes.keys)
+        if let old {
+            serviceNames.formUnion(old.services.keys)
+            nodeKeys.formUnion(old.nodes.keys)
+        }
+        remerge(services: serviceNames, nodes: nodeKeys)
+        publish()
+    }
+
+    /// Only what changed: `services[name] = []` removes a service from this registry; `nodes[key] = nil`
+    /// (an explicit nil value) removes a node.
+    public func update(source index: Int, services changed: [String: [Instance]], nodes changedNodes: [CatalogSnapshot.NodeKey: Node?]) {
+        var catalog = sources[index] ?? SourceCatalog()
+        for (name, list) in changed { catalog.services[name] = list.isEmpty ? nil : list }
+        for (key, node) in changedNodes { catalog.nodes[key] = node }
+        sources[index] = catalog
+        remerge(services: Set(changed.keys), nodes: Set(changedNodes.keys))
+        publish()
+    }
+
+    public func setZones(_ zones: [Zone]) {
+        self.zones = zones
+        publish()
+    }
+
+    /// Records whether a registry is in contact; the store exposes the oldest loss of contact.
+    public func setContact(source index: Int, inContact: Bool) {
+        if inContact {
+            if staleSince.removeValue(forKey: index) != nil {
+                logger.info("registry in contact again", metadata: ["registry": "\(names[index])"])
+            }
+        } else if staleSince[index] == nil {
+            staleSince[index] = Uptime.nanoseconds
+            logger.warning("registry unreachable; serving the cached catalog", metadata: ["registry": "\(names[index])"])
+        }
+        store.setStale(since: staleSince.values.min())
+    }
+
+    private func remerge(services serviceNames: Set<String>, nodes nodeKeys: Set<CatalogSnapshot.NodeKey>) {
+        for name in serviceNames {
+            let lists = sources.compactMap { $0?.services[name] }
+            let merged = ServiceEntry.merged(name: name, lists)
+            count(services[name]?.instances, -1)
+            count(merged?.instances, +1)
+            services[name] = merged
+        }
+        for key in nodeKeys {
+            let merged = sources.lazy.compactMap { $0?.nodes[key] }.first
+            if let old = nodes[key] { datacenterCounts[old.datacenter.lowercased(), default: 0] -= 1 }
+            if let merged { datacenterCounts[merged.datacenter.lowercased(), default: 0] += 1 }
+            nodes[key] = merged
+        }
+    }
+
+    private func count(_ instances: [Instance]?, _ delta: Int) {
+        for inst in instances ?? [] { datacenterCounts[inst.node.datacenter.lowercased(), default: 0] += delta }
+    }
+
+    private func publish() {
+        // The default SOA serial: seconds since the epoch, but always increasing.
+        generation = max(generation &+ 1, UInt32(truncatingIfNeeded: Int(Date().timeIntervalSince1970)))
+        var datacenters: Set<String> = [localDatacenter]
+        for (dc, n) in datacenterCounts where n > 0 { datacenters.insert(dc) }
+        let loaded = zones != nil && sources.allSatisfy { $0 != nil }
+        store.publish(CatalogSnapshot(services: services, nodes: nodes, datacenters: datacenters, zones: zones ?? [],
+                                      generation: generation, isLoaded: loaded))
+    }
+
+    /// Instances and services currently served, for logs.
+    public var counts: (services: Int, instances: Int) {
+        (services.count, services.values.reduce(0) { $0 + $1.instances.count })
+    }
+}

@@ -1,0 +1,246 @@
+import AsyncHTTPClient
+import DNSWire
+import Foundation
+import Logging
+import NIOCore
+
+/// Follows an etcd v3 cluster through its HTTP/JSON gateway: a range read of the prefix, then a
+/// watch from the next revision, so no event is missed.
+///
+/// - A compacted start revision (the watch is cancelled with `compact_revision`) forces a re-list.
+/// - Any other failure moves to the next endpoint after a capped exponential backoff with full jitter;
+///   the watch resumes from the last revision seen, so changes made meanwhile are replayed.
+/// - While no endpoint answers, the assembler keeps serving the last snapshot and the store reports
+///   how stale it is.
+/// - A value that parses as none of the formats is logged with its key and skipped; an earlier good value
+///   of that key keeps serving (as with catalog files).
+public actor EtcdWatcher {
+    public struct Configuration: Sendable {
+        /// Base URLs, e.g. `http://127.0.0.1:2379`.
+        public var endpoints: [String]
+        public var prefix: String
+        public var localDatacenter: String
+        public var backoffBase: Duration = .milliseconds(100)
+        public var backoffCap: Duration = .seconds(5)
+
+        public init(endpoints: [String], prefix: String = "/services/", localDatacenter: String = "dc1") {
+            self.endpoints = endpoints
+            self.prefix = prefix
+            self.localDatacenter = localDatacenter
+        }
+    }
+
+    struct Compacted: Error {}
+    struct GatewayError: Error, CustomStringConvertible { var description: String }
+
+    public let configuration: Configuration
+    private let assembler: CatalogAssembler
+    private let sourceIndex: Int
+    private let logger: Logger
+    private let client: HTTPClient
+    /// Current instance per key.
+    private var keys: [String: (service: String, instance: Instance)] = [:]
+    /// Nodes named by instances, with how many instances name them.
+    private var nodeRefs: [CatalogSnapshot.NodeKey: (node: Node, count: Int)] = [:]
+    private var revision: Int64 = 0
+    private var listed = false
+    private var endpointIndex = 0
+
+    public init(configuration: Configuration, assembler: CatalogAssembler, sourceIndex: Int, logger: Logger) {
+        self.configuration = configuration
+        self.assembler = assembler
+        self.sourceIndex = sourceIndex
+        self.logger = logger
+        var http = HTTPClient.Configuration()
+        http.timeout = .init(connect: .seconds(1))
+        self.client = HTTPClient(eventLoopGroupProvider: .singleton, configuration: http)
+    }
+
+    /// Runs until cancelled.
+    public func run() async {
+        var failures = 0
+        while !Task.isCancelled {
+            let endpoint = configuration.endpoints[endpointIndex % configuration.endpoints.count]
+            do {
+                if !listed { try await list(endpoint) }
+                try await watch(endpoint) { failures = 0 }
+                throw GatewayError(description: "watch stream ended")
+            } catch is Compacted {
+                logger.info("etcd watch revision compacted; listing again", metadata: ["etcd.endpoint": "\(endpoint)"])
+                listed = false
+            } catch {
+                if Task.isCancelled { break }
+                failures += 1
+                logger.warning("etcd unreachable", metadata: ["etcd.endpoint": "\(endpoint)", "error": "\(error)"])
+                await assembler.setContact(source: sourceIndex, inContact: false)
+                endpointIndex += 1
+                do { try await Task.sleep(for: backoff(failures)) } catch { break }
+            }
+        }
+        try? await client.shutdown()
+    }
+
+    /// base·2^(n-1), capped, with full jitter.
+    func backoff(_ failures: Int) -> Duration {
+        let base = Double(configuration.backoffBase.components.attoseconds) / 1e18 + Double(configuration.backoffBase.components.seconds)
+        let cap = Double(configuration.backoffCap.components.seconds) + Double(configuration.backoffCap.components.attoseconds) / 1e18
+        let ceiling = min(cap, base * pow(2, Double(min(failures - 1, 30))))
+        return .milliseconds(Int64(Double.random(in: 0...ceiling) * 1000))
+    }
+
+    private var rangeBody: [String: String] {
+        ["key": Data(configuration.prefix.utf8).base64EncodedString(), "range_end": Data(Self.prefixEnd(configuration.prefix)).base64EncodedString()]
+    }
+
+    /// The first key after every key with this prefix.
+    static func prefixEnd(_ prefix: String) -> [UInt8] {
+        var bytes = Array(prefix.utf8)
+        while let last = bytes.last {
+            if last < 0xFF { bytes[bytes.count - 1] = last + 1; return bytes }
+            bytes.removeLast()
+        }
+        return [0]
+    }
+
+    private func post(_ endpoint: String, _ path: String, _ body: [String: Any], deadline: NIODeadline) async throws -> HTTPClientResponse {
+        var request = HTTPClientRequest(url: endpoint + path)
+        request.method = .POST
+        request.headers.add(name: "Content-Type", value: "application/json")
+        request.body = .bytes(ByteBuffer(bytes: try JSONSerialization.data(withJSONObject: body)))
+        let response = try await client.execute(request, deadline: deadline, logger: logger)
+        guard response.status == .ok else {
+            throw GatewayError(description: "\(path): HTTP \(response.status.code)")
+        }
+        return response
+    }
+
+    private func list(_ endpoint: String) async throws {
+        let response = try await post(endpoint, "/v3/kv/range", rangeBody, deadline: .now() + .seconds(30))
+        let body = try await response.body.collect(upTo: 1 << 30)
+        guard let json = try JSONSerialization.jsonObject(with: Data(body.readableBytesView)) as? [String: Any] else {
+            throw GatewayError(description: "range: not a JSON object")
+        }
+        let header = json["header"] as? [String: Any]
+        revision = Int64(header?["revision"] as? String ?? "0") ?? 0
+        var fresh: [String: (service: String, instance: Instance)] = [:]
+        for kv in json["kvs"] as? [[String: Any]] ?? [] {
+            guard let key = Self.decode(kv["key"]), let value = Self.decodeBytes(kv["value"]) else { continue }
+            if let parsed = parse(key: key, value: value) ?? keys[key] { fresh[key] = parsed }
+        }
+        keys = fresh
+        nodeRefs = [:]
+        var catalog = SourceCatalog()
+        for (_, entry) in keys {
+            catalog.services[entry.service, default: []].append(entry.instance)
+            retain(entry.instance.node)
+        }
+        catalog.nodes = nodeRefs.mapValues(\.node)
+        await assembler.replace(source: sourceIndex, with: catalog)
+        await assembler.setContact(source: sourceIndex, inContact: true)
+        listed = true
+        logger.info("etcd listed", metadata: ["etcd.endpoint": "\(endpoint)", "etcd.revision": "\(revision)", "etcd.keys": "\(keys.count)"])
+    }
+
+    private func watch(_ endpoint: String, onCreated: () -> Void) async throws {
+        var create = rangeBody as [String: Any]
+        create["start_revision"] = String(revision + 1)
+        create["progress_notify"] = true
+        let response = try await post(endpoint, "/v3/watch", ["create_request": create], deadline: .distantFuture)
+        var pending = ByteBuffer()
+        for try await var chunk in response.body {
+            pending.writeBuffer(&chunk)
+            while let newline = pending.readableBytesView.firstIndex(of: UInt8(ascii: "\n")) {
+                let line = pending.readSlice(length: newline - pending.readerIndex + 1)!
+                try await handle(Data(line.readableBytesView), endpoint: endpoint, onCreated: onCreated)
+            }
+            pending.discardReadBytes()
+        }
+    }
+
+    private func handle(_ line: Data, endpoint: String, onCreated: () -> Void) async throws {
+        guard let json = try? JSONSerialization.jsonObject(with: line) as? [String: Any] else { return }
+        if let error = json["error"] as? [String: Any] { throw GatewayError(description: "watch: \(error)") }
+        guard let result = json["result"] as? [String: Any] else { return }
+        if result["created"] as? Bool == true {
+            await assembler.setContact(source: sourceIndex, inContact: true)
+            onCreated()
+        }
+        if result["canceled"] as? Bool == true {
+            if let compacted = result["compact_revision"] as? String, compacted != "0" { throw Compacted() }
+            throw GatewayError(description: "watch cancelled: \(result["cancel_reason"] ?? "")")
+        }
+        if let header = result["header"] as? [String: Any], let r = Int64(header["revision"] as? String ?? "") {
+            revision = max(revision, r)
+        }
+        guard let events = result["events"] as? [[String: Any]], !events.isEmpty else { return }
+        var changedServices: Set<String> = []
+        var changedNodes: Set<CatalogSnapshot.NodeKey> = []
+        for event in events {
+            guard let kv = event["kv"] as? [String: Any], let key = Self.decode(kv["key"]) else { continue }
+            if let r = Int64(kv["mod_revision"] as? String ?? "") { revision = max(revision, r) }
+            let old = keys[key]
+            var new: (service: String, instance: Instance)? = nil
+            if (event["type"] as? String) != "DELETE" {
+                guard let value = Self.decodeBytes(kv["value"]) else { continue }
+                new = parse(key: key, value: value) ?? old
+            }
+            if let old {
+                changedServices.insert(old.service)
+                if release(old.instance.node) { changedNodes.insert(nodeKey(old.instance.node)) }
+            }
+            if let new {
+                changedServices.insert(new.service)
+                if retain(new.instance.node) { changedNodes.insert(nodeKey(new.instance.node)) }
+            }
+            keys[key] = new
+        }
+        var services: [String: [Instance]] = [:]
+        for name in changedServices { services[name] = [] }
+        for (_, entry) in keys where changedServices.contains(entry.service) { services[entry.service]!.append(entry.instance) }
+        var nodes: [CatalogSnapshot.NodeKey: Node?] = [:]
+        for key in changedNodes { nodes[key] = .some(nodeRefs[key]?.node) }
+        await assembler.update(source: sourceIndex, services: services, nodes: nodes)
+    }
+
+    private func parse(key: String, value: [UInt8]) -> (service: String, instance: Instance)? {
+        do {
+            return try EtcdValue.parse(key: key, value: value, prefix: configuration.prefix, localDatacenter: configuration.localDatacenter)
+        } catch {
+            logger.error("etcd value skipped", metadata: ["etcd.key": "\(key)", "reason": "\(error)"])
+            return nil
+        }
+    }
+
+    private func nodeKey(_ node: Node) -> CatalogSnapshot.NodeKey {
+        CatalogSnapshot.NodeKey(name: node.name, datacenter: node.datacenter)
+    }
+
+    /// Counts a reference to a named node; true if the node entry changed.
+    @discardableResult
+    private func retain(_ node: Node) -> Bool {
+        guard !node.name.isEmpty else { return false }
+        let key = nodeKey(node)
+        let old = nodeRefs[key]
+        nodeRefs[key] = (node, (old?.count ?? 0) + 1)
+        return old == nil || old!.node != node
+    }
+
+    /// Drops a reference; true if the node went away.
+    private func release(_ node: Node) -> Bool {
+        guard !node.name.isEmpty else { return false }
+        let key = nodeKey(node)
+        guard let old = nodeRefs[key] else { return false }
+        if old.count <= 1 { nodeRefs[key] = nil; return true }
+        nodeRefs[key] = (old.node, old.count - 1)
+        return false
+    }
+
+    static func decodeBytes(_ any: Any?) -> [UInt8]? {
+        guard let s = any as? String else { return any == nil ? [] : nil }
+        return Data(base64Encoded: s).map { [UInt8]($0) }
+    }
+
+    static func decode(_ any: Any?) -> String? {
+        decodeBytes(any).map { String(decoding: $0, as: UTF8.self) }
+    }
+}

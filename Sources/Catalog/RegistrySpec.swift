@@ -1,0 +1,87 @@
+/// A `--registry` URL.
+/// - `file:DIR`: catalog files (`--catalog DIR` is the short form).
+/// - `etcd:http://HOST:PORT[,http://HOST2:PORT…][?prefix=/services/]`
+/// - `consul:http://HOST:PORT[?dc=dc1&token=…&stale=true]`; the token may also come from `CONSUL_HTTP_TOKEN`.
+public enum RegistrySpec: Sendable, Equatable, CustomStringConvertible {
+    case file(directory: String)
+    case etcd(endpoints: [String], prefix: String)
+    case consul(address: String, datacenter: String?, token: String?, stale: Bool)
+
+    public struct Invalid: Error, CustomStringConvertible {
+        public var description: String
+    }
+
+    public init(parsing text: String, environment: [String: String] = [:]) throws(Invalid) {
+        guard let colon = text.firstIndex(of: ":") else {
+            throw Invalid(description: "invalid --registry \"\(text)\": expected file:DIR, etcd:http://HOST:PORT or consul:http://HOST:PORT")
+        }
+        let scheme = text[..<colon].lowercased()
+        let rest = String(text[text.index(after: colon)...])
+        let (base, query) = Self.splitQuery(rest)
+        func checkURL(_ url: String) throws(Invalid) {
+            guard url.hasPrefix("http://") || url.hasPrefix("https://"), url.count > "http://".count else {
+                throw Invalid(description: "invalid --registry \"\(text)\": \"\(url)\" is not an http:// or https:// URL")
+            }
+        }
+        switch scheme {
+        case "file":
+            guard !rest.isEmpty else { throw Invalid(description: "invalid --registry \"\(text)\": missing directory") }
+            self = .file(directory: rest)
+        case "etcd":
+            let endpoints = base.split(separator: ",").map { String($0.hasSuffix("/") ? $0.dropLast() : $0) }
+            guard !endpoints.isEmpty else { throw Invalid(description: "invalid --registry \"\(text)\": no endpoints") }
+            for e in endpoints { try checkURL(e) }
+            for key in query.keys where key != "prefix" {
+                throw Invalid(description: "invalid --registry \"\(text)\": unknown option \"\(key)\"")
+            }
+            var prefix = query["prefix"] ?? "/services/"
+            if !prefix.hasSuffix("/") { prefix += "/" }
+            self = .etcd(endpoints: endpoints, prefix: prefix)
+        case "consul":
+            let address = base.hasSuffix("/") ? String(base.dropLast()) : base
+            try checkURL(address)
+            for key in query.keys where !["dc", "token", "stale"].contains(key) {
+                throw Invalid(description: "invalid --registry \"\(text)\": unknown option \"\(key)\"")
+            }
+            let token = query["token"] ?? environment["CONSUL_HTTP_TOKEN"].flatMap { $0.isEmpty ? nil : $0 }
+            self = .consul(address: address, datacenter: query["dc"], token: token, stale: query["stale"] == "true")
+        default:
+            throw Invalid(description: "invalid --registry \"\(text)\": unknown kind \"\(scheme)\" (file, etcd or consul)")
+        }
+    }
+
+    static func splitQuery(_ text: String) -> (String, [String: String]) {
+        guard let q = text.firstIndex(of: "?") else { return (text, [:]) }
+        var out: [String: String] = [:]
+        for pair in text[text.index(after: q)...].split(separator: "&") {
+            let kv = pair.split(separator: "=", maxSplits: 1)
+            out[String(kv[0])] = kv.count > 1 ? String(kv[1]).removingPercentEncodingIfPossible : ""
+        }
+        return (String(text[..<q]), out)
+    }
+
+    public var description: String {
+        switch self {
+        case .file(let d): return "file:\(d)"
+        case .etcd(let e, let p): return "etcd:\(e.joined(separator: ","))?prefix=\(p)"
+        case .consul(let a, let dc, _, _): return "consul:\(a)" + (dc.map { "?dc=\($0)" } ?? "")
+        }
+    }
+}
+
+extension String {
+    /// `%2F` → `/` for query values; the text unchanged when it is not valid percent-encoding.
+    var removingPercentEncodingIfPossible: String {
+        var out: [UInt8] = []
+        var bytes = Array(utf8)[...]
+        while let b = bytes.popFirst() {
+            if b == UInt8(ascii: "%"), bytes.count >= 2, let v = UInt8(String(decoding: bytes.prefix(2), as: UTF8.self), radix: 16) {
+                out.append(v)
+                bytes = bytes.dropFirst(2)
+            } else {
+                out.append(b)
+            }
+        }
+        return String(decoding: out, as: UTF8.self)
+    }
+}

@@ -1,0 +1,128 @@
+import Foundation
+import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A free TCP port on 127.0.0.1 (bound, read, released).
+func freePort() -> Int {
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    defer { close(fd) }
+    var a = sockaddr_in()
+    a.sin_family = sa_family_t(AF_INET)
+    a.sin_addr.s_addr = inet_addr("127.0.0.1")
+    a.sin_port = 0
+    var len = socklen_t(MemoryLayout<sockaddr_in>.size)
+    _ = withUnsafePointer(to: &a) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, len) } }
+    _ = withUnsafeMutablePointer(to: &a) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &len) } }
+    return Int(UInt16(bigEndian: a.sin_port))
+}
+
+let etcdAvailable = FileManager.default.isExecutableFile(atPath: "/usr/bin/etcd")
+
+/// Real etcd members from Debian's etcd-server, on free loopback ports, started and stopped by PID.
+final class EtcdCluster: @unchecked Sendable {
+    struct Member {
+        var name: String
+        var clientPort: Int
+        var peerPort: Int
+        var process: Process?
+        var url: String { "http://127.0.0.1:\(clientPort)" }
+    }
+
+    let dir = TempDir()
+    var members: [Member]
+
+    init(size: Int = 1) throws {
+        members = (0..<size).map { Member(name: "m\($0)", clientPort: freePort(), peerPort: freePort()) }
+        for i in members.indices { try start(i) }
+        try waitHealthy()
+    }
+
+    var endpoints: String { members.map(\.url).joined(separator: ",") }
+
+    func start(_ i: Int) throws {
+        let m = members[i]
+        let cluster = members.map { "\($0.name)=http://127.0.0.1:\($0.peerPort)" }.joined(separator: ",")
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/usr/bin/etcd")
+        p.arguments = ["--name", m.name, "--data-dir", dir.path + "/" + m.name,
+                       "--listen-client-urls", m.url, "--advertise-client-urls", m.url,
+                       "--listen-peer-urls", "http://127.0.0.1:\(m.peerPort)",
+                       "--initial-advertise-peer-urls", "http://127.0.0.1:\(m.peerPort)",
+                       "--initial-cluster", cluster, "--initial-cluster-state", "new",
+                       "--initial-cluster-token", "signpost-test-\(getpid())"]
+        let log = FileManager.default.createFile(atPath: dir.path + "/\(m.name).log", contents: nil)
+        _ = log
+        p.standardOutput = FileHandle(forWritingAtPath: dir.path + "/\(m.name).log")
+        p.standardError = p.standardOutput
+        p.standardInput = FileHandle.nullDevice
+        try p.run()
+        members[i].process = p
+    }
+
+    /// SIGKILL one member (as a crash would).
+    func kill(_ i: Int) {
+        guard let p = members[i].process, p.isRunning else { return }
+        Glibc.kill(p.processIdentifier, SIGKILL)
+        p.waitUntilExit()
+        members[i].process = nil
+    }
+
+    func waitHealthy(timeout: TimeInterval = 20) throws {
+        let deadline = Date().addingTimeInterval(timeout)
+        while Date() < deadline {
+            let live = members.filter { $0.process != nil }.map(\.url).joined(separator: ",")
+            if (try? ctl(["endpoint", "health"], endpoints: live))?.status == 0 { return }
+            usleep(100_000)
+        }
+        throw Server.ServerError(message: "etcd did not become healthy")
+    }
+
+    @discardableResult
+    func ctl(_ args: [String], endpoints: String? = nil) throws -> (status: Int32, out: String, err: String) {
+        let live = endpoints ?? members.filter { $0.process != nil }.map(\.url).joined(separator: ",")
+        return try run(["ETCDCTL_API=3", "etcdctl", "--command-timeout=5s", "--endpoints", live] + args)
+    }
+
+    func put(_ key: String, _ value: String, lease: String? = nil) throws {
+        let r = try ctl(["put", key, value] + (lease.map { ["--lease=\($0)"] } ?? []))
+        #expect(r.status == 0, "etcdctl put: \(r.err)")
+    }
+
+    func delete(_ key: String) throws { try ctl(["del", key]) }
+
+    /// A lease of `ttl` seconds; returns its hex ID.
+    func grantLease(_ ttl: Int) throws -> String {
+        let r = try ctl(["lease", "grant", "\(ttl)"])
+        // "lease 694d77aa9e38260a granted with TTL(2s)"
+        return String(r.out.split(separator: " ")[1])
+    }
+
+    /// The current revision, then compact to it.
+    func compactToHead() throws {
+        let r = try ctl(["endpoint", "status", "-w", "json"])
+        guard let data = r.out.data(using: .utf8),
+              let arr = try JSONSerialization.jsonObject(with: data) as? [[String: Any]],
+              let status = arr.first?["Status"] as? [String: Any],
+              let header = status["header"] as? [String: Any],
+              let rev = header["revision"] as? NSNumber else {
+            throw Server.ServerError(message: "no revision in \(r.out)")
+        }
+        try ctl(["compact", "\(rev.int64Value)", "--physical"])
+    }
+
+    deinit { for i in members.indices { kill(i) } }
+}
+
+/// Polls `condition` until true or the deadline; returns the seconds it took, or nil.
+@discardableResult
+func eventually(within seconds: TimeInterval, every interval: useconds_t = 50_000, _ condition: () throws -> Bool) rethrows -> TimeInterval? {
+    let start = Date()
+    while Date().timeIntervalSince(start) < seconds {
+        if try condition() { return Date().timeIntervalSince(start) }
+        usleep(interval)
+    }
+    return try condition() ? Date().timeIntervalSince(start) : nil
+}

@@ -86,12 +86,21 @@ final class EtcdCluster: @unchecked Sendable {
         return try run(["ETCDCTL_API=3", "etcdctl", "--command-timeout=5s", "--endpoints", live] + args)
     }
 
-    func put(_ key: String, _ value: String, lease: String? = nil) throws {
-        let r = try ctl(["put", key, value] + (lease.map { ["--lease=\($0)"] } ?? []))
-        #expect(r.status == 0, "etcdctl put: \(r.err)")
+    /// Writes retry for a few seconds: right after a member dies, the cluster may be electing a leader.
+    private func write(_ args: [String]) throws {
+        var r = try ctl(args)
+        for _ in 0..<20 where r.status != 0 {
+            usleep(250_000)
+            r = try ctl(args)
+        }
+        #expect(r.status == 0, "etcdctl \(args.first ?? ""): \(r.err)")
     }
 
-    func delete(_ key: String) throws { try ctl(["del", key]) }
+    func put(_ key: String, _ value: String, lease: String? = nil) throws {
+        try write(["put", key, value] + (lease.map { ["--lease=\($0)"] } ?? []))
+    }
+
+    func delete(_ key: String) throws { try write(["del", key]) }
 
     /// A lease of `ttl` seconds; returns its hex ID.
     func grantLease(_ ttl: Int) throws -> String {

@@ -14,6 +14,8 @@ import Logging
 public actor CatalogAssembler {
     public let store: SnapshotStore
     private let localDatacenter: String
+    /// The local datacenter as configured (original case).
+    public nonisolated let localDatacenterName: String
     private let logger: Logger
     private var sources: [SourceCatalog?]
     private var names: [String]
@@ -34,6 +36,7 @@ public actor CatalogAssembler {
         self.sources = Array(repeating: nil, count: sources.count)
         self.zones = expectsZones ? nil : []
         self.localDatacenter = localDatacenter.lowercased()
+        self.localDatacenterName = localDatacenter
         self.store = store
         self.logger = logger
     }

@@ -166,31 +166,7 @@ struct Serve: AsyncParsableCommand {
         let dc = catalogOptions.datacenter
         let assembler = CatalogAssembler(sources: specs.map(\.description), expectsZones: zonesDir != nil,
                                          localDatacenter: dc, store: store, logger: logger)
-        var fileWatchers: [CatalogWatcher] = []
-        var services: [any Service] = []
-        do {
-            for (index, spec) in specs.enumerated() {
-                switch spec {
-                case .file(let directory):
-                    fileWatchers.append(try CatalogWatcher(
-                        configuration: .init(catalogDirectory: directory, zonesDirectory: nil, localDatacenter: dc),
-                        assembler: assembler, sourceIndex: index, logger: logger))
-                case .etcd(let endpoints, let prefix):
-                    let watcher = EtcdWatcher(configuration: .init(endpoints: endpoints, prefix: prefix, localDatacenter: dc),
-                                              assembler: assembler, sourceIndex: index, logger: logger)
-                    services.append(TaskService { await watcher.run() })
-                case .consul:
-                    throw StartupError(message: "consul registries are not supported yet", code: 64)
-                }
-            }
-            if let zonesDir {
-                fileWatchers.append(try CatalogWatcher(
-                    configuration: .init(catalogDirectory: nil, zonesDirectory: zonesDir, localDatacenter: dc),
-                    assembler: assembler, sourceIndex: -1, logger: logger))
-            }
-        } catch let error as CatalogProblem {
-            throw StartupError(message: "cannot use \(error.path): \(error.reason)")
-        }
+        var (fileWatchers, services) = try makeWatchers(specs, zonesDir: zonesDir, assembler: assembler, logger: logger)
         for w in fileWatchers { services.append(TaskService { await w.run() }) }
         let monitor = StalenessMonitor(store: store, logger: logger)
         services.append(TaskService { await monitor.run() })
@@ -218,6 +194,45 @@ struct Serve: AsyncParsableCommand {
         try await serviceGroup.run()
         try? await group.shutdownGracefully()
     }
+}
+
+/// One watcher per registry, plus one for the zone files. File watchers are returned separately,
+/// because they load once before serving starts.
+func makeWatchers(_ specs: [RegistrySpec], zonesDir: String?, assembler: CatalogAssembler, logger: Logger)
+    throws -> ([CatalogWatcher], [any Service])
+{
+    let dc = assembler.localDatacenterName
+    var fileWatchers: [CatalogWatcher] = []
+    var services: [any Service] = []
+    func file(_ catalog: String?, _ zones: String?, _ index: Int) throws -> CatalogWatcher {
+        do {
+            return try CatalogWatcher(configuration: .init(catalogDirectory: catalog, zonesDirectory: zones, localDatacenter: dc),
+                                      assembler: assembler, sourceIndex: index, logger: logger)
+        } catch {
+            throw StartupError(message: "cannot use \(error.path): \(error.reason)")
+        }
+    }
+    for (index, spec) in specs.enumerated() {
+        switch spec {
+        case .file(let directory):
+            fileWatchers.append(try file(directory, nil, index))
+        case .etcd(let endpoints, let prefix):
+            let watcher = EtcdWatcher(configuration: .init(endpoints: endpoints, prefix: prefix, localDatacenter: dc),
+                                      assembler: assembler, sourceIndex: index, logger: logger)
+            services.append(TaskService { await watcher.run() })
+        case .consul(let address, let datacenter, let token, let stale):
+            var config = ConsulWatcher.Configuration(address: address, datacenter: datacenter, token: token, stale: stale,
+                                                     localDatacenter: dc)
+            // Tests shorten the blocking wait; Consul's default is 5m.
+            if let wait = ProcessInfo.processInfo.environment["SIGNPOST_CONSUL_WAIT"], let seconds = parseDuration(wait), seconds > 0 {
+                config.wait = .seconds(Int64(seconds))
+            }
+            let watcher = ConsulWatcher(configuration: config, assembler: assembler, sourceIndex: index, logger: logger)
+            services.append(TaskService { await watcher.run() })
+        }
+    }
+    if let zonesDir { fileWatchers.append(try file(nil, zonesDir, -1)) }
+    return (fileWatchers, services)
 }
 
 /// A loop (a watcher's poll or watch, the staleness monitor) run inside the ServiceGroup,

@@ -65,7 +65,7 @@ final class Server: @unchecked Sendable {
     let dir: TempDir
 
     /// Starts `signpost serve` on 127.0.0.1:0 with `catalog/` and `zones/` under `dir`.
-    init(dir: TempDir, catalog: Bool = true, extra: [String] = []) throws {
+    init(dir: TempDir, catalog: Bool = true, extra: [String] = [], environment: [String: String] = [:]) throws {
         self.dir = dir
         logPath = dir.path + "/server.log"
         FileManager.default.createFile(atPath: logPath, contents: nil)
@@ -74,6 +74,7 @@ final class Server: @unchecked Sendable {
         process.executableURL = URL(fileURLWithPath: signpostBinary)
         process.arguments = ["serve", "--listen", "127.0.0.1:0"] + (catalog ? ["--catalog", dir.path + "/catalog"] : [])
             + ["--zones", dir.path + "/zones"] + extra
+        process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
         let log = FileHandle(forWritingAtPath: logPath)!
         process.standardOutput = log
         process.standardError = log

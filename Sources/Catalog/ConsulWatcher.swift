@@ -1,0 +1,279 @@
+import AsyncHTTPClient
+import DNSWire
+import Foundation
+import Logging
+import NIOCore
+
+/// Follows a Consul agent through its HTTP API with blocking queries: `/v1/catalog/services` for the set of
+/// services, and `/v1/health/service/<name>` for each service's nodes, instances and checks.
+///
+/// Every service is watched eagerly, one blocking query each, so the snapshot is always complete and a DNS
+/// answer never waits on Consul. (Watching lazily on a name's first query suits very large catalogs better,
+/// at the price of a slow first answer; see DESIGN.md.)
+///
+/// Blocking-query rules, as Consul documents them:
+/// - the index returned in `X-Consul-Index` is sent back as `?index=`;
+/// - an index that goes backwards resets to 0 (a full, non-blocking read);
+/// - an index below 1 is treated as 1;
+/// - a query that returns at once without a new index is rate-limited (`minInterval`);
+/// - the wait has jitter added, so many watchers do not wake in step.
+public actor ConsulWatcher {
+    public struct Configuration: Sendable {
+        public var address: String
+        public var datacenter: String?
+        public var token: String?
+        public var stale: Bool
+        public var localDatacenter: String
+        /// The `?wait=` of each blocking query (Consul's default is 5m).
+        public var wait: Duration = .seconds(300)
+        /// The least time between two queries of one watch that return without a new index.
+        public var minInterval: Duration = .milliseconds(250)
+        public var backoffBase: Duration = .milliseconds(100)
+        public var backoffCap: Duration = .seconds(5)
+
+        public init(address: String, datacenter: String? = nil, token: String? = nil, stale: Bool = false, localDatacenter: String = "dc1") {
+            self.address = address
+            self.datacenter = datacenter
+            self.token = token
+            self.stale = stale
+            self.localDatacenter = localDatacenter
+        }
+    }
+
+    struct HTTPError: Error, CustomStringConvertible { var description: String }
+
+    public let configuration: Configuration
+    private let assembler: CatalogAssembler
+    private let sourceIndex: Int
+    private let logger: Logger
+    private let client: HTTPClient
+    private var watches: [String: Task<Void, Never>] = [:]
+    /// Nodes each service's instances name, so a node stays while any service names it.
+    private var nodesByService: [String: [CatalogSnapshot.NodeKey: Node]] = [:]
+    private var nodeRefs: [CatalogSnapshot.NodeKey: (node: Node, count: Int)] = [:]
+
+    public init(configuration: Configuration, assembler: CatalogAssembler, sourceIndex: Int, logger: Logger) {
+        self.configuration = configuration
+        self.assembler = assembler
+        self.sourceIndex = sourceIndex
+        self.logger = logger
+        var http = HTTPClient.Configuration()
+        http.timeout = .init(connect: .seconds(2))
+        http.connectionPool = .init(idleTimeout: .seconds(60), concurrentHTTP1ConnectionsPerHostSoftLimit: 256)
+        self.client = HTTPClient(eventLoopGroupProvider: .singleton, configuration: http)
+    }
+
+    /// The next `?index=` after a response carried `returned`, per Consul's rules.
+    static func nextIndex(previous: UInt64, returned: UInt64?) -> UInt64 {
+        guard let returned else { return 0 }
+        if returned < previous { return 0 }
+        return max(returned, 1)
+    }
+
+    /// Runs until cancelled.
+    public func run() async {
+        var index: UInt64 = 0
+        var failures = 0
+        var loaded = false
+        while !Task.isCancelled {
+            let started = ContinuousClock.now
+            do {
+                let (body, returned) = try await get("/v1/catalog/services", index: index)
+                guard let services = try JSONSerialization.jsonObject(with: body) as? [String: Any] else {
+                    throw HTTPError(description: "/v1/catalog/services: not a JSON object")
+                }
+                let names = Set(services.keys.map { $0.lowercased() }).filter { (try? DNSName(labels: [$0])) != nil && !$0.contains(".") }
+                if !loaded {
+                    try await loadAll(names)
+                    loaded = true
+                } else {
+                    try await reconcile(names)
+                }
+                await assembler.setContact(source: sourceIndex, inContact: true)
+                failures = 0
+                let next = Self.nextIndex(previous: index, returned: returned)
+                if next == index { try await pace(since: started) }
+                index = next
+            } catch {
+                if Task.isCancelled { break }
+                failures += 1
+                logger.warning("consul unreachable", metadata: ["consul.address": "\(configuration.address)", "error": "\(error)"])
+                await assembler.setContact(source: sourceIndex, inContact: false)
+                index = 0
+                do { try await Task.sleep(for: backoff(failures)) } catch { break }
+            }
+        }
+        for task in watches.values { task.cancel() }
+        try? await client.shutdown()
+    }
+
+    /// The first load: every service's health, then one replace, so the registry counts as loaded only when whole.
+    private func loadAll(_ names: Set<String>) async throws {
+        var catalog = SourceCatalog()
+        var indexes: [String: UInt64] = [:]
+        for name in names.sorted() {
+            let (instances, returned) = try await health(name, index: 0)
+            catalog.services[name] = instances
+            indexes[name] = Self.nextIndex(previous: 0, returned: returned)
+            setNodes(for: name, instances)
+        }
+        catalog.nodes = nodeRefs.mapValues(\.node)
+        await assembler.replace(source: sourceIndex, with: catalog)
+        for name in names { startWatch(name, from: indexes[name] ?? 0) }
+        logger.info("consul loaded", metadata: ["consul.address": "\(configuration.address)", "consul.services": "\(names.count)"])
+    }
+
+    /// Starts watches for new services and removes services that are gone.
+    private func reconcile(_ names: Set<String>) async throws {
+        for gone in Set(watches.keys).subtracting(names) {
+            watches.removeValue(forKey: gone)?.cancel()
+            let nodes = setNodes(for: gone, [])
+            await assembler.update(source: sourceIndex, services: [gone: []], nodes: nodes)
+        }
+        for new in names.subtracting(watches.keys) {
+            let (instances, returned) = try await health(new, index: 0)
+            let nodes = setNodes(for: new, instances)
+            await assembler.update(source: sourceIndex, services: [new: instances], nodes: nodes)
+            startWatch(new, from: Self.nextIndex(previous: 0, returned: returned))
+        }
+    }
+
+    private func startWatch(_ name: String, from start: UInt64) {
+        watches[name]?.cancel()
+        watches[name] = Task { [weak self] in await self?.watch(name, from: start) }
+    }
+
+    /// One service's blocking loop; publishes only when its data changed.
+    private func watch(_ name: String, from start: UInt64) async {
+        var index = start
+        var failures = 0
+        while !Task.isCancelled {
+            let started = ContinuousClock.now
+            do {
+                let (instances, returned) = try await health(name, index: index)
+                guard !Task.isCancelled, watches[name] != nil else { return }
+                let next = Self.nextIndex(previous: index, returned: returned)
+                if next != index || index == 0 {
+                    let nodes = setNodes(for: name, instances)
+                    await assembler.update(source: sourceIndex, services: [name: instances], nodes: nodes)
+                } else {
+                    try await pace(since: started)
+                }
+                index = next
+                failures = 0
+            } catch {
+                if Task.isCancelled { return }
+                failures += 1
+                index = 0
+                do { try await Task.sleep(for: backoff(failures)) } catch { return }
+            }
+        }
+    }
+
+    /// Rate limit: a query that came back without a new index waits out the rest of `minInterval`.
+    private func pace(since started: ContinuousClock.Instant) async throws {
+        let elapsed = ContinuousClock.now - started
+        if elapsed < configuration.minInterval { try await Task.sleep(for: configuration.minInterval - elapsed) }
+    }
+
+    private func backoff(_ failures: Int) -> Duration {
+        let base = Double(configuration.backoffBase.components.seconds) + Double(configuration.backoffBase.components.attoseconds) / 1e18
+        let cap = Double(configuration.backoffCap.components.seconds) + Double(configuration.backoffCap.components.attoseconds) / 1e18
+        let ceiling = min(cap, base * pow(2, Double(min(failures - 1, 30))))
+        return .milliseconds(Int64(Double.random(in: 0...ceiling) * 1000))
+    }
+
+    /// Records which nodes a service names; returns the node entries that changed (nil = gone).
+    @discardableResult
+    private func setNodes(for service: String, _ instances: [Instance]) -> [CatalogSnapshot.NodeKey: Node?] {
+        var now: [CatalogSnapshot.NodeKey: Node] = [:]
+        for i in instances { now[CatalogSnapshot.NodeKey(name: i.node.name, datacenter: i.node.datacenter)] = i.node }
+        let before = nodesByService[service] ?? [:]
+        nodesByService[service] = now.isEmpty ? nil : now
+        var changed: [CatalogSnapshot.NodeKey: Node?] = [:]
+        for (key, _) in before where now[key] == nil {
+            let ref = nodeRefs[key]!
+            if ref.count <= 1 { nodeRefs[key] = nil; changed[key] = .some(nil) } else { nodeRefs[key] = (ref.node, ref.count - 1) }
+        }
+        for (key, node) in now {
+            if before[key] == nil {
+                let old = nodeRefs[key]
+                nodeRefs[key] = (node, (old?.count ?? 0) + 1)
+                if old == nil || old!.node != node { changed[key] = .some(node) }
+            } else if nodeRefs[key]!.node != node {
+                nodeRefs[key] = (node, nodeRefs[key]!.count)
+                changed[key] = .some(node)
+            }
+        }
+        return changed
+    }
+
+    /// One service's instances, with health folded in from node-level and service-level checks.
+    private func health(_ name: String, index: UInt64) async throws -> ([Instance], UInt64?) {
+        let (body, returned) = try await get("/v1/health/service/\(name)", index: index)
+        guard let entries = try JSONSerialization.jsonObject(with: body) as? [[String: Any]] else {
+            throw HTTPError(description: "/v1/health/service/\(name): not a JSON array")
+        }
+        var out: [Instance] = []
+        for entry in entries {
+            do { out.append(try Self.instance(from: entry, localDatacenter: configuration.localDatacenter)) } catch {
+                logger.error("consul entry skipped", metadata: ["consul.service": "\(name)", "reason": "\(error)"])
+            }
+        }
+        return (out, returned)
+    }
+
+    static func instance(from entry: [String: Any], localDatacenter: String) throws -> Instance {
+        guard let node = entry["Node"] as? [String: Any], let service = entry["Service"] as? [String: Any],
+              let nodeName = node["Node"] as? String, let nodeAddressText = node["Address"] as? String,
+              let nodeAddress = Address(nodeAddressText), let serviceName = service["Service"] as? String else {
+            throw HTTPError(description: "entry without Node, Node.Address or Service")
+        }
+        let dc = (node["Datacenter"] as? String).flatMap { $0.isEmpty ? nil : $0 } ?? localDatacenter
+        let n = Node(name: nodeName, address: nodeAddress, datacenter: dc,
+                     meta: (node["Meta"] as? [String: String]) ?? [:])
+        var serviceAddress: Address? = nil
+        if let a = service["Address"] as? String, !a.isEmpty {
+            guard let parsed = Address(a) else { throw HTTPError(description: "Service.Address \"\(a)\" is not an address") }
+            serviceAddress = parsed == nodeAddress ? nil : parsed
+        }
+        let id = (service["ID"] as? String).flatMap { $0.isEmpty ? nil : $0 } ?? serviceName
+        let weights = service["Weights"] as? [String: Any]
+        var health = Health.passing
+        for check in entry["Checks"] as? [[String: Any]] ?? [] {
+            let sid = check["ServiceID"] as? String ?? ""
+            guard sid.isEmpty || sid == id else { continue }
+            health = max(health, Health(status: check["Status"] as? String ?? "critical") ?? .critical)
+        }
+        let port = (service["Port"] as? NSNumber)?.intValue ?? 0
+        return Instance(id: id, service: serviceName, node: n, serviceAddress: serviceAddress,
+                        port: UInt16(clamping: max(0, port)), tags: service["Tags"] as? [String] ?? [],
+                        meta: (service["Meta"] as? [String: String]) ?? [:],
+                        weightPassing: UInt16(clamping: max(1, (weights?["Passing"] as? NSNumber)?.intValue ?? 1)),
+                        weightWarning: UInt16(clamping: max(0, (weights?["Warning"] as? NSNumber)?.intValue ?? 1)),
+                        health: health)
+    }
+
+    /// A GET, blocking when `index` > 0; returns the body and `X-Consul-Index`.
+    private func get(_ path: String, index: UInt64) async throws -> (Data, UInt64?) {
+        var query: [String] = []
+        if let dc = configuration.datacenter { query.append("dc=\(dc)") }
+        if configuration.stale { query.append("stale") }
+        let waitSeconds = Double(configuration.wait.components.seconds)
+        if index > 0 {
+            // Jitter on top of the wait, so watches started together do not all return together.
+            let jittered = waitSeconds + Double.random(in: 0...(waitSeconds / 16))
+            query.append("index=\(index)")
+            query.append("wait=\(Int(jittered * 1000))ms")
+        }
+        var request = HTTPClientRequest(url: configuration.address + path + (query.isEmpty ? "" : "?" + query.joined(separator: "&")))
+        if let token = configuration.token { request.headers.add(name: "X-Consul-Token", value: token) }
+        let response = try await client.execute(request, timeout: .seconds(Int64(waitSeconds * 1.1) + 30), logger: logger)
+        let body = try await response.body.collect(upTo: 256 << 20)
+        guard response.status == .ok else {
+            throw HTTPError(description: "\(path): HTTP \(response.status.code) \(String(buffer: body))")
+        }
+        let returned = response.headers.first(name: "X-Consul-Index").flatMap { UInt64($0) }
+        return (Data(body.readableBytesView), returned)
+    }
+}

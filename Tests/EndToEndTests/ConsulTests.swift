@@ -1,0 +1,204 @@
+import Foundation
+#if canImport(FoundationNetworking)
+import FoundationNetworking
+#endif
+import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The Consul stand-in (Tests/EndToEndTests/ConsulStandIn): Consul's documented HTTP API and blocking-query
+/// semantics, since Consul itself cannot be installed here.
+final class ConsulStandIn: @unchecked Sendable {
+    let process = Process()
+    let log: String
+    private(set) var port = 0
+    let dir = TempDir()
+
+    init(port requested: Int = 0, token: String? = nil) throws {
+        log = dir.path + "/standin.log"
+        FileManager.default.createFile(atPath: log, contents: nil)
+        let script = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("ConsulStandIn/consul_standin.py").path
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        process.arguments = ["python3", script, "--port", "\(requested)"] + (token.map { ["--token", $0] } ?? [])
+        process.standardOutput = FileHandle(forWritingAtPath: log)
+        process.standardError = process.standardOutput
+        try process.run()
+        guard let _ = eventually(within: 10, {
+            let text = (try? String(contentsOfFile: log, encoding: .utf8)) ?? ""
+            guard let p = text.split(separator: "listening on 127.0.0.1:").last.flatMap({ Int($0.prefix { $0.isNumber }) }) else { return false }
+            port = p
+            return true
+        }) else { throw Server.ServerError(message: "stand-in did not start") }
+    }
+
+    var url: String { "http://127.0.0.1:\(port)" }
+
+    func stop() {
+        guard process.isRunning else { return }
+        kill(process.processIdentifier, SIGKILL)
+        process.waitUntilExit()
+    }
+
+    deinit { stop() }
+
+    @discardableResult
+    func call(_ method: String, _ path: String, _ body: Any? = nil, token: String? = nil) throws -> (Int, Data) {
+        var request = URLRequest(url: URL(string: url + path)!)
+        request.httpMethod = method
+        if let body { request.httpBody = try JSONSerialization.data(withJSONObject: body) }
+        if let token { request.setValue(token, forHTTPHeaderField: "X-Consul-Token") }
+        let done = DispatchSemaphore(value: 0)
+        nonisolated(unsafe) var result: (Int, Data) = (0, Data())
+        URLSession.shared.dataTask(with: request) { data, response, _ in
+            result = ((response as? HTTPURLResponse)?.statusCode ?? 0, data ?? Data())
+            done.signal()
+        }.resume()
+        done.wait()
+        return result
+    }
+
+    func register(node: String, address: String, service: String, id: String? = nil, port: Int = 80, status: String = "passing",
+                  serviceAddress: String? = nil, nodeStatus: String? = nil, token: String? = nil) throws {
+        var svc: [String: Any] = ["ID": id ?? "\(service)-\(node)", "Service": service, "Port": port, "Tags": ["v1"]]
+        if let serviceAddress { svc["Address"] = serviceAddress }
+        var checks: [[String: Any]] = [["CheckID": "service:\(id ?? "\(service)-\(node)")", "Name": "check", "Status": status,
+                                        "ServiceID": id ?? "\(service)-\(node)"]]
+        if let nodeStatus { checks.append(["CheckID": "serfHealth", "Name": "Serf", "Status": nodeStatus]) }
+        let (code, _) = try call("PUT", "/v1/catalog/register", ["Node": node, "Address": address, "Service": svc, "Checks": checks], token: token)
+        #expect(code == 200)
+    }
+
+    func deregister(node: String, serviceID: String) throws {
+        try call("PUT", "/v1/catalog/deregister", ["Node": node, "ServiceID": serviceID])
+    }
+
+    /// Requests the stand-in has seen, as (path, query).
+    func requests() throws -> [(path: String, query: [String: String], token: String?)] {
+        let (_, data) = try call("GET", "/_test/requests")
+        let list = try JSONSerialization.jsonObject(with: data) as? [[String: Any]] ?? []
+        return list.map { ($0["path"] as? String ?? "", $0["query"] as? [String: String] ?? [:], $0["token"] as? String) }
+    }
+}
+
+@Suite("End to end: Consul registry (against the stand-in)", .serialized)
+struct ConsulTests {
+    func addresses(_ server: Server, _ name: String) -> Set<String> {
+        Set((try? server.dig(name, "A").data("A")) ?? [])
+    }
+
+    func server(_ consul: ConsulStandIn, query: String = "", env: [String: String] = [:]) throws -> Server {
+        try Server(dir: TempDir(), catalog: false, extra: ["--registry", "consul:\(consul.url)\(query)"],
+                   environment: env.merging(["SIGNPOST_CONSUL_WAIT": "2s"]) { $1 })
+    }
+
+    @Test func followsRegistrationsAndHealth() throws {
+        let consul = try ConsulStandIn()
+        try consul.register(node: "web-1", address: "192.0.2.1", service: "web", port: 8080)
+        try consul.register(node: "web-2", address: "192.0.2.2", service: "web", port: 8080, nodeStatus: "critical")
+        try consul.register(node: "web-3", address: "192.0.2.3", service: "web", port: 9090, serviceAddress: "198.51.100.3")
+        let server = try server(consul)
+        defer { server.stop() }
+        #expect(eventually(within: 5) { addresses(server, "web.service.consul") == ["192.0.2.1", "198.51.100.3"] } != nil,
+                "\(server.log_())")
+        #expect(Set(try server.dig("web.service.consul", "SRV").data("SRV"))
+                == ["1 1 8080 web-1.node.dc1.consul.", "1 1 9090 c6336403.addr.dc1.consul."])
+        #expect(try server.dig("web-2.node.consul", "A").data("A") == ["192.0.2.2"])
+
+        // A blocking query returns on change: a new instance, a new service, a failing check, a deregistration.
+        try consul.register(node: "web-4", address: "192.0.2.4", service: "web")
+        let t = eventually(within: 3, every: 10_000) { addresses(server, "web.service.consul").contains("192.0.2.4") }
+        #expect(t != nil && t! < 1, "change visible after \(String(describing: t)) s")
+        try consul.register(node: "db-1", address: "192.0.2.10", service: "db")
+        #expect(eventually(within: 3) { addresses(server, "db.service.consul") == ["192.0.2.10"] } != nil)
+        try consul.register(node: "web-1", address: "192.0.2.1", service: "web", port: 8080, status: "critical")
+        #expect(eventually(within: 3) { !addresses(server, "web.service.consul").contains("192.0.2.1") } != nil)
+        try consul.deregister(node: "db-1", serviceID: "db-db-1")
+        #expect(eventually(within: 3) { (try? server.dig("db.service.consul", "A").status) == "NXDOMAIN" } != nil)
+    }
+
+    @Test func aclTokenFromTheURLOrTheEnvironment() throws {
+        let consul = try ConsulStandIn(token: "s3cret")
+        try consul.register(node: "n1", address: "192.0.2.1", service: "web", token: "s3cret")
+        let fromURL = try server(consul, query: "?token=s3cret")
+        defer { fromURL.stop() }
+        #expect(eventually(within: 5) { addresses(fromURL, "web.service.consul") == ["192.0.2.1"] } != nil)
+        let fromEnv = try server(consul, env: ["CONSUL_HTTP_TOKEN": "s3cret"])
+        defer { fromEnv.stop() }
+        #expect(eventually(within: 5) { addresses(fromEnv, "web.service.consul") == ["192.0.2.1"] } != nil)
+        #expect(try consul.requests().filter { $0.path.hasPrefix("/v1/") }.allSatisfy { $0.token == "s3cret" })
+        // Without the token, Consul refuses: the registry never loads, so the domain is SERVFAIL.
+        let none = try server(consul)
+        defer { none.stop() }
+        usleep(500_000)
+        #expect(try none.dig("web.service.consul", "A").status == "SERVFAIL")
+    }
+
+    @Test func blockingQueryRules() throws {
+        let consul = try ConsulStandIn()
+        try consul.register(node: "n1", address: "192.0.2.1", service: "web")
+        let server = try server(consul)
+        defer { server.stop() }
+        #expect(eventually(within: 5) { addresses(server, "web.service.consul") == ["192.0.2.1"] } != nil)
+        usleep(300_000)
+        // Blocking: every query after the first carries ?index and a jittered ?wait of 2–2.125 s.
+        let blocking = try consul.requests().filter { $0.path == "/v1/catalog/services" && $0.query["index"] != nil }
+        #expect(!blocking.isEmpty)
+        for r in blocking {
+            let ms = Int(r.query["wait"]!.dropLast(2))!
+            #expect(ms >= 2000 && ms <= 2125, "wait \(r.query["wait"]!)")
+        }
+
+        // The index goes backwards (to 0): the next query resets to 0 (no ?index), then 0 counts as 1.
+        try consul.call("POST", "/_test/reset-requests", [:])
+        try consul.call("POST", "/_test/index", ["index": 0])
+        #expect(eventually(within: 6) {
+            let seen = (try? consul.requests().filter { $0.path == "/v1/catalog/services" }) ?? []
+            guard let reset = seen.firstIndex(where: { $0.query["index"] == nil }) else { return false }
+            return seen[(reset + 1)...].contains { $0.query["index"] == "1" }
+        } != nil, "\((try? consul.requests().map { $0.query }) ?? [])")
+        // Data stays served throughout.
+        #expect(addresses(server, "web.service.consul") == ["192.0.2.1"])
+    }
+
+    @Test func queriesThatReturnAtOnceAreRateLimited() throws {
+        let consul = try ConsulStandIn()
+        try consul.register(node: "n1", address: "192.0.2.1", service: "web")
+        let server = try server(consul)
+        defer { server.stop() }
+        #expect(eventually(within: 5) { addresses(server, "web.service.consul") == ["192.0.2.1"] } != nil)
+        try consul.call("POST", "/_test/noblock", ["on": true])
+        usleep(300_000)
+        try consul.call("POST", "/_test/reset-requests", [:])
+        usleep(2_000_000)
+        try consul.call("POST", "/_test/noblock", ["on": false])
+        let seen = try consul.requests()
+        let services = seen.filter { $0.path == "/v1/catalog/services" }.count
+        let health = seen.filter { $0.path == "/v1/health/service/web" }.count
+        // At most one query per 250 ms per watch (8 in 2 s), with room for timing; a hot loop would make thousands.
+        #expect(services >= 2 && services <= 10, "\(services) catalog queries in 2 s")
+        #expect(health >= 2 && health <= 10, "\(health) health queries in 2 s")
+    }
+
+    @Test func servesThroughAnOutage() throws {
+        let consul = try ConsulStandIn()
+        try consul.register(node: "n1", address: "192.0.2.1", service: "web")
+        let server = try server(consul)
+        defer { server.stop() }
+        #expect(eventually(within: 5) { addresses(server, "web.service.consul") == ["192.0.2.1"] } != nil)
+        let port = consul.port
+        consul.stop()
+        for _ in 0..<8 {
+            #expect(addresses(server, "web.service.consul") == ["192.0.2.1"])
+            usleep(200_000)
+        }
+        #expect(eventually(within: 3) { server.log_().contains("consul unreachable") } != nil)
+        // Consul comes back (agents re-register), with a change made meanwhile.
+        let again = try ConsulStandIn(port: port)
+        try again.register(node: "n1", address: "192.0.2.1", service: "web")
+        try again.register(node: "n2", address: "192.0.2.2", service: "web")
+        #expect(eventually(within: 10) { addresses(server, "web.service.consul") == ["192.0.2.1", "192.0.2.2"] } != nil,
+                "\(server.log_())")
+    }
+}

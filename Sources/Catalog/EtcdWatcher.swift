@@ -40,6 +40,8 @@ public actor EtcdWatcher {
     private let client: HTTPClient
     /// Current instance per key.
     private var keys: [String: (service: String, instance: Instance)] = [:]
+    /// Keys per service, so an update rebuilds one service's list without scanning every key.
+    private var keysByService: [String: Set<String>] = [:]
     /// Nodes named by instances, with how many instances name them.
     private var nodeRefs: [CatalogSnapshot.NodeKey: (node: Node, count: Int)] = [:]
     private var revision: Int64 = 0
@@ -128,6 +130,8 @@ public actor EtcdWatcher {
             if let parsed = parse(key: key, value: value) ?? keys[key] { fresh[key] = parsed }
         }
         keys = fresh
+        keysByService = [:]
+        for (key, entry) in keys { keysByService[entry.service, default: []].insert(key) }
         nodeRefs = [:]
         var catalog = SourceCatalog()
         for (_, entry) in keys {
@@ -186,17 +190,21 @@ public actor EtcdWatcher {
             }
             if let old {
                 changedServices.insert(old.service)
+                keysByService[old.service]?.remove(key)
                 if release(old.instance.node) { changedNodes.insert(nodeKey(old.instance.node)) }
             }
             if let new {
                 changedServices.insert(new.service)
+                keysByService[new.service, default: []].insert(key)
                 if retain(new.instance.node) { changedNodes.insert(nodeKey(new.instance.node)) }
             }
             keys[key] = new
         }
         var services: [String: [Instance]] = [:]
-        for name in changedServices { services[name] = [] }
-        for (_, entry) in keys where changedServices.contains(entry.service) { services[entry.service]!.append(entry.instance) }
+        for name in changedServices {
+            services[name] = (keysByService[name] ?? []).compactMap { keys[$0]?.instance }
+            if keysByService[name]?.isEmpty == true { keysByService[name] = nil }
+        }
         var nodes: [CatalogSnapshot.NodeKey: Node?] = [:]
         for key in changedNodes { nodes[key] = .some(nodeRefs[key]?.node) }
         await assembler.update(source: sourceIndex, services: services, nodes: nodes)

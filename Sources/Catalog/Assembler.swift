@@ -58,10 +58,10 @@ public actor CatalogAssembler {
     /// Only what changed: `services[name] = []` removes a service from this registry; `nodes[key] = nil`
     /// (an explicit nil value) removes a node.
     public func update(source index: Int, services changed: [String: [Instance]], nodes changedNodes: [CatalogSnapshot.NodeKey: Node?]) {
-        var catalog = sources[index] ?? SourceCatalog()
-        for (name, list) in changed { catalog.services[name] = list.isEmpty ? nil : list }
-        for (key, node) in changedNodes { catalog.nodes[key] = node }
-        sources[index] = catalog
+        // Mutate in place: copying the source's dictionaries here would cost the whole catalog per update.
+        if sources[index] == nil { sources[index] = SourceCatalog() }
+        for (name, list) in changed { sources[index]!.services[name] = list.isEmpty ? nil : list }
+        for (key, node) in changedNodes { sources[index]!.nodes[key] = node }
         remerge(services: Set(changed.keys), nodes: Set(changedNodes.keys))
         publish()
     }

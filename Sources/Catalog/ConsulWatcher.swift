@@ -46,7 +46,8 @@ public actor ConsulWatcher {
     private let assembler: CatalogAssembler
     private let sourceIndex: Int
     private let logger: Logger
-    private let client: HTTPClient
+    /// Exists only while `run()` runs, which shuts it down; a client is never left without an owner.
+    private var client: HTTPClient!
     private var watches: [String: Task<Void, Never>] = [:]
     /// Nodes each service's instances name, so a node stays while any service names it.
     private var nodesByService: [String: [CatalogSnapshot.NodeKey: Node]] = [:]
@@ -57,10 +58,6 @@ public actor ConsulWatcher {
         self.assembler = assembler
         self.sourceIndex = sourceIndex
         self.logger = logger
-        var http = HTTPClient.Configuration()
-        http.timeout = .init(connect: .seconds(2))
-        http.connectionPool = .init(idleTimeout: .seconds(60), concurrentHTTP1ConnectionsPerHostSoftLimit: 256)
-        self.client = HTTPClient(eventLoopGroupProvider: .singleton, configuration: http)
     }
 
     /// The next `?index=` after a response carried `returned`, per Consul's rules.
@@ -72,6 +69,10 @@ public actor ConsulWatcher {
 
     /// Runs until cancelled.
     public func run() async {
+        var http = HTTPClient.Configuration()
+        http.timeout = .init(connect: .seconds(2))
+        http.connectionPool = .init(idleTimeout: .seconds(60), concurrentHTTP1ConnectionsPerHostSoftLimit: 256)
+        client = HTTPClient(eventLoopGroupProvider: .singleton, configuration: http)
         var index: UInt64 = 0
         var failures = 0
         var loaded = false

@@ -37,7 +37,8 @@ public actor EtcdWatcher {
     private let assembler: CatalogAssembler
     private let sourceIndex: Int
     private let logger: Logger
-    private let client: HTTPClient
+    /// Exists only while `run()` runs, which shuts it down; a client is never left without an owner.
+    private var client: HTTPClient!
     /// Current instance per key.
     private var keys: [String: (service: String, instance: Instance)] = [:]
     /// Keys per service, so an update rebuilds one service's list without scanning every key.
@@ -53,13 +54,13 @@ public actor EtcdWatcher {
         self.assembler = assembler
         self.sourceIndex = sourceIndex
         self.logger = logger
-        var http = HTTPClient.Configuration()
-        http.timeout = .init(connect: .seconds(1))
-        self.client = HTTPClient(eventLoopGroupProvider: .singleton, configuration: http)
     }
 
     /// Runs until cancelled.
     public func run() async {
+        var http = HTTPClient.Configuration()
+        http.timeout = .init(connect: .seconds(1))
+        client = HTTPClient(eventLoopGroupProvider: .singleton, configuration: http)
         var failures = 0
         while !Task.isCancelled {
             let endpoint = configuration.endpoints[endpointIndex % configuration.endpoints.count]
@@ -116,19 +117,40 @@ public actor EtcdWatcher {
         return response
     }
 
+    /// Keys per range request while listing; pages keep the memory peak of a large listing small.
+    static let pageSize = 2000
+
+    /// Lists the prefix in pages, all read at the revision of the first page, so the result is one
+    /// consistent snapshot.
     private func list(_ endpoint: String) async throws {
-        let response = try await post(endpoint, "/v3/kv/range", rangeBody, deadline: .now() + .seconds(30))
-        let body = try await response.body.collect(upTo: 1 << 30)
-        guard let json = try JSONSerialization.jsonObject(with: Data(body.readableBytesView)) as? [String: Any] else {
-            throw GatewayError(description: "range: not a JSON object")
-        }
-        let header = json["header"] as? [String: Any]
-        revision = Int64(header?["revision"] as? String ?? "0") ?? 0
         var fresh: [String: (service: String, instance: Instance)] = [:]
-        for kv in json["kvs"] as? [[String: Any]] ?? [] {
-            guard let key = Self.decode(kv["key"]), let value = Self.decodeBytes(kv["value"]) else { continue }
-            if let parsed = parse(key: key, value: value) ?? keys[key] { fresh[key] = parsed }
+        var body = rangeBody as [String: Any]
+        body["limit"] = String(Self.pageSize)
+        var pinned: Int64? = nil
+        while true {
+            if let pinned { body["revision"] = String(pinned) }
+            let response = try await post(endpoint, "/v3/kv/range", body, deadline: .now() + .seconds(30))
+            let bytes = try await response.body.collect(upTo: 1 << 30)
+            guard let json = try JSONSerialization.jsonObject(with: Data(bytes.readableBytesView)) as? [String: Any] else {
+                throw GatewayError(description: "range: not a JSON object")
+            }
+            if pinned == nil {
+                let header = json["header"] as? [String: Any]
+                pinned = Int64(header?["revision"] as? String ?? "0") ?? 0
+            }
+            let kvs = json["kvs"] as? [[String: Any]] ?? []
+            var lastKey: [UInt8]? = nil
+            for kv in kvs {
+                guard let keyBytes = Self.decodeBytes(kv["key"]), let value = Self.decodeBytes(kv["value"]) else { continue }
+                let key = String(decoding: keyBytes, as: UTF8.self)
+                lastKey = keyBytes
+                if let parsed = parse(key: key, value: value) ?? keys[key] { fresh[key] = parsed }
+            }
+            guard json["more"] as? Bool == true, let lastKey else { break }
+            // The next page starts just after the last key of this one.
+            body["key"] = Data(lastKey + [0]).base64EncodedString()
         }
+        revision = pinned ?? 0
         keys = fresh
         keysByService = [:]
         for (key, entry) in keys { keysByService[entry.service, default: []].insert(key) }

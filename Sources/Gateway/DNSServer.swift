@@ -47,13 +47,22 @@ public final class DNSServer: Service, Sendable {
     public func start() async throws -> [ListenAddress] {
         var result: [ListenAddress] = []
         for address in configuration.listen {
-            let udp = try await bindUDP(address)
-            channels.withLockedValue { $0.append(udp) }
-            let port = udp.localAddress?.port ?? address.port
-            let actual = ListenAddress(host: address.host, port: port)
-            let tcp = try await bindTCP(actual)
-            channels.withLockedValue { $0.append(tcp) }
-            result.append(actual)
+            // Port 0: the kernel picks a free UDP port, which may be taken on TCP; then try another.
+            var attempt = 0
+            while true {
+                attempt += 1
+                let udp = try await bindUDP(address)
+                let actual = ListenAddress(host: address.host, port: udp.localAddress?.port ?? address.port)
+                do {
+                    let tcp = try await bindTCP(actual)
+                    channels.withLockedValue { $0.append(contentsOf: [udp, tcp]) }
+                    result.append(actual)
+                    break
+                } catch {
+                    try? await udp.close()
+                    if address.port != 0 || attempt >= 20 { throw error }
+                }
+            }
         }
         bound.withLockedValue { $0 = result }
         return result

@@ -259,6 +259,18 @@ struct StartupTests {
         #expect(r.err.contains("address already in use"))
     }
 
+    @Test func addressInUseWithRegistriesIsStillOneLine() throws {
+        let dir = TempDir()
+        let first = try Server(dir: dir)
+        defer { first.stop() }
+        // Watchers exist when the bind fails; tearing them down must not crash.
+        let r = try run([signpostBinary, "serve", "--listen", "127.0.0.1:\(first.port)", "--catalog", dir.path + "/catalog",
+                         "--registry", "etcd:http://127.0.0.1:1", "--registry", "consul:http://127.0.0.1:1"])
+        #expect(r.status == 1)
+        #expect(lines(r.err).count == 1, "\(r.err)")
+        #expect(r.err.contains("address already in use"))
+    }
+
     @Test func unreadableDirectory() throws {
         let r = try run([signpostBinary, "serve", "--listen", "127.0.0.1:0", "--catalog", "/nonexistent/signpost-catalog"])
         #expect(r.status != 0)

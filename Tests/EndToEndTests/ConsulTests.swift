@@ -16,12 +16,12 @@ final class ConsulStandIn: @unchecked Sendable {
     private(set) var port = 0
     let dir = TempDir()
 
-    init(port requested: Int = 0, token: String? = nil) throws {
+    init(port requested: Int = 0, token: String? = nil, datacenter: String = "dc1") throws {
         log = dir.path + "/standin.log"
         FileManager.default.createFile(atPath: log, contents: nil)
         let script = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("ConsulStandIn/consul_standin.py").path
         process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        process.arguments = ["python3", script, "--port", "\(requested)"] + (token.map { ["--token", $0] } ?? [])
+        process.arguments = ["python3", script, "--port", "\(requested)", "--dc", datacenter] + (token.map { ["--token", $0] } ?? [])
         process.standardOutput = FileHandle(forWritingAtPath: log)
         process.standardError = process.standardOutput
         try process.run()
@@ -133,6 +133,18 @@ struct ConsulTests {
         defer { none.stop() }
         usleep(500_000)
         #expect(try none.dig("web.service.consul", "A").status == "SERVFAIL")
+    }
+
+    @Test func datacenterAndStaleOptions() throws {
+        let consul = try ConsulStandIn(datacenter: "dc2")
+        try consul.register(node: "n1", address: "192.0.2.1", service: "web")
+        let server = try server(consul, query: "?dc=dc2&stale=true")
+        defer { server.stop() }
+        // The instances are dc2's: found under that datacenter's name, not the local dc1.
+        #expect(eventually(within: 5) { addresses(server, "web.service.dc2.consul") == ["192.0.2.1"] } != nil)
+        #expect(try server.dig("web.service.consul", "A").status == "NXDOMAIN")
+        let queries = try consul.requests().filter { $0.path.hasPrefix("/v1/") }
+        #expect(!queries.isEmpty && queries.allSatisfy { $0.query["dc"] == "dc2" && $0.query["stale"] != nil })
     }
 
     @Test func blockingQueryRules() throws {

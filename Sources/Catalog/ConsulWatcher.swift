@@ -2,6 +2,7 @@ import AsyncHTTPClient
 import DNSWire
 import Foundation
 import Logging
+import Metrics
 import NIOCore
 
 /// Follows a Consul agent through its HTTP API with blocking queries: `/v1/catalog/services` for the set of
@@ -46,6 +47,7 @@ public actor ConsulWatcher {
     private let assembler: CatalogAssembler
     private let sourceIndex: Int
     private let logger: Logger
+    private let restarts: Counter
     /// Exists only while `run()` runs, which shuts it down; a client is never left without an owner.
     private var client: HTTPClient!
     private var watches: [String: Task<Void, Never>] = [:]
@@ -58,6 +60,7 @@ public actor ConsulWatcher {
         self.assembler = assembler
         self.sourceIndex = sourceIndex
         self.logger = logger
+        self.restarts = Counter(label: "signpost_registry_watch_restarts_total", dimensions: [("registry", "consul")])
     }
 
     /// The next `?index=` after a response carried `returned`, per Consul's rules.
@@ -98,6 +101,7 @@ public actor ConsulWatcher {
             } catch {
                 if Task.isCancelled { break }
                 failures += 1
+                restarts.increment()
                 logger.warning("consul unreachable", metadata: ["consul.address": "\(configuration.address)", "error": "\(error)"])
                 await assembler.setContact(source: sourceIndex, inContact: false)
                 index = 0

@@ -2,6 +2,7 @@ import AsyncHTTPClient
 import DNSWire
 import Foundation
 import Logging
+import Metrics
 import NIOCore
 
 /// Follows an etcd v3 cluster through its HTTP/JSON gateway: a range read of the prefix, then a
@@ -37,6 +38,7 @@ public actor EtcdWatcher {
     private let assembler: CatalogAssembler
     private let sourceIndex: Int
     private let logger: Logger
+    private let restarts: Counter
     /// Exists only while `run()` runs, which shuts it down; a client is never left without an owner.
     private var client: HTTPClient!
     /// Current instance per key.
@@ -54,6 +56,7 @@ public actor EtcdWatcher {
         self.assembler = assembler
         self.sourceIndex = sourceIndex
         self.logger = logger
+        self.restarts = Counter(label: "signpost_registry_watch_restarts_total", dimensions: [("registry", "etcd")])
     }
 
     /// Runs until cancelled.
@@ -74,6 +77,7 @@ public actor EtcdWatcher {
             } catch {
                 if Task.isCancelled { break }
                 failures += 1
+                restarts.increment()
                 logger.warning("etcd unreachable", metadata: ["etcd.endpoint": "\(endpoint)", "error": "\(error)"])
                 await assembler.setContact(source: sourceIndex, inContact: false)
                 endpointIndex += 1

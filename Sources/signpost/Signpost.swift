@@ -4,7 +4,9 @@ import DNSWire
 import Foundation
 import Gateway
 import Logging
+import Metrics
 import NIOCore
+import Prometheus
 import NIOPosix
 import ServiceLifecycle
 
@@ -112,6 +114,9 @@ struct Serve: AsyncParsableCommand {
     @Option(name: .long, help: "Event loop threads. Default: one per core.")
     var threads: Int?
 
+    @Option(name: .long, help: ArgumentHelp("Serve /health, /ready and /metrics over HTTP here. Off by default.", valueName: "HOST:PORT"))
+    var admin: String?
+
     func run() async throws {
         guard let level = Logger.Level(rawValue: logLevel) else {
             throw StartupError(message: "invalid --log-level \"\(logLevel)\"", code: 64)
@@ -122,6 +127,8 @@ struct Serve: AsyncParsableCommand {
             return handler
         }
         let logger = Logger(label: "signpost")
+        let prometheus = PrometheusCollectorRegistry()
+        MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: prometheus))
 
         let resolverConfig: ResolverConfiguration
         let serverConfig: DNSServer.Configuration
@@ -177,10 +184,20 @@ struct Serve: AsyncParsableCommand {
             handler: QueryHandler(resolver: Resolver(configuration: resolverConfig), store: store, logger: logger,
                                   maxStale: maxStaleValue),
             group: group, logger: logger)
+        var adminServer: AdminServer? = nil
+        if let admin {
+            do {
+                adminServer = AdminServer(address: try ListenAddress(parsing: admin, defaultPort: 8080), group: group, store: store,
+                                          maxStale: maxStaleValue, metrics: { prometheus.emitToBuffer() }, logger: logger)
+            } catch {
+                throw StartupError(message: "invalid --admin: \(error.description)", code: 64)
+            }
+        }
         // Bind first, so a busy port fails before anything else is logged; queries that arrive
         // before the catalog has loaded get SERVFAIL, never a false NXDOMAIN.
         do {
             try await server.start()
+            try await adminServer?.start()
         } catch let error as DNSServer.BindError {
             try? await group.shutdownGracefully()
             throw StartupError(message: error.description)
@@ -188,7 +205,7 @@ struct Serve: AsyncParsableCommand {
         for w in fileWatchers { await w.refresh() }
 
         let serviceGroup = ServiceGroup(
-            services: services + [server],
+            services: services + [server] + (adminServer.map { [$0] } ?? []),
             gracefulShutdownSignals: [.sigterm, .sigint],
             logger: logger)
         try await serviceGroup.run()

@@ -96,11 +96,39 @@ struct EtcdTests {
         #expect(try server.dig("example.com", "A").status == "REFUSED")
     }
 
-    @Test func startingWithTheRegistryDownIsServfailNotNxdomain() throws {
-        let port = freePort()
-        let server = try Server(dir: TempDir(), catalog: false, extra: ["--registry", "etcd:http://127.0.0.1:\(port)"])
+    @Test func stalenessIsExposedOnTheAdminEndpoint() throws {
+        let etcd = try EtcdCluster()
+        try etcd.put("/services/db/1", #"{"Address": "192.0.2.30"}"#)
+        let server = try Server(dir: TempDir(), catalog: false,
+                                extra: ["--registry", "etcd:\(etcd.endpoints)", "--max-stale", "2s", "--admin", "127.0.0.1:0"])
         defer { server.stop() }
-        #expect(try server.dig("db.service.consul", "A").status == "SERVFAIL")
+        let admin = try #require(server.adminPort.map { "http://127.0.0.1:\($0)" }, "\(server.log_())")
+        #expect(httpGet(admin + "/health").status == 200)
+        #expect(eventually(within: 5) { httpGet(admin + "/ready").status == 200 } != nil)
+        #expect(eventually(within: 3) { httpGet(admin + "/metrics").body.contains("signpost_registry_staleness_seconds 0") } != nil,
+                "\(httpGet(admin + "/metrics").body)")
+
+        etcd.kill(0)
+        // The age grows in the gauge, the restarts are counted, and past --max-stale the gateway is not ready.
+        #expect(eventually(within: 6) {
+            let m = httpGet(admin + "/metrics").body
+            let age = m.split(separator: "\n").first { $0.hasPrefix("signpost_registry_staleness_seconds ") }
+                .flatMap { Double($0.split(separator: " ").last!) } ?? 0
+            return age >= 2 && m.contains("signpost_registry_watch_restarts_total{registry=\"etcd\"}")
+        } != nil, "\(httpGet(admin + "/metrics").body)")
+        let ready = httpGet(admin + "/ready")
+        #expect(ready.status == 503 && ready.body.contains("over --max-stale"), "\(ready)")
+        #expect(httpGet(admin + "/nope").status == 404)
+    }
+
+    @Test func startingWithTheRegistryDownIsServfailNotNxdomain() throws {
+        // Port 1: nothing listens there (a free port from freePort() could be taken by another test's etcd).
+        let server = try Server(dir: TempDir(), catalog: false, extra: ["--registry", "etcd:http://127.0.0.1:1", "--admin", "127.0.0.1:0"])
+        defer { server.stop() }
+        let first = try server.dig("db.service.consul", "A")
+        #expect(first.status == "SERVFAIL", "\(first)\n\(server.log_())")
+        let ready = httpGet("http://127.0.0.1:\(try #require(server.adminPort))/ready")
+        #expect(ready.status == 503 && ready.body.contains("not loaded"), "\(ready)")
         #expect(try server.dig("consul", "SOA").status == "SERVFAIL")
     }
 

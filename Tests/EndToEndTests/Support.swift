@@ -1,5 +1,8 @@
 import DNSWire
 import Foundation
+#if canImport(FoundationNetworking)
+import FoundationNetworking
+#endif
 import NIOCore
 import Testing
 
@@ -82,7 +85,7 @@ final class Server: @unchecked Sendable {
         try process.run()
         let deadline = Date().addingTimeInterval(20)
         while Date() < deadline {
-            if let line = log_().split(separator: "\n").first(where: { $0.contains("listening on 127.0.0.1:") }),
+            if let line = log_().split(separator: "\n").first(where: { $0.contains("] listening on 127.0.0.1:") && $0.hasSuffix("(udp, tcp)") }),
                let portText = line.split(separator: "listening on 127.0.0.1:").last?.split(separator: " ").first,
                let p = Int(portText) {
                 port = p
@@ -260,4 +263,25 @@ func registration(node: String, address: String, service: String, port: Int = 80
      "Service": {"ID": "\#(service)-\#(node)", "Service": "\#(service)", "Port": \#(port), "Tags": [\#(tags.map { "\"\($0)\"" }.joined(separator: ","))]\#(addr)},
      "Checks": [{"CheckID": "c-\#(node)", "Name": "check", "Status": "\#(status)", "ServiceID": "\#(service)-\#(node)"}]}
     """#
+}
+
+/// A plain HTTP GET on loopback: status and body.
+func httpGet(_ url: String) -> (status: Int, body: String) {
+    let done = DispatchSemaphore(value: 0)
+    nonisolated(unsafe) var result = (0, "")
+    URLSession.shared.dataTask(with: URL(string: url)!) { data, response, _ in
+        result = ((response as? HTTPURLResponse)?.statusCode ?? 0, String(decoding: data ?? Data(), as: UTF8.self))
+        done.signal()
+    }.resume()
+    done.wait()
+    return result
+}
+
+extension Server {
+    /// The admin port from "admin listening on 127.0.0.1:PORT".
+    var adminPort: Int? {
+        log_().split(separator: "\n").first { $0.contains("admin listening on 127.0.0.1:") }
+            .flatMap { $0.split(separator: "admin listening on 127.0.0.1:").last?.split(separator: " ").first }
+            .flatMap { Int($0) }
+    }
 }

@@ -29,8 +29,7 @@ public actor ConsulWatcher {
         public var wait: Duration = .seconds(300)
         /// The least time between two queries of one watch that return without a new index.
         public var minInterval: Duration = .milliseconds(250)
-        public var backoffBase: Duration = .milliseconds(100)
-        public var backoffCap: Duration = .seconds(5)
+        public var backoff = Backoff()
 
         public init(address: String, datacenter: String? = nil, token: String? = nil, stale: Bool = false, localDatacenter: String = "dc1") {
             self.address = address
@@ -105,7 +104,7 @@ public actor ConsulWatcher {
                 logger.warning("consul unreachable", metadata: ["consul.address": "\(configuration.address)", "error": "\(error)"])
                 await assembler.setContact(source: sourceIndex, inContact: false)
                 index = 0
-                do { try await Task.sleep(for: backoff(failures)) } catch { break }
+                do { try await Task.sleep(for: configuration.backoff.delay(afterFailures: failures)) } catch { break }
             }
         }
         for task in watches.values { task.cancel() }
@@ -170,7 +169,7 @@ public actor ConsulWatcher {
                 if Task.isCancelled { return }
                 failures += 1
                 index = 0
-                do { try await Task.sleep(for: backoff(failures)) } catch { return }
+                do { try await Task.sleep(for: configuration.backoff.delay(afterFailures: failures)) } catch { return }
             }
         }
     }
@@ -181,12 +180,6 @@ public actor ConsulWatcher {
         if elapsed < configuration.minInterval { try await Task.sleep(for: configuration.minInterval - elapsed) }
     }
 
-    private func backoff(_ failures: Int) -> Duration {
-        let base = Double(configuration.backoffBase.components.seconds) + Double(configuration.backoffBase.components.attoseconds) / 1e18
-        let cap = Double(configuration.backoffCap.components.seconds) + Double(configuration.backoffCap.components.attoseconds) / 1e18
-        let ceiling = min(cap, base * pow(2, Double(min(failures - 1, 30))))
-        return .milliseconds(Int64(Double.random(in: 0...ceiling) * 1000))
-    }
 
     /// Records which nodes a service names; returns the node entries that changed (nil = gone).
     @discardableResult

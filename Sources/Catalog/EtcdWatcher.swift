@@ -21,8 +21,7 @@ public actor EtcdWatcher {
         public var endpoints: [String]
         public var prefix: String
         public var localDatacenter: String
-        public var backoffBase: Duration = .milliseconds(100)
-        public var backoffCap: Duration = .seconds(5)
+        public var backoff = Backoff()
 
         public init(endpoints: [String], prefix: String = "/services/", localDatacenter: String = "dc1") {
             self.endpoints = endpoints
@@ -81,19 +80,12 @@ public actor EtcdWatcher {
                 logger.warning("etcd unreachable", metadata: ["etcd.endpoint": "\(endpoint)", "error": "\(error)"])
                 await assembler.setContact(source: sourceIndex, inContact: false)
                 endpointIndex += 1
-                do { try await Task.sleep(for: backoff(failures)) } catch { break }
+                do { try await Task.sleep(for: configuration.backoff.delay(afterFailures: failures)) } catch { break }
             }
         }
         try? await client.shutdown()
     }
 
-    /// base·2^(n-1), capped, with full jitter.
-    func backoff(_ failures: Int) -> Duration {
-        let base = Double(configuration.backoffBase.components.attoseconds) / 1e18 + Double(configuration.backoffBase.components.seconds)
-        let cap = Double(configuration.backoffCap.components.seconds) + Double(configuration.backoffCap.components.attoseconds) / 1e18
-        let ceiling = min(cap, base * pow(2, Double(min(failures - 1, 30))))
-        return .milliseconds(Int64(Double.random(in: 0...ceiling) * 1000))
-    }
 
     private var rangeBody: [String: String] {
         ["key": Data(configuration.prefix.utf8).base64EncodedString(), "range_end": Data(Self.prefixEnd(configuration.prefix)).base64EncodedString()]

@@ -109,3 +109,19 @@ struct AssemblerTests {
         #expect(store.staleness() == nil)
     }
 }
+
+@Suite("Backoff")
+struct BackoffTests {
+    @Test func growsAndStaysUnderTheCap() {
+        let b = Backoff(base: .milliseconds(100), cap: .seconds(5))
+        for n in 1...40 {
+            let ceiling = min(Duration.seconds(5), .milliseconds(100) * (1 << min(n - 1, 30)))
+            for _ in 0..<50 {
+                let d = b.delay(afterFailures: n)
+                #expect(d >= .zero && d <= ceiling)
+            }
+        }
+        // Full jitter: the delays spread out rather than repeating one value.
+        #expect(Set((0..<50).map { _ in b.delay(afterFailures: 6) }).count > 10)
+    }
+}

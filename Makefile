@@ -1,6 +1,8 @@
 # Signpost: the two commands a new user needs are `make run` and `make test`.
 SWIFT    ?= swift
 LISTEN   ?= 127.0.0.1:8600
+# The demo answers its own names only; RUN_FLAGS= forwards other names to resolv.conf's nameservers.
+RUN_FLAGS ?= --no-forward
 SUDO     := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 # System packages: what building and serving needs, and what the test suite adds.
@@ -30,7 +32,7 @@ build: deps
 
 # Serves the demo catalog in zones/ on $(LISTEN), over UDP and TCP.
 run: build
-	.build/release/signpost serve --listen $(LISTEN) --catalog zones/catalog --zones zones
+	.build/release/signpost serve --listen $(LISTEN) --catalog zones/catalog --zones zones $(RUN_FLAGS)
 
 # Validates the demo catalog and zones.
 check: build

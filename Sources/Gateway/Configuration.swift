@@ -58,7 +58,7 @@ public struct TTLPolicy: Sendable, Hashable {
     }
 }
 
-/// Go-style durations ("10s", "1m30s", "250ms", "0"), rounded down to whole seconds.
+/// Go-style durations ("10s", "1m30s", "250ms", "0"), plus "d" for days, rounded down to whole seconds.
 public func parseDuration(_ text: String) -> UInt32? {
     if text == "0" { return 0 }
     if let plain = UInt32(text) { return plain }
@@ -76,6 +76,7 @@ public func parseDuration(_ text: String) -> UInt32? {
         case "s": total += value
         case "m": total += value * 60
         case "h": total += value * 3600
+        case "d": total += value * 86400
         default: return nil
         }
     }

@@ -144,10 +144,17 @@ final class UDPQueryHandler: ChannelInboundHandler, Sendable {
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let envelope = unwrapInboundIn(data)
-        guard let response = handler.respond(to: envelope.data, transport: .udp, allocator: context.channel.allocator) else {
-            return
+        switch handler.handle(envelope.data, transport: .udp, client: envelope.remoteAddress, eventLoop: context.eventLoop) {
+        case .now(let response):
+            guard let response else { return }
+            context.write(wrapOutboundOut(AddressedEnvelope(remoteAddress: envelope.remoteAddress, data: response)), promise: nil)
+        case .later(let future):
+            let channel = context.channel
+            future.whenSuccess { response in
+                guard let response else { return }
+                channel.writeAndFlush(AddressedEnvelope(remoteAddress: envelope.remoteAddress, data: response), promise: nil)
+            }
         }
-        context.write(wrapOutboundOut(AddressedEnvelope(remoteAddress: envelope.remoteAddress, data: response)), promise: nil)
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {
@@ -174,8 +181,18 @@ final class TCPQueryHandler: ChannelInboundHandler, Sendable {
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let frame = unwrapInboundIn(data)
-        guard let response = handler.respond(to: frame, transport: .tcp, allocator: context.channel.allocator) else { return }
-        context.write(wrapOutboundOut(response), promise: nil)
+        switch handler.handle(frame, transport: .tcp, client: context.channel.remoteAddress, eventLoop: context.eventLoop) {
+        case .now(let response):
+            guard let response else { return }
+            context.write(wrapOutboundOut(response), promise: nil)
+        case .later(let future):
+            // Forwarded answers go out when they arrive; pipelined queries do not wait for them (RFC 7766).
+            let channel = context.channel
+            future.whenSuccess { response in
+                guard let response else { return }
+                channel.writeAndFlush(response, promise: nil)
+            }
+        }
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {

@@ -14,11 +14,62 @@ public struct QueryHandler: Sendable {
     /// Past this much staleness (a registry out of contact), names in the domain get SERVFAIL.
     public let maxStale: Duration?
 
-    public init(resolver: Resolver, store: SnapshotStore, logger: Logger, maxStale: Duration? = nil) {
+    /// Names outside the domain and the zones go here, for clients the ACL allows; nil: REFUSED.
+    public let forwarder: Forwarder?
+    public let access: AccessControl
+
+    public init(resolver: Resolver, store: SnapshotStore, logger: Logger, maxStale: Duration? = nil,
+                forwarder: Forwarder? = nil, access: AccessControl = AccessControl()) {
         self.resolver = resolver
         self.store = store
         self.logger = logger
         self.maxStale = maxStale
+        self.forwarder = forwarder
+        self.access = access
+    }
+
+    /// A response now, or later (forwarded); nil means drop.
+    public enum Handled: Sendable {
+        case now(ByteBuffer?)
+        case later(EventLoopFuture<ByteBuffer?>)
+    }
+
+    /// The full query path: our own data answered at once; other names forwarded when allowed.
+    public func handle(_ packet: ByteBuffer, transport: Transport, client: SocketAddress?, eventLoop: any EventLoop) -> Handled {
+        guard let forwarder, case .query(let query) = Query.parse(packet), !isOurs(query.question.name) else {
+            return .now(respond(to: packet, transport: transport, allocator: ByteBufferAllocator()))
+        }
+        let config = resolver.configuration
+        var h = DNSHeader(id: query.header.id)
+        h.qr = true
+        h.rd = query.header.rd
+        h.cd = query.header.cd
+        h.ra = true
+        let limit = self.limit(query.edns, transport)
+        let reply = ResponseEncoder.Reply(header: h, question: query.question, edns: query.edns, rcode: 0,
+                                          udpSize: UInt16(config.maxUDPSize))
+        guard access.mayRecurse(client) else {
+            var r = reply
+            r.rcode = RCode.refused
+            return .now(ResponseEncoder.encode(Answer(rcode: RCode.refused, authoritative: false), reply: r, limit: limit,
+                                               allocator: ByteBufferAllocator()))
+        }
+        let dnssecOK = query.edns?.dnssecOK ?? false
+        return .later(eventLoop.makeFutureWithTask {
+            var r = reply
+            let answer: Answer
+            switch await forwarder.resolve(query.question, dnssecOK: dnssecOK) {
+            case .answer(let a, _): answer = a
+            case .failure: answer = Answer(rcode: RCode.servFail, authoritative: false)
+            }
+            r.rcode = answer.rcode
+            return ResponseEncoder.encode(answer, reply: r, limit: limit, allocator: ByteBufferAllocator())
+        })
+    }
+
+    /// Names in the service domain or in one of our zones are answered from our own data.
+    func isOurs(_ name: DNSName) -> Bool {
+        name.isSubdomain(of: resolver.configuration.domain) || store.snapshot.zone(containing: name) != nil
     }
 
     /// True when the data is older than `--max-stale` allows.

@@ -11,6 +11,9 @@ enum ConfigFile {
         "listen": .strings, "catalog": .string, "zones": .string, "domain": .string, "datacenter": .string,
         "only-passing": .bool, "service-ttl": .ttlMap, "node-ttl": .string, "order": .string,
         "max-udp-size": .integer, "tcp-idle-timeout": .string, "log-level": .string, "threads": .integer,
+        "registry": .strings, "max-stale": .string, "admin": .string, "upstream": .strings, "no-forward": .bool,
+        "upstream-policy": .string, "upstream-timeout": .string, "max-concurrent": .integer, "cache-size": .integer,
+        "cache-min-ttl": .string, "cache-max-ttl": .string, "stale-ttl": .string, "allow-recursion": .strings,
     ]
     /// The subset `signpost check` uses; the other keys are still validated.
     static let checkKeys: Set<String> = ["catalog", "zones", "datacenter"]

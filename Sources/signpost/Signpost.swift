@@ -117,6 +117,87 @@ struct Serve: AsyncParsableCommand {
     @Option(name: .long, help: ArgumentHelp("Serve /health, /ready and /metrics over HTTP here. Off by default.", valueName: "HOST:PORT"))
     var admin: String?
 
+    @Option(name: .long, help: ArgumentHelp("Forward other names to this resolver (port 53 by default). Repeatable. Default: the nameservers in /etc/resolv.conf, except Signpost's own addresses.", valueName: "HOST[:PORT]"))
+    var upstream: [String] = []
+
+    @Flag(name: .long, help: "Do not forward: names outside the domain and the zones get REFUSED.")
+    var noForward = false
+
+    @Option(name: .long, help: "Upstream order: sequential, random or round_robin.")
+    var upstreamPolicy: Forwarder.Policy = .sequential
+
+    @Option(name: .long, help: ArgumentHelp("Give up on an upstream after this long.", valueName: "DURATION"))
+    var upstreamTimeout: String = "2s"
+
+    @Option(name: .long, help: "Upstream queries in flight at most; beyond that, SERVFAIL at once.")
+    var maxConcurrent: Int = 1000
+
+    @Option(name: .long, help: "Forwarding cache capacity, in entries (LRU).")
+    var cacheSize: Int = 10000
+
+    @Option(name: .long, help: ArgumentHelp("Lowest TTL a cached positive answer gets.", valueName: "DURATION"))
+    var cacheMinTTL: String = "0s"
+
+    @Option(name: .long, help: ArgumentHelp("Highest TTL a cached answer gets.", valueName: "DURATION"))
+    var cacheMaxTTL: String = "1d"
+
+    @Option(name: .long, help: ArgumentHelp("Serve expired cache entries for this long when every upstream fails (RFC 8767).", valueName: "DURATION"))
+    var staleTTL: String = "1d"
+
+    @Option(name: .long, help: ArgumentHelp("Clients allowed to have other names forwarded. Repeatable. Default: loopback, RFC 1918, RFC 6598, link-local, ULA.", valueName: "CIDR"))
+    var allowRecursion: [String] = []
+
+    func resolverConfigWithRA(_ c: ResolverConfiguration, _ forwarding: Bool) -> ResolverConfiguration {
+        var c = c
+        c.forwarding = forwarding
+        return c
+    }
+
+    /// The forwarder's configuration and ACL, or nil when forwarding is off (or there is no upstream).
+    func forwardingSetup(listen: [ListenAddress], logger: Logger) throws -> (Forwarder.Configuration, AccessControl)? {
+        if noForward { return nil }
+        var texts = upstream
+        if texts.isEmpty {
+            let resolv = (try? String(contentsOfFile: "/etc/resolv.conf", encoding: .utf8)) ?? ""
+            texts = resolv.split(separator: "\n").compactMap { line -> String? in
+                let f = line.split(whereSeparator: { $0 == " " || $0 == "\t" })
+                return f.count >= 2 && f[0] == "nameserver" ? String(f[1]) : nil
+            }
+        }
+        var addresses: [SocketAddress] = []
+        for text in texts {
+            let parsed: ListenAddress
+            do { parsed = try ListenAddress(parsing: text, defaultPort: 53) } catch {
+                throw StartupError(message: "invalid --upstream \"\(text)\": \(error.description)", code: 64)
+            }
+            // Never forward to ourselves.
+            if listen.contains(where: { $0.host == parsed.host && $0.port == parsed.port }) { continue }
+            guard let a = try? SocketAddress(ipAddress: parsed.host, port: parsed.port) else {
+                throw StartupError(message: "invalid --upstream \"\(text)\": not an IP address", code: 64)
+            }
+            addresses.append(a)
+        }
+        guard !addresses.isEmpty else { return nil }
+        var config = Forwarder.Configuration(upstreams: addresses)
+        config.policy = upstreamPolicy
+        guard let t = parseDurationMilliseconds(upstreamTimeout), t > 0 else { throw StartupError(message: "invalid --upstream-timeout", code: 64) }
+        config.timeout = .milliseconds(t)
+        guard maxConcurrent > 0, cacheSize > 0 else { throw StartupError(message: "--max-concurrent and --cache-size must be positive", code: 64) }
+        config.maxConcurrent = maxConcurrent
+        config.cacheSize = cacheSize
+        guard let minTTL = parseDuration(cacheMinTTL), let maxTTL = parseDuration(cacheMaxTTL), let stale = parseDuration(staleTTL) else {
+            throw StartupError(message: "invalid cache TTL", code: 64)
+        }
+        (config.cacheMinTTL, config.cacheMaxTTL, config.staleTTL) = (minTTL, maxTTL, stale)
+        var acl = AccessControl()
+        if !allowRecursion.isEmpty {
+            do { acl = AccessControl(allowed: try allowRecursion.map { t throws(ConfigurationError) in try CIDR(t) }) } catch {
+                throw StartupError(message: error.description, code: 64)
+            }
+        }
+        return (config, acl)
+    }
+
     func run() async throws {
         guard let level = Logger.Level(rawValue: logLevel) else {
             throw StartupError(message: "invalid --log-level \"\(logLevel)\"", code: 64)
@@ -178,11 +259,16 @@ struct Serve: AsyncParsableCommand {
         let monitor = StalenessMonitor(store: store, logger: logger)
         services.append(TaskService { await monitor.run() })
 
+        let forwarding = try forwardingSetup(listen: serverConfig.listen, logger: logger)
         let group = MultiThreadedEventLoopGroup(numberOfThreads: threads ?? NIOCore.System.coreCount)
+        let forwarder = forwarding.map { Forwarder(configuration: $0.0, group: group, logger: logger) }
+        if let forwarder { services.append(TaskService { await forwarder.runProbes() }) }
         let server = DNSServer(
             configuration: serverConfig,
-            handler: QueryHandler(resolver: Resolver(configuration: resolverConfig), store: store, logger: logger,
-                                  maxStale: maxStaleValue),
+            handler: QueryHandler(resolver: Resolver(configuration: resolverConfigWithRA(resolverConfig, forwarding != nil)),
+                                  store: store, logger: logger, maxStale: maxStaleValue,
+                                  forwarder: forwarder,
+                                  access: forwarding?.1 ?? AccessControl()),
             group: group, logger: logger)
         var adminServer: AdminServer? = nil
         if let admin {
@@ -203,6 +289,12 @@ struct Serve: AsyncParsableCommand {
             throw StartupError(message: error.description)
         }
         for w in fileWatchers { await w.refresh() }
+        if let (config, _) = forwarding {
+            logger.info("forwarding other names", metadata: ["upstreams": "\(config.upstreams.map { "\($0)" })",
+                                                             "policy": "\(config.policy.rawValue)"])
+        } else {
+            logger.info("forwarding off: names outside the domain and the zones get REFUSED")
+        }
 
         let serviceGroup = ServiceGroup(
             services: services + [server] + (adminServer.map { [$0] } ?? []),
@@ -284,3 +376,10 @@ struct Check: AsyncParsableCommand {
 }
 
 extension AnswerOrder: ExpressibleByArgument {}
+extension Forwarder.Policy: ExpressibleByArgument {}
+
+/// "2s", "500ms", "1m" in milliseconds.
+func parseDurationMilliseconds(_ text: String) -> Int64? {
+    if text.hasSuffix("ms"), let v = Int64(text.dropLast(2)) { return v }
+    return parseDuration(text).map { Int64($0) * 1000 }
+}

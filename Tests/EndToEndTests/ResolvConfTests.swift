@@ -37,7 +37,7 @@ struct ResolvConfTests {
             let p = Process()
             p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
             p.arguments = ["ip", "netns", "exec", ns, signpostBinary, "serve", "--listen", listen,
-                           "--catalog", dir.path + "/\(sub)/catalog", "--zones", dir.path + "/\(sub)/zones"]
+                           "--catalog", dir.path + "/\(sub)/catalog", "--zones", dir.path + "/\(sub)/zones", "--no-forward"]
             p.standardOutput = FileHandle.nullDevice
             p.standardError = FileHandle.nullDevice
             try FileManager.default.createDirectory(atPath: dir.path + "/\(sub)/zones", withIntermediateDirectories: true)

@@ -68,7 +68,8 @@ final class Server: @unchecked Sendable {
     let dir: TempDir
 
     /// Starts `signpost serve` on 127.0.0.1:0 with `catalog/` and `zones/` under `dir`.
-    init(dir: TempDir, catalog: Bool = true, extra: [String] = [], environment: [String: String] = [:]) throws {
+    /// Forwarding is off unless `forward` is set: this machine's resolv.conf must never be used by a test.
+    init(dir: TempDir, catalog: Bool = true, forward: Bool = false, extra: [String] = [], environment: [String: String] = [:]) throws {
         self.dir = dir
         logPath = dir.path + "/server.log"
         FileManager.default.createFile(atPath: logPath, contents: nil)
@@ -76,7 +77,7 @@ final class Server: @unchecked Sendable {
         try FileManager.default.createDirectory(atPath: dir.path + "/zones", withIntermediateDirectories: true)
         process.executableURL = URL(fileURLWithPath: signpostBinary)
         process.arguments = ["serve", "--listen", "127.0.0.1:0"] + (catalog ? ["--catalog", dir.path + "/catalog"] : [])
-            + ["--zones", dir.path + "/zones"] + extra
+            + ["--zones", dir.path + "/zones"] + (forward ? [] : ["--no-forward"]) + extra
         process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
         let log = FileHandle(forWritingAtPath: logPath)!
         process.standardOutput = log

@@ -1,0 +1,83 @@
+import NIOCore
+
+/// A CIDR block, IPv4 or IPv6.
+public struct CIDR: Sendable, Hashable, CustomStringConvertible {
+    let network: [UInt8]
+    let prefix: Int
+
+    public init(_ text: String) throws(ConfigurationError) {
+        let parts = text.split(separator: "/", maxSplits: 1)
+        let addrText = String(parts[0])
+        var bytes: [UInt8]
+        if let v4 = IPv4Bytes(addrText) { bytes = v4 } else if let v6 = IPv6Bytes(addrText) { bytes = v6 } else {
+            throw ConfigurationError("invalid CIDR \"\(text)\"")
+        }
+        let maxPrefix = bytes.count * 8
+        let prefix = parts.count == 2 ? Int(parts[1]) : maxPrefix
+        guard let prefix, (0...maxPrefix).contains(prefix) else { throw ConfigurationError("invalid prefix length in \"\(text)\"") }
+        for i in 0..<bytes.count {
+            let keep = max(0, min(8, prefix - i * 8))
+            bytes[i] &= keep == 8 ? 0xFF : UInt8(truncatingIfNeeded: 0xFF << (8 - keep))
+        }
+        self.network = bytes
+        self.prefix = prefix
+    }
+
+    public func contains(_ address: [UInt8]) -> Bool {
+        guard address.count == network.count else { return false }
+        for i in 0..<address.count {
+            let keep = max(0, min(8, prefix - i * 8))
+            if keep == 0 { return true }
+            let mask: UInt8 = keep == 8 ? 0xFF : UInt8(truncatingIfNeeded: 0xFF << (8 - keep))
+            if address[i] & mask != network[i] { return false }
+        }
+        return true
+    }
+
+    public var description: String { "\(network)/\(prefix)" }
+
+    /// Loopback, RFC 1918, RFC 6598 (CGNAT), link-local, and IPv6 loopback, ULA and link-local.
+    public static let privateDefaults: [CIDR] = ["127.0.0.0/8", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10",
+                                                 "169.254.0.0/16", "::1/128", "fc00::/7", "fe80::/10"].map { try! CIDR($0) }
+}
+
+/// Who may have names outside the domain resolved (`--allow-recursion`). Everyone gets service answers.
+public struct AccessControl: Sendable {
+    public var allowed: [CIDR]
+
+    public init(allowed: [CIDR] = CIDR.privateDefaults) { self.allowed = allowed }
+
+    public func mayRecurse(_ client: SocketAddress?) -> Bool {
+        guard let bytes = client.flatMap(Self.addressBytes) else { return false }
+        // An IPv4-mapped IPv6 client is judged as IPv4.
+        if bytes.count == 16, bytes[0..<10].allSatisfy({ $0 == 0 }), bytes[10] == 0xFF, bytes[11] == 0xFF {
+            let v4 = Array(bytes[12...])
+            return allowed.contains { $0.contains(v4) }
+        }
+        return allowed.contains { $0.contains(bytes) }
+    }
+
+    static func addressBytes(_ address: SocketAddress) -> [UInt8]? {
+        switch address {
+        case .v4(let a):
+            return withUnsafeBytes(of: a.address.sin_addr.s_addr) { Array($0) }
+        case .v6(let a):
+            return withUnsafeBytes(of: a.address.sin6_addr) { Array($0) }
+        default:
+            return nil
+        }
+    }
+}
+
+func IPv4Bytes(_ text: String) -> [UInt8]? {
+    let parts = text.split(separator: ".", omittingEmptySubsequences: false)
+    guard parts.count == 4 else { return nil }
+    var out: [UInt8] = []
+    for p in parts { guard let v = UInt8(p) else { return nil }; out.append(v) }
+    return out
+}
+
+func IPv6Bytes(_ text: String) -> [UInt8]? {
+    guard let a = try? SocketAddress(ipAddress: text, port: 0), case .v6(let v6) = a else { return nil }
+    return withUnsafeBytes(of: v6.address.sin6_addr) { Array($0) }
+}

@@ -1,0 +1,162 @@
+import Catalog
+import DNSWire
+import Logging
+import Metrics
+import NIOConcurrencyHelpers
+import NIOCore
+
+/// Resolves names outside the service domain through upstream resolvers, with a cache.
+///
+/// - Upstreams are tried in policy order; a timeout, a network error, SERVFAIL or REFUSED moves on to the next.
+/// - An upstream that fails `downAfter` times in a row is marked down and tried last; any answer brings it back.
+/// - Identical queries in flight (name, type, class, DO) share one upstream exchange.
+/// - At most `maxConcurrent` exchanges run at once; beyond that, SERVFAIL at once (and counted).
+/// - When every upstream fails, an expired cache entry is served (TTL 30) if it is within `--stale-ttl`,
+///   else SERVFAIL.
+public final class Forwarder: Sendable {
+    public enum Policy: String, Sendable, CaseIterable { case sequential, random, round_robin }
+
+    public struct Configuration: Sendable {
+        public var upstreams: [SocketAddress]
+        public var policy: Policy = .sequential
+        public var timeout: TimeAmount = .seconds(2)
+        public var maxConcurrent: Int = 1000
+        public var cacheSize: Int = 10000
+        public var cacheMinTTL: UInt32 = 0
+        public var cacheMaxTTL: UInt32 = 86400
+        public var staleTTL: UInt32 = 86400
+        public var downAfter: Int = 3
+
+        public init(upstreams: [SocketAddress]) { self.upstreams = upstreams }
+    }
+
+    public enum Outcome: Sendable {
+        case answer(Answer, cached: Bool)
+        case failure
+    }
+
+    let configuration: Configuration
+    let cache: ForwardCache
+    private let client: UpstreamClient
+    private let logger: Logger
+    private let inflight = NIOLockedValueBox<[ForwardCache.Key: Task<Outcome, Never>]>([:])
+    private let running = NIOLockedValueBox(0)
+    private let failures: NIOLockedValueBox<[Int]>
+    private let rotation = NIOLockedValueBox(0)
+    private let overloaded = Counter(label: "signpost_forward_overload_total")
+    private let hits = Counter(label: "signpost_cache_requests_total", dimensions: [("result", "hit")])
+    private let misses = Counter(label: "signpost_cache_requests_total", dimensions: [("result", "miss")])
+
+    public init(configuration: Configuration, group: any EventLoopGroup, logger: Logger) {
+        self.configuration = configuration
+        self.cache = ForwardCache(capacity: configuration.cacheSize, minTTL: configuration.cacheMinTTL,
+                                  maxTTL: configuration.cacheMaxTTL, staleTTL: configuration.staleTTL)
+        self.client = UpstreamClient(group: group, timeout: configuration.timeout)
+        self.logger = logger
+        self.failures = NIOLockedValueBox(Array(repeating: 0, count: configuration.upstreams.count))
+    }
+
+    public func resolve(_ question: Question, dnssecOK: Bool) async -> Outcome {
+        let key = ForwardCache.Key(name: question.name, type: question.type, qclass: question.qclass, dnssecOK: dnssecOK)
+        let stale: Answer?
+        switch cache.lookup(key) {
+        case .fresh(let answer):
+            hits.increment()
+            return .answer(answer, cached: true)
+        case .stale(let answer):
+            stale = answer
+        case .miss:
+            stale = nil
+        }
+        misses.increment()
+        let task: Task<Outcome, Never>? = inflight.withLockedValue { map in
+            if let existing = map[key] { return existing }
+            guard running.withLockedValue({ n in
+                guard n < configuration.maxConcurrent else { return false }
+                n += 1
+                return true
+            }) else { return nil }
+            let t = Task { await self.fetch(question, dnssecOK: dnssecOK, key: key) }
+            map[key] = t
+            return t
+        }
+        guard let task else {
+            overloaded.increment()
+            return stale.map { .answer($0, cached: true) } ?? .failure
+        }
+        let outcome = await task.value
+        if case .failure = outcome, let stale {
+            logger.debug("serving stale", metadata: ["query.name": "\(question.name)"])
+            return .answer(stale, cached: true)
+        }
+        return outcome
+    }
+
+    private func fetch(_ question: Question, dnssecOK: Bool, key: ForwardCache.Key) async -> Outcome {
+        defer {
+            inflight.withLockedValue { $0[key] = nil }
+            running.withLockedValue { $0 -= 1 }
+        }
+        for i in order() {
+            do {
+                let reply = try await client.exchange(question, dnssecOK: dnssecOK, upstream: configuration.upstreams[i])
+                let rcode = reply.rcode
+                if rcode == RCode.servFail || rcode == RCode.refused {
+                    markFailure(i)
+                    continue
+                }
+                markSuccess(i)
+                cache.store(reply, for: key)
+                return .answer(Answer(rcode: rcode, authoritative: false, answers: reply.answers, authority: reply.authority,
+                                      additional: reply.additional.filter { $0.type != RRType.opt }), cached: false)
+            } catch {
+                markFailure(i)
+                logger.debug("upstream failed", metadata: ["upstream": "\(configuration.upstreams[i])", "error": "\(error)"])
+            }
+        }
+        return .failure
+    }
+
+    /// Upstream indexes in policy order, with the ones marked down moved to the end.
+    func order() -> [Int] {
+        let n = configuration.upstreams.count
+        var base = Array(0..<n)
+        switch configuration.policy {
+        case .sequential: break
+        case .random: base.shuffle()
+        case .round_robin:
+            let start = rotation.withLockedValue { r in defer { r = (r + 1) % max(n, 1) }; return r }
+            base = Array(base[start...] + base[..<start])
+        }
+        let down = failures.withLockedValue { f in Set(base.filter { f[$0] >= configuration.downAfter }) }
+        return base.filter { !down.contains($0) } + base.filter { down.contains($0) }
+    }
+
+    private func markFailure(_ i: Int) {
+        let count = failures.withLockedValue { f in f[i] += 1; return f[i] }
+        if count == configuration.downAfter {
+            logger.warning("upstream marked down", metadata: ["upstream": "\(configuration.upstreams[i])"])
+        }
+    }
+
+    private func markSuccess(_ i: Int) {
+        let was = failures.withLockedValue { f in defer { f[i] = 0 }; return f[i] }
+        if was >= configuration.downAfter {
+            logger.info("upstream up again", metadata: ["upstream": "\(configuration.upstreams[i])"])
+        }
+    }
+
+    /// Probes upstreams marked down (the root NS query), so they come back without client traffic.
+    public func runProbes() async {
+        while !Task.isCancelled {
+            do { try await Task.sleep(for: .seconds(2)) } catch { return }
+            let down = failures.withLockedValue { f in f.indices.filter { f[$0] >= configuration.downAfter } }
+            for i in down {
+                if (try? await client.exchange(Question(name: .root, type: RRType.ns), dnssecOK: false,
+                                               upstream: configuration.upstreams[i])) != nil {
+                    markSuccess(i)
+                }
+            }
+        }
+    }
+}

@@ -79,6 +79,6 @@ let package = Package(
                 .product(name: "NIOEmbedded", package: "swift-nio"),
             ]
         ),
-        .testTarget(name: "EndToEndTests", dependencies: ["DNSWire", "signpost"], exclude: ["ConsulStandIn"]),
+        .testTarget(name: "EndToEndTests", dependencies: ["DNSWire", "signpost"], exclude: ["ConsulStandIn", "FakeUpstream"]),
     ]
 )

@@ -1,0 +1,39 @@
+#!/usr/bin/env python3
+"""A deliberately bad upstream for Signpost's forwarding tests, on 127.0.0.1 only.
+
+--mode mismatch:  answers every query three times: with a wrong ID, then with the right ID but another
+                  question, then correctly (A 192.0.2.99). Only the last may be accepted (RFC 5452).
+--mode blackhole: reads queries and never answers.
+"""
+import argparse, socket, struct
+
+ap = argparse.ArgumentParser()
+ap.add_argument("--port", type=int, default=0)
+ap.add_argument("--mode", choices=["mismatch", "blackhole"], required=True)
+args = ap.parse_args()
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("127.0.0.1", args.port))
+print(f"listening on 127.0.0.1:{s.getsockname()[1]}", flush=True)
+
+
+def question_end(q):
+    i = 12
+    while q[i] != 0:
+        i += q[i] + 1
+    return i + 5
+
+
+while True:
+    q, addr = s.recvfrom(4096)
+    if args.mode == "blackhole" or len(q) < 12:
+        continue
+    qid = struct.unpack(">H", q[:2])[0]
+    end = question_end(q)
+    question = q[12:end]
+    answer = b"\xc0\x0c" + struct.pack(">HHIH", 1, 1, 60, 4) + bytes([192, 0, 2, 99])
+    def reply(rid, qsec):
+        return struct.pack(">HHHHHH", rid, 0x8180, 1, 1, 0, 0) + qsec + answer
+    other = b"\x05other" + question[question.index(0) - 0:][:0] + question[1 + question[0]:]
+    s.sendto(reply(qid ^ 0x5A5A, question), addr)
+    s.sendto(reply(qid, other), addr)
+    s.sendto(reply(qid, question), addr)

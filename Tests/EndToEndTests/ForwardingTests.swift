@@ -1,0 +1,208 @@
+import Foundation
+import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Debian's knotd serving a test zone on a free loopback port, started and stopped by PID.
+final class Knot: @unchecked Sendable {
+    let dir = TempDir()
+    let port: Int
+    var process: Process?
+
+    init(zone: String = Knot.defaultZone) throws {
+        port = freePort()
+        dir.write("example.test.zone", zone)
+        dir.write("knot.conf", """
+        server:
+            rundir: "\(dir.path)"
+            listen: 127.0.0.1@\(port)
+        database:
+            storage: "\(dir.path)"
+        zone:
+          - domain: example.test
+            storage: "\(dir.path)"
+            file: "example.test.zone"
+        """)
+        try start()
+    }
+
+    static let defaultZone: String = {
+        var z = """
+        $ORIGIN example.test.
+        $TTL 300
+        @ IN SOA ns hostmaster 1 3600 600 86400 60
+        @ IN NS ns
+        ns IN A 127.0.0.1
+        www IN A 192.0.2.80
+        short 1 IN A 192.0.2.81
+
+        """
+        for i in 1...100 { z += "big IN A 198.51.100.\(i)\n" }
+        return z
+    }()
+
+    func start() throws {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/usr/sbin/knotd")
+        p.arguments = ["-c", dir.path + "/knot.conf"]
+        p.standardOutput = FileHandle.nullDevice
+        p.standardError = FileHandle.nullDevice
+        try p.run()
+        process = p
+        let ok = eventually(within: 10) {
+            (try? run(["dig", "@127.0.0.1", "-p", "\(port)", "+short", "+time=1", "+tries=1", "www.example.test"]))?.out.contains("192.0.2.80") == true
+        }
+        if ok == nil { throw Server.ServerError(message: "knotd did not start") }
+    }
+
+    func stop() {
+        guard let p = process, p.isRunning else { return }
+        kill(p.processIdentifier, SIGTERM)
+        p.waitUntilExit()
+        process = nil
+    }
+
+    deinit { stop() }
+}
+
+/// A Python upstream that misbehaves on purpose (Tests/EndToEndTests/FakeUpstream).
+final class FakeUpstream: @unchecked Sendable {
+    let process = Process()
+    let dir = TempDir()
+    private(set) var port = 0
+
+    init(mode: String) throws {
+        let log = dir.path + "/log"
+        FileManager.default.createFile(atPath: log, contents: nil)
+        let script = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("FakeUpstream/fake_upstream.py").path
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        process.arguments = ["python3", script, "--mode", mode]
+        process.standardOutput = FileHandle(forWritingAtPath: log)
+        try process.run()
+        guard eventually(within: 5, {
+            let text = (try? String(contentsOfFile: log, encoding: .utf8)) ?? ""
+            guard let p = text.split(separator: "127.0.0.1:").last.flatMap({ Int($0.prefix { $0.isNumber }) }) else { return false }
+            port = p
+            return true
+        }) != nil else { throw Server.ServerError(message: "fake upstream did not start") }
+    }
+
+    deinit { if process.isRunning { kill(process.processIdentifier, SIGKILL); process.waitUntilExit() } }
+}
+
+let knotAvailable = FileManager.default.isExecutableFile(atPath: "/usr/sbin/knotd")
+
+@Suite("End to end: forwarding through real upstreams", .serialized, .enabled(if: knotAvailable, "knot is not installed"))
+struct ForwardingTests {
+    func server(_ upstreams: [Int], extra: [String] = []) throws -> Server {
+        try Server(dir: TempDir(), forward: true, extra: upstreams.flatMap { ["--upstream", "127.0.0.1:\($0)"] } + extra)
+    }
+
+    @Test func forwardsCachesAndServesThroughAnOutage() throws {
+        let knot = try Knot()
+        let server = try server([knot.port], extra: ["--admin", "127.0.0.1:0"])
+        defer { server.stop() }
+        let first = try server.dig("www.example.test", "A")
+        #expect(first.status == "NOERROR" && first.data("A") == ["192.0.2.80"])
+        #expect(first.flags.contains("ra") && !first.flags.contains("aa"))
+        // Our own names are still ours, and RA is set there too now.
+        #expect(try server.dig("consul", "SOA").flags.contains("ra"))
+        let negative = try server.dig("nope.example.test", "A")
+        #expect(negative.status == "NXDOMAIN" && negative.authority.first?[3] == "SOA")
+
+        usleep(2_100_000)
+        let second = try server.dig("www.example.test", "A")
+        let ttl = Int(second.answer.first?[1] ?? "") ?? 0
+        #expect(ttl <= 298 && ttl >= 290, "TTL counts down in cached answers: \(second)")
+
+        knot.stop()
+        #expect(try server.dig("www.example.test", "A").data("A") == ["192.0.2.80"], "served from the cache")
+        let cachedNegative = try server.dig("nope.example.test", "A")
+        #expect(cachedNegative.status == "NXDOMAIN" && cachedNegative.authority.first?[3] == "SOA")
+        let metrics = httpGet("http://127.0.0.1:\(try #require(server.adminPort))/metrics").body
+        #expect(metrics.contains("signpost_cache_requests_total{result=\"hit\"}"), "\(metrics)")
+    }
+
+    @Test func staleEntriesServeWhenEveryUpstreamIsDown() throws {
+        let knot = try Knot()
+        let server = try server([knot.port], extra: ["--upstream-timeout", "300ms"])
+        defer { server.stop() }
+        #expect(try server.dig("short.example.test", "A").data("A") == ["192.0.2.81"])
+        knot.stop()
+        usleep(1_500_000)  // the 1 s TTL has run out
+        let stale = try server.dig("short.example.test", "A")
+        #expect(stale.data("A") == ["192.0.2.81"], "\(stale)")
+        #expect(stale.answer.first?[1] == "30", "stale answers carry TTL 30 (RFC 8767)")
+        // A name never cached: SERVFAIL.
+        #expect(try server.dig("www.example.test", "A").status == "SERVFAIL")
+    }
+
+    @Test func failsOverPastADeadUpstream() throws {
+        let knot = try Knot()
+        let dead = try FakeUpstream(mode: "blackhole")
+        let server = try server([dead.port, knot.port], extra: ["--upstream-timeout", "400ms"])
+        defer { server.stop() }
+        let start = Date()
+        #expect(try server.dig("www.example.test", "A").data("A") == ["192.0.2.80"])
+        #expect(Date().timeIntervalSince(start) < 1.5)
+    }
+
+    @Test func largeAnswersComeOverTCP() throws {
+        let knot = try Knot()
+        let server = try server([knot.port])
+        defer { server.stop() }
+        // Knot truncates 100 A records over UDP; Signpost retries over TCP and has them all.
+        let tcp = try server.dig("+tcp", "big.example.test", "A")
+        #expect(tcp.data("A").count == 100 && !tcp.flags.contains("tc"), "\(tcp)")
+        // To a UDP client the same truncation rules apply as for our own answers.
+        let udp = try server.dig("+ignore", "+bufsize=1232", "big.example.test", "A")
+        #expect(udp.flags.contains("tc") && udp.data("A").count < 100)
+    }
+
+    @Test func repliesWithTheWrongIDOrQuestionAreDropped() throws {
+        let bad = try FakeUpstream(mode: "mismatch")
+        let server = try server([bad.port], extra: ["--admin", "127.0.0.1:0"])
+        defer { server.stop() }
+        #expect(try server.dig("anything.example.org", "A").data("A") == ["192.0.2.99"])
+        let metrics = httpGet("http://127.0.0.1:\(try #require(server.adminPort))/metrics").body
+        let dropped = metrics.split(separator: "\n").first { $0.hasPrefix("signpost_upstream_mismatched_replies_total ") }
+            .flatMap { Double($0.split(separator: " ").last!) } ?? 0
+        #expect(dropped >= 2, "\(metrics)")
+    }
+
+    @Test func recursionACL() throws {
+        let knot = try Knot()
+        let server = try server([knot.port], extra: ["--allow-recursion", "10.0.0.0/8"])
+        defer { server.stop() }
+        #expect(try server.dig("www.example.test", "A").status == "REFUSED")
+        #expect(try server.dig("web.service.consul", "A").status == "NXDOMAIN", "service answers still come")
+        let open = try self.server([knot.port], extra: ["--allow-recursion", "127.0.0.0/8"])
+        defer { open.stop() }
+        #expect(try open.dig("www.example.test", "A").data("A") == ["192.0.2.80"])
+    }
+
+    @Test func maxConcurrentIsEnforced() throws {
+        let hole = try FakeUpstream(mode: "blackhole")
+        let server = try server([hole.port], extra: ["--max-concurrent", "2", "--upstream-timeout", "3s", "--admin", "127.0.0.1:0"])
+        defer { server.stop() }
+        // Two distinct names occupy both slots; the next ones get SERVFAIL at once.
+        let busy = (1...2).map { i in
+            let p = Process()
+            p.executableURL = URL(fileURLWithPath: "/usr/bin/dig")
+            p.arguments = ["@127.0.0.1", "-p", "\(server.port)", "+time=5", "+tries=1", "slow\(i).example.org", "A"]
+            p.standardOutput = FileHandle.nullDevice
+            try? p.run()
+            return p
+        }
+        usleep(300_000)
+        let start = Date()
+        let rejected = try server.dig("fast.example.org", "A")
+        #expect(rejected.status == "SERVFAIL")
+        #expect(Date().timeIntervalSince(start) < 1, "rejected at once")
+        let metrics = httpGet("http://127.0.0.1:\(try #require(server.adminPort))/metrics").body
+        #expect(metrics.contains("signpost_forward_overload_total 1"), "\(metrics)")
+        for p in busy { p.waitUntilExit() }
+    }
+}

@@ -77,6 +77,7 @@ let package = Package(
             dependencies: [
                 "Gateway", "Catalog", "DNSWire",
                 .product(name: "NIOEmbedded", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
             ]
         ),
         .testTarget(name: "EndToEndTests", dependencies: ["DNSWire", "signpost"], exclude: ["ConsulStandIn", "FakeUpstream"]),

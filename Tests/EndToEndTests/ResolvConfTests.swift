@@ -65,4 +65,57 @@ struct ResolvConfTests {
         }
         #expect(other.contains("192.0.2.80"), "a refused name should fall through to the next nameserver: \(other)")
     }
+
+    @Test(.enabled(if: namespacesPermitted && knotAvailable, "network namespaces are not permitted here, or knot is missing; the forwarding resolv.conf path was not tested"))
+    func signpostAsTheOnlyNameserverForwardsEverythingElse() throws {
+        let ns = "sp-fw-\(getpid())-\(UInt16.random(in: 0...UInt16.max))"
+        let etc = "/etc/netns/\(ns)"
+        let dir = TempDir()
+        dir.write("catalog/web.json", registration(node: "web-1", address: "192.0.2.11", service: "web"))
+        dir.write("knot/example.test.zone", "$ORIGIN example.test.\n$TTL 60\n@ IN SOA ns hostmaster 1 2 3 4 5\nwww IN A 192.0.2.80\n")
+        dir.write("knot/knot.conf", """
+        server:
+            rundir: "\(dir.path)/knot"
+            listen: 127.0.0.2@53
+        database:
+            storage: "\(dir.path)/knot"
+        zone:
+          - domain: example.test
+            storage: "\(dir.path)/knot"
+            file: "example.test.zone"
+        """)
+        try FileManager.default.createDirectory(atPath: etc, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: etc) }
+        try "nameserver 127.0.0.1\noptions timeout:1 attempts:2\n".write(toFile: etc + "/resolv.conf", atomically: true, encoding: .utf8)
+        #expect(try run(["ip", "netns", "add", ns]).status == 0)
+        defer { _ = try? run(["ip", "netns", "del", ns]) }
+        try run(["ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up"])
+        try run(["ip", "netns", "exec", ns, "ip", "addr", "add", "127.0.0.2/8", "dev", "lo"])
+
+        func start(_ args: [String]) throws -> Process {
+            let p = Process()
+            p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+            p.arguments = ["ip", "netns", "exec", ns] + args
+            p.standardOutput = FileHandle.nullDevice
+            p.standardError = FileHandle.nullDevice
+            try p.run()
+            return p
+        }
+        let knot = try start(["/usr/sbin/knotd", "-c", dir.path + "/knot/knot.conf"])
+        // resolv.conf names only Signpost; Signpost forwards to knotd, a second host address in the namespace.
+        let signpost = try start([signpostBinary, "serve", "--listen", "127.0.0.1:53", "--catalog", dir.path + "/catalog",
+                                  "--upstream", "127.0.0.2:53"])
+        defer {
+            for p in [signpost, knot] where p.isRunning { kill(p.processIdentifier, SIGTERM); p.waitUntilExit() }
+        }
+        var service = "", forwarded = ""
+        for _ in 0..<100 {
+            service = try run(["ip", "netns", "exec", ns, "getent", "ahosts", "web.service.consul"]).out
+            forwarded = try run(["ip", "netns", "exec", ns, "getent", "hosts", "www.example.test"]).out
+            if !service.isEmpty && !forwarded.isEmpty { break }
+            usleep(50_000)
+        }
+        #expect(service.contains("192.0.2.11"), "getent ahosts web.service.consul: \(service)")
+        #expect(forwarded.contains("192.0.2.80"), "getent hosts www.example.test through Signpost's forwarding: \(forwarded)")
+    }
 }

@@ -38,8 +38,9 @@ public enum ResponseEncoder {
             if level > units + 1 {
                 for rr in answer.additional where seen.insert(rr).inserted { w.writeRecord(rr, section: .additional) }
             }
-            if reply.edns != nil {
-                w.writeOPT(udpSize: reply.udpSize, extendedRcode: UInt8(reply.rcode >> 4), dnssecOK: false)
+            if let edns = reply.edns {
+                // RFC 3225: the DO bit of the query is copied into the response.
+                w.writeOPT(udpSize: reply.udpSize, extendedRcode: UInt8(reply.rcode >> 4), dnssecOK: edns.dnssecOK)
             }
             var h = reply.header
             h.tc = level < levels && droppedSomething(answer, level: level)

@@ -73,6 +73,8 @@ final class FakeUpstream: @unchecked Sendable {
     let dir = TempDir()
     private(set) var port = 0
 
+    var log: String { (try? String(contentsOfFile: dir.path + "/log", encoding: .utf8)) ?? "" }
+
     init(mode: String) throws {
         let log = dir.path + "/log"
         FileManager.default.createFile(atPath: log, contents: nil)
@@ -109,6 +111,9 @@ struct ForwardingTests {
         #expect(first.flags.contains("ra") && !first.flags.contains("aa"))
         // Our own names are still ours, and RA is set there too now.
         #expect(try server.dig("consul", "SOA").flags.contains("ra"))
+        // The DO bit is copied into the reply (RFC 3225), for forwarded and for our own answers.
+        #expect(try server.dig("+dnssec", "www.example.test", "A").raw.contains("flags: do;"))
+        #expect(try server.dig("+dnssec", "consul", "SOA").raw.contains("flags: do;"))
         let negative = try server.dig("nope.example.test", "A")
         #expect(negative.status == "NXDOMAIN" && negative.authority.first?[3] == "SOA")
 
@@ -147,6 +152,52 @@ struct ForwardingTests {
         let start = Date()
         #expect(try server.dig("www.example.test", "A").data("A") == ["192.0.2.80"])
         #expect(Date().timeIntervalSince(start) < 1.5)
+    }
+
+    @Test func identicalQueriesInFlightShareOneUpstreamQuery() throws {
+        let slow = try FakeUpstream(mode: "slow")
+        let server = try server([slow.port])
+        defer { server.stop() }
+        let clients = (1...5).map { _ in
+            let p = Process()
+            p.executableURL = URL(fileURLWithPath: "/usr/bin/dig")
+            p.arguments = ["@127.0.0.1", "-p", "\(server.port)", "+short", "+time=3", "+tries=1", "same.example.org", "A"]
+            let out = Pipe()
+            p.standardOutput = out
+            try? p.run()
+            return (p, out)
+        }
+        for (p, out) in clients {
+            let answer = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+            p.waitUntilExit()
+            #expect(answer.contains("192.0.2.99"))
+        }
+        #expect(slow.log.components(separatedBy: "query").count - 1 == 1, "upstream saw: \(slow.log)")
+    }
+
+    @Test func aFailingUpstreamIsMarkedDownAndSkipped() throws {
+        let knot = try Knot()
+        let dead = try FakeUpstream(mode: "blackhole")
+        let server = try server([dead.port, knot.port], extra: ["--upstream-timeout", "300ms"])
+        defer { server.stop() }
+        for i in 1...3 { _ = try server.dig("n\(i).example.test", "A") }  // each waits out the dead one first
+        #expect(server.log_().contains("upstream marked down"), "\(server.log_())")
+        let start = Date()
+        #expect(try server.dig("www.example.test", "A").data("A") == ["192.0.2.80"])
+        #expect(Date().timeIntervalSince(start) < 0.25, "the dead upstream is no longer tried first")
+    }
+
+    @Test func aDownUpstreamComesBackThroughTheProbe() throws {
+        let first = try Knot()
+        let second = try Knot()
+        let server = try server([first.port, second.port], extra: ["--upstream-timeout", "300ms"])
+        defer { server.stop() }
+        first.stop()
+        for i in 1...3 { _ = try server.dig("m\(i).example.test", "A") }
+        #expect(server.log_().contains("upstream marked down"))
+        try first.start()
+        // The background probe (every 2 s) finds it answering again; no client traffic is needed.
+        #expect(eventually(within: 6) { server.log_().contains("upstream up again") } != nil, "\(server.log_())")
     }
 
     @Test func largeAnswersComeOverTCP() throws {

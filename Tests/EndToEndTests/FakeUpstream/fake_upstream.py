@@ -4,12 +4,14 @@
 --mode mismatch:  answers every query three times: with a wrong ID, then with the right ID but another
                   question, then correctly (A 192.0.2.99). Only the last may be accepted (RFC 5452).
 --mode blackhole: reads queries and never answers.
+--mode slow:      answers correctly after --delay seconds, printing "query <name>" for each query it gets.
 """
-import argparse, socket, struct
+import argparse, socket, struct, sys, threading, time
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--port", type=int, default=0)
-ap.add_argument("--mode", choices=["mismatch", "blackhole"], required=True)
+ap.add_argument("--mode", choices=["mismatch", "blackhole", "slow"], required=True)
+ap.add_argument("--delay", type=float, default=0.5)
 args = ap.parse_args()
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 s.bind(("127.0.0.1", args.port))
@@ -33,6 +35,10 @@ while True:
     answer = b"\xc0\x0c" + struct.pack(">HHIH", 1, 1, 60, 4) + bytes([192, 0, 2, 99])
     def reply(rid, qsec):
         return struct.pack(">HHHHHH", rid, 0x8180, 1, 1, 0, 0) + qsec + answer
+    if args.mode == "slow":
+        print("query", flush=True)
+        threading.Timer(args.delay, lambda r=reply(qid, question), a=addr: s.sendto(r, a)).start()
+        continue
     other = b"\x05other" + question[question.index(0) - 0:][:0] + question[1 + question[0]:]
     s.sendto(reply(qid ^ 0x5A5A, question), addr)
     s.sendto(reply(qid, other), addr)

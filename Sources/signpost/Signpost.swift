@@ -156,24 +156,23 @@ struct Serve: AsyncParsableCommand {
     /// The forwarder's configuration and ACL, or nil when forwarding is off (or there is no upstream).
     func forwardingSetup(listen: [ListenAddress], logger: Logger) throws -> (Forwarder.Configuration, AccessControl)? {
         if noForward { return nil }
-        var texts = upstream
-        if texts.isEmpty {
+        var chosen: [ListenAddress] = []
+        if upstream.isEmpty {
             let resolv = (try? String(contentsOfFile: "/etc/resolv.conf", encoding: .utf8)) ?? ""
-            texts = resolv.split(separator: "\n").compactMap { line -> String? in
-                let f = line.split(whereSeparator: { $0 == " " || $0 == "\t" })
-                return f.count >= 2 && f[0] == "nameserver" ? String(f[1]) : nil
-            }
-        }
-        var addresses: [SocketAddress] = []
-        for text in texts {
-            let parsed: ListenAddress
-            do { parsed = try ListenAddress(parsing: text, defaultPort: 53) } catch {
-                throw StartupError(message: "invalid --upstream \"\(text)\": \(error.description)", code: 64)
+            chosen = defaultUpstreams(resolvConf: resolv, listen: listen)
+        } else {
+            for text in upstream {
+                do { chosen.append(try ListenAddress(parsing: text, defaultPort: 53)) } catch {
+                    throw StartupError(message: "invalid --upstream \"\(text)\": \(error.description)", code: 64)
+                }
             }
             // Never forward to ourselves.
-            if listen.contains(where: { $0.host == parsed.host && $0.port == parsed.port }) { continue }
-            guard let a = try? SocketAddress(ipAddress: parsed.host, port: parsed.port) else {
-                throw StartupError(message: "invalid --upstream \"\(text)\": not an IP address", code: 64)
+            chosen.removeAll { u in listen.contains { $0.host == u.host && $0.port == u.port } }
+        }
+        var addresses: [SocketAddress] = []
+        for u in chosen {
+            guard let a = try? SocketAddress(ipAddress: u.host, port: u.port) else {
+                throw StartupError(message: "invalid upstream \"\(u)\": not an IP address", code: 64)
             }
             addresses.append(a)
         }

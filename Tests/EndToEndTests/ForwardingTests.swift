@@ -200,6 +200,16 @@ struct ForwardingTests {
         #expect(eventually(within: 6) { server.log_().contains("upstream up again") } != nil, "\(server.log_())")
     }
 
+    @Test func upstreamTCPConnectionsAreReused() throws {
+        let upstream = try FakeUpstream(mode: "tcp")
+        let server = try server([upstream.port])
+        defer { server.stop() }
+        for i in 1...5 {
+            #expect(try server.dig("t\(i).example.org", "A").data("A") == ["192.0.2.99"])
+        }
+        #expect(upstream.log.components(separatedBy: "connection").count - 1 == 1, "connections: \(upstream.log)")
+    }
+
     @Test func largeAnswersComeOverTCP() throws {
         let knot = try Knot()
         let server = try server([knot.port])

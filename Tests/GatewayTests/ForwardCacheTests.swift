@@ -93,3 +93,17 @@ struct ForwardCacheTests {
         #expect(Forwarder(configuration: config, group: group, logger: .init(label: "t")).order() == [0, 1, 2])
     }
 }
+
+@Suite("Default upstreams")
+struct DefaultUpstreamTests {
+    @Test func fromResolvConfWithoutOurselves() {
+        let conf = "# comment\nsearch example.org\nnameserver 127.0.0.1\nnameserver 192.0.2.53\nnameserver fe80::1%eth0\noptions ndots:1\n"
+        #expect(defaultUpstreams(resolvConf: conf, listen: [ListenAddress(host: "127.0.0.1", port: 53)])
+                == [ListenAddress(host: "192.0.2.53", port: 53), ListenAddress(host: "fe80::1", port: 53)])
+        // Listening on 8600 does not make 127.0.0.1:53 ourselves.
+        #expect(defaultUpstreams(resolvConf: conf, listen: [ListenAddress(host: "127.0.0.1", port: 8600)]).count == 3)
+        // A wildcard listener on 53 answers on loopback too, but a remote nameserver is still an upstream.
+        #expect(defaultUpstreams(resolvConf: "nameserver 127.0.0.53\nnameserver 192.0.2.53\n", listen: [ListenAddress(host: "0.0.0.0", port: 53)])
+                == [ListenAddress(host: "192.0.2.53", port: 53)])
+    }
+}

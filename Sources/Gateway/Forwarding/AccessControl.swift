@@ -81,3 +81,21 @@ func IPv6Bytes(_ text: String) -> [UInt8]? {
     guard let a = try? SocketAddress(ipAddress: text, port: 0), case .v6(let v6) = a else { return nil }
     return withUnsafeBytes(of: v6.address.sin6_addr) { Array($0) }
 }
+
+/// The nameservers of a resolv.conf, as upstreams, leaving out any address Signpost itself listens on,
+/// so it never forwards to itself.
+public func defaultUpstreams(resolvConf: String, listen: [ListenAddress]) -> [ListenAddress] {
+    resolvConf.split(separator: "\n").compactMap { line -> ListenAddress? in
+        let f = line.split(whereSeparator: { $0 == " " || $0 == "\t" })
+        guard f.count >= 2, f[0] == "nameserver" else { return nil }
+        var host = String(f[1])
+        if let pct = host.firstIndex(of: "%") { host = String(host[..<pct]) }  // IPv6 zone index
+        let address = ListenAddress(host: host, port: 53)
+        // A wildcard listener is reachable on every local address; of those, resolv.conf can only name loopback.
+        let loopback = host.hasPrefix("127.") || host == "::1"
+        let ours = listen.contains { l in
+            l.port == 53 && (l.host == host || (loopback && (l.host == "0.0.0.0" || l.host == "::")))
+        }
+        return ours ? nil : address
+    }
+}

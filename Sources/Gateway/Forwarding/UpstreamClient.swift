@@ -12,6 +12,7 @@ struct UpstreamClient: Sendable {
     let group: any EventLoopGroup
     let timeout: TimeAmount
     let mismatches = Counter(label: "signpost_upstream_mismatched_replies_total")
+    let pool = TCPPool()
 
     struct Timeout: Error {}
     struct Malformed: Error {}
@@ -58,24 +59,88 @@ struct UpstreamClient: Sendable {
         return try await promise.result()
     }
 
+    /// Over a pooled TCP connection to the upstream (RFC 7766): one connection per upstream, reused while the
+    /// upstream keeps it open, with queries pipelined and replies matched by ID and question.
     private func tcp(_ query: ByteBuffer, id: UInt16, question: Question, upstream: SocketAddress) async throws -> Message {
-        let promise = OncePromise(group.next().makePromise(of: Message.self))
-        let handler = TCPReplyHandler(id: id, question: question, promise: promise, mismatches: mismatches)
+        let connection = try await pool.connection(to: upstream, group: group, timeout: timeout, mismatches: mismatches)
+        return try await connection.exchange(query, question: question, timeout: timeout)
+    }
+}
+
+/// One reusable TCP connection per upstream.
+final class TCPPool: Sendable {
+    private let connections = NIOLockedValueBox<[SocketAddress: TCPConnection]>([:])
+
+    func connection(to upstream: SocketAddress, group: any EventLoopGroup, timeout: TimeAmount, mismatches: Counter) async throws -> TCPConnection {
+        if let c = connections.withLockedValue({ $0[upstream] }), c.isOpen { return c }
+        let connection = TCPConnection(mismatches: mismatches)
         let channel = try await ClientBootstrap(group: group)
             .connectTimeout(timeout)
             .channelInitializer { ch in
                 ch.eventLoop.makeCompletedFuture {
                     try ch.pipeline.syncOperations.addHandler(ByteToMessageHandler(LengthFieldBasedFrameDecoder(lengthFieldBitLength: .twoBytes)))
                     try ch.pipeline.syncOperations.addHandler(LengthFieldPrepender(lengthFieldBitLength: .twoBytes))
-                    try ch.pipeline.syncOperations.addHandler(handler)
+                    try ch.pipeline.syncOperations.addHandler(connection)
                 }
             }
             .connect(to: upstream).get()
-        defer { channel.close(promise: nil) }
-        let timer = channel.eventLoop.scheduleTask(in: timeout) { promise.fail(Timeout()) }
-        defer { timer.cancel() }
+        connection.attach(channel)
+        connections.withLockedValue { $0[upstream] = connection }
+        return connection
+    }
+}
+
+/// A TCP connection with queries in flight, keyed by ID.
+final class TCPConnection: ChannelInboundHandler, Sendable {
+    typealias InboundIn = ByteBuffer
+    private let state = NIOLockedValueBox<(channel: (any Channel)?, open: Bool, pending: [UInt16: (Question, OncePromise)])>((nil, true, [:]))
+    private let mismatches: Counter
+
+    init(mismatches: Counter) { self.mismatches = mismatches }
+
+    var isOpen: Bool { state.withLockedValue { $0.open } }
+
+    func attach(_ channel: any Channel) { state.withLockedValue { $0.channel = channel } }
+
+    func exchange(_ query: ByteBuffer, question: Question, timeout: TimeAmount) async throws -> Message {
+        guard let channel = state.withLockedValue({ $0.channel }) else { throw UpstreamClient.Malformed() }
+        let promise = OncePromise(channel.eventLoop.makePromise(of: Message.self))
+        // A fresh random ID, unique on this connection.
+        var query = query
+        let id: UInt16 = state.withLockedValue { s in
+            var id = UInt16.random(in: 0...UInt16.max)
+            while s.pending[id] != nil { id = UInt16.random(in: 0...UInt16.max) }
+            s.pending[id] = (question, promise)
+            return id
+        }
+        query.setInteger(id, at: query.readerIndex)
+        let timer = channel.eventLoop.scheduleTask(in: timeout) { promise.fail(UpstreamClient.Timeout()) }
+        defer {
+            timer.cancel()
+            state.withLockedValue { _ = $0.pending.removeValue(forKey: id) }
+        }
         channel.writeAndFlush(query, promise: nil)
         return try await promise.result()
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let frame = unwrapInboundIn(data)
+        guard let id = frame.getInteger(at: frame.readerIndex, as: UInt16.self),
+              let (question, promise) = state.withLockedValue({ $0.pending[id] }),
+              let m = UpstreamClient.matches(frame, id: id, question: question) else {
+            mismatches.increment()
+            return
+        }
+        promise.succeed(m)
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        let pending = state.withLockedValue { s in defer { s.open = false; s.pending = [:] }; return s.pending }
+        for (_, p) in pending.values { p.fail(UpstreamClient.Malformed()) }
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        context.close(promise: nil)
     }
 }
 
@@ -102,37 +167,6 @@ private final class ReplyHandler: ChannelInboundHandler, Sendable {
             return
         }
         promise.succeed(m)
-    }
-
-    func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        promise.fail(error)
-    }
-}
-
-private final class TCPReplyHandler: ChannelInboundHandler, Sendable {
-    typealias InboundIn = ByteBuffer
-    let id: UInt16
-    let question: Question
-    let promise: OncePromise
-    let mismatches: Counter
-
-    init(id: UInt16, question: Question, promise: OncePromise, mismatches: Counter) {
-        self.id = id
-        self.question = question
-        self.promise = promise
-        self.mismatches = mismatches
-    }
-
-    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        guard let m = UpstreamClient.matches(unwrapInboundIn(data), id: id, question: question) else {
-            mismatches.increment()
-            return
-        }
-        promise.succeed(m)
-    }
-
-    func channelInactive(context: ChannelHandlerContext) {
-        promise.fail(UpstreamClient.Malformed())
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {

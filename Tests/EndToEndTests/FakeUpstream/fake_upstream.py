@@ -4,18 +4,58 @@
 --mode mismatch:  answers every query three times: with a wrong ID, then with the right ID but another
                   question, then correctly (A 192.0.2.99). Only the last may be accepted (RFC 5452).
 --mode blackhole: reads queries and never answers.
---mode slow:      answers correctly after --delay seconds, printing "query <name>" for each query it gets.
+--mode slow:      answers correctly after --delay seconds, printing "query" for each query it gets.
+--mode tcp:       answers every UDP query with TC set and no records; over TCP (same port) answers correctly,
+                  any number of queries per connection, printing "connection" for each one accepted.
 """
 import argparse, socket, struct, sys, threading, time
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--port", type=int, default=0)
-ap.add_argument("--mode", choices=["mismatch", "blackhole", "slow"], required=True)
+ap.add_argument("--mode", choices=["mismatch", "blackhole", "slow", "tcp"], required=True)
 ap.add_argument("--delay", type=float, default=0.5)
 args = ap.parse_args()
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 s.bind(("127.0.0.1", args.port))
-print(f"listening on 127.0.0.1:{s.getsockname()[1]}", flush=True)
+PORT = s.getsockname()[1]
+
+
+def answer_for(q):
+    qid = struct.unpack(">H", q[:2])[0]
+    end = 12
+    while q[end] != 0:
+        end += q[end] + 1
+    end += 5
+    rr = b"\xc0\x0c" + struct.pack(">HHIH", 1, 1, 60, 4) + bytes([192, 0, 2, 99])
+    return struct.pack(">HHHHHH", qid, 0x8180, 1, 1, 0, 0) + q[12:end] + rr
+
+
+def serve_tcp():
+    t = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    t.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    t.bind(("127.0.0.1", PORT))
+    t.listen(16)
+    while True:
+        conn, _ = t.accept()
+        print("connection", flush=True)
+        def handle(c):
+            buf = b""
+            while True:
+                data = c.recv(4096)
+                if not data:
+                    return
+                buf += data
+                while len(buf) >= 2 and len(buf) >= 2 + struct.unpack(">H", buf[:2])[0]:
+                    n = struct.unpack(">H", buf[:2])[0]
+                    q, buf = buf[2:2 + n], buf[2 + n:]
+                    r = answer_for(q)
+                    c.sendall(struct.pack(">H", len(r)) + r)
+        threading.Thread(target=handle, args=(conn,), daemon=True).start()
+
+
+if args.mode == "tcp":
+    threading.Thread(target=serve_tcp, daemon=True).start()
+print(f"listening on 127.0.0.1:{PORT}", flush=True)
 
 
 def question_end(q):
@@ -35,6 +75,10 @@ while True:
     answer = b"\xc0\x0c" + struct.pack(">HHIH", 1, 1, 60, 4) + bytes([192, 0, 2, 99])
     def reply(rid, qsec):
         return struct.pack(">HHHHHH", rid, 0x8180, 1, 1, 0, 0) + qsec + answer
+    if args.mode == "tcp":
+        end = question_end(q)
+        s.sendto(struct.pack(">HHHHHH", qid, 0x8380, 1, 0, 0, 0) + q[12:end], addr)
+        continue
     if args.mode == "slow":
         print("query", flush=True)
         threading.Timer(args.delay, lambda r=reply(qid, question), a=addr: s.sendto(r, a)).start()

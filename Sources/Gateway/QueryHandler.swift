@@ -55,6 +55,11 @@ public struct QueryHandler: Sendable {
                                                allocator: ByteBufferAllocator()))
         }
         let dnssecOK = query.edns?.dnssecOK ?? false
+        if let hit = forwarder.cached(query.question, dnssecOK: dnssecOK) {
+            var r = reply
+            r.rcode = hit.rcode
+            return .now(ResponseEncoder.encode(hit, reply: r, limit: limit, allocator: ByteBufferAllocator()))
+        }
         return .later(eventLoop.makeFutureWithTask {
             var r = reply
             let answer: Answer

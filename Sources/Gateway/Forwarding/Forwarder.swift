@@ -56,6 +56,14 @@ public final class Forwarder: Sendable {
         self.failures = NIOLockedValueBox(Array(repeating: 0, count: configuration.upstreams.count))
     }
 
+    /// A fresh cache hit, answered without leaving the event loop; nil means go through `resolve`.
+    public func cached(_ question: Question, dnssecOK: Bool) -> Answer? {
+        let key = ForwardCache.Key(name: question.name, type: question.type, qclass: question.qclass, dnssecOK: dnssecOK)
+        guard case .fresh(let answer) = cache.lookup(key) else { return nil }
+        hits.increment()
+        return answer
+    }
+
     public func resolve(_ question: Question, dnssecOK: Bool) async -> Outcome {
         let key = ForwardCache.Key(name: question.name, type: question.type, qclass: question.qclass, dnssecOK: dnssecOK)
         let stale: Answer?

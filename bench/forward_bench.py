@@ -1,0 +1,144 @@
+#!/usr/bin/env python3
+"""Forwarding benchmark (issue #4): the CPU a cache hit costs, and the latency a cache miss adds.
+
+In one run, each of Signpost, Unbound and dnsmasq forwards `bench.test` to the same knotd upstream:
+  1. warm: every one of 1,000 names is asked once (so each becomes a cache entry);
+  2. hits: dnsperf (pinned to core 1) replays those names at a fixed rate for a fixed time against the server
+     (pinned to core 0); the server's CPU comes from /proc/PID/task/*/schedstat, as µs per answered query;
+  3. misses: 200 never-asked names, one at a time; the median round trip, less the median of the same kind of
+     query sent to knotd directly, is what a miss adds on top of the upstream.
+Every loop is bounded in count and time; all traffic stays on 127.0.0.1.
+"""
+import os, socket, statistics, struct, subprocess, sys, tempfile, time
+from datetime import date
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SIGNPOST = os.path.join(ROOT, ".build", "release", "signpost")
+RATE, SECONDS, NAMES = 20000, 5, 1000
+
+
+def free_port():
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("127.0.0.1", 0)); p = s.getsockname()[1]; s.close(); return p
+
+
+def query(port, name, qid=0x1234, timeout=2.0):
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); sock.settimeout(timeout)
+    q = struct.pack(">HHHHHH", qid, 0x0100, 1, 0, 0, 0)
+    for label in name.split("."):
+        q += bytes([len(label)]) + label.encode()
+    q += b"\x00" + struct.pack(">HH", 1, 1)
+    t0 = time.perf_counter()
+    sock.sendto(q, ("127.0.0.1", port))
+    try:
+        data, _ = sock.recvfrom(4096)
+    except socket.timeout:
+        return None
+    finally:
+        sock.close()
+    return (time.perf_counter() - t0) * 1000, data
+
+
+def cpu_ns(pid):
+    total = 0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                total += int(f.read().split()[0])
+        except OSError:
+            pass
+    return total
+
+
+def wait_up(port, name):
+    for _ in range(200):
+        r = query(port, name, timeout=0.2)
+        if r and struct.unpack(">H", r[1][2:4])[0] & 0xF == 0:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def main():
+    work = tempfile.mkdtemp(prefix="signpost-bench-")
+    procs = []
+    try:
+        kport = free_port()
+        zone = "$ORIGIN bench.test.\n$TTL 3600\n@ IN SOA ns hostmaster 1 3600 600 86400 300\n@ IN NS ns\nns IN A 127.0.0.1\n"
+        zone += "".join(f"h{i} IN A 198.18.{i >> 8}.{i & 255}\n" for i in range(NAMES))
+        open(os.path.join(work, "bench.test.zone"), "w").write(zone)
+        open(os.path.join(work, "knot.conf"), "w").write(
+            f'server:\n    rundir: "{work}"\n    listen: 127.0.0.1@{kport}\ndatabase:\n    storage: "{work}"\n'
+            f'zone:\n  - domain: bench.test\n    storage: "{work}"\n    file: "bench.test.zone"\n')
+        procs.append(subprocess.Popen(["taskset", "-c", "1", "knotd", "-c", os.path.join(work, "knot.conf")],
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        assert wait_up(kport, "h0.bench.test"), "knotd did not start"
+
+        servers = {}
+        sport = free_port()
+        os.makedirs(os.path.join(work, "catalog"))
+        servers["Signpost"] = (sport, ["taskset", "-c", "0", SIGNPOST, "serve", "--listen", f"127.0.0.1:{sport}", "--threads", "1",
+                                       "--catalog", os.path.join(work, "catalog"), "--upstream", f"127.0.0.1:{kport}",
+                                       "--log-level", "error"])
+        uport = free_port()
+        open(os.path.join(work, "unbound.conf"), "w").write(
+            f'server:\n  interface: 127.0.0.1@{uport}\n  port: {uport}\n  do-daemonize: no\n  use-syslog: no\n  chroot: ""\n'
+            f'  username: ""\n  pidfile: ""\n  num-threads: 1\n  access-control: 127.0.0.0/8 allow\n  do-not-query-localhost: no\n'
+            f'  module-config: "iterator"\n  qname-minimisation: no\n  msg-cache-size: 32m\n  rrset-cache-size: 64m\n'
+            f'  domain-insecure: "bench.test"\n  local-zone: "test." nodefault\n  logfile: ""\n  verbosity: 0\n'
+            f'forward-zone:\n  name: "bench.test."\n  forward-addr: 127.0.0.1@{kport}\n')
+        servers["Unbound"] = (uport, ["taskset", "-c", "0", "unbound", "-d", "-c", os.path.join(work, "unbound.conf")])
+        dport = free_port()
+        servers["dnsmasq"] = (dport, ["taskset", "-c", "0", "dnsmasq", "-k", f"--port={dport}", "--listen-address=127.0.0.1",
+                                      "--bind-interfaces", "--no-resolv", "--no-hosts", f"--server=/bench.test/127.0.0.1#{kport}",
+                                      "--cache-size=10000", "--pid-file=", "--user=root"])
+        qfile = os.path.join(work, "queries")
+        open(qfile, "w").write("".join(f"h{i}.bench.test A\n" for i in range(NAMES)))
+
+        direct = sorted(r[0] for r in (query(kport, f"x{i}.bench.test") for i in range(200)) if r)
+        rows = []
+        for name, (port, cmd) in servers.items():
+            p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            procs.append(p)
+            assert wait_up(port, "h0.bench.test"), f"{name} did not start"
+            for i in range(NAMES):
+                query(port, f"h{i}.bench.test")
+            pid = p.pid
+            # taskset execs the server, so the PID is the server's.
+            c0 = cpu_ns(pid)
+            out = subprocess.run(["taskset", "-c", "1", "dnsperf", "-s", "127.0.0.1", "-p", str(port), "-d", qfile,
+                                  "-Q", str(RATE), "-l", str(SECONDS), "-c", "1", "-T", "1", "-t", "2"],
+                                 capture_output=True, text=True).stdout
+            spent = cpu_ns(pid) - c0
+            completed = int(next(l for l in out.splitlines() if "Queries completed" in l).split()[2])
+            lost = int(next(l for l in out.splitlines() if "Queries lost" in l).split()[2])
+            avg = float(next(l for l in out.splitlines() if "Average Latency" in l).split()[3])
+            misses = sorted(r[0] for r in (query(port, f"miss{i}.{name.lower()}.bench.test") for i in range(200)) if r)
+            rows.append({"server": name, "completed": completed, "lost": lost, "avg_ms": avg * 1000,
+                         "cpu_us": spent / max(completed, 1) / 1000, "miss_added_ms": statistics.median(misses) - statistics.median(direct)})
+            p.terminate(); p.wait(10)
+            print(rows[-1], flush=True)
+
+        base = next(r for r in rows if r["server"] == "Unbound")["cpu_us"]
+        lines = [f"# Forwarding benchmark, {date.today()}", "",
+                 f"`make bench-forward` on {os.cpu_count()} cores. Each server forwards `bench.test` to the same knotd, runs pinned to core 0",
+                 f"(one thread), and is loaded by dnsperf on core 1 at {RATE} qps for {SECONDS} s over {NAMES} names cached beforehand.",
+                 "CPU is the server's, all threads, per answered query. \"Miss adds\" is the median round trip of 200 uncached names",
+                 f"less the median of the same kind of query sent straight to knotd ({statistics.median(direct):.3f} ms).", "",
+                 "| server | answered | lost | avg latency | CPU per cache hit | vs Unbound | miss adds |", "|---|---|---|---|---|---|---|"]
+        for r in rows:
+            lines.append(f"| {r['server']} | {r['completed']} | {r['lost']} | {r['avg_ms']:.3f} ms | {r['cpu_us']:.1f} µs | "
+                         f"{r['cpu_us'] / base:.2f}× | {r['miss_added_ms']:.3f} ms |")
+        out = os.path.join(ROOT, "bench", "results", f"forward-{date.today()}.md")
+        open(out, "w").write("\n".join(lines) + "\n")
+        print("\n".join(lines))
+        print(f"\nwritten to {os.path.relpath(out, ROOT)}")
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.terminate()
+                try: p.wait(10)
+                except subprocess.TimeoutExpired: p.kill()
+
+
+if __name__ == "__main__":
+    main()

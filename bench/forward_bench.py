@@ -49,6 +49,18 @@ def cpu_ns(pid):
     return total
 
 
+def user_sys_ticks(pid):
+    user = sys_ = 0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            user += int(fields[11]); sys_ += int(fields[12])
+        except OSError:
+            pass
+    return user, sys_
+
+
 def wait_up(port, name):
     for _ in range(200):
         r = query(port, name, timeout=0.2)
@@ -105,16 +117,20 @@ def main():
             pid = p.pid
             # taskset execs the server, so the PID is the server's.
             c0 = cpu_ns(pid)
+            u0, s0 = user_sys_ticks(pid)
             out = subprocess.run(["taskset", "-c", "1", "dnsperf", "-s", "127.0.0.1", "-p", str(port), "-d", qfile,
                                   "-Q", str(RATE), "-l", str(SECONDS), "-c", "1", "-T", "1", "-t", "2"],
                                  capture_output=True, text=True).stdout
             spent = cpu_ns(pid) - c0
+            u1, s1 = user_sys_ticks(pid)
+            tick_us = 1e6 / os.sysconf("SC_CLK_TCK")
             completed = int(next(l for l in out.splitlines() if "Queries completed" in l).split()[2])
             lost = int(next(l for l in out.splitlines() if "Queries lost" in l).split()[2])
             avg = float(next(l for l in out.splitlines() if "Average Latency" in l).split()[3])
             misses = sorted(r[0] for r in (query(port, f"miss{i}.{name.lower()}.bench.test") for i in range(200)) if r)
             rows.append({"server": name, "completed": completed, "lost": lost, "avg_ms": avg * 1000,
-                         "cpu_us": spent / max(completed, 1) / 1000, "miss_added_ms": statistics.median(misses) - statistics.median(direct)})
+                         "cpu_us": spent / max(completed, 1) / 1000,
+                         "user_us": (u1 - u0) * tick_us / max(completed, 1), "sys_us": (s1 - s0) * tick_us / max(completed, 1), "miss_added_ms": statistics.median(misses) - statistics.median(direct)})
             p.terminate(); p.wait(10)
             print(rows[-1], flush=True)
 
@@ -124,9 +140,9 @@ def main():
                  f"(one thread), and is loaded by dnsperf on core 1 at {RATE} qps for {SECONDS} s over {NAMES} names cached beforehand.",
                  "CPU is the server's, all threads, per answered query. \"Miss adds\" is the median round trip of 200 uncached names",
                  f"less the median of the same kind of query sent straight to knotd ({statistics.median(direct):.3f} ms).", "",
-                 "| server | answered | lost | avg latency | CPU per cache hit | vs Unbound | miss adds |", "|---|---|---|---|---|---|---|"]
+                 "| server | answered | lost | avg latency | CPU per cache hit | user | sys | vs Unbound | miss adds |", "|---|---|---|---|---|---|---|---|---|"]
         for r in rows:
-            lines.append(f"| {r['server']} | {r['completed']} | {r['lost']} | {r['avg_ms']:.3f} ms | {r['cpu_us']:.1f} µs | "
+            lines.append(f"| {r['server']} | {r['completed']} | {r['lost']} | {r['avg_ms']:.3f} ms | {r['cpu_us']:.1f} µs | {r['user_us']:.1f} µs | {r['sys_us']:.1f} µs | "
                          f"{r['cpu_us'] / base:.2f}× | {r['miss_added_ms']:.3f} ms |")
         out = os.path.join(ROOT, "bench", "results", f"forward-{date.today()}.md")
         open(out, "w").write("\n".join(lines) + "\n")

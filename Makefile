@@ -9,7 +9,7 @@ SUDO     := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 RUN_PACKAGES  := libldns-dev libssl-dev pkg-config
 TEST_PACKAGES := $(RUN_PACKAGES) bind9-dnsutils knot-dnsutils ldnsutils iproute2 etcd-server etcd-client knot
 
-.PHONY: run test build deps test-deps check clean bench-registry bench-forward
+.PHONY: run test build deps test-deps check clean bench bench-registry bench-forward
 
 # Installs only what is missing, so a second run does not touch apt.
 define apt_install
@@ -45,6 +45,11 @@ test: test-deps
 # Registry benchmark: etcd put -> DNS answer latency, RSS and CPU per update at 1k×10 and 10k×10.
 bench-registry: test-deps build
 	python3 bench/registry_bench.py
+
+# Authoritative benchmark against Knot, NSD, Unbound and dnsmasq: CPU per query, latency, saturation.
+bench: test-deps build
+	$(call apt_install,knot nsd unbound dnsmasq-base dnsperf util-linux)
+	python3 bench/authoritative_bench.py
 
 # Forwarding benchmark: CPU per cache hit against Unbound and dnsmasq, and what a miss adds.
 bench-forward: test-deps build

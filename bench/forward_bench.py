@@ -11,63 +11,20 @@ Every loop is bounded in count and time; all traffic stays on 127.0.0.1.
 """
 import os, socket, statistics, struct, subprocess, sys, tempfile, time
 from datetime import date
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from benchlib import free_port, query, cpu_ns, wait_up, user_sys_us, split
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIGNPOST = os.path.join(ROOT, ".build", "release", "signpost")
 RATE, SECONDS, NAMES = 20000, 5, 1000
 
 
-def free_port():
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("127.0.0.1", 0)); p = s.getsockname()[1]; s.close(); return p
 
 
-def query(port, name, qid=0x1234, timeout=2.0):
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); sock.settimeout(timeout)
-    q = struct.pack(">HHHHHH", qid, 0x0100, 1, 0, 0, 0)
-    for label in name.split("."):
-        q += bytes([len(label)]) + label.encode()
-    q += b"\x00" + struct.pack(">HH", 1, 1)
-    t0 = time.perf_counter()
-    sock.sendto(q, ("127.0.0.1", port))
-    try:
-        data, _ = sock.recvfrom(4096)
-    except socket.timeout:
-        return None
-    finally:
-        sock.close()
-    return (time.perf_counter() - t0) * 1000, data
 
 
-def cpu_ns(pid):
-    total = 0
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        try:
-            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
-                total += int(f.read().split()[0])
-        except OSError:
-            pass
-    return total
 
 
-def user_sys_ticks(pid):
-    user = sys_ = 0
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        try:
-            with open(f"/proc/{pid}/task/{tid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            user += int(fields[11]); sys_ += int(fields[12])
-        except OSError:
-            pass
-    return user, sys_
-
-
-def wait_up(port, name):
-    for _ in range(200):
-        r = query(port, name, timeout=0.2)
-        if r and struct.unpack(">H", r[1][2:4])[0] & 0xF == 0:
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def main():
@@ -117,20 +74,19 @@ def main():
             pid = p.pid
             # taskset execs the server, so the PID is the server's.
             c0 = cpu_ns(pid)
-            u0, s0 = user_sys_ticks(pid)
+            before = user_sys_us(pid)
             out = subprocess.run(["taskset", "-c", "1", "dnsperf", "-s", "127.0.0.1", "-p", str(port), "-d", qfile,
                                   "-Q", str(RATE), "-l", str(SECONDS), "-c", "1", "-T", "1", "-t", "2"],
                                  capture_output=True, text=True).stdout
             spent = cpu_ns(pid) - c0
-            u1, s1 = user_sys_ticks(pid)
-            tick_us = 1e6 / os.sysconf("SC_CLK_TCK")
+            user, sys_ = split(before, user_sys_us(pid))
             completed = int(next(l for l in out.splitlines() if "Queries completed" in l).split()[2])
             lost = int(next(l for l in out.splitlines() if "Queries lost" in l).split()[2])
             avg = float(next(l for l in out.splitlines() if "Average Latency" in l).split()[3])
             misses = sorted(r[0] for r in (query(port, f"miss{i}.{name.lower()}.bench.test") for i in range(200)) if r)
             rows.append({"server": name, "completed": completed, "lost": lost, "avg_ms": avg * 1000,
                          "cpu_us": spent / max(completed, 1) / 1000,
-                         "user_us": (u1 - u0) * tick_us / max(completed, 1), "sys_us": (s1 - s0) * tick_us / max(completed, 1), "miss_added_ms": statistics.median(misses) - statistics.median(direct)})
+                         "user_us": user / max(completed, 1), "sys_us": sys_ / max(completed, 1), "miss_added_ms": statistics.median(misses) - statistics.median(direct)})
             p.terminate(); p.wait(10)
             print(rows[-1], flush=True)
 

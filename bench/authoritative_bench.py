@@ -1,0 +1,112 @@
+#!/usr/bin/env python3
+"""Authoritative benchmark (issue #5): Signpost against Knot, NSD, Unbound (local-data) and dnsmasq, same run.
+
+Every server serves the same data: `web.service.consul` with 3 A records and 3 SRV records whose targets
+have A records. Signpost gets it from a catalog (web × 3), the others from a zone or their own syntax.
+Each server runs alone, pinned to core 0 (one worker thread where it has a setting); dnsperf runs pinned to
+core 1. For A and for SRV: (a) a fixed 50k qps for 10 s, recording the server's user and system CPU per answered
+query, the average and p99 latency and the lost queries; (b) saturation for 5 s, recording the qps reached.
+Ratios are to Knot. All traffic stays on 127.0.0.1; every run is bounded in time.
+"""
+import json, os, subprocess, sys, tempfile, time
+from datetime import date
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from benchlib import free_port, wait_up, user_sys_us, split, dnsperf, stop
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SIGNPOST = os.path.join(ROOT, ".build", "release", "signpost")
+RATE = int(os.environ.get("BENCH_RATE", "50000"))
+FIXED_S, SAT_S = int(os.environ.get("BENCH_SECONDS", "10")), 5
+IPS = ["192.0.2.11", "192.0.2.12", "192.0.2.13"]
+
+ZONE = "$ORIGIN consul.\n$TTL 0\n@ IN SOA ns hostmaster 1 3600 600 86400 0\n@ IN NS ns\nns IN A 127.0.0.1\n" + "".join(
+    f"web.service IN A {ip}\nweb.service IN SRV 1 1 8080 web-{i + 1}.node.dc1\nweb-{i + 1}.node.dc1 IN A {ip}\n" for i, ip in enumerate(IPS))
+
+
+def servers(work):
+    out = {}
+    os.makedirs(f"{work}/catalog", exist_ok=True)
+    for i, ip in enumerate(IPS):
+        json.dump({"Node": f"web-{i + 1}", "Address": ip, "Service": {"Service": "web", "Port": 8080}},
+                  open(f"{work}/catalog/web-{i + 1}.json", "w"))
+    p = free_port()
+    out["Signpost"] = (p, [SIGNPOST, "serve", "--listen", f"127.0.0.1:{p}", "--threads", "1", "--catalog", f"{work}/catalog",
+                           "--no-forward", "--log-level", "error"])
+    open(f"{work}/consul.zone", "w").write(ZONE)
+    p = free_port()
+    open(f"{work}/knot.conf", "w").write(
+        f'server:\n    rundir: "{work}"\n    listen: 127.0.0.1@{p}\n    udp-workers: 1\n    tcp-workers: 1\n    background-workers: 1\n'
+        f'database:\n    storage: "{work}"\nzone:\n  - domain: consul\n    storage: "{work}"\n    file: "consul.zone"\n')
+    out["Knot"] = (p, ["knotd", "-c", f"{work}/knot.conf"])
+    p = free_port()
+    open(f"{work}/nsd.conf", "w").write(
+        f'server:\n  ip-address: 127.0.0.1@{p}\n  server-count: 1\n  username: ""\n  chroot: ""\n  zonesdir: "{work}"\n'
+        f'  pidfile: "{work}/nsd.pid"\n  database: ""\n  xfrdfile: "{work}/xfrd.state"\n  zonelistfile: "{work}/zone.list"\n'
+        f'  xfrdir: "{work}"\n  verbosity: 0\n  rrl-ratelimit: 0\n  rrl-whitelist-ratelimit: 0\n'
+        f'remote-control:\n  control-enable: no\nzone:\n  name: consul\n  zonefile: consul.zone\n')
+    out["NSD"] = (p, ["nsd", "-d", "-c", f"{work}/nsd.conf"])
+    p = free_port()
+    local = "".join(f'  local-data: "web.service.consul. 0 IN A {ip}"\n  local-data: "web.service.consul. 0 IN SRV 1 1 8080 web-{i + 1}.node.dc1.consul."\n'
+                    f'  local-data: "web-{i + 1}.node.dc1.consul. 0 IN A {ip}"\n' for i, ip in enumerate(IPS))
+    open(f"{work}/unbound.conf", "w").write(
+        f'server:\n  interface: 127.0.0.1@{p}\n  port: {p}\n  do-daemonize: no\n  use-syslog: no\n  chroot: ""\n  username: ""\n'
+        f'  pidfile: ""\n  num-threads: 1\n  access-control: 127.0.0.0/8 allow\n  module-config: "iterator"\n  logfile: ""\n'
+        f'  verbosity: 0\n  local-zone: "consul." static\n' + local)
+    out["Unbound"] = (p, ["unbound", "-d", "-c", f"{work}/unbound.conf"])
+    p = free_port()
+    args = ["dnsmasq", "-k", f"--port={p}", "--listen-address=127.0.0.1", "--bind-interfaces", "--no-resolv", "--no-hosts",
+            "--pid-file=", "--user=root", "--local-ttl=0"]
+    for i, ip in enumerate(IPS):
+        args += [f"--host-record=web.service.consul,{ip}", f"--host-record=web-{i + 1}.node.dc1.consul,{ip}",
+                 f"--srv-host=web.service.consul,web-{i + 1}.node.dc1.consul,8080,1,1"]
+    out["dnsmasq"] = (p, args)
+    return out
+
+
+def main():
+    work = tempfile.mkdtemp(prefix="signpost-auth-")
+    rows = []
+    for name, (port, cmd) in servers(work).items():
+        proc = subprocess.Popen(["taskset", "-c", "0"] + cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            if not wait_up(port, "web.service.consul"):
+                print(f"{name} did not start; skipped", flush=True)
+                continue
+            for qtype in ["A", "SRV"]:
+                qfile = f"{work}/q-{qtype}"
+                open(qfile, "w").write(f"web.service.consul {qtype}\n")
+                before = user_sys_us(proc.pid)
+                fixed = dnsperf(port, qfile, FIXED_S, rate=RATE, verbose=True)
+                user, sys_ = split(before, user_sys_us(proc.pid))
+                sat = dnsperf(port, qfile, SAT_S, clients=4)
+                n = max(fixed["completed"], 1)
+                row = {"server": name, "qtype": qtype, "user_us": user / n, "sys_us": sys_ / n,
+                       "avg_ms": fixed["avg_ms"], "p99_ms": fixed["p99_ms"], "lost": fixed["lost"],
+                       "sent": fixed["completed"] + fixed["lost"], "sat_qps": sat["qps"]}
+                row["cpu_us"] = row["user_us"] + row["sys_us"]
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+        finally:
+            stop([proc])
+    lines = [f"# Authoritative benchmark, {date.today()}", "",
+             f"`make bench` on {os.cpu_count()} cores: each server alone on core 0, dnsperf on core 1. (a) {RATE // 1000}k qps for {FIXED_S} s;",
+             f"CPU is the server's user + system time per answered query, from /proc. (b) Saturation for {SAT_S} s with dnsperf's 4 clients;",
+             "the load generator itself may be the bottleneck there (one dnsperf thread on one core).", ""]
+    for qtype in ["A", "SRV"]:
+        knot = next((r for r in rows if r["server"] == "Knot" and r["qtype"] == qtype), None)
+        lines += [f"## {qtype}", "", "| server | CPU/query | user | sys | vs Knot | avg | p99 | lost | saturation qps | vs Knot |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
+        for r in (r for r in rows if r["qtype"] == qtype):
+            rc = f"{r['cpu_us'] / knot['cpu_us']:.2f}×" if knot else "–"
+            rq = f"{r['sat_qps'] / knot['sat_qps']:.2f}×" if knot else "–"
+            lines.append(f"| {r['server']} | {r['cpu_us']:.1f} µs | {r['user_us']:.1f} | {r['sys_us']:.1f} | {rc} | {r['avg_ms']:.3f} ms "
+                         f"| {r['p99_ms']:.3f} ms | {r['lost']} of {r['sent']} | {r['sat_qps']:,.0f} | {rq} |")
+        lines.append("")
+    out = os.path.join(ROOT, "bench", "results", f"{date.today()}.md")
+    open(out, "w").write("\n".join(lines))
+    print("\n".join(lines))
+    print(f"written to {os.path.relpath(out, ROOT)}")
+
+
+if __name__ == "__main__":
+    main()

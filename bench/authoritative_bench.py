@@ -66,7 +66,10 @@ def servers(work):
 def main():
     work = tempfile.mkdtemp(prefix="signpost-auth-")
     rows = []
+    only = [s for s in os.environ.get("BENCH_SERVERS", "").split(",") if s]
     for name, (port, cmd) in servers(work).items():
+        if only and name not in only:
+            continue
         proc = subprocess.Popen(["taskset", "-c", "0"] + cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             if not wait_up(port, "web.service.consul"):

@@ -5,13 +5,15 @@ import NIOCore
 public struct MessageWriter {
     public var buffer: ByteBuffer
     private let start: Int
-    /// Lower-cased uncompressed suffix → offset from the message start.
-    private var table: [[UInt8]: UInt16] = [:]
-    private var inserted: [[UInt8]] = []
+    /// Name suffixes already in the message: a hash of the lower-cased suffix, and its offset from the start.
+    /// A hash hit is confirmed against the bytes in the buffer, so a collision can never mis-compress.
+    private var table: [(hash: UInt64, offset: UInt16)] = []
     public private(set) var counts: (qd: UInt16, an: UInt16, ns: UInt16, ar: UInt16) = (0, 0, 0, 0)
 
     public struct Mark {
         let writerIndex: Int
+        /// The buffer position this mark restores (for tests).
+        public var writerIndexForTesting: Int { writerIndex }
         let inserted: Int
         let counts: (UInt16, UInt16, UInt16, UInt16)
     }
@@ -27,33 +29,74 @@ public struct MessageWriter {
 
     public var size: Int { buffer.writerIndex - start }
 
-    public func mark() -> Mark { Mark(writerIndex: buffer.writerIndex, inserted: inserted.count, counts: counts) }
+    public func mark() -> Mark { Mark(writerIndex: buffer.writerIndex, inserted: table.count, counts: counts) }
 
     public mutating func rollback(to mark: Mark) {
         buffer.moveWriterIndex(to: mark.writerIndex)
-        while inserted.count > mark.inserted { table.removeValue(forKey: inserted.removeLast()) }
+        table.removeLast(table.count - mark.inserted)
         counts = mark.counts
     }
 
     public mutating func writeName(_ name: DNSName, compress: Bool = true) {
-        let wire = name.wire
-        var i = 0
-        while wire[i] != 0 {
-            let suffix = wire[i...].map(asciiLower)
-            if compress, let ptr = table[suffix] {
-                buffer.writeInteger(0xC000 | ptr)
-                return
+        name.wire.withUnsafeBufferPointer { wire in
+            withUnsafeTemporaryAllocation(of: (start: Int, hash: UInt64).self, capacity: 128) { labels in
+                // Label starts, then each suffix's hash in one backward pass (a suffix hash covers its tail).
+                var n = 0
+                var i = 0
+                while wire[i] != 0 {
+                    labels[n] = (i, 0)
+                    n += 1
+                    i += Int(wire[i]) + 1
+                }
+                var h: UInt64 = 0xCBF2_9CE4_8422_2325
+                for k in stride(from: n - 1, through: 0, by: -1) {
+                    let s = labels[k].start
+                    for b in wire[s...(s + Int(wire[s]))] { h = (h ^ UInt64(asciiLower(b))) &* 0x100_0000_01B3 }
+                    labels[k].hash = h
+                }
+                for k in 0..<n {
+                    let (s, hash) = labels[k]
+                    if compress, let ptr = lookup(hash, wire, from: s) {
+                        buffer.writeInteger(0xC000 | ptr)
+                        return
+                    }
+                    let offset = buffer.writerIndex - start
+                    if offset < 0x3FFF { table.append((hash, UInt16(offset))) }
+                    buffer.writeBytes(UnsafeRawBufferPointer(rebasing: UnsafeRawBufferPointer(wire)[s...(s + Int(wire[s]))]))
+                }
+                buffer.writeInteger(UInt8(0))
             }
-            let offset = buffer.writerIndex - start
-            if offset < 0x3FFF && table[suffix] == nil {
-                table[suffix] = UInt16(offset)
-                inserted.append(suffix)
-            }
-            let len = Int(wire[i])
-            buffer.writeBytes(wire[i...(i + len)])
-            i += len + 1
         }
-        buffer.writeInteger(UInt8(0))
+    }
+
+    /// The offset of an earlier copy of `wire[from...]` (compared case-insensitively), if any.
+    private func lookup(_ hash: UInt64, _ wire: UnsafeBufferPointer<UInt8>, from: Int) -> UInt16? {
+        for entry in table where entry.hash == hash && equal(at: start + Int(entry.offset), wire, from: from) {
+            return entry.offset
+        }
+        return nil
+    }
+
+    /// Whether the name written at `position` (following our own backward pointers) equals `wire[from...]`.
+    private func equal(at position: Int, _ wire: UnsafeBufferPointer<UInt8>, from: Int) -> Bool {
+        var p = position
+        var w = from
+        while true {
+            guard var len = buffer.getInteger(at: p, as: UInt8.self) else { return false }
+            while len & 0xC0 == 0xC0 {
+                guard let ptr = buffer.getInteger(at: p, as: UInt16.self) else { return false }
+                p = start + Int(ptr & 0x3FFF)
+                guard let l = buffer.getInteger(at: p, as: UInt8.self) else { return false }
+                len = l
+            }
+            guard len == wire[w] else { return false }
+            if len == 0 { return true }
+            for k in 1...Int(len) {
+                guard let b = buffer.getInteger(at: p + k, as: UInt8.self), asciiLower(b) == asciiLower(wire[w + k]) else { return false }
+            }
+            p += Int(len) + 1
+            w += Int(len) + 1
+        }
     }
 
     /// Writes the question exactly as given (case preserved).

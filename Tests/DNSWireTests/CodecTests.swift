@@ -130,3 +130,37 @@ struct CodecTests {
         #expect(mixed.question.name.description == "Web.Service.Consul.")
     }
 }
+
+@Suite("Name compression")
+struct CompressionTests {
+    @Test func matchesCaseInsensitivelyAndThroughPointerChains() throws {
+        var w = MessageWriter(buffer: ByteBuffer())
+        w.writeQuestion(Question(name: try DNSName("A.Example.COM"), type: RRType.mx))
+        // Same name, other case: a bare pointer to the question (offset 12).
+        w.writeRecord(ResourceRecord(name: try DNSName("a.example.com"), ttl: 1, rdata: .mx(preference: 1, exchange: try DNSName("mail.EXAMPLE.com"))), section: .answer)
+        // "x.mail.example.com" can point at "mail.example.com", which itself ends in a pointer.
+        let before = w.mark()
+        w.writeRecord(ResourceRecord(name: try DNSName("x.mail.example.com"), ttl: 1, rdata: .a(IPv4("192.0.2.1")!)), section: .additional)
+        let m = try Message(from: w.finish(header: DNSHeader(id: 1)))
+        // A pointer takes the case of the bytes it points to: the question's (RFC 4343).
+        #expect(m.answers.first?.name.description == "A.Example.COM.")
+        #expect(m.answers.first?.rdata == .mx(preference: 1, exchange: try DNSName("mail.example.com")))
+        #expect(m.additional.first?.name == (try DNSName("x.mail.example.com")))
+        let bytes = Array(w.buffer.readableBytesView)
+        // The answer owner is exactly C0 0C.
+        let answerAt = 12 + 15 + 4
+        #expect(bytes[answerAt] == 0xC0 && bytes[answerAt + 1] == 12)
+        // The additional owner is "x" + one pointer: 1 + 1 + 2 bytes.
+        #expect(bytes.count == before.writerIndexForTesting + 4 + 10 + 4)
+
+        // After a rollback, names written later cannot point into the discarded bytes.
+        var r = MessageWriter(buffer: ByteBuffer())
+        r.writeQuestion(Question(name: try DNSName("q.test"), type: RRType.a))
+        let mark = r.mark()
+        r.writeRecord(ResourceRecord(name: try DNSName("gone.test"), ttl: 1, rdata: .a(IPv4("192.0.2.1")!)), section: .answer)
+        r.rollback(to: mark)
+        r.writeRecord(ResourceRecord(name: try DNSName("x.gone.test"), ttl: 1, rdata: .a(IPv4("192.0.2.2")!)), section: .answer)
+        let after = try Message(from: r.finish(header: DNSHeader(id: 2)))
+        #expect(after.answers.map(\.name) == [try DNSName("x.gone.test")])
+    }
+}

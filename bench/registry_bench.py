@@ -14,13 +14,13 @@ Addresses come from 198.18.0.0/15 (RFC 2544's benchmarking range); they are data
 """
 import base64, json, os, random, socket, struct, subprocess, sys, tempfile, time, urllib.request
 from datetime import date
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from benchlib import free_port, cpu_ns
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIGNPOST = os.path.join(ROOT, ".build", "release", "signpost")
 
 
-def free_port():
-    s = socket.socket(); s.bind(("127.0.0.1", 0)); p = s.getsockname()[1]; s.close(); return p
 
 
 def ip(n):
@@ -49,15 +49,6 @@ def dns_query(sock, port, name, qid):
             return data
 
 
-def cpu_ns(pid):
-    total = 0
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        try:
-            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
-                total += int(f.read().split()[0])
-        except OSError:
-            pass
-    return total
 
 
 def rss_mb(pid):

@@ -108,13 +108,23 @@ public struct Instance: Sendable, Hashable {
     public var weight: UInt16 { health == .warning ? weightWarning : weightPassing }
 
     public func hasTag(_ tag: String) -> Bool {
-        tags.contains { $0.caseInsensitiveEquals(tag) }
+        tags.contains { $0.equalsIgnoringASCIICase(tag) }
     }
 }
 
 extension String {
-    func caseInsensitiveEquals(_ other: String) -> Bool {
-        utf8.count == other.utf8.count && lowercased() == other.lowercased()
+    /// ASCII case-insensitive equality without allocating (DNS labels compare this way, RFC 4343).
+    public func equalsIgnoringASCIICase(_ other: String) -> Bool {
+        var a = utf8.makeIterator(), b = other.utf8.makeIterator()
+        while true {
+            switch (a.next(), b.next()) {
+            case (nil, nil): return true
+            case (let x?, let y?):
+                if x != y && (x | 0x20) != (y | 0x20) { return false }
+                if x != y && !((x | 0x20) >= 0x61 && (x | 0x20) <= 0x7A) { return false }
+            default: return false
+            }
+        }
     }
 }
 

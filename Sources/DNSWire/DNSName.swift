@@ -67,6 +67,22 @@ public struct DNSName: Sendable, CustomStringConvertible {
         self.wire = wire
     }
 
+    /// `<first>.<second>.<third>.<suffix>` built in one allocation; `first` may itself contain dots.
+    public init(prefix first: String, _ second: String, _ third: String, suffix: DNSName) throws(WireError) {
+        var bytes: [UInt8] = []
+        bytes.reserveCapacity(first.utf8.count + second.utf8.count + third.utf8.count + suffix.wire.count + 4)
+        for part in [first, second, third] {
+            for label in part.utf8.split(separator: UInt8(ascii: "."), omittingEmptySubsequences: false) {
+                guard !label.isEmpty, label.count <= 63 else { throw WireError(.badLabel, "name") }
+                bytes.append(UInt8(label.count))
+                bytes.append(contentsOf: label)
+            }
+        }
+        bytes.append(contentsOf: suffix.wire)
+        guard bytes.count <= DNSName.maxWireLength else { throw WireError(.nameTooLong, "name") }
+        self.wire = bytes
+    }
+
     /// Appends `suffix` to this name (e.g. "web" + "service.consul").
     public func appending(_ suffix: DNSName) throws -> DNSName {
         var bytes = wire

@@ -29,6 +29,7 @@ public struct TTLPolicy: Sendable, Hashable {
     }
 
     public func ttl(for service: String) -> UInt32 {
+        if exact.isEmpty && prefixes.isEmpty { return defaultTTL }
         let name = service.lowercased()
         if let t = exact[name] { return t }
         for p in prefixes where name.hasPrefix(p.prefix) { return p.ttl }

@@ -36,8 +36,9 @@ public struct QueryHandler: Sendable {
 
     /// The full query path: our own data answered at once; other names forwarded when allowed.
     public func handle(_ packet: ByteBuffer, transport: Transport, client: SocketAddress?, eventLoop: any EventLoop) -> Handled {
-        guard let forwarder, case .query(let query) = Query.parse(packet), !isOurs(query.question.name) else {
-            return .now(respond(to: packet, transport: transport, allocator: ByteBufferAllocator()))
+        let parsed = Query.parse(packet)
+        guard let forwarder, case .query(let query) = parsed, !isOurs(query.question.name) else {
+            return .now(respond(parsed, transport: transport, allocator: ByteBufferAllocator()))
         }
         let config = resolver.configuration
         var h = DNSHeader(id: query.header.id)
@@ -85,8 +86,12 @@ public struct QueryHandler: Sendable {
 
     /// The response for `packet`, or nil when it must be dropped.
     public func respond(to packet: ByteBuffer, transport: Transport, allocator: ByteBufferAllocator) -> ByteBuffer? {
+        respond(Query.parse(packet), transport: transport, allocator: allocator)
+    }
+
+    func respond(_ parsed: QueryParse, transport: Transport, allocator: ByteBufferAllocator) -> ByteBuffer? {
         let config = resolver.configuration
-        switch Query.parse(packet) {
+        switch parsed {
         case .drop(let reason):
             logger.debug("dropped packet", metadata: ["packet.reason": "\(reason)"])
             return nil

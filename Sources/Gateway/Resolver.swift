@@ -31,6 +31,8 @@ public struct Resolver: Sendable {
     public let configuration: ResolverConfiguration
     private let domainLabelCount: Int
 
+    private static let kinds: Set<String> = ["service", "node", "addr"]
+
     public init(configuration: ResolverConfiguration) {
         self.configuration = configuration
         self.domainLabelCount = configuration.domain.labelCount
@@ -93,7 +95,7 @@ public struct Resolver: Sendable {
         }
 
         // [rest].<kind>[.<dc>]: find the kind label from the right, as Consul does.
-        let kinds: Set<String> = ["service", "node", "addr"]
+        let kinds = Self.kinds
         var kind: String
         var dc: String? = nil
         var rest: ArraySlice<String>
@@ -212,7 +214,7 @@ public struct Resolver: Sendable {
         guard let entry = snapshot.services[serviceName] else { return nxdomain() }
         let onlyPassing = configuration.onlyPassing
         let healthy = entry.instances.filter { inst in
-            inst.node.datacenter.lowercased() == datacenter && inst.health.isServed(onlyPassing: onlyPassing)
+            inst.health.isServed(onlyPassing: onlyPassing) && inst.node.datacenter.equalsIgnoringASCIICase(datacenter)
                 && (tag.map { inst.hasTag($0) } ?? true)
         }
         guard !healthy.isEmpty else { return nxdomain() }
@@ -266,10 +268,12 @@ public struct Resolver: Sendable {
         if case .hostname(let host) = inst.address {
             return (host, chase(host, snapshot, depth: depth))
         }
-        let prefix: [String] = inst.serviceAddress == nil
-            ? inst.node.name.split(separator: ".").map(String.init) + ["node", dc]
-            : [inst.address.hexLabel!, "addr", dc]
-        guard let target = try? DNSName(labels: prefix).appending(domain) else { return (domain, []) }
+        let target: DNSName
+        do {
+            target = inst.serviceAddress == nil
+                ? try DNSName(prefix: inst.node.name, "node", dc, suffix: domain)
+                : try DNSName(prefix: inst.address.hexLabel!, "addr", dc, suffix: domain)
+        } catch { return (domain, []) }
         return (target, addressRecords([inst.address], owner: target, type: RRType.any, ttl: ttl))
     }
 

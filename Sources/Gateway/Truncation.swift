@@ -31,12 +31,19 @@ public enum ResponseEncoder {
             let kept = min(level, units)
             for i in 0..<kept { w.writeRecord(answer.answers[i], section: .answer) }
             if level > units { for rr in answer.authority { w.writeRecord(rr, section: .authority) } }
-            var seen = Set<ResourceRecord>()
+            // Glue is deduplicated (two SRV records may share a target); the lists are short, so a linear scan.
+            var written: [ResourceRecord] = []
             for i in 0..<kept {
-                for rr in answer.glue[i] where seen.insert(rr).inserted { w.writeRecord(rr, section: .additional) }
+                for rr in answer.glue[i] where !written.contains(rr) {
+                    w.writeRecord(rr, section: .additional)
+                    written.append(rr)
+                }
             }
             if level > units + 1 {
-                for rr in answer.additional where seen.insert(rr).inserted { w.writeRecord(rr, section: .additional) }
+                for rr in answer.additional where !written.contains(rr) {
+                    w.writeRecord(rr, section: .additional)
+                    written.append(rr)
+                }
             }
             if let edns = reply.edns {
                 // RFC 3225: the DO bit of the query is copied into the response.

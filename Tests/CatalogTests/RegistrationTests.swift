@@ -101,3 +101,12 @@ struct JSONTests {
         }
     }
 }
+
+@Suite("ASCII case-insensitive comparison")
+struct CaseTests {
+    @Test(arguments: [("dc1", "DC1", true), ("Web", "wEB", true), ("dc1", "dc2", false), ("dc", "dc1", false), ("", "", true),
+                      ("@", "`", false), ("[", "{", false), ("é", "É", false), ("v2", "V2", true)])
+    func equality(a: String, b: String, equal: Bool) {
+        #expect(a.equalsIgnoringASCIICase(b) == equal)
+    }
+}

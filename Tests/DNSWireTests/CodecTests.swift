@@ -164,3 +164,13 @@ struct CompressionTests {
         #expect(after.answers.map(\.name) == [try DNSName("x.gone.test")])
     }
 }
+
+@Suite("Name building")
+struct NameBuildingTests {
+    @Test func prefixLabelsAndSuffix() throws {
+        #expect(try DNSName(prefix: "web-1", "node", "dc1", suffix: DNSName("consul")) == (try DNSName("web-1.node.dc1.consul")))
+        #expect(try DNSName(prefix: "a.b", "node", "dc1", suffix: DNSName("sd.example")) == (try DNSName("a.b.node.dc1.sd.example")))
+        #expect(throws: WireError.self) { try DNSName(prefix: "a..b", "node", "dc1", suffix: .root) }
+        #expect(throws: WireError.self) { try DNSName(prefix: String(repeating: "x", count: 64), "node", "dc1", suffix: .root) }
+    }
+}

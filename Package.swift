@@ -44,11 +44,13 @@ let package = Package(
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]
         ),
+        // recvmmsg/sendmmsg, which Swift's Glibc module hides (they need _GNU_SOURCE).
+        .target(name: "CUDPBatch"),
         // Resolver, UDP/TCP front ends.
         .target(
             name: "Gateway",
             dependencies: [
-                "DNSWire", "Catalog",
+                "DNSWire", "Catalog", "CUDPBatch",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOExtras", package: "swift-nio-extras"),

@@ -32,6 +32,9 @@ def servers(work):
     p = free_port()
     out["Signpost"] = (p, [SIGNPOST, "serve", "--listen", f"127.0.0.1:{p}", "--threads", "1", "--catalog", f"{work}/catalog",
                            "--no-forward", "--log-level", "error"])
+    p = free_port()
+    out["Signpost mmsg"] = (p, [SIGNPOST, "serve", "--listen", f"127.0.0.1:{p}", "--threads", "1", "--udp-engine", "mmsg",
+                                "--catalog", f"{work}/catalog", "--no-forward", "--log-level", "error"])
     open(f"{work}/consul.zone", "w").write(ZONE)
     p = free_port()
     open(f"{work}/knot.conf", "w").write(

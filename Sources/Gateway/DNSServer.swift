@@ -17,11 +17,21 @@ public final class DNSServer: Service, Sendable {
         public var listen: [ListenAddress]
         /// A TCP connection with no complete query for this long is closed (RFC 7766 §6.2.3).
         public var tcpIdleTimeout: TimeAmount
+        /// `nio`: a NIO DatagramChannel per address. `mmsg`: recvmmsg/sendmmsg threads (UDPBatchServer).
+        public var udpEngine: UDPEngine
+        /// Sockets and threads per address for the mmsg engine.
+        public var udpWorkers: Int
 
-        public init(listen: [ListenAddress], tcpIdleTimeout: TimeAmount = .seconds(10)) {
+        public init(listen: [ListenAddress], tcpIdleTimeout: TimeAmount = .seconds(10), udpEngine: UDPEngine = .nio, udpWorkers: Int = 1) {
             self.listen = listen
             self.tcpIdleTimeout = tcpIdleTimeout
+            self.udpEngine = udpEngine
+            self.udpWorkers = udpWorkers
         }
+    }
+
+    public enum UDPEngine: String, Sendable, CaseIterable {
+        case nio, mmsg
     }
 
     public struct BindError: Error, CustomStringConvertible {
@@ -34,6 +44,7 @@ public final class DNSServer: Service, Sendable {
     private let logger: Logger
     private let channels = NIOLockedValueBox<[any Channel]>([])
     private let bound = NIOLockedValueBox<[ListenAddress]>([])
+    private let batchServers = NIOLockedValueBox<[UDPBatchServer]>([])
 
     public init(configuration: Configuration, handler: QueryHandler, group: any EventLoopGroup, logger: Logger) {
         self.configuration = configuration
@@ -51,6 +62,25 @@ public final class DNSServer: Service, Sendable {
             var attempt = 0
             while true {
                 attempt += 1
+                if configuration.udpEngine == .mmsg {
+                    let batch = UDPBatchServer(handler: handler, eventLoop: group, logger: logger)
+                    let port: Int
+                    do { port = try batch.bind(address, workers: configuration.udpWorkers) } catch {
+                        throw BindError(description: "cannot listen on \(address) (udp): \(Self.reason(error))")
+                    }
+                    let actual = ListenAddress(host: address.host, port: port)
+                    do {
+                        let tcp = try await bindTCP(actual)
+                        channels.withLockedValue { $0.append(tcp) }
+                        batchServers.withLockedValue { $0.append(batch) }
+                        result.append(actual)
+                        break
+                    } catch {
+                        batch.closeSockets()
+                        if address.port != 0 || attempt >= 20 { throw error }
+                    }
+                    continue
+                }
                 let udp = try await bindUDP(address)
                 let actual = ListenAddress(host: address.host, port: udp.localAddress?.port ?? address.port)
                 do {
@@ -71,11 +101,14 @@ public final class DNSServer: Service, Sendable {
     /// Serves until graceful shutdown. "listening on" is logged here, inside the ServiceGroup, so by the
     /// time anyone reads it the catalog has loaded and SIGTERM/SIGINT lead to a graceful shutdown.
     public func run() async throws {
+        let batches = batchServers.withLockedValue { $0 }
+        for batch in batches { batch.start() }
         for address in bound.withLockedValue({ $0 }) { logger.info("listening on \(address) (udp, tcp)") }
         let all = channels.withLockedValue { $0 }
         await withGracefulShutdownHandler {
             for channel in all { try? await channel.closeFuture.get() }
         } onGracefulShutdown: {
+            for batch in batches { batch.requestStop() }
             for channel in all { channel.close(promise: nil) }
         }
     }

@@ -111,8 +111,11 @@ struct Serve: AsyncParsableCommand {
     @Option(name: .long, help: "Log level: trace, debug, info, notice, warning, error, critical.")
     var logLevel: String = "info"
 
-    @Option(name: .long, help: "Event loop threads. Default: one per core.")
+    @Option(name: .long, help: "Event loop threads (and mmsg UDP workers). Default: one per core.")
     var threads: Int?
+
+    @Option(name: .long, help: "UDP front end: nio (a NIO channel) or mmsg (recvmmsg/sendmmsg threads, SO_REUSEPORT).")
+    var udpEngine: DNSServer.UDPEngine = .nio
 
     @Option(name: .long, help: ArgumentHelp("Serve /health, /ready and /metrics over HTTP here. Off by default.", valueName: "HOST:PORT"))
     var admin: String?
@@ -229,7 +232,8 @@ struct Serve: AsyncParsableCommand {
                 domain: domainName, datacenter: catalogOptions.datacenter, onlyPassing: onlyPassing, order: order,
                 serviceTTL: try TTLPolicy.parse(serviceTTL), nodeTTL: nodeTTLValue, forwarding: false,
                 maxUDPSize: maxUDPSize, nameserverAddresses: nsAddresses.isEmpty ? [Address("127.0.0.1")!] : nsAddresses)
-            serverConfig = DNSServer.Configuration(listen: addresses, tcpIdleTimeout: .seconds(Int64(idle)))
+            serverConfig = DNSServer.Configuration(listen: addresses, tcpIdleTimeout: .seconds(Int64(idle)), udpEngine: udpEngine,
+                                                   udpWorkers: threads ?? NIOCore.System.coreCount)
         } catch let error as ConfigurationError {
             throw StartupError(message: error.description, code: 64)
         }
@@ -376,6 +380,7 @@ struct Check: AsyncParsableCommand {
 
 extension AnswerOrder: ExpressibleByArgument {}
 extension Forwarder.Policy: ExpressibleByArgument {}
+extension DNSServer.UDPEngine: ExpressibleByArgument {}
 
 /// "2s", "500ms", "1m" in milliseconds.
 func parseDurationMilliseconds(_ text: String) -> Int64? {

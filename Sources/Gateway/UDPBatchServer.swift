@@ -1,0 +1,160 @@
+import CUDPBatch
+import Foundation
+import Logging
+import NIOConcurrencyHelpers
+import NIOCore
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The UDP front end without NIO (`--udp-engine mmsg`): one SO_REUSEPORT socket and one thread per worker, each
+/// receiving up to 32 datagrams per recvmmsg(2) and sending the answers with one sendmmsg(2). Answers that must
+/// wait (forwarded misses) are sent later with sendto(2) on the same socket. TCP stays on NIO.
+final class UDPBatchServer: @unchecked Sendable {
+    static let batch = 32
+    static let bufferSize = 4096
+
+    private let handler: QueryHandler
+    private let eventLoop: any EventLoopGroup
+    private let logger: Logger
+    private var sockets: [Int32] = []
+    private let stopping = NIOLockedValueBox(false)
+    private var threads: [Thread] = []
+
+    init(handler: QueryHandler, eventLoop: any EventLoopGroup, logger: Logger) {
+        self.handler = handler
+        self.eventLoop = eventLoop
+        self.logger = logger
+    }
+
+    /// Binds `workers` sockets to `address` (port 0: the first picks, the others share it); returns the port.
+    func bind(_ address: ListenAddress, workers: Int) throws -> Int {
+        var port = address.port
+        for _ in 0..<max(1, workers) {
+            let target = try SocketAddress(ipAddress: address.host, port: port)
+            let fd = socket(Int32(target.protocol.rawValue), Int32(SOCK_DGRAM.rawValue), 0)
+            guard fd >= 0 else { throw IOError(errnoCode: errno, reason: "socket") }
+            var one: Int32 = 1
+            setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, socklen_t(MemoryLayout<Int32>.size))
+            var size: Int32 = 4 << 20
+            setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &size, socklen_t(MemoryLayout<Int32>.size))
+            setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &size, socklen_t(MemoryLayout<Int32>.size))
+            // Wake up now and then to notice shutdown.
+            var tv = timeval(tv_sec: 0, tv_usec: 200_000)
+            setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+            let rc = target.withSockAddr { sa, len in Glibc.bind(fd, sa, socklen_t(len)) }
+            guard rc == 0 else {
+                let code = errno
+                close(fd)
+                for s in sockets { close(s) }
+                sockets = []
+                throw IOError(errnoCode: code, reason: "bind")
+            }
+            if port == 0 {
+                var storage = sockaddr_storage()
+                var len = socklen_t(MemoryLayout<sockaddr_storage>.size)
+                _ = withUnsafeMutablePointer(to: &storage) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &len) } }
+                port = Int(UInt16(bigEndian: withUnsafeBytes(of: storage) { $0.load(fromByteOffset: 2, as: UInt16.self) }))
+            }
+            sockets.append(fd)
+        }
+        return port
+    }
+
+    func start() {
+        for fd in sockets {
+            let thread = Thread { [self] in self.serve(fd) }
+            thread.name = "signpost-udp"
+            thread.start()
+            threads.append(thread)
+        }
+    }
+
+    /// The threads notice within one receive timeout (200 ms) and return; the process closes the sockets.
+    func requestStop() {
+        stopping.withLockedValue { $0 = true }
+    }
+
+    /// For a bind that is abandoned before `start()`.
+    func closeSockets() {
+        for fd in sockets { close(fd) }
+        sockets = []
+    }
+
+    private func serve(_ fd: Int32) {
+        let n = Self.batch, size = Self.bufferSize
+        let inData = UnsafeMutableRawPointer.allocate(byteCount: n * size, alignment: 16)
+        let outData = UnsafeMutableRawPointer.allocate(byteCount: n * 65536, alignment: 16)
+        let names = UnsafeMutablePointer<sockaddr_storage>.allocate(capacity: n)
+        let inVec = UnsafeMutablePointer<iovec>.allocate(capacity: n)
+        let outVec = UnsafeMutablePointer<iovec>.allocate(capacity: n)
+        let inMsgs = UnsafeMutablePointer<sp_mmsghdr>.allocate(capacity: n)
+        let outMsgs = UnsafeMutablePointer<sp_mmsghdr>.allocate(capacity: n)
+        defer {
+            inData.deallocate(); outData.deallocate(); names.deallocate()
+            inVec.deallocate(); outVec.deallocate(); inMsgs.deallocate(); outMsgs.deallocate()
+        }
+        let waitForOne = sp_msg_waitforone()
+        let loop = eventLoop.next()
+        while !stopping.withLockedValue({ $0 }) {
+            for i in 0..<n {
+                inVec[i] = iovec(iov_base: inData + i * size, iov_len: size)
+                inMsgs[i] = sp_mmsghdr()
+                inMsgs[i].msg_hdr.msg_name = UnsafeMutableRawPointer(names + i)
+                inMsgs[i].msg_hdr.msg_namelen = socklen_t(MemoryLayout<sockaddr_storage>.size)
+                inMsgs[i].msg_hdr.msg_iov = inVec + i
+                inMsgs[i].msg_hdr.msg_iovlen = 1
+            }
+            let received = sp_recvmmsg(fd, inMsgs, UInt32(n), waitForOne, nil)
+            if received <= 0 { continue }  // timeout (shutdown check) or a transient error
+            var out = 0
+            for i in 0..<Int(received) {
+                let packet = ByteBuffer(bytes: UnsafeRawBufferPointer(start: inData + i * size, count: Int(inMsgs[i].msg_len)))
+                let client = handler.forwarder == nil ? nil : Self.address(names + i)
+                switch handler.handle(packet, transport: .udp, client: client, eventLoop: loop) {
+                case .now(let response):
+                    guard let response, response.readableBytes <= 65536 else { continue }
+                    let dest = outData + out * 65536
+                    response.withUnsafeReadableBytes { dest.copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
+                    outVec[out] = iovec(iov_base: dest, iov_len: response.readableBytes)
+                    outMsgs[out] = sp_mmsghdr()
+                    outMsgs[out].msg_hdr.msg_name = UnsafeMutableRawPointer(names + i)
+                    outMsgs[out].msg_hdr.msg_namelen = inMsgs[i].msg_hdr.msg_namelen
+                    outMsgs[out].msg_hdr.msg_iov = outVec + out
+                    outMsgs[out].msg_hdr.msg_iovlen = 1
+                    out += 1
+                case .later(let future):
+                    let name = names[i]
+                    let namelen = inMsgs[i].msg_hdr.msg_namelen
+                    future.whenSuccess { response in
+                        guard let response else { return }
+                        var to = name
+                        response.withUnsafeReadableBytes { bytes in
+                            _ = withUnsafePointer(to: &to) {
+                                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { sendto(fd, bytes.baseAddress, bytes.count, 0, $0, namelen) }
+                            }
+                        }
+                    }
+                }
+            }
+            var sent = 0
+            while sent < out {
+                let r = sp_sendmmsg(fd, outMsgs + sent, UInt32(out - sent), 0)
+                if r <= 0 { break }
+                sent += Int(r)
+            }
+        }
+    }
+
+    static func address(_ storage: UnsafeMutablePointer<sockaddr_storage>) -> SocketAddress? {
+        switch Int32(storage.pointee.ss_family) {
+        case AF_INET:
+            return storage.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { SocketAddress($0.pointee, host: "") }
+        case AF_INET6:
+            return storage.withMemoryRebound(to: sockaddr_in6.self, capacity: 1) { SocketAddress($0.pointee, host: "") }
+        default:
+            return nil
+        }
+    }
+}

@@ -52,7 +52,7 @@ public actor ConsulWatcher {
     private var watches: [String: Task<Void, Never>] = [:]
     /// Nodes each service's instances name, so a node stays while any service names it.
     private var nodesByService: [String: [CatalogSnapshot.NodeKey: Node]] = [:]
-    private var nodeRefs: [CatalogSnapshot.NodeKey: (node: Node, count: Int)] = [:]
+    private var nodeRefs = NodeReferences()
 
     public init(configuration: Configuration, assembler: CatalogAssembler, sourceIndex: Int, logger: Logger) {
         self.configuration = configuration
@@ -121,7 +121,7 @@ public actor ConsulWatcher {
             indexes[name] = Self.nextIndex(previous: 0, returned: returned)
             setNodes(for: name, instances)
         }
-        catalog.nodes = nodeRefs.mapValues(\.node)
+        catalog.nodes = nodeRefs.nodes
         await assembler.replace(source: sourceIndex, with: catalog)
         for name in names { startWatch(name, from: indexes[name] ?? 0) }
         logger.info("consul loaded", metadata: ["consul.address": "\(configuration.address)", "consul.services": "\(names.count)"])
@@ -185,24 +185,15 @@ public actor ConsulWatcher {
     @discardableResult
     private func setNodes(for service: String, _ instances: [Instance]) -> [CatalogSnapshot.NodeKey: Node?] {
         var now: [CatalogSnapshot.NodeKey: Node] = [:]
-        for i in instances { now[CatalogSnapshot.NodeKey(name: i.node.name, datacenter: i.node.datacenter)] = i.node }
+        for i in instances { now[NodeReferences.key(i.node)] = i.node }
         let before = nodesByService[service] ?? [:]
         nodesByService[service] = now.isEmpty ? nil : now
+        var touched: Set<CatalogSnapshot.NodeKey> = []
+        // Only nodes that left, arrived or changed; an unchanged node keeps its count.
+        for (key, node) in before where now[key] != node && nodeRefs.release(node) { touched.insert(key) }
+        for (key, node) in now where before[key] != node && nodeRefs.retain(node) { touched.insert(key) }
         var changed: [CatalogSnapshot.NodeKey: Node?] = [:]
-        for (key, _) in before where now[key] == nil {
-            let ref = nodeRefs[key]!
-            if ref.count <= 1 { nodeRefs[key] = nil; changed[key] = .some(nil) } else { nodeRefs[key] = (ref.node, ref.count - 1) }
-        }
-        for (key, node) in now {
-            if before[key] == nil {
-                let old = nodeRefs[key]
-                nodeRefs[key] = (node, (old?.count ?? 0) + 1)
-                if old == nil || old!.node != node { changed[key] = .some(node) }
-            } else if nodeRefs[key]!.node != node {
-                nodeRefs[key] = (node, nodeRefs[key]!.count)
-                changed[key] = .some(node)
-            }
-        }
+        for key in touched { changed[key] = .some(nodeRefs.node(key)) }
         return changed
     }
 

@@ -44,8 +44,7 @@ public actor EtcdWatcher {
     private var keys: [String: (service: String, instance: Instance)] = [:]
     /// Keys per service, so an update rebuilds one service's list without scanning every key.
     private var keysByService: [String: Set<String>] = [:]
-    /// Nodes named by instances, with how many instances name them.
-    private var nodeRefs: [CatalogSnapshot.NodeKey: (node: Node, count: Int)] = [:]
+    private var nodeRefs = NodeReferences()
     private var revision: Int64 = 0
     private var listed = false
     private var endpointIndex = 0
@@ -150,13 +149,13 @@ public actor EtcdWatcher {
         keys = fresh
         keysByService = [:]
         for (key, entry) in keys { keysByService[entry.service, default: []].insert(key) }
-        nodeRefs = [:]
+        nodeRefs.removeAll()
         var catalog = SourceCatalog()
         for (_, entry) in keys {
             catalog.services[entry.service, default: []].append(entry.instance)
-            retain(entry.instance.node)
+            nodeRefs.retain(entry.instance.node)
         }
-        catalog.nodes = nodeRefs.mapValues(\.node)
+        catalog.nodes = nodeRefs.nodes
         await assembler.replace(source: sourceIndex, with: catalog)
         await assembler.setContact(source: sourceIndex, inContact: true)
         listed = true
@@ -209,12 +208,12 @@ public actor EtcdWatcher {
             if let old {
                 changedServices.insert(old.service)
                 keysByService[old.service]?.remove(key)
-                if release(old.instance.node) { changedNodes.insert(nodeKey(old.instance.node)) }
+                if nodeRefs.release(old.instance.node) { changedNodes.insert(NodeReferences.key(old.instance.node)) }
             }
             if let new {
                 changedServices.insert(new.service)
                 keysByService[new.service, default: []].insert(key)
-                if retain(new.instance.node) { changedNodes.insert(nodeKey(new.instance.node)) }
+                if nodeRefs.retain(new.instance.node) { changedNodes.insert(NodeReferences.key(new.instance.node)) }
             }
             keys[key] = new
         }
@@ -224,7 +223,7 @@ public actor EtcdWatcher {
             if keysByService[name]?.isEmpty == true { keysByService[name] = nil }
         }
         var nodes: [CatalogSnapshot.NodeKey: Node?] = [:]
-        for key in changedNodes { nodes[key] = .some(nodeRefs[key]?.node) }
+        for key in changedNodes { nodes[key] = .some(nodeRefs.node(key)) }
         await assembler.update(source: sourceIndex, services: services, nodes: nodes)
     }
 
@@ -237,29 +236,8 @@ public actor EtcdWatcher {
         }
     }
 
-    private func nodeKey(_ node: Node) -> CatalogSnapshot.NodeKey {
-        CatalogSnapshot.NodeKey(name: node.name, datacenter: node.datacenter)
-    }
 
-    /// Counts a reference to a named node; true if the node entry changed.
-    @discardableResult
-    private func retain(_ node: Node) -> Bool {
-        guard !node.name.isEmpty else { return false }
-        let key = nodeKey(node)
-        let old = nodeRefs[key]
-        nodeRefs[key] = (node, (old?.count ?? 0) + 1)
-        return old == nil || old!.node != node
-    }
 
-    /// Drops a reference; true if the node went away.
-    private func release(_ node: Node) -> Bool {
-        guard !node.name.isEmpty else { return false }
-        let key = nodeKey(node)
-        guard let old = nodeRefs[key] else { return false }
-        if old.count <= 1 { nodeRefs[key] = nil; return true }
-        nodeRefs[key] = (old.node, old.count - 1)
-        return false
-    }
 
     static func decodeBytes(_ any: Any?) -> [UInt8]? {
         guard let s = any as? String else { return any == nil ? [] : nil }

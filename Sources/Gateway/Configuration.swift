@@ -101,8 +101,6 @@ public struct ResolverConfiguration: Sendable {
     public var order: AnswerOrder
     public var serviceTTL: TTLPolicy
     public var nodeTTL: UInt32
-    /// Sets RA. Out-of-domain names are REFUSED while this is false.
-    public var forwarding: Bool
     /// Largest UDP response we send, whatever a client's EDNS buffer says.
     public var maxUDPSize: Int
     /// Addresses for the default `ns.<domain>` glue, when no zone file gives NS records.
@@ -110,7 +108,7 @@ public struct ResolverConfiguration: Sendable {
 
     public init(domain: DNSName = try! DNSName("consul"), datacenter: String = "dc1", onlyPassing: Bool = false,
                 order: AnswerOrder = .cyclic, serviceTTL: TTLPolicy = TTLPolicy(), nodeTTL: UInt32 = 0,
-                forwarding: Bool = false, maxUDPSize: Int = 1232,
+                maxUDPSize: Int = 1232,
                 nameserverAddresses: [Address] = [.v4(IPv4("127.0.0.1")!)]) {
         self.domain = domain.lowercased
         self.datacenter = datacenter
@@ -118,7 +116,6 @@ public struct ResolverConfiguration: Sendable {
         self.order = order
         self.serviceTTL = serviceTTL
         self.nodeTTL = nodeTTL
-        self.forwarding = forwarding
         self.maxUDPSize = maxUDPSize
         self.nameserverAddresses = nameserverAddresses
     }

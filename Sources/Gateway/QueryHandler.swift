@@ -41,11 +41,8 @@ public struct QueryHandler: Sendable {
             return .now(respond(parsed, transport: transport, allocator: ByteBufferAllocator()))
         }
         let config = resolver.configuration
-        var h = DNSHeader(id: query.header.id)
-        h.qr = true
-        h.rd = query.header.rd
+        var h = replyHeader(to: query.header)
         h.cd = query.header.cd
-        h.ra = true
         let limit = self.limit(query.edns, transport)
         let reply = ResponseEncoder.Reply(header: h, question: query.question, edns: query.edns, rcode: 0,
                                           udpSize: UInt16(config.maxUDPSize))
@@ -65,12 +62,23 @@ public struct QueryHandler: Sendable {
             var r = reply
             let answer: Answer
             switch await forwarder.resolve(query.question, dnssecOK: dnssecOK) {
-            case .answer(let a, _): answer = a
+            case .answer(let a): answer = a
             case .failure: answer = Answer(rcode: RCode.servFail, authoritative: false)
             }
             r.rcode = answer.rcode
             return ResponseEncoder.encode(answer, reply: r, limit: limit, allocator: ByteBufferAllocator())
         })
+    }
+
+    /// What every reply starts from: the query's ID, opcode and RD, with QR set, and RA exactly when a forwarder
+    /// is configured.
+    func replyHeader(to query: DNSHeader) -> DNSHeader {
+        var h = DNSHeader(id: query.id)
+        h.qr = true
+        h.opcode = query.opcode
+        h.rd = query.rd
+        h.ra = forwarder != nil
+        return h
     }
 
     /// Names in the service domain or in one of our zones are answered from our own data.
@@ -97,12 +105,7 @@ public struct QueryHandler: Sendable {
             return nil
         case .reject(let header, let question, let edns, let rcode, let reason):
             if let reason { logger.debug("malformed query", metadata: ["packet.reason": "\(reason)"]) }
-            var h = DNSHeader(id: header.id)
-            h.qr = true
-            h.opcode = header.opcode
-            h.rd = header.rd
-            h.ra = config.forwarding
-            let reply = ResponseEncoder.Reply(header: h, question: question, edns: edns, rcode: rcode,
+            let reply = ResponseEncoder.Reply(header: replyHeader(to: header), question: question, edns: edns, rcode: rcode,
                                               udpSize: UInt16(config.maxUDPSize))
             return ResponseEncoder.encode(Answer(rcode: rcode, authoritative: false), reply: reply,
                                           limit: limit(edns, transport), allocator: allocator)
@@ -110,12 +113,9 @@ public struct QueryHandler: Sendable {
             let answer = tooStale(query.question)
                 ? Answer(rcode: RCode.servFail, authoritative: false)
                 : resolver.resolve(query.question, in: store.snapshot)
-            var h = DNSHeader(id: query.header.id)
-            h.qr = true
+            var h = replyHeader(to: query.header)
             h.aa = answer.authoritative
-            h.rd = query.header.rd
             h.cd = query.header.cd
-            h.ra = config.forwarding
             let reply = ResponseEncoder.Reply(header: h, question: query.question, edns: query.edns, rcode: answer.rcode,
                                               udpSize: UInt16(config.maxUDPSize))
             return ResponseEncoder.encode(answer, reply: reply, limit: limit(query.edns, transport), allocator: allocator)

@@ -150,12 +150,6 @@ struct Serve: AsyncParsableCommand {
     @Option(name: .long, help: ArgumentHelp("Clients allowed to have other names forwarded. Repeatable. Default: loopback, RFC 1918, RFC 6598, link-local, ULA.", valueName: "CIDR"))
     var allowRecursion: [String] = []
 
-    func resolverConfigWithRA(_ c: ResolverConfiguration, _ forwarding: Bool) -> ResolverConfiguration {
-        var c = c
-        c.forwarding = forwarding
-        return c
-    }
-
     /// The forwarder's configuration and ACL, or nil when forwarding is off (or there is no upstream).
     func forwardingSetup(listen: [ListenAddress], logger: Logger) throws -> (Forwarder.Configuration, AccessControl)? {
         if noForward { return nil }
@@ -230,7 +224,7 @@ struct Serve: AsyncParsableCommand {
             }
             resolverConfig = ResolverConfiguration(
                 domain: domainName, datacenter: catalogOptions.datacenter, onlyPassing: onlyPassing, order: order,
-                serviceTTL: try TTLPolicy.parse(serviceTTL), nodeTTL: nodeTTLValue, forwarding: false,
+                serviceTTL: try TTLPolicy.parse(serviceTTL), nodeTTL: nodeTTLValue,
                 maxUDPSize: maxUDPSize, nameserverAddresses: nsAddresses.isEmpty ? [Address("127.0.0.1")!] : nsAddresses)
             serverConfig = DNSServer.Configuration(listen: addresses, tcpIdleTimeout: .seconds(Int64(idle)), udpEngine: udpEngine,
                                                    udpWorkers: threads ?? NIOCore.System.coreCount)
@@ -268,7 +262,7 @@ struct Serve: AsyncParsableCommand {
         if let forwarder { services.append(TaskService { await forwarder.runProbes() }) }
         let server = DNSServer(
             configuration: serverConfig,
-            handler: QueryHandler(resolver: Resolver(configuration: resolverConfigWithRA(resolverConfig, forwarding != nil)),
+            handler: QueryHandler(resolver: Resolver(configuration: resolverConfig),
                                   store: store, logger: logger, maxStale: maxStaleValue,
                                   forwarder: forwarder,
                                   access: forwarding?.1 ?? AccessControl()),

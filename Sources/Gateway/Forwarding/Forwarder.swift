@@ -31,7 +31,7 @@ public final class Forwarder: Sendable {
     }
 
     public enum Outcome: Sendable {
-        case answer(Answer, cached: Bool)
+        case answer(Answer)
         case failure
     }
 
@@ -70,7 +70,7 @@ public final class Forwarder: Sendable {
         switch cache.lookup(key) {
         case .fresh(let answer):
             hits.increment()
-            return .answer(answer, cached: true)
+            return .answer(answer)
         case .stale(let answer):
             stale = answer
         case .miss:
@@ -90,12 +90,12 @@ public final class Forwarder: Sendable {
         }
         guard let task else {
             overloaded.increment()
-            return stale.map { .answer($0, cached: true) } ?? .failure
+            return stale.map { .answer($0) } ?? .failure
         }
         let outcome = await task.value
         if case .failure = outcome, let stale {
             logger.debug("serving stale", metadata: ["query.name": "\(question.name)"])
-            return .answer(stale, cached: true)
+            return .answer(stale)
         }
         return outcome
     }
@@ -116,7 +116,7 @@ public final class Forwarder: Sendable {
                 markSuccess(i)
                 cache.store(reply, for: key)
                 return .answer(Answer(rcode: rcode, authoritative: false, answers: reply.answers, authority: reply.authority,
-                                      additional: reply.additional.filter { $0.type != RRType.opt }), cached: false)
+                                      additional: reply.additional.filter { $0.type != RRType.opt }))
             } catch {
                 markFailure(i)
                 logger.debug("upstream failed", metadata: ["upstream": "\(configuration.upstreams[i])", "error": "\(error)"])

@@ -11,6 +11,9 @@ public final class ServiceEntry: Sendable {
     public let name: String
     public let instances: [Instance]
     private let rotation = ManagedAtomic<UInt>(0)
+    /// Answers encoded by the gateway on this entry's first query; they live and die with the entry, which a
+    /// change to the service replaces.
+    public let encoded = ManagedAtomicLazyReference<EncodedAnswers>()
 
     public init(name: String, instances: [Instance]) {
         self.name = name
@@ -35,6 +38,26 @@ public final class ServiceEntry: Sendable {
     /// A fresh start offset for the next answer: 0, 1, 2, … for successive queries.
     public func nextRotation() -> Int {
         Int(truncatingIfNeeded: rotation.loadThenWrappingIncrement(ordering: .relaxed) & UInt(Int.max))
+    }
+}
+
+/// A service's answers to `<name>.service.<domain>`, pre-encoded for one resolver configuration.
+/// A nil template means that query type takes the general path (no such records, or a shape templates do not cover).
+public final class EncodedAnswers: Sendable {
+    /// Which resolver configuration built these.
+    public let owner: Int
+    /// How many instances the templates rotate over (the healthy ones in the local datacenter).
+    public let count: Int
+    public let a: AnswerTemplate?
+    public let aaaa: AnswerTemplate?
+    public let srv: AnswerTemplate?
+
+    public init(owner: Int, count: Int, a: AnswerTemplate?, aaaa: AnswerTemplate?, srv: AnswerTemplate?) {
+        self.owner = owner
+        self.count = count
+        self.a = a
+        self.aaaa = aaaa
+        self.srv = srv
     }
 }
 

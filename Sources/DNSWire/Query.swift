@@ -98,3 +98,50 @@ extension Query {
         return .query(Query(header: header, question: question, edns: edns))
     }
 }
+
+/// The shape nearly every stub resolver sends: opcode QUERY, QR=0, one question whose name has no compression
+/// pointer, no answer or authority records, and nothing in additional but an optional EDNS(0) OPT record.
+/// Read in place, without allocating. Anything else (and every error) gives nil, and `Query.parse` decides.
+/// Whenever this accepts a packet, `Query.parse` returns `.query` with the same question and EDNS.
+public struct PlainQuery: Sendable {
+    public var id: UInt16
+    public var rd: Bool
+    public var cd: Bool
+    /// The question's name occupies `DNSHeader.size..<nameEnd`, in wire form including the root label.
+    public var nameEnd: Int
+    public var type: UInt16
+    public var qclass: UInt16
+    public var questionEnd: Int { nameEnd + 4 }
+    public var edns: EDNS?
+
+    public static func parse(_ p: UnsafeRawBufferPointer) -> PlainQuery? {
+        let count = p.count
+        guard count >= DNSHeader.size + 5 else { return nil }
+        // QR=0, opcode 0; QDCOUNT 1, ANCOUNT 0, NSCOUNT 0, ARCOUNT 0 or 1.
+        guard p[2] & 0xF8 == 0, p[4] == 0, p[5] == 1, p[6] == 0, p[7] == 0, p[8] == 0, p[9] == 0, p[10] == 0,
+              p[11] <= 1 else { return nil }
+        var i = DNSHeader.size
+        while true {
+            guard i < count else { return nil }
+            let len = Int(p[i])
+            if len == 0 { break }
+            guard len <= 63 else { return nil }  // pointers and reserved label types
+            i += len + 1
+            guard i - DNSHeader.size < DNSName.maxWireLength else { return nil }
+        }
+        let nameEnd = i + 1
+        guard nameEnd + 4 <= count else { return nil }
+        var q = PlainQuery(id: UInt16(p[0]) << 8 | UInt16(p[1]), rd: p[2] & 0x01 != 0, cd: p[3] & 0x10 != 0, nameEnd: nameEnd,
+                           type: UInt16(p[nameEnd]) << 8 | UInt16(p[nameEnd + 1]),
+                           qclass: UInt16(p[nameEnd + 2]) << 8 | UInt16(p[nameEnd + 3]), edns: nil)
+        if p[11] == 1 {
+            // The OPT record: root owner, type 41, class = UDP size, TTL = extended rcode/version/flags, RDATA skipped.
+            let o = nameEnd + 4
+            guard o + 11 <= count, p[o] == 0, p[o + 1] == 0, p[o + 2] == 41 else { return nil }
+            let rdlen = Int(p[o + 9]) << 8 | Int(p[o + 10])
+            guard o + 11 + rdlen <= count, p[o + 6] == 0 else { return nil }  // version 0 only; others are BADVERS
+            q.edns = EDNS(udpSize: UInt16(p[o + 3]) << 8 | UInt16(p[o + 4]), version: 0, dnssecOK: p[o + 7] & 0x80 != 0)
+        }
+        return q
+    }
+}

@@ -36,6 +36,7 @@ public struct QueryHandler: Sendable {
 
     /// The full query path: our own data answered at once; other names forwarded when allowed.
     public func handle(_ packet: ByteBuffer, transport: Transport, client: SocketAddress?, eventLoop: any EventLoop) -> Handled {
+        if let fast = fastResponse(packet, transport: transport, allocator: ByteBufferAllocator()) { return .now(fast) }
         let parsed = Query.parse(packet)
         guard let forwarder, case .query(let query) = parsed, !isOurs(query.question.name) else {
             return .now(respond(parsed, transport: transport, allocator: ByteBufferAllocator()))
@@ -94,7 +95,8 @@ public struct QueryHandler: Sendable {
 
     /// The response for `packet`, or nil when it must be dropped.
     public func respond(to packet: ByteBuffer, transport: Transport, allocator: ByteBufferAllocator) -> ByteBuffer? {
-        respond(Query.parse(packet), transport: transport, allocator: allocator)
+        fastResponse(packet, transport: transport, allocator: allocator)
+            ?? respond(Query.parse(packet), transport: transport, allocator: allocator)
     }
 
     func respond(_ parsed: QueryParse, transport: Transport, allocator: ByteBufferAllocator) -> ByteBuffer? {

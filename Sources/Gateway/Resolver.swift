@@ -1,3 +1,4 @@
+import Atomics
 import Catalog
 import DNSWire
 
@@ -30,12 +31,16 @@ public struct Answer: Sendable, Equatable {
 public struct Resolver: Sendable {
     public let configuration: ResolverConfiguration
     private let domainLabelCount: Int
+    /// Tells apart the templates this resolver encoded from another configuration's (tests run several).
+    let identity: Int
+    private static let identities = ManagedAtomic<Int>(1)
 
     private static let kinds: Set<String> = ["service", "node", "addr"]
 
     public init(configuration: ResolverConfiguration) {
         self.configuration = configuration
         self.domainLabelCount = configuration.domain.labelCount
+        self.identity = Self.identities.loadThenWrappingIncrement(ordering: .relaxed)
     }
 
     public func resolve(_ question: Question, in snapshot: CatalogSnapshot) -> Answer {
@@ -245,6 +250,49 @@ public struct Resolver: Sendable {
         default:
             return negative(RCode.noError, snapshot, zone: zone)
         }
+    }
+
+    // MARK: Pre-encoded answers
+
+    /// The entry's answers to `<name>.service.<domain>`, encoded on first use and kept with the entry.
+    /// Nil when another configuration encoded them first (only tests run two resolvers over one snapshot).
+    public func encodedAnswers(for entry: ServiceEntry, in snapshot: CatalogSnapshot) -> EncodedAnswers? {
+        if let e = entry.encoded.load() { return e.owner == identity ? e : nil }
+        let e = entry.encoded.storeIfNilThenLoad(encode(entry, snapshot))
+        return e.owner == identity ? e : nil
+    }
+
+    /// The same records `service(…)` gives for the plain name, in base order, one per healthy instance.
+    /// Hostname instances (a CNAME, or glue found by chasing our data) and random order are left to the general path.
+    func encode(_ entry: ServiceEntry, _ snapshot: CatalogSnapshot) -> EncodedAnswers {
+        let datacenter = configuration.datacenter.lowercased()
+        let onlyPassing = configuration.onlyPassing
+        let healthy = entry.instances.filter {
+            $0.health.isServed(onlyPassing: onlyPassing) && $0.node.datacenter.equalsIgnoringASCIICase(datacenter)
+        }
+        let none = EncodedAnswers(owner: identity, count: healthy.count, a: nil, aaaa: nil, srv: nil)
+        guard !healthy.isEmpty, configuration.order == .cyclic || healthy.count == 1,
+              !healthy.contains(where: { if case .hostname = $0.address { true } else { false } }),
+              let name = try? DNSName(labels: [entry.name, "service"]).appending(configuration.domain) else { return none }
+        let ttl = configuration.serviceTTL.ttl(for: entry.name)
+        func template(_ type: UInt16) -> AnswerTemplate? {
+            let entries = healthy.map { inst -> AnswerTemplate.Entry in
+                switch (type, inst.address) {
+                case (RRType.a, .v4(let v4)): return .init(answer: ResourceRecord(name: name, ttl: ttl, rdata: .a(v4)), glue: nil)
+                case (RRType.aaaa, .v6(let v6)): return .init(answer: ResourceRecord(name: name, ttl: ttl, rdata: .aaaa(v6)), glue: nil)
+                case (RRType.srv, _):
+                    let (target, glue) = srvTarget(inst, ttl: ttl, snapshot, depth: 0)
+                    return .init(answer: ResourceRecord(name: name, ttl: ttl,
+                                                        rdata: .srv(priority: 1, weight: inst.weight, port: inst.port, target: target)),
+                                 glue: glue.first)
+                default: return .init(answer: nil, glue: nil)
+                }
+            }
+            return AnswerTemplate(question: Question(name: name, type: type, qclass: DNSClass.inet), entries: entries,
+                                  dedupeAnswers: type != RRType.srv)
+        }
+        return EncodedAnswers(owner: identity, count: healthy.count, a: template(RRType.a), aaaa: template(RRType.aaaa),
+                              srv: template(RRType.srv))
     }
 
     /// Starts the healthy set one position further round for each query (or shuffles it).

@@ -82,14 +82,14 @@ public final class DNSServer: Service, Sendable {
                     continue
                 }
                 let udp = try await bindUDP(address)
-                let actual = ListenAddress(host: address.host, port: udp.localAddress?.port ?? address.port)
+                let actual = ListenAddress(host: address.host, port: udp.first?.localAddress?.port ?? address.port)
                 do {
                     let tcp = try await bindTCP(actual)
-                    channels.withLockedValue { $0.append(contentsOf: [udp, tcp]) }
+                    channels.withLockedValue { $0.append(contentsOf: udp + [tcp]) }
                     result.append(actual)
                     break
                 } catch {
-                    try? await udp.close()
+                    for channel in udp { try? await channel.close() }
                     if address.port != 0 || attempt >= 20 { throw error }
                 }
             }
@@ -113,20 +113,33 @@ public final class DNSServer: Service, Sendable {
         }
     }
 
-    private func bindUDP(_ address: ListenAddress) async throws -> any Channel {
+    /// One UDP socket per event loop, sharing the port through SO_REUSEPORT, so the kernel spreads datagrams
+    /// over the loops (`ReusePort` says when: a fixed port and more than one loop).
+    private func bindUDP(_ address: ListenAddress) async throws -> [any Channel] {
         let handler = self.handler
         let logger = self.logger
-        let bootstrap = DatagramBootstrap(group: group)
-            .channelOption(.datagramVectorReadMessageCount, value: 16)
-            .channelOption(.recvAllocator, value: FixedSizeRecvByteBufferAllocator(capacity: 16 * 4096))
-            .channelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHandler(UDPQueryHandler(handler: handler, logger: logger))
-                }
-            }
+        let loops = Array(group.makeIterator())
+        var port = address.port
+        var bound: [any Channel] = []
         do {
-            return try await bootstrap.bind(host: address.host, port: address.port).get()
+            let count = try ReusePort.socketCount(try SocketAddress(ipAddress: address.host, port: port), workers: loops.count)
+            for loop in loops.prefix(count) {
+                var bootstrap = DatagramBootstrap(group: loop)
+                    .channelOption(.datagramVectorReadMessageCount, value: 16)
+                    .channelOption(.recvAllocator, value: FixedSizeRecvByteBufferAllocator(capacity: 16 * 4096))
+                    .channelInitializer { channel in
+                        channel.eventLoop.makeCompletedFuture {
+                            try channel.pipeline.syncOperations.addHandler(UDPQueryHandler(handler: handler, logger: logger))
+                        }
+                    }
+                if count > 1 { bootstrap = bootstrap.channelOption(ChannelOptions.Types.SocketOption(level: SocketOptionLevel(SOL_SOCKET), name: SocketOptionName(SO_REUSEPORT)), value: 1) }
+                let channel = try await bootstrap.bind(host: address.host, port: port).get()
+                bound.append(channel)
+                port = channel.localAddress?.port ?? port
+            }
+            return bound
         } catch {
+            for channel in bound { try? await channel.close() }
             throw BindError(description: "cannot listen on \(address) (udp): \(Self.reason(error))")
         }
     }

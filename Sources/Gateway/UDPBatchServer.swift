@@ -28,15 +28,17 @@ final class UDPBatchServer: @unchecked Sendable {
         self.logger = logger
     }
 
-    /// Binds `workers` sockets to `address` (port 0: the first picks, the others share it); returns the port.
+    /// Binds `workers` sockets to `address` (see `ReusePort.socketCount`); returns the port.
     func bind(_ address: ListenAddress, workers: Int) throws -> Int {
+        let target = try SocketAddress(ipAddress: address.host, port: address.port)
+        let count = try ReusePort.socketCount(target, workers: workers)
         var port = address.port
-        for _ in 0..<max(1, workers) {
+        for _ in 0..<count {
             let target = try SocketAddress(ipAddress: address.host, port: port)
             let fd = socket(Int32(target.protocol.rawValue), Int32(SOCK_DGRAM.rawValue), 0)
             guard fd >= 0 else { throw IOError(errnoCode: errno, reason: "socket") }
             var one: Int32 = 1
-            setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, socklen_t(MemoryLayout<Int32>.size))
+            if count > 1 { setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, socklen_t(MemoryLayout<Int32>.size)) }
             var size: Int32 = 4 << 20
             setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &size, socklen_t(MemoryLayout<Int32>.size))
             setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &size, socklen_t(MemoryLayout<Int32>.size))
@@ -110,20 +112,28 @@ final class UDPBatchServer: @unchecked Sendable {
             if received <= 0 { continue }  // timeout (shutdown check) or a transient error
             var out = 0
             for i in 0..<Int(received) {
-                let packet = ByteBuffer(bytes: UnsafeRawBufferPointer(start: inData + i * size, count: Int(inMsgs[i].msg_len)))
-                let client = handler.forwarder == nil ? nil : Self.address(names + i)
-                switch handler.handle(packet, transport: .udp, client: client, eventLoop: loop) {
-                case .now(let response):
-                    guard let response, response.readableBytes <= 65536 else { continue }
-                    let dest = outData + out * 65536
-                    response.withUnsafeReadableBytes { dest.copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
-                    outVec[out] = iovec(iov_base: dest, iov_len: response.readableBytes)
+                func queue(_ length: Int) {
+                    outVec[out] = iovec(iov_base: outData + out * 65536, iov_len: length)
                     outMsgs[out] = sp_mmsghdr()
                     outMsgs[out].msg_hdr.msg_name = UnsafeMutableRawPointer(names + i)
                     outMsgs[out].msg_hdr.msg_namelen = inMsgs[i].msg_hdr.msg_namelen
                     outMsgs[out].msg_hdr.msg_iov = outVec + out
                     outMsgs[out].msg_hdr.msg_iovlen = 1
                     out += 1
+                }
+                let raw = UnsafeRawBufferPointer(start: inData + i * size, count: Int(inMsgs[i].msg_len))
+                // The fast path writes straight into the send slot: no buffer is allocated for the query or the answer.
+                if let plan = handler.fastPlan(raw, transport: .udp) {
+                    queue(handler.writeFast(plan, packet: raw, into: UnsafeMutableRawBufferPointer(start: outData + out * 65536, count: 65536)))
+                    continue
+                }
+                let packet = ByteBuffer(bytes: raw)
+                let client = handler.forwarder == nil ? nil : Self.address(names + i)
+                switch handler.handle(packet, transport: .udp, client: client, eventLoop: loop) {
+                case .now(let response):
+                    guard let response, response.readableBytes <= 65536 else { continue }
+                    response.withUnsafeReadableBytes { (outData + out * 65536).copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
+                    queue(response.readableBytes)
                 case .later(let future):
                     let name = names[i]
                     let namelen = inMsgs[i].msg_hdr.msg_namelen
@@ -156,5 +166,22 @@ final class UDPBatchServer: @unchecked Sendable {
         default:
             return nil
         }
+    }
+}
+
+/// When one UDP port gets a socket per worker (SO_REUSEPORT), and how an address in use is still reported.
+enum ReusePort {
+    /// Port 0 gets one socket without SO_REUSEPORT: Linux may hand an ephemeral port that another SO_REUSEPORT
+    /// socket of the same user already holds, and the two servers would then split the traffic silently.
+    /// A fixed port gets `workers` sockets, after a probe bound without SO_REUSEPORT proves that nobody else holds
+    /// it (a server that set SO_REUSEPORT would otherwise be joined instead of reported as "address in use").
+    static func socketCount(_ target: SocketAddress, workers: Int) throws -> Int {
+        guard target.port != 0, workers > 1 else { return 1 }
+        let fd = socket(Int32(target.protocol.rawValue), Int32(SOCK_DGRAM.rawValue), 0)
+        guard fd >= 0 else { throw IOError(errnoCode: errno, reason: "socket") }
+        defer { close(fd) }
+        let rc = target.withSockAddr { sa, len in Glibc.bind(fd, sa, socklen_t(len)) }
+        guard rc == 0 else { throw IOError(errnoCode: errno, reason: "bind") }
+        return workers
     }
 }

@@ -67,16 +67,17 @@ final class Server: @unchecked Sendable {
     private(set) var port = 0
     let dir: TempDir
 
-    /// Starts `signpost serve` on 127.0.0.1:0 with `catalog/` and `zones/` under `dir`.
+    /// Starts `signpost serve` on 127.0.0.1:`port` (0: the kernel picks) with `catalog/` and `zones/` under `dir`.
     /// Forwarding is off unless `forward` is set: this machine's resolv.conf must never be used by a test.
-    init(dir: TempDir, catalog: Bool = true, forward: Bool = false, extra: [String] = [], environment: [String: String] = [:]) throws {
+    init(dir: TempDir, port listenPort: Int = 0, catalog: Bool = true, forward: Bool = false, extra: [String] = [],
+         environment: [String: String] = [:]) throws {
         self.dir = dir
         logPath = dir.path + "/server.log"
         FileManager.default.createFile(atPath: logPath, contents: nil)
         try FileManager.default.createDirectory(atPath: dir.path + "/catalog", withIntermediateDirectories: true)
         try FileManager.default.createDirectory(atPath: dir.path + "/zones", withIntermediateDirectories: true)
         process.executableURL = URL(fileURLWithPath: signpostBinary)
-        process.arguments = ["serve", "--listen", "127.0.0.1:0"] + (catalog ? ["--catalog", dir.path + "/catalog"] : [])
+        process.arguments = ["serve", "--listen", "127.0.0.1:\(listenPort)"] + (catalog ? ["--catalog", dir.path + "/catalog"] : [])
             + ["--zones", dir.path + "/zones"] + (forward ? [] : ["--no-forward"]) + extra
         process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
         let log = FileHandle(forWritingAtPath: logPath)!

@@ -19,8 +19,9 @@ struct UDPEngineTests {
         dir.write("catalog/big.json", "[" + (1...40).map {
             registration(node: "big-\($0)", address: "192.0.2.\(100 + $0)", service: "big", port: 7000 + $0)
         }.joined(separator: ",") + "]")
-        let server = try Server(dir: dir, forward: true,
+        let server = try Server(dir: dir, port: freePort(), forward: true,
                                 extra: ["--udp-engine", "mmsg", "--threads", "2", "--upstream", "127.0.0.1:\(knot.port)"])
+        #expect(udpSockets(port: server.port) == 2, "one SO_REUSEPORT socket per worker")
 
         let srv = try server.dig("web.service.consul", "SRV")
         #expect(srv.data("SRV").count == 3 && srv.additional.count == 3, "\(srv)")
@@ -55,4 +56,28 @@ struct UDPEngineTests {
         #expect(server.stop() == 0)
         #expect(Date().timeIntervalSince(start) < 3)
     }
+
+    @Test("A socket per event loop on a fixed port, one on port 0, and a port in use is still reported",
+          arguments: ["nio", "mmsg"])
+    func socketsPerWorker(engine: String) throws {
+        let dir = TempDir()
+        dir.write("catalog/web.json", registration(node: "web-1", address: "192.0.2.1", service: "web", port: 8080))
+        let fixed = try Server(dir: dir, port: freePort(), extra: ["--udp-engine", engine, "--threads", "2"])
+        defer { fixed.stop() }
+        #expect(udpSockets(port: fixed.port) == 2)
+        for _ in 0..<4 { #expect(try fixed.dig("web.service.consul", "A").data("A") == ["192.0.2.1"]) }
+        let ephemeral = try Server(dir: TempDir(), extra: ["--udp-engine", engine, "--threads", "2"])
+        defer { ephemeral.stop() }
+        #expect(udpSockets(port: ephemeral.port) == 1)
+        // A second server must not silently join the first one's SO_REUSEPORT group.
+        let r = try run([signpostBinary, "serve", "--listen", "127.0.0.1:\(fixed.port)", "--threads", "2", "--udp-engine", engine,
+                         "--catalog", dir.path + "/catalog", "--no-forward"])
+        #expect(r.status != 0 && r.err.contains("address already in use"), "\(r.err)")
+    }
+}
+
+/// UDP sockets bound to 127.0.0.1:`port`, as `ss` lists them.
+func udpSockets(port: Int) -> Int {
+    guard let r = try? run(["/usr/bin/ss", "-H", "-u", "-a", "-n", "sport = :\(port)"]) else { return -1 }
+    return r.out.split(separator: "\n").filter { $0.contains("127.0.0.1:\(port)") }.count
 }

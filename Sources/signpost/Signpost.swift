@@ -111,11 +111,11 @@ struct Serve: AsyncParsableCommand {
     @Option(name: .long, help: "Log level: trace, debug, info, notice, warning, error, critical.")
     var logLevel: String = "info"
 
-    @Option(name: .long, help: "Event loop threads (and mmsg UDP workers). Default: one per core.")
+    @Option(name: .long, help: "Event loop threads and UDP workers, one UDP socket each on a fixed port. Default: one per core.")
     var threads: Int?
 
-    @Option(name: .long, help: "UDP front end: nio (a NIO channel) or mmsg (recvmmsg/sendmmsg threads, SO_REUSEPORT).")
-    var udpEngine: DNSServer.UDPEngine = .nio
+    @Option(name: .long, help: "UDP front end: mmsg (recvmmsg/sendmmsg threads, the default) or nio (a NIO channel per event loop).")
+    var udpEngine: DNSServer.UDPEngine = .mmsg
 
     @Option(name: .long, help: ArgumentHelp("Serve /health, /ready and /metrics over HTTP here. Off by default.", valueName: "HOST:PORT"))
     var admin: String?

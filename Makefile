@@ -9,7 +9,7 @@ SUDO     := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 RUN_PACKAGES  := libldns-dev libssl-dev pkg-config
 TEST_PACKAGES := $(RUN_PACKAGES) bind9-dnsutils knot-dnsutils ldnsutils iproute2 etcd-server etcd-client knot
 
-.PHONY: run test build deps test-deps check clean bench bench-registry bench-forward
+.PHONY: run test build deps test-deps check clean bench bench-registry bench-forward bench-micro
 
 # Installs only what is missing, so a second run does not touch apt.
 define apt_install
@@ -50,6 +50,10 @@ bench-registry: test-deps build
 bench: test-deps build
 	$(call apt_install,knot nsd unbound dnsmasq-base dnsperf util-linux)
 	python3 bench/authoritative_bench.py
+
+# Microbenchmarks (ordo-one/benchmark, a package of their own in bench/micro): ns and mallocs per operation.
+bench-micro: deps
+	python3 bench/micro_summary.py
 
 # Forwarding benchmark: CPU per cache hit against Unbound and dnsmasq, and what a miss adds.
 bench-forward: test-deps build

@@ -6,6 +6,8 @@ let package = Package(
     platforms: [.macOS(.v14)],
     products: [
         .executable(name: "signpost", targets: ["signpost"]),
+        // For the microbenchmarks in bench/micro, a package of their own.
+        .library(name: "SignpostKit", targets: ["DNSWire", "Catalog", "Gateway"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.80.0"),

@@ -8,17 +8,17 @@ import NIOCore
 /// packets) returns nil and goes through the general path, which gives byte-identical answers; a differential
 /// test holds the two together.
 extension QueryHandler {
-    struct FastPlan {
+    public struct FastPlan {
         let entry: ServiceEntry
         let count: Int
         let template: AnswerTemplate
         let query: PlainQuery
         /// The whole response, in bytes.
-        let size: Int
+        public let size: Int
     }
 
     /// Decides whether the fast path answers `packet`, and how big the answer is. Reads, never writes.
-    func fastPlan(_ packet: UnsafeRawBufferPointer, transport: Transport) -> FastPlan? {
+    public func fastPlan(_ packet: UnsafeRawBufferPointer, transport: Transport) -> FastPlan? {
         guard let query = PlainQuery.parse(packet), query.qclass == DNSClass.inet else { return nil }
         let config = resolver.configuration
         // <service>.service.<domain>: the first label, then "service", then exactly the domain.
@@ -53,7 +53,7 @@ extension QueryHandler {
     }
 
     /// Writes the planned response into `out` (at least `plan.size` bytes) and advances the service's rotation.
-    func writeFast(_ plan: FastPlan, packet: UnsafeRawBufferPointer, into out: UnsafeMutableRawBufferPointer) -> Int {
+    public func writeFast(_ plan: FastPlan, packet: UnsafeRawBufferPointer, into out: UnsafeMutableRawBufferPointer) -> Int {
         let q = plan.query
         let template = plan.template
         let rotation = plan.count > 1 ? plan.entry.nextRotation() % plan.count : 0
@@ -84,7 +84,7 @@ extension QueryHandler {
     }
 
     /// The fast path's answer in a buffer of its own, or nil for the general path.
-    func fastResponse(_ packet: ByteBuffer, transport: Transport, allocator: ByteBufferAllocator) -> ByteBuffer? {
+    public func fastResponse(_ packet: ByteBuffer, transport: Transport, allocator: ByteBufferAllocator) -> ByteBuffer? {
         packet.withUnsafeReadableBytes { bytes -> ByteBuffer? in
             guard let plan = fastPlan(bytes, transport: transport) else { return nil }
             var out = allocator.buffer(capacity: plan.size)

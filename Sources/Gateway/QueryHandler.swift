@@ -99,6 +99,11 @@ public struct QueryHandler: Sendable {
             ?? respond(Query.parse(packet), transport: transport, allocator: allocator)
     }
 
+    /// The general path alone, without the fast path in front: what the fast path must match byte for byte.
+    public func respondWithoutFastPath(to packet: ByteBuffer, transport: Transport, allocator: ByteBufferAllocator) -> ByteBuffer? {
+        respond(Query.parse(packet), transport: transport, allocator: allocator)
+    }
+
     func respond(_ parsed: QueryParse, transport: Transport, allocator: ByteBufferAllocator) -> ByteBuffer? {
         let config = resolver.configuration
         switch parsed {

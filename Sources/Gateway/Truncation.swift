@@ -20,6 +20,14 @@ public enum ResponseEncoder {
         public var rcode: UInt16
         /// Our advertised EDNS buffer size.
         public var udpSize: UInt16
+
+        public init(header: DNSHeader, question: Question?, edns: EDNS?, rcode: UInt16, udpSize: UInt16) {
+            self.header = header
+            self.question = question
+            self.edns = edns
+            self.rcode = rcode
+            self.udpSize = udpSize
+        }
     }
 
     public static func encode(_ answer: Answer, reply: Reply, limit: Int, allocator: ByteBufferAllocator) -> ByteBuffer {

@@ -10,7 +10,7 @@ import NIOCore
 /// - duplicate records (two instances on one address) are written once, at their first position in the
 ///   rotated order, as the general encoder's deduplication does.
 /// The counts and the total size do not depend on the rotation, so they are known before a byte is written.
-public struct AnswerTemplate: Sendable {
+public final class AnswerTemplate: Sendable {
     struct Chunk: Sendable {
         var start: Int32
         var end: Int32

@@ -25,7 +25,9 @@ extension QueryHandler {
         let first = Int(packet[DNSHeader.size])
         let second = DNSHeader.size + 1 + first
         guard first > 0, second + 8 <= query.nameEnd, packet[second] == 7 else { return nil }
-        for (k, c) in "service".utf8.enumerated() where packet[second + 1 + k] | 0x20 != c { return nil }
+        let l = second + 1  // "service", any case
+        guard packet[l] | 0x20 == 0x73, packet[l + 1] | 0x20 == 0x65, packet[l + 2] | 0x20 == 0x72, packet[l + 3] | 0x20 == 0x76,
+              packet[l + 4] | 0x20 == 0x69, packet[l + 5] | 0x20 == 0x63, packet[l + 6] | 0x20 == 0x65 else { return nil }
         let domain = config.domain.wire
         guard query.nameEnd - (second + 8) == domain.count else { return nil }
         for k in 0..<domain.count where asciiLowered(packet[second + 8 + k]) != asciiLowered(domain[k]) { return nil }

@@ -12,6 +12,19 @@ public struct DNSName: Sendable, CustomStringConvertible {
 
     init(uncheckedWire: [UInt8]) { self.wire = uncheckedWire }
 
+    /// A name from uncompressed wire bytes (labels, then the root label); nil unless they are exactly one valid name.
+    public init?<Bytes: Collection>(wire bytes: Bytes) where Bytes.Element == UInt8 {
+        let wire = Array(bytes)
+        guard !wire.isEmpty, wire.count <= DNSName.maxWireLength else { return nil }
+        var i = 0
+        while wire[i] != 0 {
+            guard wire[i] <= 63, i + Int(wire[i]) + 1 < wire.count else { return nil }
+            i += Int(wire[i]) + 1
+        }
+        guard i == wire.count - 1 else { return nil }
+        self.wire = wire
+    }
+
     /// Builds a name from labels (without dots). Throws if a label is empty or longer than 63 bytes.
     public init<S: Sequence>(labels: S) throws where S.Element: StringProtocol {
         var bytes: [UInt8] = []

@@ -36,7 +36,12 @@ public struct QueryHandler: Sendable {
 
     /// The full query path: our own data answered at once; other names forwarded when allowed.
     public func handle(_ packet: ByteBuffer, transport: Transport, client: SocketAddress?, eventLoop: any EventLoop) -> Handled {
-        if let fast = fastResponse(packet, transport: transport, allocator: ByteBufferAllocator()) { return .now(fast) }
+        if let fast = fastResponse(packet, transport: transport, client: client, allocator: ByteBufferAllocator()) { return .now(fast) }
+        return handleWithoutFastPath(packet, transport: transport, client: client, eventLoop: eventLoop)
+    }
+
+    /// The general path alone: what the fast paths must match byte for byte.
+    func handleWithoutFastPath(_ packet: ByteBuffer, transport: Transport, client: SocketAddress?, eventLoop: any EventLoop) -> Handled {
         let parsed = Query.parse(packet)
         guard let forwarder, case .query(let query) = parsed, !isOurs(query.question.name) else {
             return .now(respond(parsed, transport: transport, allocator: ByteBufferAllocator()))

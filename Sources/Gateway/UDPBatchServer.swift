@@ -123,7 +123,7 @@ final class UDPBatchServer: @unchecked Sendable {
                 }
                 let raw = UnsafeRawBufferPointer(start: inData + i * size, count: Int(inMsgs[i].msg_len))
                 // The fast path writes straight into the send slot: no buffer is allocated for the query or the answer.
-                if let plan = handler.fastPlan(raw, transport: .udp) {
+                if let plan = handler.fastPlan(raw, transport: .udp, mayRecurse: { handler.access.mayRecurse(sockaddr: names + i) }) {
                     queue(handler.writeFast(plan, packet: raw, into: UnsafeMutableRawBufferPointer(start: outData + out * 65536, count: 65536)))
                     continue
                 }

@@ -1,5 +1,9 @@
 import NIOCore
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// A CIDR block, IPv4 or IPv6.
 public struct CIDR: Sendable, Hashable, CustomStringConvertible {
     let network: [UInt8]
@@ -23,13 +27,13 @@ public struct CIDR: Sendable, Hashable, CustomStringConvertible {
         self.prefix = prefix
     }
 
-    public func contains(_ address: [UInt8]) -> Bool {
+    public func contains<Bytes: RandomAccessCollection>(_ address: Bytes) -> Bool where Bytes.Element == UInt8, Bytes.Index == Int {
         guard address.count == network.count else { return false }
         for i in 0..<address.count {
             let keep = max(0, min(8, prefix - i * 8))
             if keep == 0 { return true }
             let mask: UInt8 = keep == 8 ? 0xFF : UInt8(truncatingIfNeeded: 0xFF << (8 - keep))
-            if address[i] & mask != network[i] { return false }
+            if address[address.startIndex + i] & mask != network[i] { return false }
         }
         return true
     }
@@ -55,6 +59,24 @@ public struct AccessControl: Sendable {
             return allowed.contains { $0.contains(v4) }
         }
         return allowed.contains { $0.contains(bytes) }
+    }
+
+    /// The same decision for a raw `sockaddr_in`/`sockaddr_in6`, read in place (the recvmmsg engine's).
+    public func mayRecurse(sockaddr: UnsafeRawPointer) -> Bool {
+        switch Int32(sockaddr.load(as: sa_family_t.self)) {
+        case AF_INET:
+            let bytes = UnsafeRawBufferPointer(start: sockaddr + 4, count: 4)  // sin_addr
+            return allowed.contains { $0.contains(bytes) }
+        case AF_INET6:
+            let bytes = UnsafeRawBufferPointer(start: sockaddr + 8, count: 16)  // sin6_addr
+            if bytes[0..<10].allSatisfy({ $0 == 0 }), bytes[10] == 0xFF, bytes[11] == 0xFF {
+                let v4 = UnsafeRawBufferPointer(rebasing: bytes[12...])
+                return allowed.contains { $0.contains(v4) }
+            }
+            return allowed.contains { $0.contains(bytes) }
+        default:
+            return false
+        }
     }
 
     static func addressBytes(_ address: SocketAddress) -> [UInt8]? {

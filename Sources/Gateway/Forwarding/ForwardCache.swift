@@ -1,6 +1,7 @@
 import Catalog
 import DNSWire
 import NIOConcurrencyHelpers
+import NIOCore
 
 /// The forwarding cache: entries keyed exactly by (name, type, class, DO), so a hash collision can never
 /// return another name's data; least-recently-used eviction at `capacity` entries.
@@ -24,6 +25,49 @@ final class ForwardCache: Sendable {
         var additional: [ResourceRecord]
         var storedAt: UInt64  // Uptime nanoseconds
         var ttl: UInt32
+        /// The reply's records, encoded once for the fast path.
+        var wire: Wire?
+    }
+
+    /// A cached reply's records as the general encoder writes them after the question, with where each TTL is,
+    /// so a hit copies the bytes and counts the TTLs down in place.
+    final class Wire: Sendable {
+        let body: [UInt8]
+        let counts: (an: UInt16, ns: UInt16, ar: UInt16)
+        let rcode: UInt8
+        let ttlOffsets: [Int]
+        let ttls: [UInt32]
+        /// The smallest TTL: at this age one would reach 0, and the general path takes over.
+        let minTTL: UInt32
+
+        /// Encodes `answer` after `question` exactly as `ResponseEncoder` does for an untruncated reply.
+        init?(_ answer: Answer, question: Question) {
+            let reply = ResponseEncoder.Reply(header: DNSHeader(id: 0), question: question, edns: nil, rcode: answer.rcode, udpSize: 0)
+            let message = ResponseEncoder.encode(answer, reply: reply, limit: 65535, allocator: ByteBufferAllocator())
+            guard let header = DNSHeader(from: message, at: message.readerIndex), !header.tc,
+                  let (_, afterName) = try? DNSName.read(from: message, at: DNSHeader.size) else { return nil }
+            let start = afterName + 4
+            let all = Array(message.readableBytesView)
+            // Walk the records for their TTL fields.
+            var offsets: [Int] = [], ttls: [UInt32] = []
+            var p = start
+            for _ in 0..<(Int(header.anCount) + Int(header.nsCount) + Int(header.arCount)) {
+                while p < all.count, all[p] != 0, all[p] & 0xC0 == 0 { p += Int(all[p]) + 1 }
+                guard p < all.count else { return nil }
+                p += all[p] == 0 ? 1 : 2
+                guard p + 10 <= all.count else { return nil }
+                offsets.append(p + 4 - start)
+                ttls.append(UInt32(all[p + 4]) << 24 | UInt32(all[p + 5]) << 16 | UInt32(all[p + 6]) << 8 | UInt32(all[p + 7]))
+                p += 10 + (Int(all[p + 8]) << 8 | Int(all[p + 9]))
+            }
+            guard p == all.count else { return nil }
+            self.body = Array(all[start...])
+            self.counts = (header.anCount, header.nsCount, header.arCount)
+            self.rcode = header.rcode
+            self.ttlOffsets = offsets
+            self.ttls = ttls
+            self.minTTL = ttls.min() ?? 0
+        }
     }
 
     enum Lookup {
@@ -61,9 +105,21 @@ final class ForwardCache: Sendable {
 
     func store(_ message: Message, for key: Key, now: UInt64 = Uptime.nanoseconds) {
         guard let ttl = ttl(for: message), ttl > 0 else { return }
-        let entry = Entry(rcode: message.rcode, answers: message.answers, authority: message.authority,
+        var entry = Entry(rcode: message.rcode, answers: message.answers, authority: message.authority,
                           additional: message.additional.filter { $0.type != RRType.opt }, storedAt: now, ttl: ttl)
+        entry.wire = Wire(answer(entry, ttl: { Int64($0) }), question: Question(name: key.name, type: key.type, qclass: key.qclass))
         state.withLockedValue { $0.set(key, entry) }
+    }
+
+    /// A fresh entry's encoded reply and its age in seconds, for the fast path; nil when the general path must
+    /// answer (a miss, stale, or a TTL that would reach 0).
+    func wire(_ key: Key, now: UInt64 = Uptime.nanoseconds) -> (Wire, UInt32)? {
+        state.withLockedValue { lru -> (Wire, UInt32)? in
+            guard let entry = lru.get(key), let wire = entry.wire else { return nil }
+            let age = UInt32(min(UInt64(UInt32.max), (now &- entry.storedAt) / 1_000_000_000))
+            guard age < entry.ttl, age < wire.minTTL else { return nil }
+            return (wire, age)
+        }
     }
 
     func lookup(_ key: Key, now: UInt64 = Uptime.nanoseconds) -> Lookup {

@@ -56,6 +56,9 @@ public final class Forwarder: Sendable {
         self.failures = NIOLockedValueBox(Array(repeating: 0, count: configuration.upstreams.count))
     }
 
+    /// Counts a hit that the fast path answered from `cache.wire`.
+    func countHit() { hits.increment() }
+
     /// A fresh cache hit, answered without leaving the event loop; nil means go through `resolve`.
     public func cached(_ question: Question, dnssecOK: Bool) -> Answer? {
         let key = ForwardCache.Key(name: question.name, type: question.type, qclass: question.qclass, dnssecOK: dnssecOK)

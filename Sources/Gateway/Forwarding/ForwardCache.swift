@@ -115,9 +115,9 @@ final class ForwardCache: Sendable {
     /// answer (a miss, stale, or a TTL that would reach 0).
     func wire(_ key: Key, now: UInt64 = Uptime.nanoseconds) -> (Wire, UInt32)? {
         state.withLockedValue { lru -> (Wire, UInt32)? in
-            guard let entry = lru.get(key), let wire = entry.wire else { return nil }
-            let age = UInt32(min(UInt64(UInt32.max), (now &- entry.storedAt) / 1_000_000_000))
-            guard age < entry.ttl, age < wire.minTTL else { return nil }
+            guard let (wire, storedAt, ttl) = lru.wire(key), let wire else { return nil }
+            let age = UInt32(min(UInt64(UInt32.max), (now &- storedAt) / 1_000_000_000))
+            guard age < ttl, age < wire.minTTL else { return nil }
             return (wire, age)
         }
     }
@@ -171,6 +171,14 @@ struct LRU {
         unlink(i)
         pushFront(i)
         return slots[i].value
+    }
+
+    /// What the fast path needs of an entry, without copying its record arrays; marks it most recently used.
+    mutating func wire(_ key: ForwardCache.Key) -> (ForwardCache.Wire?, storedAt: UInt64, ttl: UInt32)? {
+        guard let i = index[key] else { return nil }
+        unlink(i)
+        pushFront(i)
+        return (slots[i].value.wire, slots[i].value.storedAt, slots[i].value.ttl)
     }
 
     mutating func set(_ key: ForwardCache.Key, _ value: ForwardCache.Entry) {

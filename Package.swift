@@ -7,7 +7,7 @@ let package = Package(
     products: [
         .executable(name: "signpost", targets: ["signpost"]),
         // For the microbenchmarks in bench/micro, a package of their own.
-        .library(name: "SignpostKit", targets: ["DNSWire", "Catalog", "Gateway"]),
+        .library(name: "SignpostKit", targets: ["DNSWire", "Catalog", "Gateway", "FuzzChecks"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.80.0"),
@@ -61,6 +61,15 @@ let package = Package(
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]
         ),
+        // What the fuzz targets in fuzz/ check, shared with the test that replays their corpus.
+        .target(
+            name: "FuzzChecks",
+            dependencies: [
+                "DNSWire", "Catalog", "Gateway",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
         .executableTarget(
             name: "signpost",
             dependencies: [
@@ -72,9 +81,10 @@ let package = Package(
                 .product(name: "Prometheus", package: "swift-prometheus"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "UnixSignals", package: "swift-service-lifecycle"),
             ]
         ),
-        .testTarget(name: "DNSWireTests", dependencies: ["DNSWire", "CLDNS"]),
+        .testTarget(name: "DNSWireTests", dependencies: ["DNSWire", "CLDNS", "FuzzChecks"]),
         .testTarget(name: "CatalogTests", dependencies: ["Catalog", "DNSWire"]),
         .testTarget(
             name: "GatewayTests",

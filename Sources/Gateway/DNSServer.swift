@@ -1,3 +1,4 @@
+import Catalog
 import Logging
 import NIOConcurrencyHelpers
 import NIOCore
@@ -39,14 +40,18 @@ public final class DNSServer: Service, Sendable {
     }
 
     private let configuration: Configuration
-    private let handler: QueryHandler
+    private let handler: QueryHandlerSlot
     private let group: any EventLoopGroup
     private let logger: Logger
     private let channels = NIOLockedValueBox<[any Channel]>([])
     private let bound = NIOLockedValueBox<[ListenAddress]>([])
     private let batchServers = NIOLockedValueBox<[UDPBatchServer]>([])
 
-    public init(configuration: Configuration, handler: QueryHandler, group: any EventLoopGroup, logger: Logger) {
+    public convenience init(configuration: Configuration, handler: QueryHandler, group: any EventLoopGroup, logger: Logger) {
+        self.init(configuration: configuration, handler: QueryHandlerSlot(handler), group: group, logger: logger)
+    }
+
+    public init(configuration: Configuration, handler: QueryHandlerSlot, group: any EventLoopGroup, logger: Logger) {
         self.configuration = configuration
         self.handler = handler
         self.group = group
@@ -180,23 +185,31 @@ final class UDPQueryHandler: ChannelInboundHandler, Sendable {
     typealias InboundIn = AddressedEnvelope<ByteBuffer>
     typealias OutboundOut = AddressedEnvelope<ByteBuffer>
 
-    let handler: QueryHandler
+    let slot: QueryHandlerSlot
     let logger: Logger
 
-    init(handler: QueryHandler, logger: Logger) {
-        self.handler = handler
+    init(handler: QueryHandlerSlot, logger: Logger) {
+        self.slot = handler
         self.logger = logger
     }
 
+    convenience init(handler: QueryHandler, logger: Logger) {
+        self.init(handler: QueryHandlerSlot(handler), logger: logger)
+    }
+
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let started = Uptime.nanoseconds
         let envelope = unwrapInboundIn(data)
+        let handler = slot.handler
         switch handler.handle(envelope.data, transport: .udp, client: envelope.remoteAddress, eventLoop: context.eventLoop) {
         case .now(let response):
+            handler.observe(envelope.data, response, .udp, started, envelope.remoteAddress)
             guard let response else { return }
             context.write(wrapOutboundOut(AddressedEnvelope(remoteAddress: envelope.remoteAddress, data: response)), promise: nil)
         case .later(let future):
             let channel = context.channel
             future.whenSuccess { response in
+                handler.observe(envelope.data, response, .udp, started, envelope.remoteAddress)
                 guard let response else { return }
                 channel.writeAndFlush(AddressedEnvelope(remoteAddress: envelope.remoteAddress, data: response), promise: nil)
             }
@@ -217,24 +230,33 @@ final class TCPQueryHandler: ChannelInboundHandler, Sendable {
     typealias InboundIn = ByteBuffer
     typealias OutboundOut = ByteBuffer
 
-    let handler: QueryHandler
+    let slot: QueryHandlerSlot
     let logger: Logger
 
-    init(handler: QueryHandler, logger: Logger) {
-        self.handler = handler
+    init(handler: QueryHandlerSlot, logger: Logger) {
+        self.slot = handler
         self.logger = logger
     }
 
+    convenience init(handler: QueryHandler, logger: Logger) {
+        self.init(handler: QueryHandlerSlot(handler), logger: logger)
+    }
+
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let started = Uptime.nanoseconds
         let frame = unwrapInboundIn(data)
-        switch handler.handle(frame, transport: .tcp, client: context.channel.remoteAddress, eventLoop: context.eventLoop) {
+        let handler = slot.handler
+        let client = context.channel.remoteAddress
+        switch handler.handle(frame, transport: .tcp, client: client, eventLoop: context.eventLoop) {
         case .now(let response):
+            handler.observe(frame, response, .tcp, started, client)
             guard let response else { return }
             context.write(wrapOutboundOut(response), promise: nil)
         case .later(let future):
             // Forwarded answers go out when they arrive; pipelined queries do not wait for them (RFC 7766).
             let channel = context.channel
             future.whenSuccess { response in
+                handler.observe(frame, response, .tcp, started, client)
                 guard let response else { return }
                 channel.writeAndFlush(response, promise: nil)
             }

@@ -1,7 +1,25 @@
+import Atomics
 import Catalog
 import DNSWire
 import Logging
 import NIOCore
+
+/// The handler the front ends use, swapped whole when the configuration is reloaded (SIGHUP).
+/// Each datagram, frame or batch loads it once, so a query is answered by one handler from start to end.
+public final class QueryHandlerSlot: Sendable {
+    final class Box: AtomicReference, Sendable {
+        let handler: QueryHandler
+        init(_ handler: QueryHandler) { self.handler = handler }
+    }
+
+    private let current: ManagedAtomic<Box>
+
+    public init(_ handler: QueryHandler) { current = ManagedAtomic(Box(handler)) }
+
+    public var handler: QueryHandler { current.load(ordering: .acquiring).handler }
+
+    public func replace(with handler: QueryHandler) { current.store(Box(handler), ordering: .releasing) }
+}
 
 /// Bytes in, bytes out: parse, resolve against the current snapshot, encode, truncate.
 /// Shared by the UDP and TCP front ends and by the tests.
@@ -17,15 +35,18 @@ public struct QueryHandler: Sendable {
     /// Names outside the domain and the zones go here, for clients the ACL allows; nil: REFUSED.
     public let forwarder: Forwarder?
     public let access: AccessControl
+    /// Metrics and the optional query log, recorded by the front ends.
+    public let observer: QueryObserver?
 
     public init(resolver: Resolver, store: SnapshotStore, logger: Logger, maxStale: Duration? = nil,
-                forwarder: Forwarder? = nil, access: AccessControl = AccessControl()) {
+                forwarder: Forwarder? = nil, access: AccessControl = AccessControl(), observer: QueryObserver? = nil) {
         self.resolver = resolver
         self.store = store
         self.logger = logger
         self.maxStale = maxStale
         self.forwarder = forwarder
         self.access = access
+        self.observer = observer
     }
 
     /// A response now, or later (forwarded); nil means drop.

@@ -44,7 +44,20 @@ public struct Resolver: Sendable {
     }
 
     public func resolve(_ question: Question, in snapshot: CatalogSnapshot) -> Answer {
-        resolve(question.name, question.type, qclass: question.qclass, in: snapshot, depth: 0)
+        let answer = resolve(question.name, question.type, qclass: question.qclass, in: snapshot, depth: 0)
+        return question.type == RRType.any ? Self.minimalAny(answer) : answer
+    }
+
+    /// RFC 8482: ANY gets one RRset, not everything at the name, so it cannot be used for amplification.
+    /// The RRset is the A set if there is one, else AAAA, else the first the full answer holds (SOA at the apex).
+    /// Negative answers are unchanged.
+    static func minimalAny(_ full: Answer) -> Answer {
+        guard let first = full.answers.first(where: { $0.type == RRType.a }) ?? full.answers.first(where: { $0.type == RRType.aaaa })
+            ?? full.answers.first else { return full }
+        var answer = Answer(rcode: full.rcode, authoritative: full.authoritative,
+                            answers: full.answers.filter { $0.type == first.type && $0.name == first.name })
+        answer.authority = []
+        return answer
     }
 
     private func resolve(_ name: DNSName, _ type: UInt16, qclass: UInt16, in snapshot: CatalogSnapshot, depth: Int) -> Answer {

@@ -1,3 +1,4 @@
+import Catalog
 import CUDPBatch
 import Foundation
 import Logging
@@ -15,15 +16,15 @@ final class UDPBatchServer: @unchecked Sendable {
     static let batch = 32
     static let bufferSize = 4096
 
-    private let handler: QueryHandler
+    private let slot: QueryHandlerSlot
     private let eventLoop: any EventLoopGroup
     private let logger: Logger
     private var sockets: [Int32] = []
     private let stopping = NIOLockedValueBox(false)
     private var threads: [Thread] = []
 
-    init(handler: QueryHandler, eventLoop: any EventLoopGroup, logger: Logger) {
-        self.handler = handler
+    init(handler: QueryHandlerSlot, eventLoop: any EventLoopGroup, logger: Logger) {
+        self.slot = handler
         self.eventLoop = eventLoop
         self.logger = logger
     }
@@ -111,7 +112,9 @@ final class UDPBatchServer: @unchecked Sendable {
             let received = sp_recvmmsg(fd, inMsgs, UInt32(n), waitForOne, nil)
             if received <= 0 { continue }  // timeout (shutdown check) or a transient error
             var out = 0
+            let handler = slot.handler  // one handler for the whole batch, even across a reload
             for i in 0..<Int(received) {
+                let started = handler.observer == nil ? 0 : Uptime.nanoseconds
                 func queue(_ length: Int) {
                     outVec[out] = iovec(iov_base: outData + out * 65536, iov_len: length)
                     outMsgs[out] = sp_mmsghdr()
@@ -124,13 +127,19 @@ final class UDPBatchServer: @unchecked Sendable {
                 let raw = UnsafeRawBufferPointer(start: inData + i * size, count: Int(inMsgs[i].msg_len))
                 // The fast path writes straight into the send slot: no buffer is allocated for the query or the answer.
                 if let plan = handler.fastPlan(raw, transport: .udp, mayRecurse: { handler.access.mayRecurse(sockaddr: names + i) }) {
-                    queue(handler.writeFast(plan, packet: raw, into: UnsafeMutableRawBufferPointer(start: outData + out * 65536, count: 65536)))
+                    let length = handler.writeFast(plan, packet: raw, into: UnsafeMutableRawBufferPointer(start: outData + out * 65536, count: 65536))
+                    if let observer = handler.observer {
+                        observer.record(query: raw, response: UnsafeRawBufferPointer(start: outData + out * 65536, count: length), transport: .udp,
+                                        started: started, client: Self.address(names + i).map { "\($0)" } ?? "-")
+                    }
+                    queue(length)
                     continue
                 }
                 let packet = ByteBuffer(bytes: raw)
-                let client = handler.forwarder == nil ? nil : Self.address(names + i)
+                let client = handler.forwarder == nil && handler.observer == nil ? nil : Self.address(names + i)
                 switch handler.handle(packet, transport: .udp, client: client, eventLoop: loop) {
                 case .now(let response):
+                    handler.observe(packet, response, .udp, started, client)
                     guard let response, response.readableBytes <= 65536 else { continue }
                     response.withUnsafeReadableBytes { (outData + out * 65536).copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
                     queue(response.readableBytes)
@@ -138,6 +147,7 @@ final class UDPBatchServer: @unchecked Sendable {
                     let name = names[i]
                     let namelen = inMsgs[i].msg_hdr.msg_namelen
                     future.whenSuccess { response in
+                        handler.observe(packet, response, .udp, started, client)
                         guard let response else { return }
                         var to = name
                         response.withUnsafeReadableBytes { bytes in

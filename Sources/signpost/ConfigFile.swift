@@ -14,6 +14,7 @@ enum ConfigFile {
         "registry": .strings, "max-stale": .string, "admin": .string, "upstream": .strings, "no-forward": .bool,
         "upstream-policy": .string, "upstream-timeout": .string, "max-concurrent": .integer, "cache-size": .integer,
         "cache-min-ttl": .string, "cache-max-ttl": .string, "stale-ttl": .string, "allow-recursion": .strings,
+        "query-log": .bool, "udp-engine": .string,
     ]
     /// The subset `signpost check` uses; the other keys are still validated.
     static let checkKeys: Set<String> = ["catalog", "zones", "datacenter"]

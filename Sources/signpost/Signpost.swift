@@ -9,6 +9,7 @@ import NIOCore
 import Prometheus
 import NIOPosix
 import ServiceLifecycle
+import UnixSignals
 
 @main
 struct Signpost: AsyncParsableCommand {
@@ -120,6 +121,9 @@ struct Serve: AsyncParsableCommand {
     @Option(name: .long, help: ArgumentHelp("Serve /health, /ready and /metrics over HTTP here. Off by default.", valueName: "HOST:PORT"))
     var admin: String?
 
+    @Flag(name: .long, help: "Log every query (client, name, type, protocol, rcode, size, duration) at info level. Off by default.")
+    var queryLog = false
+
     @Option(name: .long, help: ArgumentHelp("Forward other names to this resolver (port 53 by default). Repeatable. Default: the nameservers in /etc/resolv.conf, except Signpost's own addresses.", valueName: "HOST[:PORT]"))
     var upstream: [String] = []
 
@@ -194,6 +198,42 @@ struct Serve: AsyncParsableCommand {
         return (config, acl)
     }
 
+    /// The resolver's configuration, and the listeners'.
+    func configurations() throws(ConfigurationError) -> (ResolverConfiguration, DNSServer.Configuration) {
+        guard let domainName = try? DNSName(domain), domainName.labelCount > 0 else {
+            throw ConfigurationError("invalid --domain \"\(domain)\"")
+        }
+        guard let nodeTTLValue = parseDuration(nodeTTL) else { throw ConfigurationError("invalid --node-ttl \"\(nodeTTL)\"") }
+        guard let idle = parseDuration(tcpIdleTimeout), idle > 0 else {
+            throw ConfigurationError("invalid --tcp-idle-timeout \"\(tcpIdleTimeout)\"")
+        }
+        guard (512...65535).contains(maxUDPSize) else { throw ConfigurationError("--max-udp-size must be 512-65535") }
+        let addresses = try listen.map { text throws(ConfigurationError) in try ListenAddress(parsing: text) }
+        let nsAddresses = addresses.compactMap { Address($0.host) }.filter {
+            $0 != Address("0.0.0.0") && $0 != Address("::")
+        }
+        let resolverConfig = ResolverConfiguration(
+            domain: domainName, datacenter: catalogOptions.datacenter, onlyPassing: onlyPassing, order: order,
+            serviceTTL: try TTLPolicy.parse(serviceTTL), nodeTTL: nodeTTLValue,
+            maxUDPSize: maxUDPSize, nameserverAddresses: nsAddresses.isEmpty ? [Address("127.0.0.1")!] : nsAddresses)
+        let serverConfig = DNSServer.Configuration(listen: addresses, tcpIdleTimeout: .seconds(Int64(idle)), udpEngine: udpEngine,
+                                                   udpWorkers: threads ?? NIOCore.System.coreCount)
+        return (resolverConfig, serverConfig)
+    }
+
+    func maxStaleDuration() throws -> Duration? {
+        guard let maxStale else { return nil }
+        guard let seconds = parseDuration(maxStale), seconds > 0 else { throw StartupError(message: "invalid --max-stale \"\(maxStale)\"", code: 64) }
+        return .seconds(Int64(seconds))
+    }
+
+    /// Settings that SIGHUP cannot change: the sockets, the threads, the registries and the logging.
+    var restartOnlySettings: String {
+        "\(listen) \(String(describing: threads)) \(udpEngine) \(String(describing: admin)) \(registry) "
+            + "\(String(describing: catalogOptions.catalog)) \(String(describing: catalogOptions.zonesDirectory())) "
+            + "\(catalogOptions.datacenter) \(logLevel) \(tcpIdleTimeout)"
+    }
+
     func run() async throws {
         guard let level = Logger.Level(rawValue: logLevel) else {
             throw StartupError(message: "invalid --log-level \"\(logLevel)\"", code: 64)
@@ -205,38 +245,20 @@ struct Serve: AsyncParsableCommand {
         }
         let logger = Logger(label: "signpost")
         let prometheus = PrometheusCollectorRegistry()
-        MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: prometheus))
+        var factory = PrometheusMetricsFactory(registry: prometheus)
+        // Answers take microseconds; forwarded ones, milliseconds.
+        factory.durationHistogramBuckets["signpost_dns_request_duration_seconds"] =
+            [10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10_000, 25_000, 100_000, 500_000, 2_000_000].map { Duration.microseconds($0) }
+        factory.durationHistogramBuckets["signpost_upstream_duration_seconds"] =
+            [100, 250, 500, 1000, 2500, 5000, 10_000, 25_000, 100_000, 500_000, 2_000_000].map { Duration.microseconds($0) }
+        MetricsSystem.bootstrap(factory)
 
-        let resolverConfig: ResolverConfiguration
-        let serverConfig: DNSServer.Configuration
-        do {
-            guard let domainName = try? DNSName(domain), domainName.labelCount > 0 else {
-                throw ConfigurationError("invalid --domain \"\(domain)\"")
-            }
-            guard let nodeTTLValue = parseDuration(nodeTTL) else { throw ConfigurationError("invalid --node-ttl \"\(nodeTTL)\"") }
-            guard let idle = parseDuration(tcpIdleTimeout), idle > 0 else {
-                throw ConfigurationError("invalid --tcp-idle-timeout \"\(tcpIdleTimeout)\"")
-            }
-            guard (512...65535).contains(maxUDPSize) else { throw ConfigurationError("--max-udp-size must be 512-65535") }
-            let addresses = try listen.map { text throws(ConfigurationError) in try ListenAddress(parsing: text) }
-            let nsAddresses = addresses.compactMap { Address($0.host) }.filter {
-                $0 != Address("0.0.0.0") && $0 != Address("::")
-            }
-            resolverConfig = ResolverConfiguration(
-                domain: domainName, datacenter: catalogOptions.datacenter, onlyPassing: onlyPassing, order: order,
-                serviceTTL: try TTLPolicy.parse(serviceTTL), nodeTTL: nodeTTLValue,
-                maxUDPSize: maxUDPSize, nameserverAddresses: nsAddresses.isEmpty ? [Address("127.0.0.1")!] : nsAddresses)
-            serverConfig = DNSServer.Configuration(listen: addresses, tcpIdleTimeout: .seconds(Int64(idle)), udpEngine: udpEngine,
-                                                   udpWorkers: threads ?? NIOCore.System.coreCount)
-        } catch let error as ConfigurationError {
-            throw StartupError(message: error.description, code: 64)
+        let configured = Result { () throws(ConfigurationError) in try configurations() }
+        guard case .success(let (resolverConfig, serverConfig)) = configured else {
+            if case .failure(let error) = configured { throw StartupError(message: error.description, code: 64) }
+            return
         }
-
-        var maxStaleValue: Duration? = nil
-        if let maxStale {
-            guard let seconds = parseDuration(maxStale), seconds > 0 else { throw StartupError(message: "invalid --max-stale \"\(maxStale)\"", code: 64) }
-            maxStaleValue = .seconds(Int64(seconds))
-        }
+        let maxStaleValue = try maxStaleDuration()
         var specs: [RegistrySpec] = []
         if let c = catalogOptions.catalog { specs.append(.file(directory: c)) }
         do {
@@ -259,14 +281,19 @@ struct Serve: AsyncParsableCommand {
         let forwarding = try forwardingSetup(listen: serverConfig.listen, logger: logger)
         let group = MultiThreadedEventLoopGroup(numberOfThreads: threads ?? NIOCore.System.coreCount)
         let forwarder = forwarding.map { Forwarder(configuration: $0.0, group: group, logger: logger) }
-        if let forwarder { services.append(TaskService { await forwarder.runProbes() }) }
-        let server = DNSServer(
-            configuration: serverConfig,
-            handler: QueryHandler(resolver: Resolver(configuration: resolverConfig),
-                                  store: store, logger: logger, maxStale: maxStaleValue,
-                                  forwarder: forwarder,
-                                  access: forwarding?.1 ?? AccessControl()),
-            group: group, logger: logger)
+        let slot = QueryHandlerSlot(QueryHandler(resolver: Resolver(configuration: resolverConfig),
+                                                 store: store, logger: logger, maxStale: maxStaleValue,
+                                                 forwarder: forwarder, access: forwarding?.1 ?? AccessControl(),
+                                                 observer: QueryObserver(queryLog: queryLog ? Logger(label: "signpost.query") : nil)))
+        let server = DNSServer(configuration: serverConfig, handler: slot, group: group, logger: logger)
+        let reloader = Reloader(running: self, listen: serverConfig.listen, slot: slot, forwarder: forwarder, forwarding: forwarding?.0,
+                                fileWatchers: fileWatchers, group: group, logger: logger)
+        // Trap SIGHUP before anything can send it: its default action would end the process.
+        let hangups = await UnixSignalsSequence(trapping: .sighup)
+        services.append(TaskService {
+            for await _ in hangups.cancelOnGracefulShutdown() { await reloader.reload() }
+        })
+        services.append(TaskService { await InstanceCounter(store: store).run() })
         var adminServer: AdminServer? = nil
         if let admin {
             do {

@@ -1,4 +1,6 @@
 import DNSWire
+import Foundation
+import FuzzChecks
 import NIOCore
 import Testing
 
@@ -59,37 +61,72 @@ struct DifferentialTests {
         var compared = 0
         var tolerated = 0
         for packet in corpus {
-            let ldns = LDNS.parse(packet)
-            let ours = try? Message(from: ByteBuffer(bytes: packet))
-            // Deliberate differences (listed in the README), and nothing else, are tolerated:
-            // we reject forward pointers, names in RDATA that run past RDLENGTH, and bytes left over
-            // after typed RDATA; ldns rejects RDATA of types it knows that we keep opaque (RFC 3597).
-            if ldns != nil, ours == nil {
-                let reason = rejectionReason(packet)
-                let rdataName = ["NS.nsdname", "CNAME.cname", "PTR.ptrdname", "MX.exchange", "SRV.target", "SOA.mname", "SOA.rname"]
-                let deliberate = reason.map {
-                    $0.kind == .forwardPointer || ($0.kind == .badValue && $0.field.hasSuffix(".length"))
-                        || ($0.kind == .truncated && rdataName.contains($0.field))
-                } ?? false
-                #expect(deliberate, "ldns accepted a packet we reject (\(String(describing: reason))): \(packet.map(format2).joined())")
-                if deliberate { tolerated += 1 }
-                continue
-            }
-            if ldns == nil, let ours {
-                let typed: Set<UInt16> = [RRType.a, RRType.aaaa, RRType.ns, RRType.cname, RRType.ptr, RRType.mx, RRType.txt,
-                                          RRType.srv, RRType.soa, RRType.opt]
-                let all = ours.answers + ours.authority + ours.additional
-                #expect(all.contains { !typed.contains($0.type) }, "ldns rejected a packet we accept: \(packet.map(format2).joined())")
-                tolerated += 1
-                continue
-            }
-            if let ldns, let ours {
-                assertAgree(ldns, ours)
-                compared += 1
+            switch differential(packet) {
+            case .compared: compared += 1
+            case .tolerated: tolerated += 1
+            case .bothRejected: break
             }
         }
         #expect(compared > 100, "too few packets accepted by both to mean anything")
         #expect(tolerated < corpus.count / 20, "deliberate differences should be rare")
+    }
+
+
+    enum Agreement { case compared, tolerated, bothRejected }
+
+    /// Our parser against ldns_wire2pkt on one packet: both reject, or both accept with the same fields, or
+    /// they differ in one of the deliberate, documented ways (and nothing else).
+    func differential(_ packet: [UInt8], sourceLocation: SourceLocation = #_sourceLocation) -> Agreement {
+        let ldns = LDNS.parse(packet)
+        let ours = try? Message(from: ByteBuffer(bytes: packet))
+        // Deliberate differences (listed in the README), and nothing else, are tolerated:
+        // we reject forward pointers, names in RDATA that run past RDLENGTH, and bytes left over
+        // after typed RDATA; ldns rejects RDATA of types it knows that we keep opaque (RFC 3597).
+        if ldns != nil, ours == nil {
+            let reason = rejectionReason(packet)
+            let rdataName = ["NS.nsdname", "CNAME.cname", "PTR.ptrdname", "MX.exchange", "SRV.target", "SOA.mname", "SOA.rname"]
+            let deliberate = reason.map {
+                $0.kind == .forwardPointer || ($0.kind == .badValue && $0.field.hasSuffix(".length"))
+                    || ($0.kind == .truncated && rdataName.contains($0.field))
+            } ?? false
+            #expect(deliberate, "ldns accepted a packet we reject (\(String(describing: reason))): \(packet.map(format2).joined())",
+                    sourceLocation: sourceLocation)
+            return .tolerated
+        }
+        if ldns == nil, let ours {
+            let typed: Set<UInt16> = [RRType.a, RRType.aaaa, RRType.ns, RRType.cname, RRType.ptr, RRType.mx, RRType.txt,
+                                      RRType.srv, RRType.soa, RRType.opt]
+            let all = ours.answers + ours.authority + ours.additional
+            #expect(all.contains { !typed.contains($0.type) }, "ldns rejected a packet we accept: \(packet.map(format2).joined())",
+                    sourceLocation: sourceLocation)
+            return .tolerated
+        }
+        if let ldns, let ours {
+            assertAgree(ldns, ours, sourceLocation: sourceLocation)
+            return .compared
+        }
+        return .bothRejected
+    }
+
+    /// The fuzz corpus and every crash reproducer (fuzz/), replayed: ldns agrees as above, and the fuzz
+    /// targets' own checks hold (parsers, the whole query path, fast against general).
+    @Test func fuzzCorpusReplays() throws {
+        let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+        var files: [URL] = []
+        for dir in ["fuzz/corpus/parser", "fuzz/corpus/query", "fuzz/crashes"] {
+            let url = root.appendingPathComponent(dir)
+            files += ((try? FileManager.default.contentsOfDirectory(at: url, includingPropertiesForKeys: nil)) ?? [])
+                .filter { !$0.lastPathComponent.hasPrefix(".") && $0.pathExtension != "md" }
+        }
+        #expect(files.count >= 40, "the corpus is missing: \(files.count) files")
+        var agreements: [Agreement] = []
+        for file in files {
+            let packet = Array(try Data(contentsOf: file))
+            agreements.append(differential(packet))
+            let problems = packet.withUnsafeBytes { FuzzChecks.parser($0) + FuzzChecks.queryPath($0) }
+            #expect(problems.isEmpty, "\(file.lastPathComponent): \(problems)")
+        }
+        #expect(agreements.filter { $0 == .compared }.count >= 20)
     }
 
     private func rejectionReason(_ packet: [UInt8]) -> WireError? {

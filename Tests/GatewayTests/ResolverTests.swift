@@ -48,7 +48,8 @@ struct NamingTests {
         // Address families
         Case(name: "api.service.consul", type: RRType.aaaa, rcode: RCode.noError, addresses: ["2001:db8::21"]),
         Case(name: "api.service.consul", type: RRType.a, rcode: RCode.noError, addresses: ["192.0.2.22"]),
-        Case(name: "api.service.consul", type: RRType.any, rcode: RCode.noError, addresses: ["192.0.2.22", "2001:db8::21"]),
+        // RFC 8482: ANY gets one RRset, A first.
+        Case(name: "api.service.consul", type: RRType.any, rcode: RCode.noError, addresses: ["192.0.2.22"]),
         Case(name: "web.service.consul", type: RRType.aaaa, rcode: RCode.noError, addresses: []),  // NODATA
         Case(name: "web.service.consul", type: RRType.txt, rcode: RCode.noError, addresses: []),   // NODATA
         // Nothing healthy, or nothing at all
@@ -126,6 +127,19 @@ struct NamingTests {
         // Without data for the hostname, the CNAME alone is the answer.
         let bare = resolver.resolve(Question(name: Fixture.name("db.service.consul"), type: RRType.a), in: snapshot)
         #expect(bare.rcode == RCode.noError && bare.answers.count == 1)
+    }
+
+    @Test("ANY gets one RRset (RFC 8482), never the whole name")
+    func minimalAny() {
+        let any = { (name: String) in self.resolver.resolve(Question(name: Fixture.name(name), type: RRType.any), in: self.snapshot) }
+        let web = any("web.service.consul")
+        #expect(Set(web.answers.map(\.type)) == [RRType.a] && web.answers.count == 3 && web.additional.isEmpty && web.authority.isEmpty)
+        let apex = any("consul")
+        #expect(apex.answers.map(\.type) == [RRType.soa] && apex.additional.isEmpty)
+        let node = any("web-1.node.consul")  // A and TXT at the name: only A
+        #expect(node.answers.map(\.type) == [RRType.a])
+        let none = any("nosuch.service.consul")
+        #expect(none.rcode == RCode.nxDomain && none.authority.map(\.type) == [RRType.soa])
     }
 
     @Test func nodeTXTCarriesMeta() {

@@ -16,7 +16,7 @@ import NIOCore
 public final class Forwarder: Sendable {
     public enum Policy: String, Sendable, CaseIterable { case sequential, random, round_robin }
 
-    public struct Configuration: Sendable {
+    public struct Configuration: Sendable, Equatable {
         public var upstreams: [SocketAddress]
         public var policy: Policy = .sequential
         public var timeout: TimeAmount = .seconds(2)
@@ -46,6 +46,8 @@ public final class Forwarder: Sendable {
     private let overloaded = Counter(label: "signpost_forward_overload_total")
     private let hits = Counter(label: "signpost_cache_requests_total", dimensions: [("result", "hit")])
     private let misses = Counter(label: "signpost_cache_requests_total", dimensions: [("result", "miss")])
+    /// Per upstream: exchange latency, and failures by kind.
+    private let upstreamMetrics: [(duration: Timer, timeout: Counter, error: Counter, servfail: Counter, refused: Counter)]
 
     public init(configuration: Configuration, group: any EventLoopGroup, logger: Logger) {
         self.configuration = configuration
@@ -54,6 +56,14 @@ public final class Forwarder: Sendable {
         self.client = UpstreamClient(group: group, timeout: configuration.timeout)
         self.logger = logger
         self.failures = NIOLockedValueBox(Array(repeating: 0, count: configuration.upstreams.count))
+        self.upstreamMetrics = configuration.upstreams.map { upstream in
+            let name = "\(upstream.ipAddress ?? "?"):\(upstream.port ?? 0)"
+            func failures(_ reason: String) -> Counter {
+                Counter(label: "signpost_upstream_failures_total", dimensions: [("upstream", name), ("reason", reason)])
+            }
+            return (Timer(label: "signpost_upstream_duration_seconds", dimensions: [("upstream", name)]),
+                    failures("timeout"), failures("error"), failures("servfail"), failures("refused"))
+        }
     }
 
     /// Counts a hit that the fast path answered from `cache.wire`.
@@ -109,10 +119,13 @@ public final class Forwarder: Sendable {
             running.withLockedValue { $0 -= 1 }
         }
         for i in order() {
+            let started = Uptime.nanoseconds
             do {
                 let reply = try await client.exchange(question, dnssecOK: dnssecOK, upstream: configuration.upstreams[i])
+                upstreamMetrics[i].duration.recordNanoseconds(Int64(Uptime.nanoseconds - started))
                 let rcode = reply.rcode
                 if rcode == RCode.servFail || rcode == RCode.refused {
+                    (rcode == RCode.servFail ? upstreamMetrics[i].servfail : upstreamMetrics[i].refused).increment()
                     markFailure(i)
                     continue
                 }
@@ -121,6 +134,7 @@ public final class Forwarder: Sendable {
                 return .answer(Answer(rcode: rcode, authoritative: false, answers: reply.answers, authority: reply.authority,
                                       additional: reply.additional.filter { $0.type != RRType.opt }))
             } catch {
+                (error is UpstreamClient.Timeout ? upstreamMetrics[i].timeout : upstreamMetrics[i].error).increment()
                 markFailure(i)
                 logger.debug("upstream failed", metadata: ["upstream": "\(configuration.upstreams[i])", "error": "\(error)"])
             }

@@ -22,12 +22,19 @@ public final class DNSServer: Service, Sendable {
         public var udpEngine: UDPEngine
         /// Sockets and threads per address for the mmsg engine.
         public var udpWorkers: Int
+        /// TCP connections open at once; a new one beyond this closes the least recently active one.
+        public var tcpMaxConnections: Int
+        /// Forwarded queries one TCP connection may have waiting; beyond this its reads pause.
+        public var tcpMaxInflight: Int
 
-        public init(listen: [ListenAddress], tcpIdleTimeout: TimeAmount = .seconds(10), udpEngine: UDPEngine = .nio, udpWorkers: Int = 1) {
+        public init(listen: [ListenAddress], tcpIdleTimeout: TimeAmount = .seconds(10), udpEngine: UDPEngine = .nio, udpWorkers: Int = 1,
+                    tcpMaxConnections: Int = 512, tcpMaxInflight: Int = 32) {
             self.listen = listen
             self.tcpIdleTimeout = tcpIdleTimeout
             self.udpEngine = udpEngine
             self.udpWorkers = udpWorkers
+            self.tcpMaxConnections = tcpMaxConnections
+            self.tcpMaxInflight = tcpMaxInflight
         }
     }
 
@@ -46,12 +53,14 @@ public final class DNSServer: Service, Sendable {
     private let channels = NIOLockedValueBox<[any Channel]>([])
     private let bound = NIOLockedValueBox<[ListenAddress]>([])
     private let batchServers = NIOLockedValueBox<[UDPBatchServer]>([])
+    private let connections: TCPConnections
 
     public convenience init(configuration: Configuration, handler: QueryHandler, group: any EventLoopGroup, logger: Logger) {
         self.init(configuration: configuration, handler: QueryHandlerSlot(handler), group: group, logger: logger)
     }
 
     public init(configuration: Configuration, handler: QueryHandlerSlot, group: any EventLoopGroup, logger: Logger) {
+        self.connections = TCPConnections(limit: configuration.tcpMaxConnections)
         self.configuration = configuration
         self.handler = handler
         self.group = group
@@ -153,17 +162,20 @@ public final class DNSServer: Service, Sendable {
         let handler = self.handler
         let logger = self.logger
         let idle = configuration.tcpIdleTimeout
+        let maxInflight = configuration.tcpMaxInflight
+        let connections = self.connections
         let bootstrap = ServerBootstrap(group: group)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
-            .serverChannelOption(.backlog, value: 256)
+            .serverChannelOption(.backlog, value: 1024)
             .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
             .childChannelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture {
+                connections.admit(channel)
+                return channel.eventLoop.makeCompletedFuture {
                     let ops = channel.pipeline.syncOperations
-                    try ops.addHandler(IdleStateHandler(readTimeout: idle))
                     try ops.addHandler(ByteToMessageHandler(LengthFieldBasedFrameDecoder(lengthFieldBitLength: .twoBytes)))
                     try ops.addHandler(LengthFieldPrepender(lengthFieldBitLength: .twoBytes))
-                    try ops.addHandler(TCPQueryHandler(handler: handler, logger: logger))
+                    try ops.addHandler(TCPQueryHandler(handler: handler, logger: logger, idleTimeout: idle, maxInflight: maxInflight,
+                                                       connections: connections))
                 }
             }
         do {
@@ -204,15 +216,25 @@ final class UDPQueryHandler: ChannelInboundHandler, Sendable {
         switch handler.handle(envelope.data, transport: .udp, client: envelope.remoteAddress, eventLoop: context.eventLoop) {
         case .now(let response):
             handler.observe(envelope.data, response, .udp, started, envelope.remoteAddress)
-            guard let response else { return }
+            guard let response = Self.rateLimited(handler, response, envelope.remoteAddress) else { return }
             context.write(wrapOutboundOut(AddressedEnvelope(remoteAddress: envelope.remoteAddress, data: response)), promise: nil)
         case .later(let future):
             let channel = context.channel
             future.whenSuccess { response in
                 handler.observe(envelope.data, response, .udp, started, envelope.remoteAddress)
-                guard let response else { return }
+                guard let response = Self.rateLimited(handler, response, envelope.remoteAddress) else { return }
                 channel.writeAndFlush(AddressedEnvelope(remoteAddress: envelope.remoteAddress, data: response), promise: nil)
             }
+        }
+    }
+
+    /// The response after rate limiting: itself, its truncated stand-in, or nil (dropped).
+    static func rateLimited(_ handler: QueryHandler, _ response: ByteBuffer?, _ client: SocketAddress) -> ByteBuffer? {
+        guard let response, let rrl = handler.rrl else { return response }
+        switch rrl.decide(client) {
+        case .send: return response
+        case .drop: return nil
+        case .slip: return ByteBuffer(bytes: response.withUnsafeReadableBytes { ResponseRateLimiter.slipped($0) })
         }
     }
 
@@ -226,25 +248,52 @@ final class UDPQueryHandler: ChannelInboundHandler, Sendable {
 }
 
 /// Answers each length-framed query as it arrives, so pipelined queries never wait on one another.
-final class TCPQueryHandler: ChannelInboundHandler, Sendable {
+/// - A connection with no complete query for `idleTimeout` is closed (RFC 7766 §6.2.3); a client trickling
+///   bytes of a frame does not keep it open.
+/// - At most `maxInflight` forwarded queries wait per connection; beyond that, reading pauses until one is answered.
+final class TCPQueryHandler: ChannelInboundHandler {
     typealias InboundIn = ByteBuffer
     typealias OutboundOut = ByteBuffer
 
     let slot: QueryHandlerSlot
     let logger: Logger
+    let idleTimeout: TimeAmount
+    let maxInflight: Int
+    let connections: TCPConnections?
+    private var idleTimer: Scheduled<Void>?
+    private var inflight = 0
 
-    init(handler: QueryHandlerSlot, logger: Logger) {
+    init(handler: QueryHandlerSlot, logger: Logger, idleTimeout: TimeAmount = .seconds(10), maxInflight: Int = 32,
+         connections: TCPConnections? = nil) {
         self.slot = handler
         self.logger = logger
+        self.idleTimeout = idleTimeout
+        self.maxInflight = maxInflight
+        self.connections = connections
     }
 
     convenience init(handler: QueryHandler, logger: Logger) {
         self.init(handler: QueryHandlerSlot(handler), logger: logger)
     }
 
+    func handlerAdded(context: ChannelHandlerContext) { armIdleTimer(context) }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        idleTimer?.cancel()
+        connections?.remove(context.channel)
+    }
+
+    private func armIdleTimer(_ context: ChannelHandlerContext) {
+        idleTimer?.cancel()
+        let channel = context.channel
+        idleTimer = context.eventLoop.scheduleTask(in: idleTimeout) { channel.close(promise: nil) }
+    }
+
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let started = Uptime.nanoseconds
         let frame = unwrapInboundIn(data)
+        armIdleTimer(context)
+        connections?.touch(context.channel)
         let handler = slot.handler
         let client = context.channel.remoteAddress
         switch handler.handle(frame, transport: .tcp, client: client, eventLoop: context.eventLoop) {
@@ -254,8 +303,17 @@ final class TCPQueryHandler: ChannelInboundHandler, Sendable {
             context.write(wrapOutboundOut(response), promise: nil)
         case .later(let future):
             // Forwarded answers go out when they arrive; pipelined queries do not wait for them (RFC 7766).
+            inflight += 1
+            if inflight >= maxInflight { context.channel.setOption(.autoRead, value: false).whenFailure { _ in } }
             let channel = context.channel
-            future.whenSuccess { response in
+            let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
+            future.hop(to: context.eventLoop).whenComplete { result in
+                let this = loopBound.value
+                this.inflight -= 1
+                if this.inflight == this.maxInflight - 1 {
+                    channel.setOption(.autoRead, value: true).whenSuccess { channel.read() }
+                }
+                guard case .success(let response) = result else { return }
                 handler.observe(frame, response, .tcp, started, client)
                 guard let response else { return }
                 channel.writeAndFlush(response, promise: nil)
@@ -267,16 +325,37 @@ final class TCPQueryHandler: ChannelInboundHandler, Sendable {
         context.flush()
     }
 
-    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
-        if event is IdleStateHandler.IdleStateEvent {
-            context.close(promise: nil)
-        } else {
-            context.fireUserInboundEventTriggered(event)
-        }
-    }
-
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
         logger.debug("tcp connection error", metadata: ["error": "\(error)"])
         context.close(promise: nil)
     }
+}
+
+/// The open TCP connections, so that a flood of idle or half-open ones cannot lock new clients out: beyond
+/// `limit`, admitting one closes the connection that has been quiet longest.
+final class TCPConnections: Sendable {
+    private let limit: Int
+    private let open = NIOLockedValueBox<[ObjectIdentifier: (channel: any Channel, active: UInt64)]>([:])
+
+    init(limit: Int) { self.limit = max(1, limit) }
+
+    func admit(_ channel: any Channel) {
+        let evicted: (any Channel)? = open.withLockedValue { open in
+            open[ObjectIdentifier(channel)] = (channel, Uptime.nanoseconds)
+            guard open.count > limit, let oldest = open.min(by: { $0.value.active < $1.value.active }) else { return nil }
+            open[oldest.key] = nil
+            return oldest.value.channel
+        }
+        evicted?.close(promise: nil)
+    }
+
+    func touch(_ channel: any Channel) {
+        open.withLockedValue { $0[ObjectIdentifier(channel)]?.active = Uptime.nanoseconds }
+    }
+
+    func remove(_ channel: any Channel) {
+        _ = open.withLockedValue { $0.removeValue(forKey: ObjectIdentifier(channel)) }
+    }
+
+    var count: Int { open.withLockedValue { $0.count } }
 }

@@ -37,9 +37,13 @@ public struct QueryHandler: Sendable {
     public let access: AccessControl
     /// Metrics and the optional query log, recorded by the front ends.
     public let observer: QueryObserver?
+    /// Response rate limiting for UDP (`--rrl-rate`), applied by the front ends; nil when off.
+    public let rrl: ResponseRateLimiter?
 
     public init(resolver: Resolver, store: SnapshotStore, logger: Logger, maxStale: Duration? = nil,
-                forwarder: Forwarder? = nil, access: AccessControl = AccessControl(), observer: QueryObserver? = nil) {
+                forwarder: Forwarder? = nil, access: AccessControl = AccessControl(), observer: QueryObserver? = nil,
+                rrl: ResponseRateLimiter? = nil) {
+        self.rrl = rrl
         self.resolver = resolver
         self.store = store
         self.logger = logger

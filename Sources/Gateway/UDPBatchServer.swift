@@ -132,7 +132,7 @@ final class UDPBatchServer: @unchecked Sendable {
                         observer.record(query: raw, response: UnsafeRawBufferPointer(start: outData + out * 65536, count: length), transport: .udp,
                                         started: started, client: Self.address(names + i).map { "\($0)" } ?? "-")
                     }
-                    queue(length)
+                    if let sendable = Self.rateLimit(handler, names + i, outData + out * 65536, length) { queue(sendable) }
                     continue
                 }
                 let packet = ByteBuffer(bytes: raw)
@@ -142,14 +142,21 @@ final class UDPBatchServer: @unchecked Sendable {
                     handler.observe(packet, response, .udp, started, client)
                     guard let response, response.readableBytes <= 65536 else { continue }
                     response.withUnsafeReadableBytes { (outData + out * 65536).copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
-                    queue(response.readableBytes)
+                    if let sendable = Self.rateLimit(handler, names + i, outData + out * 65536, response.readableBytes) { queue(sendable) }
                 case .later(let future):
                     let name = names[i]
                     let namelen = inMsgs[i].msg_hdr.msg_namelen
                     future.whenSuccess { response in
                         handler.observe(packet, response, .udp, started, client)
-                        guard let response else { return }
+                        guard var response else { return }
                         var to = name
+                        if let rrl = handler.rrl {
+                            switch withUnsafePointer(to: &to, { rrl.decide(sockaddr: UnsafeRawPointer($0)) }) {
+                            case .send: break
+                            case .drop: return
+                            case .slip: response = ByteBuffer(bytes: response.withUnsafeReadableBytes { ResponseRateLimiter.slipped($0) })
+                            }
+                        }
                         response.withUnsafeReadableBytes { bytes in
                             _ = withUnsafePointer(to: &to) {
                                 $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { sendto(fd, bytes.baseAddress, bytes.count, 0, $0, namelen) }
@@ -164,6 +171,21 @@ final class UDPBatchServer: @unchecked Sendable {
                 if r <= 0 { break }
                 sent += Int(r)
             }
+        }
+    }
+
+    /// Response rate limiting on an answer already in its send slot: its length to send (the same, or that of
+    /// the truncated stand-in written over it), or nil to drop it.
+    static func rateLimit(_ handler: QueryHandler, _ client: UnsafeMutablePointer<sockaddr_storage>, _ slot: UnsafeMutableRawPointer,
+                          _ length: Int) -> Int? {
+        guard let rrl = handler.rrl else { return length }
+        switch rrl.decide(sockaddr: UnsafeRawPointer(client)) {
+        case .send: return length
+        case .drop: return nil
+        case .slip:
+            let short = ResponseRateLimiter.slipped(UnsafeRawBufferPointer(start: slot, count: length))
+            short.withUnsafeBytes { slot.copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
+            return short.count
         }
     }
 

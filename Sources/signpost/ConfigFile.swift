@@ -14,7 +14,8 @@ enum ConfigFile {
         "registry": .strings, "max-stale": .string, "admin": .string, "upstream": .strings, "no-forward": .bool,
         "upstream-policy": .string, "upstream-timeout": .string, "max-concurrent": .integer, "cache-size": .integer,
         "cache-min-ttl": .string, "cache-max-ttl": .string, "stale-ttl": .string, "allow-recursion": .strings,
-        "query-log": .bool, "udp-engine": .string,
+        "query-log": .bool, "udp-engine": .string, "user": .string, "tcp-max-connections": .integer, "tcp-max-inflight": .integer,
+        "rrl-rate": .integer, "rrl-slip": .integer, "rrl-exempt": .strings,
     ]
     /// The subset `signpost check` uses; the other keys are still validated.
     static let checkKeys: Set<String> = ["catalog", "zones", "datacenter"]

@@ -48,9 +48,11 @@ final class Reloader: Sendable {
             do { resolverConfig = try serve.configurations().0 } catch { throw Failure(reason: error.description) }
             let maxStale: Duration?
             let setup: (Forwarder.Configuration, AccessControl)?
+            let rrl: ResponseRateLimiter?
             do {
                 maxStale = try serve.maxStaleDuration()
                 setup = try serve.forwardingSetup(listen: listen, logger: logger)
+                rrl = try serve.rateLimiter()
             } catch let error as StartupError {
                 throw Failure(reason: error.message)
             }
@@ -70,9 +72,11 @@ final class Reloader: Sendable {
                 return fresh
             }
             let old = slot.handler
+            // The rate limiter keeps its buckets unless its settings changed.
+            let limiter = old.rrl.flatMap { current in rrl.flatMap { current.configuration == $0.configuration ? current : nil } } ?? rrl
             slot.replace(with: QueryHandler(resolver: Resolver(configuration: resolverConfig), store: old.store, logger: old.logger,
                                             maxStale: maxStale, forwarder: forwarder, access: setup?.1 ?? AccessControl(),
-                                            observer: QueryObserver(queryLog: serve.queryLog ? queryLog : nil)))
+                                            observer: QueryObserver(queryLog: serve.queryLog ? queryLog : nil), rrl: limiter))
             var problems = 0
             for watcher in fileWatchers { problems += await watcher.refresh().count }
             logger.info("reloaded", metadata: ["forwarding": "\(forwarder == nil ? "off" : "on")",

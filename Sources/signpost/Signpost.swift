@@ -11,6 +11,10 @@ import NIOPosix
 import ServiceLifecycle
 import UnixSignals
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
 @main
 struct Signpost: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -109,6 +113,12 @@ struct Serve: AsyncParsableCommand {
     @Option(name: .long, help: ArgumentHelp("Close idle TCP connections after this long.", valueName: "DURATION"))
     var tcpIdleTimeout: String = "10s"
 
+    @Option(name: .long, help: "TCP connections open at once; a new one beyond this closes the one quiet longest.")
+    var tcpMaxConnections: Int = 512
+
+    @Option(name: .long, help: "Forwarded queries one TCP connection may have waiting; beyond this its reads pause.")
+    var tcpMaxInflight: Int = 32
+
     @Option(name: .long, help: "Log level: trace, debug, info, notice, warning, error, critical.")
     var logLevel: String = "info"
 
@@ -120,6 +130,31 @@ struct Serve: AsyncParsableCommand {
 
     @Option(name: .long, help: ArgumentHelp("Serve /health, /ready and /metrics over HTTP here. Off by default.", valueName: "HOST:PORT"))
     var admin: String?
+
+    @Option(name: .long, help: ArgumentHelp("UDP responses per second per client network (/24, /56); 0 turns rate limiting off (the default).", valueName: "N"))
+    var rrlRate: Int = 0
+
+    @Option(name: .long, help: ArgumentHelp("With --rrl-rate: every Nth limited response is sent truncated instead of dropped; 0 never.", valueName: "N"))
+    var rrlSlip: Int = 2
+
+    @Option(name: .long, help: ArgumentHelp("Networks never rate limited. Repeatable; \"none\" for none. Default: loopback (it cannot be spoofed from outside).", valueName: "CIDR"))
+    var rrlExempt: [String] = []
+
+    /// The response rate limiter, or nil when `--rrl-rate` is 0.
+    func rateLimiter() throws -> ResponseRateLimiter? {
+        guard rrlRate != 0 else { return nil }
+        guard rrlRate > 0, rrlSlip >= 0 else { throw StartupError(message: "--rrl-rate and --rrl-slip must not be negative", code: 64) }
+        var exempt = ResponseRateLimiter.loopback
+        if !rrlExempt.isEmpty {
+            do { exempt = try rrlExempt.filter { $0 != "none" }.map { t throws(ConfigurationError) in try CIDR(t) } } catch {
+                throw StartupError(message: error.description, code: 64)
+            }
+        }
+        return ResponseRateLimiter(configuration: .init(rate: rrlRate, slip: rrlSlip, exempt: exempt))
+    }
+
+    @Option(name: .long, help: ArgumentHelp("Started as root: switch to this user once the ports are bound (so port 53 needs no root afterwards).", valueName: "NAME"))
+    var user: String?
 
     @Flag(name: .long, help: "Log every query (client, name, type, protocol, rcode, size, duration) at info level. Off by default.")
     var queryLog = false
@@ -208,6 +243,7 @@ struct Serve: AsyncParsableCommand {
             throw ConfigurationError("invalid --tcp-idle-timeout \"\(tcpIdleTimeout)\"")
         }
         guard (512...65535).contains(maxUDPSize) else { throw ConfigurationError("--max-udp-size must be 512-65535") }
+        guard tcpMaxConnections > 0, tcpMaxInflight > 0 else { throw ConfigurationError("--tcp-max-connections and --tcp-max-inflight must be positive") }
         let addresses = try listen.map { text throws(ConfigurationError) in try ListenAddress(parsing: text) }
         let nsAddresses = addresses.compactMap { Address($0.host) }.filter {
             $0 != Address("0.0.0.0") && $0 != Address("::")
@@ -217,7 +253,8 @@ struct Serve: AsyncParsableCommand {
             serviceTTL: try TTLPolicy.parse(serviceTTL), nodeTTL: nodeTTLValue,
             maxUDPSize: maxUDPSize, nameserverAddresses: nsAddresses.isEmpty ? [Address("127.0.0.1")!] : nsAddresses)
         let serverConfig = DNSServer.Configuration(listen: addresses, tcpIdleTimeout: .seconds(Int64(idle)), udpEngine: udpEngine,
-                                                   udpWorkers: threads ?? NIOCore.System.coreCount)
+                                                   udpWorkers: threads ?? NIOCore.System.coreCount,
+                                                   tcpMaxConnections: tcpMaxConnections, tcpMaxInflight: tcpMaxInflight)
         return (resolverConfig, serverConfig)
     }
 
@@ -231,7 +268,7 @@ struct Serve: AsyncParsableCommand {
     var restartOnlySettings: String {
         "\(listen) \(String(describing: threads)) \(udpEngine) \(String(describing: admin)) \(registry) "
             + "\(String(describing: catalogOptions.catalog)) \(String(describing: catalogOptions.zonesDirectory())) "
-            + "\(catalogOptions.datacenter) \(logLevel) \(tcpIdleTimeout)"
+            + "\(catalogOptions.datacenter) \(logLevel) \(tcpIdleTimeout) \(tcpMaxConnections) \(tcpMaxInflight)"
     }
 
     func run() async throws {
@@ -244,6 +281,12 @@ struct Serve: AsyncParsableCommand {
             return handler
         }
         let logger = Logger(label: "signpost")
+        // Each TCP connection is a descriptor: allow as many as the hard limit does.
+        var files = rlimit()
+        if getrlimit(Int32(RLIMIT_NOFILE.rawValue), &files) == 0, files.rlim_cur < files.rlim_max {
+            files.rlim_cur = files.rlim_max
+            _ = setrlimit(Int32(RLIMIT_NOFILE.rawValue), &files)
+        }
         let prometheus = PrometheusCollectorRegistry()
         var factory = PrometheusMetricsFactory(registry: prometheus)
         // Answers take microseconds; forwarded ones, milliseconds.
@@ -284,7 +327,8 @@ struct Serve: AsyncParsableCommand {
         let slot = QueryHandlerSlot(QueryHandler(resolver: Resolver(configuration: resolverConfig),
                                                  store: store, logger: logger, maxStale: maxStaleValue,
                                                  forwarder: forwarder, access: forwarding?.1 ?? AccessControl(),
-                                                 observer: QueryObserver(queryLog: queryLog ? Logger(label: "signpost.query") : nil)))
+                                                 observer: QueryObserver(queryLog: queryLog ? Logger(label: "signpost.query") : nil),
+                                                 rrl: try rateLimiter()))
         let server = DNSServer(configuration: serverConfig, handler: slot, group: group, logger: logger)
         let reloader = Reloader(running: self, listen: serverConfig.listen, slot: slot, forwarder: forwarder, forwarding: forwarding?.0,
                                 fileWatchers: fileWatchers, group: group, logger: logger)
@@ -312,6 +356,13 @@ struct Serve: AsyncParsableCommand {
             try? await group.shutdownGracefully()
             throw StartupError(message: error.description)
         }
+        if let user {
+            do { try dropPrivileges(to: user) } catch let error as StartupError {
+                try? await group.shutdownGracefully()
+                throw error
+            }
+            logger.info("running as \(user)")
+        }
         for w in fileWatchers { await w.refresh() }
         if let (config, _) = forwarding {
             logger.info("forwarding other names", metadata: ["upstreams": "\(config.upstreams.map { "\($0)" })",
@@ -327,6 +378,21 @@ struct Serve: AsyncParsableCommand {
         try await serviceGroup.run()
         try? await group.shutdownGracefully()
     }
+}
+
+/// Switches the whole process (every thread: glibc applies setuid to all of them) to `name`, its group, and no
+/// supplementary groups; then checks that root cannot be regained.
+func dropPrivileges(to name: String) throws {
+    guard let entry = getpwnam(name) else { throw StartupError(message: "--user \(name): no such user", code: 64) }
+    let (uid, gid) = (entry.pointee.pw_uid, entry.pointee.pw_gid)
+    if getuid() == uid && geteuid() == uid { return }
+    guard geteuid() == 0 else {
+        throw StartupError(message: "--user \(name): only root can switch users (running as uid \(geteuid()))", code: 64)
+    }
+    guard setgroups(0, nil) == 0, setgid(gid) == 0, setuid(uid) == 0 else {
+        throw StartupError(message: "--user \(name): \(String(cString: strerror(errno)))")
+    }
+    guard setuid(0) != 0, geteuid() == uid else { throw StartupError(message: "--user \(name): root privileges could be regained") }
 }
 
 /// One watcher per registry, plus one for the zone files. File watchers are returned separately,

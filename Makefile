@@ -7,7 +7,7 @@ SUDO     := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 # System packages: what building and serving needs, and what the test suite adds.
 RUN_PACKAGES  := libldns-dev libssl-dev pkg-config
-TEST_PACKAGES := $(RUN_PACKAGES) bind9-dnsutils knot-dnsutils ldnsutils iproute2 etcd-server etcd-client knot
+TEST_PACKAGES := $(RUN_PACKAGES) bind9-dnsutils knot-dnsutils ldnsutils iproute2 etcd-server etcd-client knot dnsperf
 
 .PHONY: run test build deps test-deps check clean bench bench-registry bench-forward bench-micro fuzz
 
@@ -39,6 +39,7 @@ check: build
 	.build/release/signpost check --catalog zones/catalog --zones zones
 
 test: test-deps
+	$(SWIFT) build -c release --product signpost
 	$(SWIFT) build --build-tests
 	$(SWIFT) test --skip-build --disable-xctest
 

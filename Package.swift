@@ -48,6 +48,8 @@ let package = Package(
         ),
         // recvmmsg/sendmmsg, which Swift's Glibc module hides (they need _GNU_SOURCE).
         .target(name: "CUDPBatch"),
+        // Dropping root on a thread glibc's setuid() skips (--user).
+        .target(name: "CPrivileges"),
         // Resolver, UDP/TCP front ends.
         .target(
             name: "Gateway",
@@ -73,7 +75,7 @@ let package = Package(
         .executableTarget(
             name: "signpost",
             dependencies: [
-                "Gateway", "Catalog", "DNSWire",
+                "Gateway", "Catalog", "DNSWire", "CPrivileges",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),

@@ -292,8 +292,10 @@ final class TCPQueryHandler: ChannelInboundHandler {
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let started = Uptime.nanoseconds
         let frame = unwrapInboundIn(data)
-        armIdleTimer(context)
-        connections?.touch(context.channel)
+        if frame.readableBytes >= 12 {  // a query, not an empty or header-less frame, keeps the connection open
+            armIdleTimer(context)
+            connections?.touch(context.channel)
+        }
         let handler = slot.handler
         let client = context.channel.remoteAddress
         switch handler.handle(frame, transport: .tcp, client: client, eventLoop: context.eventLoop) {

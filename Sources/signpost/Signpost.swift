@@ -1,4 +1,5 @@
 import ArgumentParser
+import CPrivileges
 import Catalog
 import DNSWire
 import Foundation
@@ -388,6 +389,11 @@ func dropPrivileges(to name: String) throws {
     if getuid() == uid && geteuid() == uid { return }
     guard geteuid() == 0 else {
         throw StartupError(message: "--user \(name): only root can switch users (running as uid \(geteuid()))", code: 64)
+    }
+    // The main thread first, while we may still signal it: async main parks it where setuid() does not reach.
+    let main = getpid()
+    if sp_drop_thread_privileges(main, uid, gid) != 0 {
+        throw StartupError(message: "--user \(name): could not switch the main thread")
     }
     guard setgroups(0, nil) == 0, setgid(gid) == 0, setuid(uid) == 0 else {
         throw StartupError(message: "--user \(name): \(String(cString: strerror(errno)))")

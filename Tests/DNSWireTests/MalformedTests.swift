@@ -37,6 +37,7 @@ struct MalformedTests {
         ("question without type", header() + Array(webQ.prefix(webQ.count - 4)), .rcode(RCode.formErr)),
         ("question without class", header() + Array(webQ.prefix(webQ.count - 2)), .rcode(RCode.formErr)),
         ("label type 0x40", header() + [0x41, 0x61, 0, 0, 1, 0, 1], .rcode(RCode.formErr)),
+        ("label of 64 bytes", header() + [64] + Array(repeating: UInt8(0x61), count: 64) + [0, 0, 1, 0, 1], .rcode(RCode.formErr)),
         ("label type 0x80", header() + [0x81, 0x61, 0, 0, 1, 0, 1], .rcode(RCode.formErr)),
         ("pointer to itself", header() + [0xC0, 12, 0, 1, 0, 1], .rcode(RCode.formErr)),
         ("forward pointer", header() + [0xC0, 14, 0, 1, 0, 1, 0], .rcode(RCode.formErr)),
@@ -49,6 +50,9 @@ struct MalformedTests {
         ("OPT with a non-root owner", header(ar: 1) + webQ + [1, 0x61] + Array(opt().dropFirst()), .rcode(RCode.formErr)),
         ("OPT cut short", header(ar: 1) + webQ + Array(opt().prefix(6)), .rcode(RCode.formErr)),
         ("arcount beyond the data", header(ar: 1) + webQ, .rcode(RCode.formErr)),
+        ("OPT claiming 65535 bytes of options", header(ar: 1) + webQ + Array(opt().dropLast(2)) + [0xFF, 0xFF, 0, 10], .rcode(RCode.formErr)),
+        ("OPT with 4 KB of options (ignored)", header(ar: 1) + webQ + Array(opt().dropLast(2)) + [0x10, 0x04]
+            + [0xFD, 0xE9, 0x10, 0x00] + Array(repeating: UInt8(7), count: 4096), .query),
         ("plain query", header() + webQ, .query),
         ("query with EDNS", header(ar: 1) + webQ + opt(), .query),
         ("unknown type and class", header() + Array(webQ.dropLast(4)) + [0xFF, 0x00, 0x00, 0xFE], .query),

@@ -144,6 +144,28 @@ struct OperationsTests {
         #expect(flood.prefix(50).filter { $0.isClosedByPeer() }.count == 50, "the oldest were closed")
     }
 
+    @Test func tcpFramesOfLengthZeroAndMaximumAndCutShort() throws {
+        let dir = TempDir()
+        Self.catalog(dir)
+        let server = try Server(dir: dir)
+        defer { server.stop() }
+        let conn = try #require(TCPSocket(port: server.port))
+        // A zero-length frame gets no answer; the query after it does.
+        conn.send([0, 0] + framed(queryBytes("web.service.consul", RRType.a, id: 7)))
+        #expect(try Message(from: ByteBuffer(bytes: try #require(conn.readFrame()))).header.id == 7)
+        // A 65535-byte frame: a query followed by padding, which is ignored.
+        let big = queryBytes("web.service.consul", RRType.a, id: 8)
+        conn.send(framed(big + Array(repeating: 0, count: 65535 - big.count)))
+        let reply = try Message(from: ByteBuffer(bytes: try #require(conn.readFrame())))
+        #expect(reply.header.id == 8 && reply.answers.count == 3)
+        // A frame cut short by the client closing: the server carries on.
+        do {
+            let cut = try #require(TCPSocket(port: server.port))
+            cut.send([0x03, 0xE8] + Array(repeating: 0x41, count: 10))
+        }  // closed here
+        #expect(try server.dig("+tcp", "web.service.consul", "A").data("A").count == 3)
+    }
+
     @Test func tcpIdleTimeoutIsNotResetByTricklingBytes() throws {
         let dir = TempDir()
         Self.catalog(dir)

@@ -12,9 +12,10 @@ let package = Package(
     platforms: [.macOS(.v14)],
     dependencies: [.package(path: root.path)],
     targets: [
+        .target(name: "FuzzDriver"),
         .executableTarget(name: "FuzzParser",
-                          dependencies: [.product(name: "SignpostKit", package: root.lastPathComponent.lowercased())]),
+                          dependencies: ["FuzzDriver", .product(name: "SignpostKit", package: root.lastPathComponent.lowercased())]),
         .executableTarget(name: "FuzzQueryPath",
-                          dependencies: [.product(name: "SignpostKit", package: root.lastPathComponent.lowercased())]),
+                          dependencies: ["FuzzDriver", .product(name: "SignpostKit", package: root.lastPathComponent.lowercased())]),
     ]
 )

@@ -41,7 +41,10 @@ check: build
 test: test-deps
 	$(SWIFT) build -c release --product signpost
 	$(SWIFT) build --build-tests
-	$(SWIFT) test --skip-build --disable-xctest
+	$(SWIFT) test --skip-build --disable-xctest --skip OperationsTests
+	@# The operations suite puts a 20k qps load and an 800-connection flood on the machine: it runs alone, after
+	@# the rest, so that the timing checks elsewhere (a catalog edit seen within 1 s) do not share the cores with it.
+	$(SWIFT) test --skip-build --disable-xctest --filter OperationsTests
 
 # Registry benchmark: etcd put -> DNS answer latency, RSS and CPU per update at 1k×10 and 10k×10.
 bench-registry: test-deps build

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Runs each libFuzzer target (built by `make fuzz`) for FUZZ_SECONDS with FUZZ_WORKERS processes, then merges new
 coverage into the committed corpus and reports the executions. Crash reproducers land in fuzz/crashes/, which the
-test suite replays. Usage: fuzz/run.py SECONDS [WORKERS]"""
+test suite replays. Usage: fuzz/run.py SECONDS [WORKERS [TARGET]]"""
 import os, re, shutil, subprocess, sys, tempfile
 
 ENV = dict(os.environ, ASAN_OPTIONS="detect_leaks=0")
@@ -11,6 +11,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 seconds = int(sys.argv[1]) if len(sys.argv) > 1 else 300
 workers = int(sys.argv[2]) if len(sys.argv) > 2 else os.cpu_count() or 1
 targets = [("FuzzParser", "parser"), ("FuzzQueryPath", "query")]
+if len(sys.argv) > 3:
+    targets = [t for t in targets if t[0] == sys.argv[3]]
 rows = []
 for binary, corpus in targets:
     exe = os.path.join(HERE, ".build", "release", binary)

@@ -24,13 +24,15 @@ for binary, corpus in targets:
     # No LeakSanitizer: Swift keeps enum tags in the spare bits of pointers (Address.hostname(DNSName), .v6), so
     # LSan cannot see those references and reports the fixtures built once at start as leaked, at exit. A real
     # per-input leak would still show as RSS growth, which -rss_limit_mb turns into a failure.
+    # Each worker logs to a file: libFuzzer writes progress all the time, and a pipe nobody reads would stall it.
+    logs = [tempfile.TemporaryFile(mode="w+") for _ in range(workers)]
     procs = [subprocess.Popen([exe, f"-max_total_time={seconds}", "-print_final_stats=1", "-timeout=10", "-rss_limit_mb=4096",
-                               "-detect_leaks=0",
                                f"-artifact_prefix={crashes}", f"-seed={1000 + i}", work, committed],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=ENV) for i in range(workers)]
-    for p in procs:
-        err = p.stderr.read()
+                              stdout=subprocess.DEVNULL, stderr=logs[i], env=ENV) for i in range(workers)]
+    for p, log in zip(procs, logs):
         p.wait()
+        log.seek(0)
+        err = log.read()
         m = re.search(r"stat::number_of_executed_units:\s*(\d+)", err)
         total += int(m.group(1)) if m else 0
         if p.returncode != 0:

@@ -16,7 +16,8 @@ from benchlib import free_port, wait_up, user_sys_us, split, dnsperf, stop
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIGNPOST = os.path.join(ROOT, ".build", "release", "signpost")
 RATE = int(os.environ.get("BENCH_RATE", "50000"))
-FIXED_S, SAT_S = int(os.environ.get("BENCH_SECONDS", "10")), 5
+FIXED_S, SAT_S = int(os.environ.get("BENCH_SECONDS", "5")), 5
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
 IPS = ["192.0.2.11", "192.0.2.12", "192.0.2.13"]
 
 ZONE = "$ORIGIN consul.\n$TTL 0\n@ IN SOA ns hostmaster 1 3600 600 86400 0\n@ IN NS ns\nns IN A 127.0.0.1\n" + "".join(
@@ -109,44 +110,63 @@ def main():
     work = tempfile.mkdtemp(prefix="signpost-auth-")
     rows = []
     only = [s for s in os.environ.get("BENCH_SERVERS", "").split(",") if s]
-    for name, (port, cmd) in servers(work).items():
-        if only and name not in only:
-            continue
-        proc = subprocess.Popen(["taskset", "-c", "0"] + cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
+    # Every server runs side by side, pinned to core 0 (an idle one costs nothing). The fixed load goes round them
+    # ROUNDS times and each server's median run is reported, because single runs on this machine move by ±20%.
+    started = {}
+    procs = []
+    try:
+        for name, (port, cmd) in servers(work).items():
+            if only and name not in only:
+                continue
+            proc = subprocess.Popen(["taskset", "-c", "0"] + cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            procs.append(proc)
             if not wait_up(port, "web.service.consul"):
                 print(f"{name} did not start; skipped", flush=True)
                 continue
+            started[name] = (port, proc)
+        qfiles = {}
+        for qtype in ["A", "SRV"]:
+            qfiles[qtype] = f"{work}/q-{qtype}"
+            open(qfiles[qtype], "w").write(f"web.service.consul {qtype}\n")
+        samples = {}
+        for _ in range(ROUNDS):
+            for name, (port, proc) in started.items():
+                for qtype in ["A", "SRV"]:
+                    before = user_sys_us(proc.pid)
+                    fixed = dnsperf(port, qfiles[qtype], FIXED_S, rate=RATE, verbose=True)
+                    user, sys_ = split(before, user_sys_us(proc.pid))
+                    n = max(fixed["completed"], 1)
+                    run = {"user_us": user / n, "sys_us": sys_ / n, "cpu_us": (user + sys_) / n, "avg_ms": fixed["avg_ms"],
+                           "p99_ms": fixed["p99_ms"], "lost": fixed["lost"], "sent": fixed["completed"] + fixed["lost"]}
+                    samples.setdefault((name, qtype), []).append(run)
+                    print(json.dumps({"server": name, "qtype": qtype, **run}), flush=True)
+        for name, (port, proc) in started.items():
             for qtype in ["A", "SRV"]:
-                qfile = f"{work}/q-{qtype}"
-                open(qfile, "w").write(f"web.service.consul {qtype}\n")
-                before = user_sys_us(proc.pid)
-                fixed = dnsperf(port, qfile, FIXED_S, rate=RATE, verbose=True)
-                user, sys_ = split(before, user_sys_us(proc.pid))
-                sat = dnsperf(port, qfile, SAT_S, clients=4)
-                n = max(fixed["completed"], 1)
-                row = {"server": name, "qtype": qtype, "user_us": user / n, "sys_us": sys_ / n,
-                       "avg_ms": fixed["avg_ms"], "p99_ms": fixed["p99_ms"], "lost": fixed["lost"],
-                       "sent": fixed["completed"] + fixed["lost"], "sat_qps": sat["qps"], "sat_gen": sat["gen_cpu"]}
-                row["cpu_us"] = row["user_us"] + row["sys_us"]
-                rows.append(row)
-                print(json.dumps(row), flush=True)
-        finally:
-            stop([proc])
+                runs = samples[(name, qtype)]
+                median = sorted(runs, key=lambda r: r["cpu_us"])[len(runs) // 2]
+                sat = dnsperf(port, qfiles[qtype], SAT_S, clients=4)
+                rows.append({"server": name, "qtype": qtype, **median, "runs": [r["cpu_us"] for r in runs],
+                             "lost": sum(r["lost"] for r in runs), "sent": sum(r["sent"] for r in runs),
+                             "p99_ms": max(r["p99_ms"] for r in runs), "sat_qps": sat["qps"], "sat_gen": sat["gen_cpu"]})
+    finally:
+        stop(procs)
     scale = scaling(work, only)
     lines = [f"# Authoritative benchmark, {date.today()}", "",
-             f"`make bench` on {os.cpu_count()} cores: each server alone on core 0, dnsperf on core 1. (a) {RATE // 1000}k qps for {FIXED_S} s;",
-             f"CPU is the server's user + system time per answered query, from /proc. (b) Saturation for {SAT_S} s with dnsperf's 4 clients;",
-             "the last column is dnsperf's own CPU in cores: at 0.9 or more, the load generator was the bottleneck.", ""]
+             f"`make bench` on {os.cpu_count()} cores: the servers on core 0, dnsperf on core 1. (a) {RATE // 1000}k qps for {FIXED_S} s, {ROUNDS} times",
+             "round all the servers; the table shows each server's median run (all runs in the last column), and the highest p99 and",
+             f"the total lost across its runs. CPU is the server's user + system time per answered query, from /proc.",
+             f"(b) Saturation for {SAT_S} s with dnsperf's 4 clients, once per server;",
+             "the dnsperf CPU column is dnsperf's own CPU in cores: at 0.9 or more, the load generator was the bottleneck.", ""]
     for qtype in ["A", "SRV"]:
         knot = next((r for r in rows if r["server"] == "Knot" and r["qtype"] == qtype), None)
-        lines += [f"## {qtype}", "", "| server | CPU/query | user | sys | vs Knot | avg | p99 | lost | saturation qps | vs Knot | dnsperf CPU |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+        lines += [f"## {qtype}", "", "| server | CPU/query | user | sys | vs Knot | avg | p99 | lost | saturation qps | vs Knot | dnsperf CPU | runs |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in (r for r in rows if r["qtype"] == qtype):
             rc = f"{r['cpu_us'] / knot['cpu_us']:.2f}×" if knot else "–"
             rq = f"{r['sat_qps'] / knot['sat_qps']:.2f}×" if knot else "–"
             lines.append(f"| {r['server']} | {r['cpu_us']:.1f} µs | {r['user_us']:.1f} | {r['sys_us']:.1f} | {rc} | {r['avg_ms']:.3f} ms "
-                         f"| {r['p99_ms']:.3f} ms | {r['lost']} of {r['sent']} | {r['sat_qps']:,.0f} | {rq} | {r['sat_gen']:.2f} |")
+                         f"| {r['p99_ms']:.3f} ms | {r['lost']} of {r['sent']} | {r['sat_qps']:,.0f} | {rq} | {r['sat_gen']:.2f} "
+                         f"| {', '.join(f'{x:.1f}' for x in r['runs'])} µs |")
         lines.append("")
     if scale:
         lines += ["## Scaling: one worker against two", "",

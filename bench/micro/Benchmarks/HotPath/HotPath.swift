@@ -6,7 +6,9 @@ import Catalog
 import DNSWire
 import Gateway
 import Logging
+import Metrics
 import NIOCore
+import Prometheus
 
 /// A snapshot of `count` services × 3 instances, as the catalog-file registry would build it.
 func snapshot(services count: Int) -> CatalogSnapshot {
@@ -32,6 +34,8 @@ func query(_ type: UInt16) -> [UInt8] {
 }
 
 let benchmarks: @Sendable () -> Void = {
+    // Metrics go to Prometheus, as in the server, so the observer's cost is the real one.
+    MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: PrometheusCollectorRegistry()))
     Benchmark.defaultConfiguration = .init(metrics: [.wallClock, .mallocCountTotal, .throughput], scalingFactor: .kilo,
                                            maxDuration: .seconds(2), maxIterations: 1_000)
 
@@ -86,6 +90,17 @@ let benchmarks: @Sendable () -> Void = {
         }
         Benchmark("query path \(label): into a new ByteBuffer (NIO engine)") { benchmark in
             for _ in benchmark.scaledIterations { blackHole(handler.respond(to: buffer, transport: .udp, allocator: allocator)) }
+        }
+        Benchmark("metrics \(label): QueryObserver.record (counters and histogram)") { benchmark in
+            let observer = QueryObserver()
+            bytes.withUnsafeBytes { raw in
+                let plan = handler.fastPlan(raw, transport: .udp)!
+                let length = handler.writeFast(plan, packet: raw, into: out)
+                let response = UnsafeRawBufferPointer(start: out.baseAddress, count: length)
+                for _ in benchmark.scaledIterations {
+                    observer.record(query: raw, response: response, transport: .udp, started: 0, client: "-")
+                }
+            }
         }
         Benchmark("query path \(label): general path") { benchmark in
             for _ in benchmark.scaledIterations {

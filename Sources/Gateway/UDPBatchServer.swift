@@ -137,7 +137,8 @@ final class UDPBatchServer: @unchecked Sendable {
                 }
                 let packet = ByteBuffer(bytes: raw)
                 let client = handler.forwarder == nil && handler.observer == nil ? nil : Self.address(names + i)
-                switch handler.handle(packet, transport: .udp, client: client, eventLoop: loop) {
+                // The fast paths already declined this one: straight to the general path.
+                switch handler.handleWithoutFastPath(packet, transport: .udp, client: client, eventLoop: loop) {
                 case .now(let response):
                     handler.observe(packet, response, .udp, started, client)
                     guard let response, response.readableBytes <= 65536 else { continue }

@@ -140,6 +140,11 @@ public struct DNSName: Sendable, CustomStringConvertible {
 
     /// True if `self` equals `other` or lies below it.
     public func isSubdomain(of other: DNSName) -> Bool {
+        wire.withUnsafeBytes { Self.isSubdomain(wire: $0, of: other) }
+    }
+
+    /// The same test for a name's uncompressed wire bytes read in place (already validated, e.g. by `PlainQuery`).
+    public static func isSubdomain(wire: UnsafeRawBufferPointer, of other: DNSName) -> Bool {
         let n = wire.count, m = other.wire.count
         guard n >= m else { return false }
         // The suffix must start on a label boundary.
@@ -233,7 +238,8 @@ extension DNSName: Hashable {
     }
 }
 
+/// ASCII letters folded to lower case (RFC 4343); every other byte as it is.
 @inline(__always)
-func asciiLower(_ b: UInt8) -> UInt8 {
+public func asciiLower(_ b: UInt8) -> UInt8 {
     (b >= 0x41 && b <= 0x5A) ? b | 0x20 : b
 }

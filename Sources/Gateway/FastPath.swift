@@ -41,14 +41,14 @@ extension QueryHandler {
               packet[l + 4] | 0x20 == 0x69, packet[l + 5] | 0x20 == 0x63, packet[l + 6] | 0x20 == 0x65 else { return nil }
         let domain = config.domain.wire
         guard query.nameEnd - (second + 8) == domain.count else { return nil }
-        for k in 0..<domain.count where asciiLowered(packet[second + 8 + k]) != asciiLowered(domain[k]) { return nil }
+        for k in 0..<domain.count where asciiLower(packet[second + 8 + k]) != asciiLower(domain[k]) { return nil }
 
         let snapshot = store.snapshot
         guard snapshot.isLoaded, !snapshot.zones.contains(where: { $0.origin == config.domain }) else { return nil }
         if let maxStale, let age = store.staleness(), age > maxStale { return nil }
         // Services are keyed by lower-cased name; names up to 15 bytes make a String without allocating.
         let key = String(unsafeUninitializedCapacity: first) { buffer in
-            for k in 0..<first { buffer[k] = asciiLowered(packet[DNSHeader.size + 1 + k]) }
+            for k in 0..<first { buffer[k] = asciiLower(packet[DNSHeader.size + 1 + k]) }
             return first
         }
         guard let entry = snapshot.services[key], let encoded = resolver.encodedAnswers(for: entry, in: snapshot) else { return nil }
@@ -70,23 +70,14 @@ extension QueryHandler {
         guard let forwarder else { return nil }
         let name = UnsafeRawBufferPointer(rebasing: packet[DNSHeader.size..<query.nameEnd])
         let snapshot = store.snapshot
-        guard !isSubdomain(name, of: resolver.configuration.domain), !snapshot.zones.contains(where: { isSubdomain(name, of: $0.origin) }),
+        guard !DNSName.isSubdomain(wire: name, of: resolver.configuration.domain),
+              !snapshot.zones.contains(where: { DNSName.isSubdomain(wire: name, of: $0.origin) }),
               mayRecurse(), let owned = DNSName(wire: name) else { return nil }
         let key = ForwardCache.Key(name: owned, type: query.type, qclass: query.qclass, dnssecOK: query.edns?.dnssecOK ?? false)
         guard let (wire, age) = forwarder.cache.wire(key) else { return nil }
         let size = query.questionEnd + wire.body.count + (query.edns == nil ? 0 : 11)
         guard size <= limit(query.edns, transport) else { return nil }
         return FastPlan(source: .cache(wire, age: age), query: query, size: size)
-    }
-
-    /// `DNSName.isSubdomain(of:)` for wire bytes read in place (already checked by `PlainQuery`).
-    private func isSubdomain(_ name: UnsafeRawBufferPointer, of other: DNSName) -> Bool {
-        let m = other.wire.count
-        var i = 0
-        while name.count - i > m { i += Int(name[i]) + 1 }
-        guard name.count - i == m else { return false }
-        for k in 0..<m where asciiLowered(name[i + k]) != asciiLowered(other.wire[k]) { return false }
-        return true
     }
 
     /// Writes the planned response into `out` (at least `plan.size` bytes); advances the service's rotation.
@@ -149,9 +140,4 @@ extension QueryHandler {
             return out
         }
     }
-}
-
-@inline(__always)
-private func asciiLowered(_ b: UInt8) -> UInt8 {
-    (b >= 0x41 && b <= 0x5A) ? b | 0x20 : b
 }

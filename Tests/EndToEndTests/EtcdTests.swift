@@ -112,9 +112,7 @@ struct EtcdTests {
         // The age grows in the gauge, the restarts are counted, and past --max-stale the gateway is not ready.
         #expect(eventually(within: 6) {
             let m = httpGet(admin + "/metrics").body
-            let age = m.split(separator: "\n").first { $0.hasPrefix("signpost_registry_staleness_seconds ") }
-                .flatMap { Double($0.split(separator: " ").last!) } ?? 0
-            return age >= 2 && m.contains("signpost_registry_watch_restarts_total{registry=\"etcd\"}")
+            return (sample(m, "signpost_registry_staleness_seconds") ?? 0) >= 2 && m.contains("signpost_registry_watch_restarts_total{registry=\"etcd\"}")
         } != nil, "\(httpGet(admin + "/metrics").body)")
         let ready = httpGet(admin + "/ready")
         #expect(ready.status == 503 && ready.body.contains("over --max-stale"), "\(ready)")

@@ -90,9 +90,7 @@ struct OperationsTests {
         _ = try server.dig("+tcp", "web.service.consul", "SRV")
         _ = try server.dig("example.org", "A")  // forwarding off: REFUSED
         let metrics = httpGet(admin + "/metrics").body
-        func value(_ series: String) -> Double? {
-            metrics.split(separator: "\n").first { $0.hasPrefix(series + " ") }.flatMap { Double($0.split(separator: " ").last ?? "") }
-        }
+        func value(_ series: String) -> Double? { sample(metrics, series) }
         #expect(value(#"signpost_dns_requests_total{qtype="A",protocol="udp",rcode="NOERROR"}"#) == 7, "\(metrics)")
         #expect(value(#"signpost_dns_requests_total{qtype="A",protocol="udp",rcode="NXDOMAIN"}"#) == 1)
         #expect(value(#"signpost_dns_requests_total{qtype="SRV",protocol="tcp",rcode="NOERROR"}"#) == 1)

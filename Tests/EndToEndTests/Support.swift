@@ -295,6 +295,11 @@ func httpGet(_ url: String) -> (status: Int, body: String) {
     return result
 }
 
+/// One series' value in Prometheus text, by its whole name and labels: `sample(m, #"x_total{a="b"}"#)`.
+func sample(_ metrics: String, _ series: String) -> Double? {
+    metrics.split(separator: "\n").first { $0.hasPrefix(series + " ") }.flatMap { Double($0.split(separator: " ").last ?? "") }
+}
+
 extension Server {
     /// The admin port from "admin listening on 127.0.0.1:PORT".
     var adminPort: Int? {

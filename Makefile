@@ -9,7 +9,7 @@ SUDO     := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 RUN_PACKAGES  := libldns-dev libssl-dev pkg-config
 TEST_PACKAGES := $(RUN_PACKAGES) bind9-dnsutils knot-dnsutils ldnsutils iproute2 etcd-server etcd-client knot dnsperf
 
-.PHONY: run test build deps test-deps check clean bench bench-registry bench-forward bench-micro fuzz
+.PHONY: run test build deps test-deps check clean bench bench-registry bench-forward bench-micro fuzz fuzz-build
 
 # Installs only what is missing, so a second run does not touch apt.
 define apt_install
@@ -58,9 +58,11 @@ bench: test-deps build
 # libFuzzer targets (fuzz/): the parsers, and the whole query path, for FUZZ_SECONDS on FUZZ_WORKERS processes each.
 FUZZ_SECONDS ?= 300
 FUZZ_WORKERS ?= 2
-fuzz: deps
-	$(SWIFT) build -c release --package-path fuzz --scratch-path fuzz/.build -Xswiftc -sanitize=fuzzer,address -Xswiftc -parse-as-library
+fuzz: fuzz-build
 	python3 fuzz/run.py $(FUZZ_SECONDS) $(FUZZ_WORKERS)
+
+fuzz-build: deps
+	$(SWIFT) build -c release --package-path fuzz --scratch-path fuzz/.build -Xswiftc -sanitize=fuzzer,address -Xswiftc -parse-as-library
 
 # Microbenchmarks (ordo-one/benchmark, a package of their own in bench/micro): ns and mallocs per operation.
 bench-micro: deps

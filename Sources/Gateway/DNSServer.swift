@@ -231,11 +231,7 @@ final class UDPQueryHandler: ChannelInboundHandler, Sendable {
     /// The response after rate limiting: itself, its truncated stand-in, or nil (dropped).
     static func rateLimited(_ handler: QueryHandler, _ response: ByteBuffer?, _ client: SocketAddress) -> ByteBuffer? {
         guard let response, let rrl = handler.rrl else { return response }
-        switch rrl.decide(client) {
-        case .send: return response
-        case .drop: return nil
-        case .slip: return ByteBuffer(bytes: response.withUnsafeReadableBytes { ResponseRateLimiter.slipped($0) })
-        }
+        return ResponseRateLimiter.apply(rrl.decide(client), to: response)
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {

@@ -3,10 +3,6 @@ import Metrics
 import NIOConcurrencyHelpers
 import NIOCore
 
-#if canImport(Glibc)
-import Glibc
-#endif
-
 /// Response rate limiting (`--rrl-rate`), for UDP only: a TCP client has proven its address, a UDP source may be
 /// spoofed, and then our answers would be aimed at a victim. Each client network (/24 for IPv4, /56 for IPv6)
 /// gets a token bucket of `rate` responses per second, with a burst of one second's worth. Past it, responses are
@@ -47,20 +43,22 @@ public final class ResponseRateLimiter: Sendable {
 
     public init(configuration: Configuration) { self.configuration = configuration }
 
-    /// For a client given as a raw `sockaddr_in`/`sockaddr_in6` (the recvmmsg engine's).
+    /// For a client given as a raw `sockaddr_in`/`sockaddr_in6` (the recvmmsg engine's). An IPv4-mapped IPv6
+    /// client counts as IPv4: its /24, and the IPv4 exemptions.
     public func decide(sockaddr: UnsafeRawPointer, now: UInt64 = Uptime.nanoseconds) -> Decision {
-        switch Int32(sockaddr.load(as: sa_family_t.self)) {
-        case AF_INET: return decide(UnsafeRawBufferPointer(start: sockaddr + 4, count: 4), now: now)
-        case AF_INET6: return decide(UnsafeRawBufferPointer(start: sockaddr + 8, count: 16), now: now)
-        default: return .send
-        }
+        withClientAddress(sockaddr: sockaddr) { decide($0, now: now) } ?? .send
     }
 
     public func decide(_ client: SocketAddress?, now: UInt64 = Uptime.nanoseconds) -> Decision {
-        switch client {
-        case .v4(let a)?: return withUnsafeBytes(of: a.address.sin_addr) { decide($0, now: now) }
-        case .v6(let a)?: return withUnsafeBytes(of: a.address.sin6_addr) { decide($0, now: now) }
-        default: return .send
+        withClientAddress(client) { decide($0, now: now) } ?? .send
+    }
+
+    /// `response` after `decision`: itself, its truncated stand-in, or nil (dropped).
+    public static func apply(_ decision: Decision, to response: ByteBuffer) -> ByteBuffer? {
+        switch decision {
+        case .send: return response
+        case .drop: return nil
+        case .slip: return ByteBuffer(bytes: response.withUnsafeReadableBytes { slipped($0) })
         }
     }
 

@@ -152,11 +152,9 @@ final class UDPBatchServer: @unchecked Sendable {
                         guard var response else { return }
                         var to = name
                         if let rrl = handler.rrl {
-                            switch withUnsafePointer(to: &to, { rrl.decide(sockaddr: UnsafeRawPointer($0)) }) {
-                            case .send: break
-                            case .drop: return
-                            case .slip: response = ByteBuffer(bytes: response.withUnsafeReadableBytes { ResponseRateLimiter.slipped($0) })
-                            }
+                            let decision = withUnsafePointer(to: &to) { rrl.decide(sockaddr: UnsafeRawPointer($0)) }
+                            guard let limited = ResponseRateLimiter.apply(decision, to: response) else { return }
+                            response = limited
                         }
                         response.withUnsafeReadableBytes { bytes in
                             _ = withUnsafePointer(to: &to) {

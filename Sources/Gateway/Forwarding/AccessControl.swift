@@ -52,42 +52,39 @@ public struct AccessControl: Sendable {
     public init(allowed: [CIDR] = CIDR.privateDefaults) { self.allowed = allowed }
 
     public func mayRecurse(_ client: SocketAddress?) -> Bool {
-        guard let bytes = client.flatMap(Self.addressBytes) else { return false }
-        // An IPv4-mapped IPv6 client is judged as IPv4.
-        if bytes.count == 16, bytes[0..<10].allSatisfy({ $0 == 0 }), bytes[10] == 0xFF, bytes[11] == 0xFF {
-            let v4 = Array(bytes[12...])
-            return allowed.contains { $0.contains(v4) }
-        }
-        return allowed.contains { $0.contains(bytes) }
+        withClientAddress(client) { bytes in allowed.contains { $0.contains(bytes) } } ?? false
     }
 
     /// The same decision for a raw `sockaddr_in`/`sockaddr_in6`, read in place (the recvmmsg engine's).
     public func mayRecurse(sockaddr: UnsafeRawPointer) -> Bool {
-        switch Int32(sockaddr.load(as: sa_family_t.self)) {
-        case AF_INET:
-            let bytes = UnsafeRawBufferPointer(start: sockaddr + 4, count: 4)  // sin_addr
-            return allowed.contains { $0.contains(bytes) }
-        case AF_INET6:
-            let bytes = UnsafeRawBufferPointer(start: sockaddr + 8, count: 16)  // sin6_addr
-            if bytes[0..<10].allSatisfy({ $0 == 0 }), bytes[10] == 0xFF, bytes[11] == 0xFF {
-                let v4 = UnsafeRawBufferPointer(rebasing: bytes[12...])
-                return allowed.contains { $0.contains(v4) }
-            }
-            return allowed.contains { $0.contains(bytes) }
-        default:
-            return false
-        }
+        withClientAddress(sockaddr: sockaddr) { bytes in allowed.contains { $0.contains(bytes) } } ?? false
     }
+}
 
-    static func addressBytes(_ address: SocketAddress) -> [UInt8]? {
-        switch address {
-        case .v4(let a):
-            return withUnsafeBytes(of: a.address.sin_addr.s_addr) { Array($0) }
-        case .v6(let a):
-            return withUnsafeBytes(of: a.address.sin6_addr) { Array($0) }
-        default:
-            return nil
+/// A client's address bytes, read in place from a raw `sockaddr_in`/`sockaddr_in6`: 4 for IPv4, 16 for IPv6.
+/// An IPv4-mapped IPv6 address (an IPv4 client of a dual-stack socket) is given as its 4 IPv4 bytes, so it is
+/// judged as the IPv4 client it is. nil for any other family.
+func withClientAddress<R>(sockaddr: UnsafeRawPointer, _ body: (UnsafeRawBufferPointer) -> R) -> R? {
+    switch Int32(sockaddr.load(as: sa_family_t.self)) {
+    case AF_INET:
+        return body(UnsafeRawBufferPointer(start: sockaddr + 4, count: 4))  // sin_addr
+    case AF_INET6:
+        let bytes = UnsafeRawBufferPointer(start: sockaddr + 8, count: 16)  // sin6_addr
+        if bytes[0..<10].allSatisfy({ $0 == 0 }), bytes[10] == 0xFF, bytes[11] == 0xFF {
+            return body(UnsafeRawBufferPointer(rebasing: bytes[12...]))
         }
+        return body(bytes)
+    default:
+        return nil
+    }
+}
+
+/// The same for a `SocketAddress`.
+func withClientAddress<R>(_ client: SocketAddress?, _ body: (UnsafeRawBufferPointer) -> R) -> R? {
+    switch client {
+    case .v4(let a)?: return withUnsafeBytes(of: a.address) { withClientAddress(sockaddr: $0.baseAddress!, body) }
+    case .v6(let a)?: return withUnsafeBytes(of: a.address) { withClientAddress(sockaddr: $0.baseAddress!, body) }
+    default: return nil
     }
 }
 

@@ -26,7 +26,6 @@ final class Reloader: Sendable {
     private let group: any EventLoopGroup
     private let logger: Logger
     private let forwarding: NIOLockedValueBox<Forwarding>
-    private let queryLog = Logger(label: "signpost.query")
 
     init(running: Serve, listen: [ListenAddress], slot: QueryHandlerSlot, forwarder: Forwarder?, forwarding: Forwarder.Configuration?,
          fileWatchers: [CatalogWatcher], group: any EventLoopGroup, logger: Logger) {
@@ -76,15 +75,14 @@ final class Reloader: Sendable {
             let limiter = old.rrl.flatMap { current in rrl.flatMap { current.configuration == $0.configuration ? current : nil } } ?? rrl
             slot.replace(with: QueryHandler(resolver: Resolver(configuration: resolverConfig), store: old.store, logger: old.logger,
                                             maxStale: maxStale, forwarder: forwarder, access: setup?.1 ?? AccessControl(),
-                                            observer: QueryObserver(queryLog: serve.queryLog ? queryLog : nil), rrl: limiter))
+                                            observer: serve.queryObserver(), rrl: limiter))
             var problems = 0
             for watcher in fileWatchers { problems += await watcher.refresh().count }
             logger.info("reloaded", metadata: ["forwarding": "\(forwarder == nil ? "off" : "on")",
                                                "catalog.problems": "\(problems)"])
-        } catch let failure as Failure {
-            logger.error("reload failed; still serving the previous configuration", metadata: ["reason": "\(failure.reason)"])
         } catch {
-            logger.error("reload failed; still serving the previous configuration", metadata: ["reason": "\(error)"])
+            let reason = (error as? Failure)?.reason ?? "\(error)"
+            logger.error("reload failed; still serving the previous configuration", metadata: ["reason": "\(reason)"])
         }
     }
 

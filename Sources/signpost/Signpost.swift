@@ -265,6 +265,11 @@ struct Serve: AsyncParsableCommand {
         return .seconds(Int64(seconds))
     }
 
+    /// Metrics, and the query log when `--query-log` asks for it.
+    func queryObserver() -> QueryObserver {
+        QueryObserver(queryLog: queryLog ? Logger(label: "signpost.query") : nil)
+    }
+
     /// Settings that SIGHUP cannot change: the sockets, the threads, the registries and the logging.
     var restartOnlySettings: String {
         "\(listen) \(String(describing: threads)) \(udpEngine) \(String(describing: admin)) \(registry) "
@@ -297,11 +302,8 @@ struct Serve: AsyncParsableCommand {
             [100, 250, 500, 1000, 2500, 5000, 10_000, 25_000, 100_000, 500_000, 2_000_000].map { Duration.microseconds($0) }
         MetricsSystem.bootstrap(factory)
 
-        let configured = Result { () throws(ConfigurationError) in try configurations() }
-        guard case .success(let (resolverConfig, serverConfig)) = configured else {
-            if case .failure(let error) = configured { throw StartupError(message: error.description, code: 64) }
-            return
-        }
+        let (resolverConfig, serverConfig): (ResolverConfiguration, DNSServer.Configuration)
+        do { (resolverConfig, serverConfig) = try configurations() } catch { throw StartupError(message: error.description, code: 64) }
         let maxStaleValue = try maxStaleDuration()
         var specs: [RegistrySpec] = []
         if let c = catalogOptions.catalog { specs.append(.file(directory: c)) }
@@ -328,7 +330,7 @@ struct Serve: AsyncParsableCommand {
         let slot = QueryHandlerSlot(QueryHandler(resolver: Resolver(configuration: resolverConfig),
                                                  store: store, logger: logger, maxStale: maxStaleValue,
                                                  forwarder: forwarder, access: forwarding?.1 ?? AccessControl(),
-                                                 observer: QueryObserver(queryLog: queryLog ? Logger(label: "signpost.query") : nil),
+                                                 observer: queryObserver(),
                                                  rrl: try rateLimiter()))
         let server = DNSServer(configuration: serverConfig, handler: slot, group: group, logger: logger)
         let reloader = Reloader(running: self, listen: serverConfig.listen, slot: slot, forwarder: forwarder, forwarding: forwarding?.0,

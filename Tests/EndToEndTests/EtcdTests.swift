@@ -37,7 +37,7 @@ struct EtcdTests {
 
         // A put shows up; a delete removes; a bad value does not disturb the rest.
         try etcd.put("/services/web/3", #"{"Address": "192.0.2.5", "Port": 8080}"#)
-        let seen = eventually(within: 2, every: 10_000) { server.addresses("web.service.consul").contains("192.0.2.5") }
+        let seen = eventually(within: 2, every: 10_000) { server.socketAddresses("web.service.consul").contains("192.0.2.5") }
         #expect(seen != nil && seen! < 1, "put visible after \(String(describing: seen)) s")
         try etcd.put("/services/web/4", "{\"Port\": 1}")
         try etcd.delete("/services/web/1")

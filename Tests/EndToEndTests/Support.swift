@@ -218,21 +218,6 @@ final class UDPSocket {
     }
 }
 
-extension Server {
-    /// The A records for `name`, asked over a plain socket from this process. Latency polls use it: spawning dig
-    /// for every probe would time process start-up on a loaded machine, not Signpost.
-    func addresses(_ name: String) -> Set<String> {
-        let sock = UDPSocket(port: port)
-        let id = UInt16.random(in: 0...UInt16.max)
-        sock.send(queryBytes(name, RRType.a, id: id))
-        guard let reply = sock.receive(), let m = try? Message(from: ByteBuffer(bytes: reply)), m.header.id == id else { return [] }
-        return Set(m.answers.compactMap { record -> String? in
-            guard case .a(let ip) = record.rdata else { return nil }
-            return ip.array.map(String.init).joined(separator: ".")
-        })
-    }
-}
-
 /// A plain TCP connection on loopback.
 final class TCPSocket {
     let fd: Int32
@@ -316,6 +301,19 @@ func sample(_ metrics: String, _ series: String) -> Double? {
 }
 
 extension Server {
+    /// The A records for `name`, asked over a plain socket from this process (the suites' `addresses` helpers
+    /// ask with dig). Latency polls use it: spawning dig for every probe would time process start-up on a loaded
+    /// machine, not Signpost.
+    func socketAddresses(_ name: String) -> Set<String> {
+        let sock = UDPSocket(port: port)
+        let id = UInt16.random(in: 0...UInt16.max)
+        sock.send(queryBytes(name, RRType.a, id: id))
+        guard let reply = sock.receive(), let m = try? Message(from: ByteBuffer(bytes: reply)), m.header.id == id else { return [] }
+        return Set(m.answers.compactMap { record in
+            if case .a(let ip) = record.rdata { "\(ip)" } else { nil }
+        })
+    }
+
     /// The admin port from "admin listening on 127.0.0.1:PORT".
     var adminPort: Int? {
         log_().split(separator: "\n").first { $0.contains("admin listening on 127.0.0.1:") }

@@ -87,7 +87,7 @@ let package = Package(
             ]
         ),
         .testTarget(name: "DNSWireTests", dependencies: ["DNSWire", "CLDNS", "FuzzChecks"]),
-        .testTarget(name: "CatalogTests", dependencies: ["Catalog", "DNSWire"]),
+        .testTarget(name: "CatalogTests", dependencies: ["Catalog", "DNSWire"], resources: [.copy("Resources")]),
         .testTarget(
             name: "GatewayTests",
             dependencies: [

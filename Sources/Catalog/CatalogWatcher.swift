@@ -40,6 +40,7 @@ public actor CatalogWatcher {
     /// This registry's position among the assembler's sources (when there is a catalog directory).
     private let sourceIndex: Int
     private let logger: Logger
+    private let skips = SkipCounters(registry: "file")
     private var catalogFiles: [String: Tracked<[Registration]>] = [:]
     private var zoneFiles: [String: Tracked<Zone>] = [:]
     private var delivered = false
@@ -71,10 +72,16 @@ public actor CatalogWatcher {
         var problems: [CatalogProblem] = []
         let dc = configuration.localDatacenter
         var catalogChanged = !delivered, zonesChanged = !delivered
+        var skipped: [SkippedName] = []
         if let c = configuration.catalogDirectory {
             catalogChanged = sync(&catalogFiles, directory: c, suffix: ".json", problems: &problems) { path, bytes throws(CatalogProblem) in
-                try RegistrationDecoder.decode(bytes: bytes, path: path, defaultDatacenter: dc)
+                try RegistrationDecoder.decode(bytes: bytes, path: path, defaultDatacenter: dc, skipped: &skipped)
             } || catalogChanged
+        }
+        // Reported once per change of the file, like a bad file.
+        for s in skipped {
+            logger.warning("\(s)", metadata: ["registry": "file", "file.path": "\(s.location)", "reason": "\(s.reason.rawValue)"])
+            skips.count(s.reason)
         }
         if let z = configuration.zonesDirectory {
             zonesChanged = sync(&zoneFiles, directory: z, suffix: ".zone", problems: &problems) { path, _ throws(CatalogProblem) in
@@ -116,7 +123,11 @@ public actor CatalogWatcher {
         if let catalogDirectory { do {
             for path in try list(catalogDirectory, suffix: ".json").keys.sorted() {
                 do {
-                    _ = try RegistrationDecoder.decode(bytes: try read(path), path: path, defaultDatacenter: localDatacenter)
+                    var skipped: [SkippedName] = []
+                    _ = try RegistrationDecoder.decode(bytes: try read(path), path: path, defaultDatacenter: localDatacenter,
+                                                       skipped: &skipped)
+                    // A name that can never be served loads nothing, which a check should say.
+                    problems += skipped.map { CatalogProblem(path: $0.location, line: 0, reason: "service \"\($0.name)\" skipped: \($0.reason)") }
                 } catch { problems.append(error) }
             }
         } catch { problems.append(error) } }

@@ -53,6 +53,9 @@ public actor ConsulWatcher {
     /// Nodes each service's instances name, so a node stays while any service names it.
     private var nodesByService: [String: [CatalogSnapshot.NodeKey: Node]] = [:]
     private var nodeRefs = NodeReferences()
+    /// Names already reported as skipped, so each is logged once, not on every catalog change.
+    private var reportedSkips: Set<String> = []
+    private let skips: SkipCounters
 
     public init(configuration: Configuration, assembler: CatalogAssembler, sourceIndex: Int, logger: Logger) {
         self.configuration = configuration
@@ -60,6 +63,7 @@ public actor ConsulWatcher {
         self.sourceIndex = sourceIndex
         self.logger = logger
         self.restarts = Counter(label: "signpost_registry_watch_restarts_total", dimensions: [("registry", "consul")])
+        self.skips = SkipCounters(registry: "consul")
     }
 
     /// The next `?index=` after a response carried `returned`, per Consul's rules.
@@ -85,7 +89,7 @@ public actor ConsulWatcher {
                 guard let services = try JSONSerialization.jsonObject(with: body) as? [String: Any] else {
                     throw HTTPError(description: "/v1/catalog/services: not a JSON object")
                 }
-                let names = Set(services.keys.map { $0.lowercased() }).filter { (try? DNSName(labels: [$0])) != nil && !$0.contains(".") }
+                let names = servable(services.keys)
                 if !loaded {
                     try await loadAll(names)
                     loaded = true
@@ -109,6 +113,21 @@ public actor ConsulWatcher {
         }
         for task in watches.values { task.cancel() }
         try? await client.shutdown()
+    }
+
+    /// The services that can be served: every name that can be a DNS name, dotted ones included. The rest are
+    /// logged once each and counted.
+    private func servable(_ names: some Sequence<String>) -> Set<String> {
+        var out: Set<String> = []
+        for name in names {
+            guard let reason = ServiceName.problem(name) else { out.insert(ServiceName.key(name)); continue }
+            if reportedSkips.insert(name).inserted {
+                let skip = SkippedName(location: "\(configuration.address)/v1/catalog/services", name: name, reason: reason)
+                logger.error("\(skip)", metadata: ["registry": "consul", "consul.service": "\(name)", "reason": "\(reason.rawValue)"])
+                skips.count(reason)
+            }
+        }
+        return out
     }
 
     /// The first load: every service's health, then one replace, so the registry counts as loaded only when whole.
@@ -199,14 +218,16 @@ public actor ConsulWatcher {
 
     /// One service's instances, with health folded in from node-level and service-level checks.
     private func health(_ name: String, index: UInt64) async throws -> ([Instance], UInt64?) {
-        let (body, returned) = try await get("/v1/health/service/\(name)", index: index)
+        let path = name.addingPercentEncoding(withAllowedCharacters: .urlPathAllowed.subtracting(["/"])) ?? name
+        let (body, returned) = try await get("/v1/health/service/\(path)", index: index)
         guard let entries = try JSONSerialization.jsonObject(with: body) as? [[String: Any]] else {
             throw HTTPError(description: "/v1/health/service/\(name): not a JSON array")
         }
         var out: [Instance] = []
         for entry in entries {
             do { out.append(try Self.instance(from: entry, localDatacenter: configuration.localDatacenter)) } catch {
-                logger.error("consul entry skipped", metadata: ["consul.service": "\(name)", "reason": "\(error)"])
+                logger.error("consul entry skipped", metadata: ["registry": "consul", "consul.service": "\(name)", "reason": "\(error)"])
+                skips.count(.unknownFormat)
             }
         }
         return (out, returned)

@@ -1,34 +1,188 @@
 import DNSWire
+import Foundation
 
-/// One etcd key under the prefix, as an instance. Three value formats are understood:
-/// 1. native: `{"Address": "192.0.2.1", "Port": 80, "ID", "Service", "Tags", "Meta", "Weights", "Node",
-///    "Datacenter", "Status"}` (only Address is required);
-/// 2. etcd's gRPC naming / endpoints manager: `{"Op": 0, "Addr": "192.0.2.1:50051", "Metadata": …}`;
-/// 3. the tutorial format: `{"Name": "mail", "IP": "192.0.2.1:8972"}`.
-/// The service name is always the first path segment after the prefix.
+/// One etcd key under a watched prefix, read as the instances it stands for. Values are recognised by shape
+/// (see `EtcdLayout` for the framework formats):
+/// - native: `{"Address": "192.0.2.1", "Port": 80, "ID", "Service", "Tags", "Meta", "Weights", "Node",
+///   "Datacenter", "Status"}` (only Address is required);
+/// - etcd's endpoints manager / grpc-go naming: `{"Op": 0, "Addr": "192.0.2.1:50051", "Metadata": …}`;
+/// - the lease tutorial: `{"Name": "g.srv.mail", "IP": "192.0.2.1:8972"}`;
+/// - go-micro: a service with `nodes[]`, one instance per node;
+/// - Kratos: `{"id", "name", "metadata", "endpoints": ["grpc://ip:port", "http://ip:port"]}`;
+/// - plain (go-zero and others): a bare `host:port`, or an IP address.
+///
+/// The service name comes from the value where a layout puts it there (go-micro's and Kratos's `name`, the
+/// tutorial's `Name`); otherwise from the key, as its first segment after the prefix (a leading `/` ignored).
 public enum EtcdValue {
     public struct Invalid: Error, CustomStringConvertible {
         public var description: String
+        public var reason: SkipReason = .unknownFormat
     }
 
-    /// nil when the key is not `<prefix><service>/<something>` or the value is a gRPC "delete" op.
-    public static func parse(key: String, value: [UInt8], prefix: String, localDatacenter: String) throws(Invalid) -> (service: String, instance: Instance)? {
+    /// The key's instances; nil for a gRPC naming "delete" op, or a key outside the prefix.
+    public static func parse(key: String, value: [UInt8], prefix: String, localDatacenter: String) throws(Invalid) -> [Instance]? {
         guard key.hasPrefix(prefix) else { return nil }
-        let rest = key.dropFirst(prefix.count)
-        guard let slash = rest.firstIndex(of: "/"), slash != rest.startIndex else {
-            throw Invalid(description: "key is not <prefix><service>/<id>")
+        var rest = key.dropFirst(prefix.count)
+        if rest.hasPrefix("/") { rest = rest.dropFirst() }
+        let slash = rest.firstIndex(of: "/")
+        let keyService = slash.map { String(rest[..<$0]) }.flatMap { $0.isEmpty ? nil : $0 }
+        let keyID = slash.map { String(rest[rest.index(after: $0)...]) } ?? ""
+        let context = KeyContext(key: key, service: keyService, id: keyID.isEmpty ? key : keyID, datacenter: localDatacenter)
+
+        let text = value.drop { $0 == 0x20 || $0 == 0x0A || $0 == 0x0D || $0 == 0x09 }
+        switch text.first {
+        case UInt8(ascii: "{"):
+            return try object(value, context)
+        case UInt8(ascii: "\""):
+            guard let s = try? JSONDecoder().decode(String.self, from: Data(value)) else {
+                throw Invalid(description: "invalid JSON string")
+            }
+            return [try plain(s, context)]
+        default:
+            return [try plain(String(decoding: value, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines), context)]
         }
-        let serviceName = String(rest[..<slash])
-        let suffix = String(rest[rest.index(after: slash)...])
-        guard (try? DNSName(labels: [serviceName])) != nil, !serviceName.contains(".") else {
-            throw Invalid(description: "service \"\(serviceName)\" cannot be a DNS label")
+    }
+
+    struct KeyContext {
+        var key: String
+        /// The key's first segment after the prefix; nil when the key has no `<service>/` segment.
+        var service: String?
+        /// What follows that segment (the whole key when nothing does).
+        var id: String
+        var datacenter: String
+
+        func serviceName(_ fromValue: String?) throws(Invalid) -> String {
+            if let fromValue, !fromValue.isEmpty { return try checked(fromValue) }
+            guard let service else { throw Invalid(description: "key is not <prefix><service>/<id>") }
+            return try checked(service)
         }
+
+        private func checked(_ name: String) throws(Invalid) -> String {
+            if let reason = ServiceName.problem(name) {
+                throw Invalid(description: "service \"\(name)\" cannot be served: \(reason)", reason: reason)
+            }
+            return name
+        }
+
+        /// An instance without a node: its address is its own, so its SRV target is `<hex>.addr.<dc>.<domain>`.
+        func instance(_ service: String, id: String, address: Address, port: UInt16) -> Instance {
+            Instance(id: id, service: service, node: Node(name: "", address: address, datacenter: datacenter, meta: [:]),
+                     serviceAddress: address, port: port, tags: [], meta: [:], weightPassing: 1, weightWarning: 1, health: .passing)
+        }
+    }
+
+    static func address(_ text: String) throws(Invalid) -> Address {
+        guard let a = Address(text) else { throw Invalid(description: "\"\(text)\" is neither an IP address nor a hostname") }
+        return a
+    }
+
+    /// `host:port`, `[v6]:port`; with `portOptional`, a bare host too (port 0).
+    static func hostPort(_ text: String, portOptional: Bool = false) throws(Invalid) -> (Address, UInt16) {
+        if portOptional, let a = Address(text.hasPrefix("[") && text.hasSuffix("]") ? String(text.dropFirst().dropLast()) : text) {
+            return (a, 0)
+        }
+        guard let colon = text.lastIndex(of: ":"), let port = UInt16(text[text.index(after: colon)...]) else {
+            throw Invalid(description: "\"\(text)\" is not host:port")
+        }
+        var host = String(text[..<colon])
+        if host.hasPrefix("[") && host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
+        return (try address(host), port)
+    }
+
+    /// A bare `host:port` or IP address (go-zero writes `host:port`). A bare word is not taken for a hostname:
+    /// over a whole keyspace, most such values are someone else's settings.
+    static func plain(_ text: String, _ context: KeyContext) throws(Invalid) -> Instance {
+        let service = try context.serviceName(nil)
+        if let ip = IPv4(text) { return context.instance(service, id: context.id, address: .v4(ip), port: 0) }
+        if text.contains(":"), !text.contains("]"), let ip = IPv6(text) {
+            return context.instance(service, id: context.id, address: .v6(ip), port: 0)
+        }
+        guard let (address, port) = try? hostPort(text) else {
+            throw Invalid(description: "none of the value formats: not JSON, host:port or an IP address")
+        }
+        return context.instance(service, id: context.id, address: address, port: port)
+    }
+
+    static func decode<T: Decodable>(_ type: T.Type, _ value: [UInt8], _ layout: String) throws(Invalid) -> T {
+        do { return try JSONDecoder().decode(T.self, from: Data(value)) } catch {
+            throw Invalid(description: "\(layout): \(Self.describe(error))")
+        }
+    }
+
+    static func describe(_ error: any Error) -> String {
+        switch error as? DecodingError {
+        case .typeMismatch(_, let c)?, .valueNotFound(_, let c)?, .keyNotFound(_, let c)?, .dataCorrupted(let c)?:
+            let path = c.codingPath.map { $0.intValue.map { "[\($0)]" } ?? $0.stringValue }.joined(separator: ".")
+            return path.isEmpty ? c.debugDescription : "\(path): \(c.debugDescription)"
+        default:
+            return "\(error)"
+        }
+    }
+
+    /// A JSON object: the layout is told by which fields it has.
+    static func object(_ value: [UInt8], _ context: KeyContext) throws(Invalid) -> [Instance]? {
         let root: JSONNode
         do { root = try JSONParser.parse(value) } catch { throw Invalid(description: "invalid JSON: \(error.reason)") }
         guard case .object(let raw, _) = root.value else { throw Invalid(description: "expected a JSON object") }
         var f: [String: JSONNode] = [:]
         for (k, v) in raw { f[k.lowercased()] = v }
+        if f["nodes"] != nil {
+            let s = try decode(EtcdLayout.GoMicro.self, value, "go-micro service")
+            let service = try context.serviceName(s.name)
+            guard !s.nodes.isEmpty else { throw Invalid(description: "go-micro service: no nodes") }
+            var out: [Instance] = []
+            for node in s.nodes {
+                let (address, port) = try hostPort(node.address, portOptional: true)
+                var inst = context.instance(service, id: node.id.isEmpty ? context.id : node.id, address: address, port: port)
+                inst.meta = s.metadata.merging(node.metadata) { $1 }
+                out.append(inst)
+            }
+            return out
+        }
+        if f["endpoints"] != nil {
+            let k = try decode(EtcdLayout.Kratos.self, value, "Kratos instance")
+            return [try kratos(k, context)]
+        }
+        if f["addr"] != nil {
+            let u = try decode(EtcdLayout.EndpointUpdate.self, value, "endpoint update")
+            guard u.op != 1 else { return nil }
+            let (address, port) = try hostPort(u.addr)
+            return [context.instance(try context.serviceName(nil), id: context.id, address: address, port: port)]
+        }
+        if f["ip"] != nil {
+            let t = try decode(EtcdLayout.Tutorial.self, value, "{Name, IP}")
+            let (address, port) = try hostPort(t.ip)
+            return [context.instance(try context.serviceName(t.name), id: context.id, address: address, port: port)]
+        }
+        if f["address"] != nil {
+            return [try native(f, context)]
+        }
+        throw Invalid(description: "none of the value formats: needs Address (native), Addr (endpoints manager), IP (tutorial), nodes (go-micro) or endpoints (Kratos)")
+    }
 
+    /// Kratos: one instance, at the first endpoint's address; each scheme's port is a named port.
+    static func kratos(_ k: EtcdLayout.Kratos, _ context: KeyContext) throws(Invalid) -> Instance {
+        let service = try context.serviceName(k.name)
+        var first: (Address, UInt16)? = nil
+        var named: [String: UInt16] = [:]
+        for endpoint in k.endpoints {
+            guard let sep = endpoint.range(of: "://") else { throw Invalid(description: "Kratos endpoint \"\(endpoint)\" is not scheme://host:port") }
+            let scheme = endpoint[..<sep.lowerBound].lowercased()
+            var hostPortText = endpoint[sep.upperBound...]
+            if let end = hostPortText.firstIndex(where: { $0 == "?" || $0 == "/" }) { hostPortText = hostPortText[..<end] }
+            let (address, port) = try hostPort(String(hostPortText))
+            if first == nil { first = (address, port) }
+            if named[scheme] == nil { named[scheme] = port }
+        }
+        guard let (address, port) = first else { throw Invalid(description: "Kratos instance: no endpoints") }
+        var inst = context.instance(service, id: k.id.isEmpty ? context.id : k.id, address: address, port: port)
+        inst.namedPorts = named
+        inst.meta = k.metadata
+        return inst
+    }
+
+    /// The native format, read with the catalog files' JSON reader.
+    static func native(_ f: [String: JSONNode], _ context: KeyContext) throws(Invalid) -> Instance {
         func string(_ k: String) throws(Invalid) -> String? {
             guard let n = f[k] else { return nil }
             if case .null = n.value { return nil }
@@ -42,72 +196,40 @@ public enum EtcdValue {
             }
             return Int(d)
         }
-        func address(_ text: String) throws(Invalid) -> Address {
-            guard let a = Address(text) else { throw Invalid(description: "\"\(text)\" is neither an IP address nor a hostname") }
-            return a
+        guard let text = try string("address"), !text.isEmpty else { throw Invalid(description: "Address: expected a non-empty string") }
+        let addr = try address(text)
+        var inst = context.instance(try context.serviceName(nil), id: context.id, address: addr,
+                                    port: UInt16(try int("port", 0...65535) ?? 0))
+        if let id = try string("id"), !id.isEmpty { inst.id = id }
+        if let dc = try string("datacenter"), !dc.isEmpty { inst.node.datacenter = dc }
+        if let n = f["tags"] {
+            guard case .array(let items) = n.value else { throw Invalid(description: "Tags: expected an array of strings") }
+            for item in items {
+                guard case .string(let t) = item.value else { throw Invalid(description: "Tags: expected an array of strings") }
+                inst.tags.append(t)
+            }
         }
-        func hostPort(_ text: String) throws(Invalid) -> (Address, UInt16) {
-            guard let colon = text.lastIndex(of: ":"), let port = UInt16(text[text.index(after: colon)...]) else {
-                throw Invalid(description: "\"\(text)\" is not host:port")
-            }
-            var host = String(text[..<colon])
-            if host.hasPrefix("[") && host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
-            return (try address(host), port)
+        if let n = f["meta"], case .object(let m, _) = n.value {
+            for (k, v) in m { if case .string(let s) = v.value { inst.meta[k] = s } }
         }
-
-        var inst = Instance(id: suffix.isEmpty ? key : suffix, service: serviceName,
-                            node: Node(name: "", address: .v4(IPv4(bytes: [0, 0, 0, 0])), datacenter: localDatacenter, meta: [:]),
-                            serviceAddress: nil, port: 0, tags: [], meta: [:], weightPassing: 1, weightWarning: 1, health: .passing)
-        var nodeName = ""
-        let addr: Address
-        if f["addr"] != nil {
-            // etcd gRPC naming: Op 0 adds, 1 deletes.
-            if let op = try int("op", 0...1), op == 1 { return nil }
-            guard let text = try string("addr") else { throw Invalid(description: "Addr: expected a string") }
-            (addr, inst.port) = try hostPort(text)
-        } else if f["ip"] != nil {
-            guard let text = try string("ip") else { throw Invalid(description: "IP: expected a string") }
-            (addr, inst.port) = try hostPort(text)
-        } else if let text = try string("address"), !text.isEmpty {
-            addr = try address(text)
-            inst.port = UInt16(try int("port", 0...65535) ?? 0)
-            if let id = try string("id"), !id.isEmpty { inst.id = id }
-            if let dc = try string("datacenter"), !dc.isEmpty { inst.node.datacenter = dc }
-            nodeName = try string("node") ?? ""
-            if let n = f["tags"] {
-                guard case .array(let items) = n.value else { throw Invalid(description: "Tags: expected an array of strings") }
-                for item in items {
-                    guard case .string(let t) = item.value else { throw Invalid(description: "Tags: expected an array of strings") }
-                    inst.tags.append(t)
-                }
-            }
-            if let n = f["meta"], case .object(let m, _) = n.value {
-                for (k, v) in m { if case .string(let s) = v.value { inst.meta[k] = s } }
-            }
-            if let n = f["weights"], case .object(let w, _) = n.value {
-                if case .number(let p)? = w["Passing"]?.value ?? w["passing"]?.value, p >= 1, p <= 65535 { inst.weightPassing = UInt16(p) }
-                if case .number(let p)? = w["Warning"]?.value ?? w["warning"]?.value, p >= 0, p <= 65535 { inst.weightWarning = UInt16(p) }
-            }
-            if let status = try string("status") {
-                guard let h = Health(status: status) else {
-                    throw Invalid(description: "Status: \"\(status)\" is not one of passing, warning, critical, maintenance")
-                }
-                inst.health = h
-            }
-        } else {
-            throw Invalid(description: "none of the value formats: needs Address (native), Addr (gRPC naming) or IP")
+        if let n = f["weights"], case .object(let w, _) = n.value {
+            if case .number(let p)? = w["Passing"]?.value ?? w["passing"]?.value, p >= 1, p <= 65535 { inst.weightPassing = UInt16(p) }
+            if case .number(let p)? = w["Warning"]?.value ?? w["warning"]?.value, p >= 0, p <= 65535 { inst.weightWarning = UInt16(p) }
         }
-        if nodeName.isEmpty {
-            // No node: the address is the service's own, so the SRV target is <hex>.addr.<dc>.<domain>.
-            inst.node.address = addr
-            inst.serviceAddress = addr
-        } else {
+        if let status = try string("status") {
+            guard let h = Health(status: status) else {
+                throw Invalid(description: "Status: \"\(status)\" is not one of passing, warning, critical, maintenance")
+            }
+            inst.health = h
+        }
+        // With a node, the SRV target is the node's name; without one, the instance's <hex>.addr name.
+        if let nodeName = try string("node"), !nodeName.isEmpty {
             guard (try? DNSName(labels: nodeName.split(separator: ".", omittingEmptySubsequences: false))) != nil else {
                 throw Invalid(description: "Node: \"\(nodeName)\" cannot be a DNS label")
             }
             inst.node.name = nodeName
-            inst.node.address = addr
+            inst.serviceAddress = nil
         }
-        return (serviceName.lowercased(), inst)
+        return inst
     }
 }

@@ -38,10 +38,12 @@ public actor EtcdWatcher {
     private let sourceIndex: Int
     private let logger: Logger
     private let restarts: Counter
+    private let skips: SkipCounters
     /// Exists only while `run()` runs, which shuts it down; a client is never left without an owner.
     private var client: HTTPClient!
-    /// Current instance per key.
-    private var keys: [String: (service: String, instance: Instance)] = [:]
+    /// Current instances per key (a go-micro value may hold several nodes).
+    private var keys: [String: Entry] = [:]
+    typealias Entry = (service: String, instances: [Instance])
     /// Keys per service, so an update rebuilds one service's list without scanning every key.
     private var keysByService: [String: Set<String>] = [:]
     private var nodeRefs = NodeReferences()
@@ -55,6 +57,7 @@ public actor EtcdWatcher {
         self.sourceIndex = sourceIndex
         self.logger = logger
         self.restarts = Counter(label: "signpost_registry_watch_restarts_total", dimensions: [("registry", "etcd")])
+        self.skips = SkipCounters(registry: "etcd")
     }
 
     /// Runs until cancelled.
@@ -86,8 +89,11 @@ public actor EtcdWatcher {
     }
 
 
+    /// The range of the prefix; an empty prefix is the whole keyspace (key and range_end both "\0", as etcdctl's
+    /// `get --from-key ""` sends).
     private var rangeBody: [String: String] {
-        ["key": Data(configuration.prefix.utf8).base64EncodedString(), "range_end": Data(Self.prefixEnd(configuration.prefix)).base64EncodedString()]
+        let key = configuration.prefix.isEmpty ? [0] : Array(configuration.prefix.utf8)
+        return ["key": Data(key).base64EncodedString(), "range_end": Data(Self.prefixEnd(configuration.prefix)).base64EncodedString()]
     }
 
     /// The first key after every key with this prefix.
@@ -118,7 +124,7 @@ public actor EtcdWatcher {
     /// Lists the prefix in pages, all read at the revision of the first page, so the result is one
     /// consistent snapshot.
     private func list(_ endpoint: String) async throws {
-        var fresh: [String: (service: String, instance: Instance)] = [:]
+        var fresh: [String: Entry] = [:]
         var body = rangeBody as [String: Any]
         body["limit"] = String(Self.pageSize)
         var pinned: Int64? = nil
@@ -139,7 +145,11 @@ public actor EtcdWatcher {
                 guard let keyBytes = Self.decodeBytes(kv["key"]), let value = Self.decodeBytes(kv["value"]) else { continue }
                 let key = String(decoding: keyBytes, as: UTF8.self)
                 lastKey = keyBytes
-                if let parsed = parse(key: key, value: value) ?? keys[key] { fresh[key] = parsed }
+                switch parse(key: key, value: value) {
+                case .instances(let entry): fresh[key] = entry
+                case .deleted: break
+                case .invalid: fresh[key] = keys[key]
+                }
             }
             guard json["more"] as? Bool == true, let lastKey else { break }
             // The next page starts just after the last key of this one.
@@ -152,8 +162,8 @@ public actor EtcdWatcher {
         nodeRefs.removeAll()
         var catalog = SourceCatalog()
         for (_, entry) in keys {
-            catalog.services[entry.service, default: []].append(entry.instance)
-            nodeRefs.retain(entry.instance.node)
+            catalog.services[entry.service, default: []] += entry.instances
+            for inst in entry.instances { nodeRefs.retain(inst.node) }
         }
         catalog.nodes = nodeRefs.nodes
         await assembler.replace(source: sourceIndex, with: catalog)
@@ -200,26 +210,30 @@ public actor EtcdWatcher {
             guard let kv = event["kv"] as? [String: Any], let key = Self.decode(kv["key"]) else { continue }
             if let r = Int64(kv["mod_revision"] as? String ?? "") { revision = max(revision, r) }
             let old = keys[key]
-            var new: (service: String, instance: Instance)? = nil
+            var new: Entry? = nil
             if (event["type"] as? String) != "DELETE" {
                 guard let value = Self.decodeBytes(kv["value"]) else { continue }
-                new = parse(key: key, value: value) ?? old
+                switch parse(key: key, value: value) {
+                case .instances(let entry): new = entry
+                case .deleted: new = nil
+                case .invalid: new = old
+                }
             }
             if let old {
                 changedServices.insert(old.service)
                 keysByService[old.service]?.remove(key)
-                if nodeRefs.release(old.instance.node) { changedNodes.insert(NodeReferences.key(old.instance.node)) }
+                for inst in old.instances where nodeRefs.release(inst.node) { changedNodes.insert(NodeReferences.key(inst.node)) }
             }
             if let new {
                 changedServices.insert(new.service)
                 keysByService[new.service, default: []].insert(key)
-                if nodeRefs.retain(new.instance.node) { changedNodes.insert(NodeReferences.key(new.instance.node)) }
+                for inst in new.instances where nodeRefs.retain(inst.node) { changedNodes.insert(NodeReferences.key(inst.node)) }
             }
             keys[key] = new
         }
         var services: [String: [Instance]] = [:]
         for name in changedServices {
-            services[name] = (keysByService[name] ?? []).compactMap { keys[$0]?.instance }
+            services[name] = (keysByService[name] ?? []).flatMap { keys[$0]?.instances ?? [] }
             if keysByService[name]?.isEmpty == true { keysByService[name] = nil }
         }
         var nodes: [CatalogSnapshot.NodeKey: Node?] = [:]
@@ -227,12 +241,24 @@ public actor EtcdWatcher {
         await assembler.update(source: sourceIndex, services: services, nodes: nodes)
     }
 
-    private func parse(key: String, value: [UInt8]) -> (service: String, instance: Instance)? {
+    enum Parsed {
+        case instances(Entry)
+        /// A gRPC naming "delete" op: the key stands for nothing.
+        case deleted
+        /// Logged and counted; an earlier good value of the key keeps serving.
+        case invalid
+    }
+
+    private func parse(key: String, value: [UInt8]) -> Parsed {
         do {
-            return try EtcdValue.parse(key: key, value: value, prefix: configuration.prefix, localDatacenter: configuration.localDatacenter)
+            guard let instances = try EtcdValue.parse(key: key, value: value, prefix: configuration.prefix,
+                                                      localDatacenter: configuration.localDatacenter),
+                  let first = instances.first else { return .deleted }
+            return .instances((ServiceName.key(first.service), instances))
         } catch {
-            logger.error("etcd value skipped", metadata: ["etcd.key": "\(key)", "reason": "\(error)"])
-            return nil
+            logger.error("etcd value skipped", metadata: ["registry": "etcd", "etcd.key": "\(key)", "reason": "\(error)"])
+            skips.count(error.reason)
+            return .invalid
         }
     }
 

@@ -95,6 +95,9 @@ public struct Instance: Sendable, Hashable {
     /// The service's own address; nil means "the node's address".
     public var serviceAddress: Address?
     public var port: UInt16
+    /// Ports by lower-cased scheme, for instances that publish several endpoints (Kratos's `grpc://…`,
+    /// `http://…`); `port` is the first of them. Asked for as `_<scheme>._tcp.<service>.service.<domain>`.
+    public var namedPorts: [String: UInt16] = [:]
     public var tags: [String]
     public var meta: [String: String]
     public var weightPassing: UInt16

@@ -10,6 +10,14 @@ public enum RegistrationDecoder {
 
     /// Parses a whole file: one registration object, or an array of them.
     public static func decode(bytes: [UInt8], path: String, defaultDatacenter: String) throws(CatalogProblem) -> [Registration] {
+        var skipped: [SkippedName] = []
+        return try decode(bytes: bytes, path: path, defaultDatacenter: defaultDatacenter, skipped: &skipped)
+    }
+
+    /// The same, and the services whose names can never be DNS names: each is left out (with its checks), and
+    /// the rest of the file loads.
+    public static func decode(bytes: [UInt8], path: String, defaultDatacenter: String,
+                              skipped: inout [SkippedName]) throws(CatalogProblem) -> [Registration] {
         let root: JSONNode
         do {
             root = try JSONParser.parse(bytes)
@@ -19,11 +27,11 @@ public enum RegistrationDecoder {
         do throws(SchemaError) {
             switch root.value {
             case .object:
-                return [try registration(root, at: "", defaultDatacenter: defaultDatacenter)]
+                return [try registration(root, at: "", file: path, defaultDatacenter: defaultDatacenter, skipped: &skipped)]
             case .array(let items):
                 var out: [Registration] = []
                 for (i, item) in items.enumerated() {
-                    out.append(try registration(item, at: "[\(i)].", defaultDatacenter: defaultDatacenter))
+                    out.append(try registration(item, at: "[\(i)].", file: path, defaultDatacenter: defaultDatacenter, skipped: &skipped))
                 }
                 return out
             default:
@@ -119,7 +127,8 @@ public enum RegistrationDecoder {
         return a
     }
 
-    static func registration(_ json: JSONNode, at path: String, defaultDatacenter: String) throws(SchemaError) -> Registration {
+    static func registration(_ json: JSONNode, at path: String, file: String, defaultDatacenter: String,
+                             skipped: inout [SkippedName]) throws(SchemaError) -> Registration {
         let o = try Object(json, path: path)
         let nodeName = try o.string("Node", required: true)!
         guard (try? DNSName(labels: nodeName.split(separator: ".", omittingEmptySubsequences: false))) != nil else {
@@ -156,34 +165,41 @@ public enum RegistrationDecoder {
         }
 
         var instance: Instance? = nil
+        var skippedID: String? = nil
         if let s = try o.object("Service") {
             let name = try s.string("Service", required: true)!
-            guard (try? DNSName(labels: [name])) != nil, !name.contains(".") else {
-                throw SchemaError(line: s.node("Service")!.line, reason: "\(s.path)Service: \"\(name)\" cannot be a DNS label")
-            }
             let id = try s.string("ID").flatMap { $0.isEmpty ? nil : $0 } ?? name
-            var serviceAddress: Address? = nil
-            if let a = try s.string("Address"), !a.isEmpty {
-                serviceAddress = try address(a, line: s.node("Address")!.line, field: "\(s.path)Address")
+            if let reason = ServiceName.problem(name) {
+                skipped.append(SkippedName(location: "\(file):\(s.node("Service")!.line)", name: name, reason: reason))
+                skippedID = id
+            } else {
+                instance = try service(s, name: name, id: id, node: node, checks: checks)
             }
-            var passing = 1, warning = 1
-            if let w = try s.object("Weights") {
-                passing = try w.integer("Passing", in: 1...65535) ?? 1
-                warning = try w.integer("Warning", in: 0...65535) ?? 1
-            }
-            // The service's own checks; node-level checks are folded in when the snapshot is built,
-            // because they may come from another registration of the same node.
-            let health = checks.filter { $0.serviceID == id }.map(\.status).max() ?? .passing
-            instance = Instance(
-                id: id, service: name, node: node,
-                serviceAddress: serviceAddress == node.address ? nil : serviceAddress,
-                port: UInt16(try s.integer("Port", in: 0...65535) ?? 0),
-                tags: try s.strings("Tags"), meta: try s.stringMap("Meta"),
-                weightPassing: UInt16(passing), weightWarning: UInt16(warning), health: health)
         }
-        for c in checks where !c.serviceID.isEmpty && c.serviceID != instance?.id {
+        for c in checks where !c.serviceID.isEmpty && c.serviceID != instance?.id && c.serviceID != skippedID {
             throw SchemaError(line: o.line, reason: "\(path)Checks: check \"\(c.id)\" names ServiceID \"\(c.serviceID)\", which this registration does not define")
         }
-        return Registration(node: node, service: instance, checks: checks)
+        return Registration(node: node, service: instance, checks: checks.filter { skippedID == nil || $0.serviceID != skippedID })
+    }
+
+    private static func service(_ s: Object, name: String, id: String, node: Node, checks: [Check]) throws(SchemaError) -> Instance {
+        var serviceAddress: Address? = nil
+        if let a = try s.string("Address"), !a.isEmpty {
+            serviceAddress = try address(a, line: s.node("Address")!.line, field: "\(s.path)Address")
+        }
+        var passing = 1, warning = 1
+        if let w = try s.object("Weights") {
+            passing = try w.integer("Passing", in: 1...65535) ?? 1
+            warning = try w.integer("Warning", in: 0...65535) ?? 1
+        }
+        // The service's own checks; node-level checks are folded in when the snapshot is built,
+        // because they may come from another registration of the same node.
+        let health = checks.filter { $0.serviceID == id }.map(\.status).max() ?? .passing
+        return Instance(
+            id: id, service: name, node: node,
+            serviceAddress: serviceAddress == node.address ? nil : serviceAddress,
+            port: UInt16(try s.integer("Port", in: 0...65535) ?? 0),
+            tags: try s.strings("Tags"), meta: try s.stringMap("Meta"),
+            weightPassing: UInt16(passing), weightWarning: UInt16(warning), health: health)
     }
 }

@@ -1,10 +1,11 @@
 /// A `--registry` URL.
 /// - `file:DIR`: catalog files (`--catalog DIR` is the short form).
-/// - `etcd:http://HOST:PORT[,http://HOST2:PORT…][?prefix=/services/]`
+/// - `etcd:http://HOST:PORT[,http://HOST2:PORT…][?prefix=/services/[,/micro/registry/…]]`; `?prefix=` (empty) is the
+///   whole keyspace. Each prefix is watched on its own (`watchers`).
 /// - `consul:http://HOST:PORT[?dc=dc1&token=…&stale=true]`; the token may also come from `CONSUL_HTTP_TOKEN`.
 public enum RegistrySpec: Sendable, Equatable, CustomStringConvertible {
     case file(directory: String)
-    case etcd(endpoints: [String], prefix: String)
+    case etcd(endpoints: [String], prefixes: [String])
     case consul(address: String, datacenter: String?, token: String?, stale: Bool)
 
     public struct Invalid: Error, CustomStringConvertible {
@@ -34,9 +35,11 @@ public enum RegistrySpec: Sendable, Equatable, CustomStringConvertible {
             for key in query.keys where key != "prefix" {
                 throw Invalid(description: "invalid --registry \"\(text)\": unknown option \"\(key)\"")
             }
-            var prefix = query["prefix"] ?? "/services/"
-            if !prefix.hasSuffix("/") { prefix += "/" }
-            self = .etcd(endpoints: endpoints, prefix: prefix)
+            // Empty stays empty (the whole keyspace); anything else names a directory.
+            let prefixes = (query["prefix"] ?? "/services/").split(separator: ",", omittingEmptySubsequences: false).map { p in
+                p.isEmpty || p.hasSuffix("/") ? String(p) : p + "/"
+            }
+            self = .etcd(endpoints: endpoints, prefixes: Array(Set(prefixes)).sorted())
         case "consul":
             let address = base.hasSuffix("/") ? String(base.dropLast()) : base
             try checkURL(address)
@@ -48,6 +51,12 @@ public enum RegistrySpec: Sendable, Equatable, CustomStringConvertible {
         default:
             throw Invalid(description: "invalid --registry \"\(text)\": unknown kind \"\(scheme)\" (file, etcd or consul)")
         }
+    }
+
+    /// One spec per watcher: an etcd registry with several prefixes watches each on its own, as its own source.
+    public var watchers: [RegistrySpec] {
+        guard case .etcd(let endpoints, let prefixes) = self, prefixes.count > 1 else { return [self] }
+        return prefixes.map { .etcd(endpoints: endpoints, prefixes: [$0]) }
     }
 
     static func splitQuery(_ text: String) -> (String, [String: String]) {
@@ -63,7 +72,7 @@ public enum RegistrySpec: Sendable, Equatable, CustomStringConvertible {
     public var description: String {
         switch self {
         case .file(let d): return "file:\(d)"
-        case .etcd(let e, let p): return "etcd:\(e.joined(separator: ","))?prefix=\(p)"
+        case .etcd(let e, let p): return "etcd:\(e.joined(separator: ","))?prefix=\(p.joined(separator: ","))"
         case .consul(let a, let dc, _, _): return "consul:\(a)" + (dc.map { "?dc=\($0)" } ?? "")
         }
     }

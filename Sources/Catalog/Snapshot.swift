@@ -107,7 +107,11 @@ public final class CatalogSnapshot: AtomicReference, Sendable {
     /// A snapshot of a single catalog-file registry (used by tests and tools).
     public static func build(registrations: [Registration], zones: [Zone], localDatacenter: String,
                              generation: UInt32) -> CatalogSnapshot {
-        let source = SourceCatalog(registrations: registrations)
+        build(source: SourceCatalog(registrations: registrations), zones: zones, localDatacenter: localDatacenter, generation: generation)
+    }
+
+    /// A snapshot of one registry's catalog (used by tests and tools).
+    public static func build(source: SourceCatalog, zones: [Zone], localDatacenter: String, generation: UInt32) -> CatalogSnapshot {
         var services = TreeDictionary<String, ServiceEntry>()
         for (name, list) in source.services { if let e = ServiceEntry.merged(name: name, [list]) { services[name] = e } }
         var datacenters: Set<String> = [localDatacenter.lowercased()]

@@ -28,7 +28,7 @@ public struct SourceCatalog: Sendable {
             let key = CatalogSnapshot.NodeKey(name: r.node.name, datacenter: r.node.datacenter)
             inst.node = nodes[key]!
             inst.health = max(inst.health, nodeHealth[key] ?? .passing)
-            services[inst.service.lowercased(), default: []].append(inst)
+            services[ServiceName.key(inst.service), default: []].append(inst)
         }
         self.init(services: services, nodes: nodes)
     }

@@ -9,6 +9,41 @@ public enum AnswerOrder: String, Sendable, CaseIterable {
     case random
 }
 
+/// Which instances of a service a name selects (see `Resolver.serviceQuery`).
+enum ServiceSelector: Equatable {
+    case all
+    case tag(String)
+    /// `_<name>._tcp`: instances with the named port `<name>`, answered on that port; or else with the tag.
+    case named(String)
+
+    func matches(_ inst: Instance) -> Bool {
+        switch self {
+        case .all: return true
+        case .tag(let t): return inst.hasTag(t)
+        case .named(let n): return inst.namedPorts[n] != nil || inst.hasTag(n)
+        }
+    }
+
+    /// The SRV port for an instance this selector matched.
+    func port(of inst: Instance) -> UInt16 {
+        if case .named(let n) = self, let p = inst.namedPorts[n] { return p }
+        return inst.port
+    }
+}
+
+/// The load-balancing policy announced to gRPC clients in `_grpc_config.<service>` TXT records.
+public enum GRPCLBPolicy: String, Sendable, CaseIterable {
+    case none
+    case roundRobin = "round_robin"
+    case pickFirst = "pick_first"
+
+    /// The TXT record's text, in the `grpc_config=` form grpc-go's dns resolver reads: a list of choices,
+    /// here one for every client, holding a service config with this policy.
+    public var serviceConfigTXT: String {
+        #"grpc_config=[{"serviceConfig":{"loadBalancingConfig":[{"\#(rawValue)":{}}]}}]"#
+    }
+}
+
 /// TTLs per service name, with Consul's `service_ttl` semantics: an exact name wins,
 /// then the longest `prefix*` match, then `*`, then the default (0, as in Consul).
 public struct TTLPolicy: Sendable, Hashable {
@@ -105,11 +140,13 @@ public struct ResolverConfiguration: Sendable {
     public var maxUDPSize: Int
     /// Addresses for the default `ns.<domain>` glue, when no zone file gives NS records.
     public var nameserverAddresses: [Address]
+    /// The policy `_grpc_config.<service>` announces; service meta `grpc_lb_policy` overrides it.
+    public var grpcLBPolicy: GRPCLBPolicy
 
     public init(domain: DNSName = try! DNSName("consul"), datacenter: String = "dc1", onlyPassing: Bool = false,
                 order: AnswerOrder = .cyclic, serviceTTL: TTLPolicy = TTLPolicy(), nodeTTL: UInt32 = 0,
                 maxUDPSize: Int = 1232,
-                nameserverAddresses: [Address] = [.v4(IPv4("127.0.0.1")!)]) {
+                nameserverAddresses: [Address] = [.v4(IPv4("127.0.0.1")!)], grpcLBPolicy: GRPCLBPolicy = .none) {
         self.domain = domain.lowercased
         self.datacenter = datacenter
         self.onlyPassing = onlyPassing
@@ -118,6 +155,7 @@ public struct ResolverConfiguration: Sendable {
         self.nodeTTL = nodeTTL
         self.maxUDPSize = maxUDPSize
         self.nameserverAddresses = nameserverAddresses
+        self.grpcLBPolicy = grpcLBPolicy
     }
 
     /// Default SOA timers (RFC 1912 style), used without a zone file for the domain.

@@ -208,32 +208,15 @@ public struct Resolver: Sendable {
     private func service(_ name: DNSName, _ type: UInt16, rest: ArraySlice<String>, datacenter: String,
                          _ snapshot: CatalogSnapshot, zone: Zone?, depth: Int) -> Answer {
         let nxdomain = { negative(RCode.nxDomain, snapshot, zone: zone) }
-        var serviceName: String
-        var tag: String? = nil
-        switch rest.count {
-        case 1:
-            serviceName = rest[rest.startIndex]
-        case 2:
-            let first = rest[rest.startIndex], second = rest[rest.startIndex + 1]
-            if first.hasPrefix("_") && second.hasPrefix("_") {
-                // RFC 2782 form: _<service>._<tag|tcp|udp>
-                serviceName = String(first.dropFirst())
-                let t = String(second.dropFirst())
-                tag = (t == "tcp" || t == "udp") ? nil : t
-            } else {
-                tag = first
-                serviceName = second
-            }
-        default:
-            // Consul allows dots in tags: a.b.web.service → tag "a.b".
-            serviceName = rest[rest.endIndex - 1]
-            tag = rest.dropLast().joined(separator: ".")
+        guard let query = Self.serviceQuery(rest, in: snapshot) else { return nxdomain() }
+        let entry = query.entry
+        if case .tag("_grpc_config") = query.selector, let policy = grpcPolicy(for: entry) {
+            return grpcConfig(name, type, policy: policy, entry: entry, snapshot, zone: zone)
         }
-        guard let entry = snapshot.services[serviceName] else { return nxdomain() }
         let onlyPassing = configuration.onlyPassing
         let healthy = entry.instances.filter { inst in
             inst.health.isServed(onlyPassing: onlyPassing) && inst.node.datacenter.equalsIgnoringASCIICase(datacenter)
-                && (tag.map { inst.hasTag($0) } ?? true)
+                && query.selector.matches(inst)
         }
         guard !healthy.isEmpty else { return nxdomain() }
         let ordered = rotate(healthy, entry: entry)
@@ -256,13 +239,73 @@ public struct Resolver: Sendable {
             for inst in ordered {
                 let (target, targetGlue) = srvTarget(inst, ttl: ttl, snapshot, depth: depth)
                 answers.append(ResourceRecord(name: name, ttl: ttl,
-                                              rdata: .srv(priority: 1, weight: inst.weight, port: inst.port, target: target)))
+                                              rdata: .srv(priority: 1, weight: inst.weight, port: query.selector.port(of: inst),
+                                                          target: target)))
                 glue.append(targetGlue)
             }
             return Answer(rcode: RCode.noError, authoritative: true, answers: answers, glue: glue)
         default:
             return negative(RCode.noError, snapshot, zone: zone)
         }
+    }
+
+    // MARK: Service names
+
+    /// What the labels in front of `service[.<dc>]` select: a service, and which of its instances.
+    struct ServiceQuery {
+        let entry: ServiceEntry
+        let selector: ServiceSelector
+    }
+
+    /// The naming rule for services, in one place. Service names may contain dots, so the labels are read as
+    /// **the longest service name that exists** in the snapshot, and whatever is left in front selects instances:
+    /// - nothing: every instance;
+    /// - `_<name>._tcp` or `_<name>._udp`: the named port `<name>` (a Kratos endpoint's scheme), or else the tag;
+    /// - anything else: a tag, which may itself contain dots (`a.b.web` is the tag `a.b` on `web`, as in Consul).
+    /// When no suffix names a service, the RFC 2782 form `_<service>._<tag|tcp|udp>` is tried.
+    /// Consul reads every label but the last as a tag; the two differ only when a dotted service exists.
+    static func serviceQuery(_ rest: ArraySlice<String>, in snapshot: CatalogSnapshot) -> ServiceQuery? {
+        // A label holding a dot (escaped in the query) can never match: dots separate labels in service names.
+        guard !rest.contains(where: { $0.utf8.contains(UInt8(ascii: ".")) }) else { return nil }
+        for start in rest.indices {
+            let candidate = start == rest.index(before: rest.endIndex) ? rest[start] : rest[start...].joined(separator: ".")
+            guard let entry = snapshot.services[candidate] else { continue }
+            let front = rest[..<start]
+            if front.isEmpty { return ServiceQuery(entry: entry, selector: .all) }
+            if front.count == 2, let first = front.first, first.hasPrefix("_"), ["_tcp", "_udp"].contains(front.last!) {
+                return ServiceQuery(entry: entry, selector: .named(String(first.dropFirst())))
+            }
+            return ServiceQuery(entry: entry, selector: .tag(front.joined(separator: ".")))
+        }
+        if rest.count == 2, let first = rest.first, let second = rest.last, first.hasPrefix("_"), second.hasPrefix("_"),
+           let entry = snapshot.services[String(first.dropFirst())] {
+            let tag = String(second.dropFirst())
+            return ServiceQuery(entry: entry, selector: tag == "tcp" || tag == "udp" ? .all : .tag(tag))
+        }
+        return nil
+    }
+
+    // MARK: gRPC service config
+
+    /// The load-balancing policy the service's `_grpc_config` TXT record announces; nil for none.
+    /// Service meta `grpc_lb_policy` (on the first instance, in base order, that has it) overrides the flag.
+    func grpcPolicy(for entry: ServiceEntry) -> GRPCLBPolicy? {
+        var policy = configuration.grpcLBPolicy
+        if let text = entry.instances.lazy.compactMap({ $0.meta["grpc_lb_policy"] }).first,
+           let own = GRPCLBPolicy(rawValue: text.lowercased()) {
+            policy = own
+        }
+        return policy == .none ? nil : policy
+    }
+
+    /// `_grpc_config.<service>.service[.<dc>].<domain>`: the TXT record grpc-go's `dns` resolver reads on every
+    /// resolution, so clients pick the policy with no code of their own. Other types get NODATA.
+    private func grpcConfig(_ name: DNSName, _ type: UInt16, policy: GRPCLBPolicy, entry: ServiceEntry,
+                            _ snapshot: CatalogSnapshot, zone: Zone?) -> Answer {
+        guard type == RRType.txt || type == RRType.any else { return negative(RCode.noError, snapshot, zone: zone) }
+        let text = Array(policy.serviceConfigTXT.utf8)
+        let record = ResourceRecord(name: name, ttl: configuration.serviceTTL.ttl(for: entry.name), rdata: .txt(chunks(text)))
+        return Answer(rcode: RCode.noError, authoritative: true, answers: [record])
     }
 
     // MARK: Pre-encoded answers
@@ -286,7 +329,8 @@ public struct Resolver: Sendable {
         let none = EncodedAnswers(owner: identity, count: healthy.count, a: nil, aaaa: nil, srv: nil)
         guard !healthy.isEmpty, configuration.order == .cyclic || healthy.count == 1,
               !healthy.contains(where: { if case .hostname = $0.address { true } else { false } }),
-              let name = try? DNSName(labels: [entry.name, "service"]).appending(configuration.domain) else { return none }
+              let name = try? DNSName(labels: entry.name.split(separator: ".", omittingEmptySubsequences: false) + ["service"])
+                .appending(configuration.domain) else { return none }
         let ttl = configuration.serviceTTL.ttl(for: entry.name)
         func template(_ type: UInt16) -> AnswerTemplate? {
             let entries = healthy.map { inst -> AnswerTemplate.Entry in

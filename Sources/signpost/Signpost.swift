@@ -105,6 +105,9 @@ struct Serve: AsyncParsableCommand {
     @Option(name: .long, help: ArgumentHelp("TTL for node and addr answers.", valueName: "DURATION"))
     var nodeTTL: String = "0s"
 
+    @Option(name: .long, help: ArgumentHelp("Load-balancing policy announced to gRPC clients in _grpc_config.<service> TXT records: round_robin, pick_first or none. Service meta grpc_lb_policy overrides it.", valueName: "POLICY"))
+    var grpcLbPolicy: GRPCLBPolicy = .none
+
     @Option(name: .long, help: "Answer order: cyclic (rotate by one per query) or random (shuffle).")
     var order: AnswerOrder = .cyclic
 
@@ -252,7 +255,8 @@ struct Serve: AsyncParsableCommand {
         let resolverConfig = ResolverConfiguration(
             domain: domainName, datacenter: catalogOptions.datacenter, onlyPassing: onlyPassing, order: order,
             serviceTTL: try TTLPolicy.parse(serviceTTL), nodeTTL: nodeTTLValue,
-            maxUDPSize: maxUDPSize, nameserverAddresses: nsAddresses.isEmpty ? [Address("127.0.0.1")!] : nsAddresses)
+            maxUDPSize: maxUDPSize, nameserverAddresses: nsAddresses.isEmpty ? [Address("127.0.0.1")!] : nsAddresses,
+            grpcLBPolicy: grpcLbPolicy)
         let serverConfig = DNSServer.Configuration(listen: addresses, tcpIdleTimeout: .seconds(Int64(idle)), udpEngine: udpEngine,
                                                    udpWorkers: threads ?? NIOCore.System.coreCount,
                                                    tcpMaxConnections: tcpMaxConnections, tcpMaxInflight: tcpMaxInflight)
@@ -308,7 +312,7 @@ struct Serve: AsyncParsableCommand {
         var specs: [RegistrySpec] = []
         if let c = catalogOptions.catalog { specs.append(.file(directory: c)) }
         do {
-            for r in registry { specs.append(try RegistrySpec(parsing: r, environment: ProcessInfo.processInfo.environment)) }
+            for r in registry { specs += try RegistrySpec(parsing: r, environment: ProcessInfo.processInfo.environment).watchers }
         } catch {
             throw StartupError(message: error.description, code: 64)
         }
@@ -423,8 +427,8 @@ func makeWatchers(_ specs: [RegistrySpec], zonesDir: String?, assembler: Catalog
         switch spec {
         case .file(let directory):
             fileWatchers.append(try file(directory, nil, index))
-        case .etcd(let endpoints, let prefix):
-            let watcher = EtcdWatcher(configuration: .init(endpoints: endpoints, prefix: prefix, localDatacenter: dc),
+        case .etcd(let endpoints, let prefixes):
+            let watcher = EtcdWatcher(configuration: .init(endpoints: endpoints, prefix: prefixes[0], localDatacenter: dc),
                                       assembler: assembler, sourceIndex: index, logger: logger)
             services.append(TaskService { await watcher.run() })
         case .consul(let address, let datacenter, let token, let stale):
@@ -474,6 +478,7 @@ struct Check: AsyncParsableCommand {
 }
 
 extension AnswerOrder: ExpressibleByArgument {}
+extension GRPCLBPolicy: ExpressibleByArgument {}
 extension Forwarder.Policy: ExpressibleByArgument {}
 extension DNSServer.UDPEngine: ExpressibleByArgument {}
 

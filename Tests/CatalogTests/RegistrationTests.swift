@@ -64,7 +64,6 @@ struct RegistrationTests {
         ("{\"Node\": \"a\", \"Address\": \"192.0.2.1\", \"Service\": {\"Service\": \"web\", \"Tags\": \"v1\"}}", 1, "Service.Tags: expected an array of strings"),
         ("\"just a string\"", 1, "expected an object or an array of objects"),
         ("{\"Node\": \"a\", \"Address\": \"192.0.2.1\", \"Checks\": [{\"Name\": \"x\", \"Status\": \"passing\", \"ServiceID\": \"ghost\"}]}", 1, "ServiceID \"ghost\""),
-        ("{\"Node\": \"a\", \"Address\": \"192.0.2.1\", \"Service\": {\"Service\": \"web.v2\"}}", 1, "cannot be a DNS label"),
     ])
     func problemsNameLineAndReason(text: String, line: Int, reason: String) throws {
         let p = try #require(problem(text))
@@ -72,6 +71,35 @@ struct RegistrationTests {
         #expect(p.line == line, "\(p)")
         #expect(p.reason.contains(reason), "\(p)")
         #expect(p.description.hasPrefix("t.json:\(line): "))
+    }
+}
+
+@Suite("Service names in catalog files")
+struct ServiceNameTests {
+    @Test func dottedNamesLoad() throws {
+        let regs = try RegistrationDecoder.decode(bytes: Array(#"""
+            [{"Node": "a", "Address": "192.0.2.1", "Service": {"Service": "hello.service", "Port": 50051}},
+             {"Node": "a", "Address": "192.0.2.1", "Service": {"Service": "grpc.health.v1.greeter"}}]
+            """#.utf8), path: "t.json", defaultDatacenter: "dc1")
+        #expect(regs.compactMap(\.service?.service) == ["hello.service", "grpc.health.v1.greeter"])
+    }
+
+    /// A name that can never be a DNS name loses only its own service (and the checks on it), with where and why.
+    @Test func aBadNameIsSkippedAndTheRestLoads() throws {
+        let long = String(repeating: "x", count: 64)
+        var skipped: [SkippedName] = []
+        let regs = try RegistrationDecoder.decode(bytes: Array("""
+            [{"Node": "a", "Address": "192.0.2.1", "Service": {"Service": "web"}},
+             {"Node": "b", "Address": "192.0.2.2",
+              "Service": {"ID": "bad-1", "Service": "\(long).svc"},
+              "Checks": [{"CheckID": "c", "Status": "passing", "ServiceID": "bad-1"}, {"CheckID": "serfHealth", "Status": "passing"}]},
+             {"Node": "c", "Address": "192.0.2.3", "Service": {"Service": "a..b"}}]
+            """.utf8), path: "t.json", defaultDatacenter: "dc1", skipped: &skipped)
+        #expect(regs.count == 3 && regs.compactMap(\.service?.service) == ["web"])
+        #expect(regs[1].checks.map(\.id) == ["serfHealth"], "the node and its own checks stay")
+        #expect(skipped == [SkippedName(location: "t.json:3", name: "\(long).svc", reason: .labelTooLong),
+                            SkippedName(location: "t.json:5", name: "a..b", reason: .emptyLabel)])
+        #expect(skipped[0].description.hasPrefix("t.json:3: service"))
     }
 }
 

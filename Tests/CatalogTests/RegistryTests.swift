@@ -1,3 +1,4 @@
+import Foundation
 @testable import Catalog
 import DNSWire
 import Logging
@@ -5,39 +6,95 @@ import Testing
 
 @Suite("etcd values")
 struct EtcdValueTests {
-    func parse(_ key: String, _ value: String) throws(EtcdValue.Invalid) -> (service: String, instance: Instance)? {
-        try EtcdValue.parse(key: key, value: Array(value.utf8), prefix: "/services/", localDatacenter: "dc1")
+    func parse(_ key: String, _ value: String, prefix: String = "/services/") throws(EtcdValue.Invalid) -> [Instance]? {
+        try EtcdValue.parse(key: key, value: Array(value.utf8), prefix: prefix, localDatacenter: "dc1")
+    }
+
+    func one(_ key: String, _ value: String, prefix: String = "/services/") throws -> Instance {
+        let list = try #require(try parse(key, value, prefix: prefix))
+        #expect(list.count == 1)
+        return try #require(list.first)
+    }
+
+    /// A golden value from Tests/CatalogTests/Resources/etcd (its README says where each shape comes from).
+    func golden(_ name: String) throws -> String {
+        let url = try #require(Bundle.module.url(forResource: "Resources/etcd/\(name)", withExtension: nil))
+        return try String(contentsOf: url, encoding: .utf8)
     }
 
     @Test func native() throws {
-        let p = try #require(try parse("/services/Web/i-1", #"""
+        let i = try one("/services/Web/i-1", #"""
             {"ID": "web-a", "Address": "192.0.2.1", "Port": 8080, "Tags": ["v2"], "Meta": {"k": "v"},
              "Weights": {"Passing": 5, "Warning": 2}, "Node": "n1", "Datacenter": "dc2", "Status": "warning"}
-            """#))
-        #expect(p.service == "web")
-        let i = p.instance
+            """#)
         #expect(i.id == "web-a" && i.service == "Web" && i.port == 8080 && i.tags == ["v2"] && i.meta == ["k": "v"])
         #expect(i.weightPassing == 5 && i.weightWarning == 2 && i.health == .warning)
         #expect(i.node.name == "n1" && i.node.datacenter == "dc2" && i.node.address == .v4(IPv4("192.0.2.1")!))
         #expect(i.serviceAddress == nil)  // SRV target: the node
     }
 
-    @Test func grpcNamingAndTutorialFormats() throws {
-        let g = try #require(try parse("/services/greeter/[2001:db8::1]:50051", #"{"Op": 0, "Addr": "[2001:db8::1]:50051", "Metadata": null}"#))
-        #expect(g.instance.port == 50051 && g.instance.address == .v6(IPv6("2001:db8::1")!))
-        #expect(g.instance.serviceAddress != nil && g.instance.node.name.isEmpty)  // SRV target: <hex>.addr
+    @Test func endpointsManagerAndTutorial() throws {
+        let g = try one("/services/greeter/[2001:db8::1]:50051", #"{"Op": 0, "Addr": "[2001:db8::1]:50051", "Metadata": null}"#)
+        #expect(g.port == 50051 && g.address == .v6(IPv6("2001:db8::1")!) && g.id == "[2001:db8::1]:50051")
+        #expect(g.serviceAddress != nil && g.node.name.isEmpty)  // SRV target: <hex>.addr
         #expect(try parse("/services/greeter/x", #"{"Op": 1, "Addr": "192.0.2.1:1"}"#) == nil)  // a gRPC delete op
-        let t = try #require(try parse("/services/mail/1", #"{"Name": "mail", "IP": "192.0.2.4:8972"}"#))
-        #expect(t.instance.port == 8972 && t.instance.address == .v4(IPv4("192.0.2.4")!))
-        let host = try #require(try parse("/services/db/1", #"{"Addr": "db.example.internal:5432"}"#))
-        #expect(host.instance.address == .hostname(try DNSName("db.example.internal")))
+        let manager = try one("/services/greeter/192.0.2.21:50051", try golden("endpoints-manager.json"))
+        #expect(manager.service == "greeter" && manager.port == 50051 && manager.address == .v4(IPv4("192.0.2.21")!))
+        let host = try one("/services/db/1", #"{"Addr": "db.example.internal:5432"}"#)
+        #expect(host.address == .hostname(try DNSName("db.example.internal")))
+        // The tutorial's value names the service; its "Ip" variant is read too (Go's JSON keys are case-blind).
+        let t = try one("g.srv.mail/127.0.0.1:8972", try golden("tutorial.json"), prefix: "")
+        #expect(t.service == "g.srv.mail" && t.port == 8972 && t.address == .v4(IPv4("127.0.0.1")!) && t.id == "127.0.0.1:8972")
+        #expect(try one("mail/1", #"{"Name": "mail", "Ip": "192.0.2.4:8972"}"#, prefix: "").port == 8972)
+    }
+
+    @Test func goMicro() throws {
+        let key = "/micro/registry/go.micro.srv.greeter/go.micro.srv.greeter-9b8e2e0c-6a51-4f0e-9a4b-3c1d2e5f7a10"
+        for prefix in ["/micro/registry/", ""] {
+            let i = try one(key, try golden("go-micro.json"), prefix: prefix)
+            #expect(i.service == "go.micro.srv.greeter" && i.id == "go.micro.srv.greeter-9b8e2e0c-6a51-4f0e-9a4b-3c1d2e5f7a10")
+            #expect(i.address == .v4(IPv4("192.0.2.41")!) && i.port == 40123 && i.meta["registry"] == "etcd")
+        }
+        // Several nodes in one value: one instance each.
+        let two = try #require(try parse("/micro/registry/s/x", #"{"name": "s", "nodes": [{"id": "a", "address": "192.0.2.1:1"}, {"id": "b", "address": "[2001:db8::2]:2"}]}"#, prefix: "/micro/registry/"))
+        #expect(two.map(\.id) == ["a", "b"] && two.map(\.port) == [1, 2])
+    }
+
+    @Test func kratos() throws {
+        let i = try one("/microservices/helloworld/b1a4c3e2-0f6d-11ee-9d1a-0242ac120002", try golden("kratos.json"), prefix: "")
+        #expect(i.service == "helloworld" && i.id == "b1a4c3e2-0f6d-11ee-9d1a-0242ac120002" && i.meta == ["region": "eu"])
+        #expect(i.address == .v4(IPv4("192.0.2.51")!) && i.port == 9000 && i.namedPorts == ["grpc": 9000, "http": 8000])
+    }
+
+    @Test func plainValues() throws {
+        // go-zero: `<key>/<lease id>` holding a bare host:port.
+        let z = try one("dms.rpc/7587864068988009477", try golden("go-zero.txt"), prefix: "")
+        #expect(z.service == "dms.rpc" && z.id == "7587864068988009477" && z.port == 8080 && z.address == .v4(IPv4("192.0.2.61")!))
+        #expect(try one("/services/web/1", "192.0.2.7").port == 0)
+        #expect(try one("/services/web/1", #""192.0.2.8:81""#).port == 81)
+        #expect(try one("/services/web/1", "2001:db8::9").address == .v6(IPv6("2001:db8::9")!))
+    }
+
+    @Test func skippedNamesSayWhy() {
+        let long = String(repeating: "a", count: 64)
+        #expect(throws: EtcdValue.Invalid.self) { try parse("/services/\(long)/1", "192.0.2.1:1") }
+        do { _ = try parse("x", #"{"Name": "a..b", "IP": "192.0.2.1:1"}"#, prefix: "") } catch {
+            #expect(error.reason == .emptyLabel)
+        }
+        do { _ = try parse("/services/\(long)/1", "192.0.2.1:1") } catch { #expect(error.reason == .labelTooLong) }
+        do { _ = try parse("/services/w/1", "true") } catch { #expect(error.reason == .unknownFormat) }
+        let huge = Array(repeating: String(repeating: "b", count: 60), count: 5).joined(separator: ".")
+        #expect(ServiceName.problem(huge) == .nameTooLong)
+        #expect(ServiceName.problem("grpc.health.v1.greeter") == nil)
     }
 
     @Test(arguments: [
         ("/services/web/1", "not json"), ("/services/web/1", "[1]"), ("/services/web/1", #"{"Port": 80}"#),
         ("/services/web/1", #"{"Addr": "192.0.2.1"}"#), ("/services/web/1", #"{"IP": "192.0.2.1:99999"}"#),
         ("/services/web/1", #"{"Address": "192.0.2.1", "Status": "sick"}"#), ("/services/web", #"{"Address": "192.0.2.1"}"#),
-        ("/services/we.b/1", #"{"Address": "192.0.2.1"}"#), ("/services/web/1", #"{"Address": "not an address!"}"#),
+        ("/services/we..b/1", #"{"Address": "192.0.2.1"}"#), ("/services/web/1", #"{"Address": "not an address!"}"#),
+        ("/services/web/1", "hostname-only"), ("/services/web/1", #"{"name": "x", "nodes": []}"#),
+        ("/services/web/1", #"{"name": "x", "endpoints": ["192.0.2.1:80"]}"#),
     ])
     func invalid(key: String, value: String) {
         #expect(throws: EtcdValue.Invalid.self) { try parse(key, value) }
@@ -54,8 +111,14 @@ struct RegistrySpecTests {
     @Test func parses() throws {
         #expect(try RegistrySpec(parsing: "file:zones/catalog") == .file(directory: "zones/catalog"))
         #expect(try RegistrySpec(parsing: "etcd:http://127.0.0.1:2379,http://127.0.0.2:2379/?prefix=/svc")
-                == .etcd(endpoints: ["http://127.0.0.1:2379", "http://127.0.0.2:2379"], prefix: "/svc/"))
-        #expect(try RegistrySpec(parsing: "etcd:http://127.0.0.1:2379") == .etcd(endpoints: ["http://127.0.0.1:2379"], prefix: "/services/"))
+                == .etcd(endpoints: ["http://127.0.0.1:2379", "http://127.0.0.2:2379"], prefixes: ["/svc/"]))
+        #expect(try RegistrySpec(parsing: "etcd:http://127.0.0.1:2379") == .etcd(endpoints: ["http://127.0.0.1:2379"], prefixes: ["/services/"]))
+        // An empty prefix is the whole keyspace; several are watched each on its own.
+        #expect(try RegistrySpec(parsing: "etcd:http://127.0.0.1:2379?prefix=") == .etcd(endpoints: ["http://127.0.0.1:2379"], prefixes: [""]))
+        let two = try RegistrySpec(parsing: "etcd:http://127.0.0.1:2379?prefix=/services/,/micro/registry")
+        #expect(two == .etcd(endpoints: ["http://127.0.0.1:2379"], prefixes: ["/micro/registry/", "/services/"]))
+        #expect(two.watchers == [.etcd(endpoints: ["http://127.0.0.1:2379"], prefixes: ["/micro/registry/"]),
+                                 .etcd(endpoints: ["http://127.0.0.1:2379"], prefixes: ["/services/"])])
         #expect(try RegistrySpec(parsing: "consul:http://127.0.0.1:8500?dc=dc2&stale=true", environment: ["CONSUL_HTTP_TOKEN": "t0k"])
                 == .consul(address: "http://127.0.0.1:8500", datacenter: "dc2", token: "t0k", stale: true))
         #expect(try RegistrySpec(parsing: "consul:http://127.0.0.1:8500?token=a%2Fb", environment: ["CONSUL_HTTP_TOKEN": "env"])

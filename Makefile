@@ -7,9 +7,10 @@ SUDO     := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 # System packages: what building and serving needs, and what the test suite adds.
 RUN_PACKAGES  := libldns-dev libssl-dev pkg-config
-TEST_PACKAGES := $(RUN_PACKAGES) bind9-dnsutils knot-dnsutils ldnsutils iproute2 etcd-server etcd-client knot dnsperf
+TEST_PACKAGES := $(RUN_PACKAGES) bind9-dnsutils knot-dnsutils ldnsutils iproute2 etcd-server etcd-client knot dnsperf \
+                 golang-go golang-google-grpc-dev
 
-.PHONY: run test build deps test-deps check clean bench bench-registry bench-forward bench-micro fuzz fuzz-build
+.PHONY: run test build deps test-deps check clean grpc-probe bench bench-registry bench-forward bench-micro fuzz fuzz-build
 
 # Installs only what is missing, so a second run does not touch apt.
 define apt_install
@@ -38,7 +39,14 @@ run: build
 check: build
 	.build/release/signpost check --catalog zones/catalog --zones zones
 
-test: test-deps
+# A real grpc-go client and server (Tests/EndToEndTests/GRPCProbe), built offline from Debian's Go and grpc-go.
+GRPC_PROBE := .build/grpc-probe
+grpc-probe: test-deps
+	@mkdir -p $(GRPC_PROBE)/src/grpcprobe
+	@cp Tests/EndToEndTests/GRPCProbe/main.go $(GRPC_PROBE)/src/grpcprobe/
+	cd $(GRPC_PROBE) && GO111MODULE=off GOPATH=$$PWD:/usr/share/gocode GOCACHE=$$PWD/cache go build -o grpc-probe grpcprobe
+
+test: test-deps grpc-probe
 	$(SWIFT) build -c release --product signpost
 	$(SWIFT) build --build-tests
 	$(SWIFT) test --skip-build --disable-xctest --skip OperationsTests

@@ -6,6 +6,14 @@ It follows Consul's documented behaviour for what Signpost uses:
   PUT  /v1/catalog/deregister    {"Node": ..., "ServiceID": ...} or {"Node": ...}
   GET  /v1/catalog/services      {"name": ["tag", ...]}
   GET  /v1/health/service/<name> [{"Node": {...}, "Service": {...}, "Checks": [...]}]
+The agent endpoints that registrars (grpc-go tutorials, go-micro, python-consul) use, on the agent's own node:
+  PUT  /v1/agent/service/register       Name, ID, Tags, Address, Port, Meta, Check/Checks (TTL, CheckID, Status,
+                                        DeregisterCriticalServiceAfter); keys in any case, as Consul's decoder
+  PUT  /v1/agent/service/deregister/<id>
+  PUT  /v1/agent/check/pass|warn|fail/<id>[?note=], PUT /v1/agent/check/update/<id> {"Status", "Output"}
+A TTL check starts critical unless Status says otherwise (Consul's default), goes critical ("TTL expired") when
+its TTL lapses without an update, and a service whose check stays critical past DeregisterCriticalServiceAfter is
+deregistered. Consul reaps every 30 s; the stand-in checks every 50 ms, so tests can use short TTLs.
 Blocking queries: with ?index=N (N > 0) the request waits until the index exceeds N or ?wait= passes
 (default 5m, max 10m, plus up to wait/16 of jitter, as Consul adds), then answers with X-Consul-Index.
 ACLs: when started with --token, requests without a matching X-Consul-Token (or ?token=) get 403.
@@ -22,13 +30,74 @@ import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import parse_qs, urlparse
+from urllib.parse import parse_qs, unquote, urlparse
 
 lock = threading.Condition()
 state = {"index": 10, "nodes": {}, "services": {}, "checks": {}, "noblock": False}
 requests_seen = []
 TOKEN = None
 DC = "dc1"
+AGENT_NODE = "standin-agent"
+# TTL checks by (node, check ID): {"ttl": s, "expires": t, "deregister_after": s or None, "critical_since": t or None}
+ttl_checks = {}
+
+
+def go_duration(text):
+    """Go's time.ParseDuration for the units Consul's registrars send ("31s", "1m35s", "500ms", "1h")."""
+    total = 0.0
+    for value, unit in re.findall(r"(\d+(?:\.\d+)?)(ms|us|ns|h|m|s)", text or ""):
+        total += float(value) * {"h": 3600, "m": 60, "s": 1, "ms": 1e-3, "us": 1e-6, "ns": 1e-9}[unit]
+    return total
+
+
+def lower_keys(d):
+    return {k.lower(): v for k, v in d.items()} if isinstance(d, dict) else {}
+
+
+def ensure_agent_node():
+    if AGENT_NODE not in state["nodes"]:
+        state["nodes"][AGENT_NODE] = {"Address": "127.0.0.1", "Datacenter": DC, "Meta": {},
+                                      "CreateIndex": state["index"] + 1, "ModifyIndex": state["index"] + 1}
+        state["checks"][(AGENT_NODE, "serfHealth")] = {"Node": AGENT_NODE, "CheckID": "serfHealth", "Name": "Serf Health Status",
+                                                       "Status": "passing", "Notes": "", "Output": "Agent alive and reachable",
+                                                       "ServiceID": "", "ServiceName": "", "Type": "",
+                                                       "ModifyIndex": state["index"] + 1}
+
+
+def set_check(key, status, output):
+    """A check's new status; the index moves only when something changed, as in Consul's state store."""
+    check = state["checks"][key]
+    if status == "critical" and check["Status"] != "critical" and key in ttl_checks:
+        ttl_checks[key]["critical_since"] = time.time()
+    if status != "critical" and key in ttl_checks:
+        ttl_checks[key]["critical_since"] = None
+    if check["Status"] != status or check["Output"] != output:
+        check["Status"], check["Output"] = status, output
+        check["ModifyIndex"] = state["index"] + 1
+        bump()
+
+
+def remove_service(node, sid):
+    state["services"].pop((node, sid), None)
+    for key in [k for k, c in state["checks"].items() if k[0] == node and c["ServiceID"] == sid]:
+        del state["checks"][key]
+        ttl_checks.pop(key, None)
+
+
+def reaper():
+    while True:
+        time.sleep(0.05)
+        with lock:
+            now = time.time()
+            for key, t in list(ttl_checks.items()):
+                if key not in state["checks"]:
+                    continue
+                if now > t["expires"] and state["checks"][key]["Status"] != "critical":
+                    set_check(key, "critical", "TTL expired")
+                since, after = t["critical_since"], t["deregister_after"]
+                if since is not None and after is not None and now - since > after:
+                    remove_service(key[0], state["checks"][key]["ServiceID"])
+                    bump()
 
 
 def bump():
@@ -116,7 +185,7 @@ class Handler(BaseHTTPRequestHandler):
         if url.path == "/v1/catalog/services":
             make = catalog_services
         elif url.path.startswith("/v1/health/service/"):
-            name = url.path[len("/v1/health/service/"):]
+            name = unquote(url.path[len("/v1/health/service/"):])
             make = lambda: health_service(name)
         else:
             return self.reply(404, "not found")
@@ -140,6 +209,32 @@ class Handler(BaseHTTPRequestHandler):
         if not self.authorised(query):
             return self.reply(403, "ACL not found")
         with lock:
+            if url.path == "/v1/agent/service/register":
+                return self.agent_register(lower_keys(body))
+            if url.path.startswith("/v1/agent/service/deregister/"):
+                sid = unquote(url.path[len("/v1/agent/service/deregister/"):])
+                if (AGENT_NODE, sid) not in state["services"]:
+                    return self.reply(404, f'Unknown service ID "{sid}". Ensure that the service ID is passed, not the service name.')
+                remove_service(AGENT_NODE, sid)
+                bump()
+                return self.reply(200, None)
+            m = re.fullmatch(r"/v1/agent/check/(pass|warn|fail|update)/(.+)", url.path)
+            if m:
+                key = (AGENT_NODE, unquote(m.group(2)))
+                if key not in state["checks"]:
+                    return self.reply(404, f'CheckID "{key[1]}" does not have associated TTL')
+                if m.group(1) == "update":
+                    b = lower_keys(body)
+                    status, output = b.get("status") or "", b.get("output") or ""
+                    if status not in ("passing", "warning", "critical"):
+                        return self.reply(400, f"Invalid check status: \"{status}\"")
+                else:
+                    status = {"pass": "passing", "warn": "warning", "fail": "critical"}[m.group(1)]
+                    output = (query.get("note") or [""])[0]
+                if key in ttl_checks:
+                    ttl_checks[key]["expires"] = time.time() + ttl_checks[key]["ttl"]
+                set_check(key, status, output)
+                return self.reply(200, None)
             if url.path == "/v1/catalog/register":
                 node = body["Node"]
                 old = state["nodes"].get(node, {})
@@ -179,6 +274,35 @@ class Handler(BaseHTTPRequestHandler):
                 return self.reply(200, True)
         self.reply(404, "not found")
 
+    def agent_register(self, b):
+        name = b.get("name") or ""
+        if not name:
+            return self.reply(400, "Missing service name")
+        sid = b.get("id") or name
+        ensure_agent_node()
+        remove_service(AGENT_NODE, sid)
+        state["services"][(AGENT_NODE, sid)] = {
+            "ID": sid, "Service": name, "Tags": b.get("tags") or [], "Address": b.get("address") or "",
+            "Port": b.get("port") or 0, "Meta": b.get("meta") or {}, "Weights": b.get("weights") or {"Passing": 1, "Warning": 1},
+            "CreateIndex": state["index"] + 1, "ModifyIndex": state["index"] + 1}
+        checks = ([b["check"]] if b.get("check") else []) + list(b.get("checks") or [])
+        for i, raw in enumerate(checks):
+            c = lower_keys(raw)
+            # Consul names a service's checks service:<id>, or service:<id>:<n> when there are several.
+            cid = c.get("checkid") or c.get("id") or (f"service:{sid}" if len(checks) == 1 else f"service:{sid}:{i + 1}")
+            key = (AGENT_NODE, cid)
+            state["checks"][key] = {"Node": AGENT_NODE, "CheckID": cid, "Name": c.get("name") or f"Service '{name}' check",
+                                    "Status": c.get("status") or "critical", "Notes": c.get("notes") or "", "Output": "",
+                                    "ServiceID": sid, "ServiceName": name, "Type": "ttl" if c.get("ttl") else "",
+                                    "ModifyIndex": state["index"] + 1}
+            if c.get("ttl"):
+                after = c.get("deregistercriticalserviceafter")
+                ttl_checks[key] = {"ttl": go_duration(c["ttl"]), "expires": time.time() + go_duration(c["ttl"]),
+                                   "deregister_after": go_duration(after) if after else None,
+                                   "critical_since": time.time() if state["checks"][key]["Status"] == "critical" else None}
+        bump()
+        return self.reply(200, None)
+
     def do_POST(self):
         url = urlparse(self.path)
         length = int(self.headers.get("Content-Length") or 0)
@@ -208,6 +332,7 @@ def main():
     TOKEN, DC = args.token, args.dc
     server = ThreadingHTTPServer(("127.0.0.1", args.port), Handler)
     server.daemon_threads = True
+    threading.Thread(target=reaper, daemon=True).start()
     print(f"listening on 127.0.0.1:{server.server_address[1]}", flush=True)
     server.serve_forever()
 

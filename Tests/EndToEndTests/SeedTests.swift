@@ -241,6 +241,9 @@ struct SeedTests {
         func peers(_ policy: String) throws -> [String: Int] {
             let server = try Server(dir: dir, extra: ["--grpc-lb-policy", policy])
             defer { server.stop() }
+            let txt = try data(server, "_grpc_config.hello.service.service.consul", "TXT")
+            #expect(txt == (policy == "none" ? [] : [#""grpc_config=[{\"serviceConfig\":{\"loadBalancingConfig\":[{\"\#(policy)\":{}}]}}]""#]),
+                    "\(txt)")
             let r = try run([grpcProbe, "client", "dns://127.0.0.1:\(server.port)/hello.service.service.consul:\(port)", "30"])
             #expect(r.status == 0, "\(r.err)\n\(server.log_())")
             var counts: [String: Int] = [:]

@@ -10,24 +10,27 @@ import Metrics
 import NIOCore
 import Prometheus
 
-/// A snapshot of `count` services × 3 instances, as the catalog-file registry would build it.
+/// A snapshot of `count` services × 3 instances, as the catalog-file registry would build it, plus the same number
+/// of dotted services (`go.micro.svc<N>`, go-micro's naming), which take the general path.
 func snapshot(services count: Int) -> CatalogSnapshot {
     var registrations: [Registration] = []
     for s in 0..<count {
         for i in 0..<3 {
-            let json = #"{"Node": "svc\#(s)-\#(i)", "Address": "10.\#(s / 250).\#(s % 250).\#(i + 1)", "#
-                + #""Service": {"ID": "svc\#(s)-\#(i)", "Service": "svc\#(s)", "Port": 8080}}"#
-            registrations += try! RegistrationDecoder.decode(bytes: Array(json.utf8), path: "bench", defaultDatacenter: "dc1")
+            for (prefix, net) in [("", 10), ("go.micro.", 11)] {
+                let json = #"{"Node": "\#(prefix)svc\#(s)-\#(i)", "Address": "\#(net).\#(s / 250).\#(s % 250).\#(i + 1)", "#
+                    + #""Service": {"ID": "svc\#(s)-\#(i)", "Service": "\#(prefix)svc\#(s)", "Port": 8080}}"#
+                registrations += try! RegistrationDecoder.decode(bytes: Array(json.utf8), path: "bench", defaultDatacenter: "dc1")
+            }
         }
     }
     return CatalogSnapshot.build(registrations: registrations, zones: [], localDatacenter: "dc1", generation: 1)
 }
 
 /// What `dig svc500.service.consul SRV` sends: RD, EDNS(0) with a 1232-byte buffer.
-func query(_ type: UInt16) -> [UInt8] {
+func query(_ type: UInt16, name: String = "svc500.service.consul") -> [UInt8] {
     var h = DNSHeader(id: 0x1234)
     h.rd = true
-    var packet = Message(header: h, questions: [Question(name: try! DNSName("svc500.service.consul"), type: type)]).encode()
+    var packet = Message(header: h, questions: [Question(name: try! DNSName(name), type: type)]).encode()
     packet.writeBytes([0, 0, 41, 0x04, 0xD0, 0, 0, 0, 0, 0, 0])
     packet.setInteger(UInt16(1), at: 10)
     return Array(packet.readableBytesView)
@@ -106,6 +109,17 @@ let benchmarks: @Sendable () -> Void = {
             for _ in benchmark.scaledIterations {
                 blackHole(handler.respondWithoutFastPath(to: buffer, transport: .udp, allocator: allocator))
             }
+        }
+        // A dotted name (go-micro's go.micro.svc500): the fast path declines it, the general path tries the
+        // candidate suffixes longest first and finds it with the first lookup.
+        let dotted = ByteBuffer(bytes: query(type, name: "go.micro.svc500.service.consul"))
+        Benchmark("query path \(label): dotted name go.micro.svc500 (general path)") { benchmark in
+            for _ in benchmark.scaledIterations { blackHole(handler.respond(to: dotted, transport: .udp, allocator: allocator)) }
+        }
+        // A tag in front of a dotted name: one failed lookup (v2.go.micro.svc500), then the service.
+        let tagged = ByteBuffer(bytes: query(type, name: "v2.go.micro.svc500.service.consul"))
+        Benchmark("query path \(label): tag on a dotted name (general path)") { benchmark in
+            for _ in benchmark.scaledIterations { blackHole(handler.respond(to: tagged, transport: .udp, allocator: allocator)) }
         }
     }
 }

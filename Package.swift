@@ -96,6 +96,6 @@ let package = Package(
                 .product(name: "NIOPosix", package: "swift-nio"),
             ]
         ),
-        .testTarget(name: "EndToEndTests", dependencies: ["DNSWire", "signpost"], exclude: ["ConsulStandIn", "FakeUpstream", "GRPCProbe"]),
+        .testTarget(name: "EndToEndTests", dependencies: ["DNSWire", "signpost"], exclude: ["ConsulStandIn", "FakeUpstream", "GRPCProbe", "MuslProbe"]),
     ]
 )

@@ -22,6 +22,8 @@ public actor CatalogAssembler {
     private var zones: [Zone]?
     private var services = TreeDictionary<String, ServiceEntry>()
     private var nodes = TreeDictionary<CatalogSnapshot.NodeKey, Node>()
+    private var reverse = ReverseIndex()
+    private var nameIndex = NameIndex()
     /// How many instances and nodes name each datacenter, so the set stays exact under updates.
     private var datacenterCounts: [String: Int] = [:]
     private var generation: UInt32 = 0
@@ -90,12 +92,15 @@ public actor CatalogAssembler {
             let merged = ServiceEntry.merged(name: name, lists)
             count(services[name]?.instances, -1)
             count(merged?.instances, +1)
+            reverse.replace(service: services[name], with: merged)
+            nameIndex.replace(service: services[name], with: merged)
             services[name] = merged
         }
         for key in nodeKeys {
             let merged = sources.lazy.compactMap { $0?.nodes[key] }.first
             if let old = nodes[key] { datacenterCounts[old.datacenter.lowercased(), default: 0] -= 1 }
             if let merged { datacenterCounts[merged.datacenter.lowercased(), default: 0] += 1 }
+            reverse.replace(node: nodes[key], with: merged)
             nodes[key] = merged
         }
     }
@@ -111,7 +116,8 @@ public actor CatalogAssembler {
         for (dc, n) in datacenterCounts where n > 0 { datacenters.insert(dc) }
         let loaded = zones != nil && sources.allSatisfy { $0 != nil }
         store.publish(CatalogSnapshot(services: services, nodes: nodes, datacenters: datacenters, zones: zones ?? [],
-                                      generation: generation, isLoaded: loaded))
+                                      generation: generation, isLoaded: loaded, reverse: reverse,
+                                      names: nameIndex))
     }
 
     /// Instances and services currently served, for logs.

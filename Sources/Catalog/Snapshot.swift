@@ -77,6 +77,10 @@ public final class CatalogSnapshot: AtomicReference, Sendable {
     public let generation: UInt32
     /// False until every registry (and the zone files) have loaded once.
     public let isLoaded: Bool
+    /// Addresses → nodes and services, for PTR.
+    public let reverse: ReverseIndex
+    /// Empty non-terminals that service names and tags imply.
+    public let names: NameIndex
 
     public struct NodeKey: Hashable, Sendable {
         public var name: String
@@ -88,13 +92,16 @@ public final class CatalogSnapshot: AtomicReference, Sendable {
     }
 
     public init(services: TreeDictionary<String, ServiceEntry>, nodes: TreeDictionary<NodeKey, Node>, datacenters: Set<String>,
-                zones: [Zone], generation: UInt32, isLoaded: Bool = true) {
+                zones: [Zone], generation: UInt32, isLoaded: Bool = true, reverse: ReverseIndex = ReverseIndex(),
+                names: NameIndex = NameIndex()) {
         self.services = services
         self.nodes = nodes
         self.datacenters = datacenters
         self.zones = zones.sorted { $0.origin.wire.count > $1.origin.wire.count }
         self.generation = generation
         self.isLoaded = isLoaded
+        self.reverse = reverse
+        self.names = names
     }
 
     public static let empty = CatalogSnapshot(services: [:], nodes: [:], datacenters: [], zones: [], generation: 0, isLoaded: false)
@@ -113,12 +120,21 @@ public final class CatalogSnapshot: AtomicReference, Sendable {
     /// A snapshot of one registry's catalog (used by tests and tools).
     public static func build(source: SourceCatalog, zones: [Zone], localDatacenter: String, generation: UInt32) -> CatalogSnapshot {
         var services = TreeDictionary<String, ServiceEntry>()
-        for (name, list) in source.services { if let e = ServiceEntry.merged(name: name, [list]) { services[name] = e } }
+        var reverse = ReverseIndex()
+        var names = NameIndex()
+        for (name, list) in source.services {
+            if let e = ServiceEntry.merged(name: name, [list]) {
+                services[name] = e
+                reverse.replace(service: nil, with: e)
+                names.replace(service: nil, with: e)
+            }
+        }
+        for node in source.nodes.values { reverse.replace(node: nil, with: node) }
         var datacenters: Set<String> = [localDatacenter.lowercased()]
         for n in source.nodes.values { datacenters.insert(n.datacenter.lowercased()) }
         for list in source.services.values { for i in list { datacenters.insert(i.node.datacenter.lowercased()) } }
         return CatalogSnapshot(services: services, nodes: TreeDictionary(uniqueKeysWithValues: source.nodes.map { ($0.key, $0.value) }),
-                               datacenters: datacenters, zones: zones, generation: generation)
+                               datacenters: datacenters, zones: zones, generation: generation, reverse: reverse, names: names)
     }
 }
 

@@ -142,11 +142,19 @@ public struct ResolverConfiguration: Sendable {
     public var nameserverAddresses: [Address]
     /// The policy `_grpc_config.<service>` announces; service meta `grpc_lb_policy` overrides it.
     public var grpcLBPolicy: GRPCLBPolicy
+    /// At most this many instances per A, AAAA or SRV answer; 0 for no limit (Consul's `a_record_limit`, which
+    /// leaves SRV alone).
+    public var answerLimit: Int
+    /// A second domain answered exactly like `domain` (Consul's `alt_domain`).
+    public var altDomain: DNSName?
+    /// Node meta as TXT in the additional section of SRV answers (Consul's `enable_additional_node_meta_txt`).
+    public var nodeMetaTXT: Bool
 
     public init(domain: DNSName = try! DNSName("consul"), datacenter: String = "dc1", onlyPassing: Bool = false,
                 order: AnswerOrder = .cyclic, serviceTTL: TTLPolicy = TTLPolicy(), nodeTTL: UInt32 = 0,
                 maxUDPSize: Int = 1232,
-                nameserverAddresses: [Address] = [.v4(IPv4("127.0.0.1")!)], grpcLBPolicy: GRPCLBPolicy = .none) {
+                nameserverAddresses: [Address] = [.v4(IPv4("127.0.0.1")!)], grpcLBPolicy: GRPCLBPolicy = .none,
+                answerLimit: Int = 0, altDomain: DNSName? = nil, nodeMetaTXT: Bool = false) {
         self.domain = domain.lowercased
         self.datacenter = datacenter
         self.onlyPassing = onlyPassing
@@ -156,6 +164,9 @@ public struct ResolverConfiguration: Sendable {
         self.maxUDPSize = maxUDPSize
         self.nameserverAddresses = nameserverAddresses
         self.grpcLBPolicy = grpcLBPolicy
+        self.answerLimit = answerLimit
+        self.altDomain = altDomain?.lowercased
+        self.nodeMetaTXT = nodeMetaTXT
     }
 
     /// Default SOA timers (RFC 1912 style), used without a zone file for the domain.

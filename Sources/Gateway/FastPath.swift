@@ -70,9 +70,13 @@ extension QueryHandler {
         guard let forwarder else { return nil }
         let name = UnsafeRawBufferPointer(rebasing: packet[DNSHeader.size..<query.nameEnd])
         let snapshot = store.snapshot
-        guard !DNSName.isSubdomain(wire: name, of: resolver.configuration.domain),
+        let config = resolver.configuration
+        guard !DNSName.isSubdomain(wire: name, of: config.domain),
+              config.altDomain.map({ DNSName.isSubdomain(wire: name, of: $0) }) != true,
               !snapshot.zones.contains(where: { DNSName.isSubdomain(wire: name, of: $0.origin) }),
               mayRecurse(), let owned = DNSName(wire: name) else { return nil }
+        // A reverse name we hold a PTR for is ours, even if an upstream's answer is still cached.
+        if query.type == RRType.ptr || query.type == RRType.any, resolver.pointer(owned, query.type, in: snapshot) != nil { return nil }
         let key = ForwardCache.Key(name: owned, type: query.type, qclass: query.qclass, dnssecOK: query.edns?.dnssecOK ?? false)
         guard let (wire, age) = forwarder.cache.wire(key) else { return nil }
         let size = query.questionEnd + wire.body.count + (query.edns == nil ? 0 : 11)

@@ -68,7 +68,7 @@ public struct QueryHandler: Sendable {
     /// The general path alone: what the fast paths must match byte for byte.
     func handleWithoutFastPath(_ packet: ByteBuffer, transport: Transport, client: SocketAddress?, eventLoop: any EventLoop) -> Handled {
         let parsed = Query.parse(packet)
-        guard let forwarder, case .query(let query) = parsed, !isOurs(query.question.name) else {
+        guard let forwarder, case .query(let query) = parsed, !resolver.answersLocally(query.question, in: store.snapshot) else {
             return .now(respond(parsed, transport: transport, allocator: ByteBufferAllocator()))
         }
         let config = resolver.configuration
@@ -112,15 +112,10 @@ public struct QueryHandler: Sendable {
         return h
     }
 
-    /// Names in the service domain or in one of our zones are answered from our own data.
-    func isOurs(_ name: DNSName) -> Bool {
-        name.isSubdomain(of: resolver.configuration.domain) || store.snapshot.zone(containing: name) != nil
-    }
-
     /// True when the data is older than `--max-stale` allows.
     func tooStale(_ question: Question) -> Bool {
         guard let maxStale, let age = store.staleness(), age > maxStale else { return false }
-        return question.name.isSubdomain(of: resolver.configuration.domain)
+        return resolver.servedDomain(containing: question.name) != nil
     }
 
     /// The response for `packet`, or nil when it must be dropped.

@@ -30,7 +30,6 @@ public struct Answer: Sendable, Equatable {
 /// The only state it touches is a service's rotation counter, which never changes the snapshot.
 public struct Resolver: Sendable {
     public let configuration: ResolverConfiguration
-    private let domainLabelCount: Int
     /// Tells apart the templates this resolver encoded from another configuration's (tests run several).
     let identity: Int
     private static let identities = ManagedAtomic<Int>(1)
@@ -39,7 +38,6 @@ public struct Resolver: Sendable {
 
     public init(configuration: ResolverConfiguration) {
         self.configuration = configuration
-        self.domainLabelCount = configuration.domain.labelCount
         self.identity = Self.identities.loadThenWrappingIncrement(ordering: .relaxed)
     }
 
@@ -63,26 +61,85 @@ public struct Resolver: Sendable {
     private func resolve(_ name: DNSName, _ type: UInt16, qclass: UInt16, in snapshot: CatalogSnapshot, depth: Int) -> Answer {
         guard qclass == DNSClass.inet || qclass == DNSClass.any else { return .refused }
         guard type != RRType.axfr && type != RRType.ixfr else { return .refused }
-        if name.isSubdomain(of: configuration.domain) {
+        if let domain = servedDomain(containing: name) {
             // Until the first snapshot has loaded we know nothing: SERVFAIL, not a false NXDOMAIN.
             guard snapshot.isLoaded else { return Answer(rcode: RCode.servFail, authoritative: false) }
-            return resolveDomain(name, type, in: snapshot, depth: depth)
+            return resolveDomain(name, type, domain: domain, in: snapshot, depth: depth)
         }
         if let zone = snapshot.zone(containing: name) {
             return resolveStatic(name, type, zone: zone, in: snapshot, depth: depth)
         }
-        return .refused
+        return pointer(name, type, in: snapshot) ?? .refused
+    }
+
+    /// The service domain, or `--alt-domain`, that holds `name` (the longer, when both do).
+    public func servedDomain(containing name: DNSName) -> DNSName? {
+        let primary = name.isSubdomain(of: configuration.domain) ? configuration.domain : nil
+        guard let alt = configuration.altDomain, name.isSubdomain(of: alt) else { return primary }
+        guard let primary else { return alt }
+        return alt.wire.count > primary.wire.count ? alt : primary
+    }
+
+    /// Whether the question is answered from our own data; anything else is forwarded, or REFUSED without forwarding.
+    public func answersLocally(_ question: Question, in snapshot: CatalogSnapshot) -> Bool {
+        servedDomain(containing: question.name) != nil || snapshot.zone(containing: question.name) != nil
+            || pointer(question.name, question.type, in: snapshot) != nil
+    }
+
+    // MARK: Reverse names
+
+    /// PTR for an address we know: every node that has it, or else every service whose instances have it as their
+    /// own address, named `<node>.node.<dc>.<domain>` and `<service>.service.<dc>.<domain>` as Consul names them,
+    /// with `--node-ttl`. Nil for addresses we do not know and for other types at the name: those are not ours,
+    /// so they are forwarded (or REFUSED without forwarding).
+    func pointer(_ name: DNSName, _ type: UInt16, in snapshot: CatalogSnapshot) -> Answer? {
+        guard type == RRType.ptr || type == RRType.any, let ip = Self.reverseAddress(name) else { return nil }
+        let domain = configuration.domain
+        var targets: [DNSName] = (snapshot.reverse.nodes[ip] ?? []).compactMap { key in
+            snapshot.nodes[key].flatMap { try? DNSName(prefix: $0.name, "node", $0.datacenter, suffix: domain) }
+        }
+        if targets.isEmpty {
+            targets = (snapshot.reverse.services[ip] ?? [:]).keys.compactMap { at in
+                snapshot.services[at.service].flatMap { try? DNSName(prefix: $0.name, "service", at.datacenter, suffix: domain) }
+            }
+        }
+        guard !targets.isEmpty else { return nil }
+        targets.sort { $0.description < $1.description }
+        return Answer(rcode: RCode.noError, authoritative: true,
+                      answers: targets.map { ResourceRecord(name: name, ttl: configuration.nodeTTL, rdata: .ptr($0)) })
+    }
+
+    /// The address a `<reversed IPv4>.in-addr.arpa` or `<32 nibbles>.ip6.arpa` name stands for.
+    static func reverseAddress(_ name: DNSName) -> Address? {
+        let labels = name.lowercasedLabels
+        if labels.count == 6, labels[4] == "in-addr", labels[5] == "arpa" {
+            var bytes: [UInt8] = []
+            for label in labels[0..<4].reversed() {
+                guard (1...3).contains(label.utf8.count), label.utf8.allSatisfy({ $0 >= 0x30 && $0 <= 0x39 }),
+                      label == "0" || !label.hasPrefix("0"), let b = UInt8(label) else { return nil }
+                bytes.append(b)
+            }
+            return .v4(IPv4(bytes: bytes))
+        }
+        if labels.count == 34, labels[32] == "ip6", labels[33] == "arpa" {
+            var nibbles: [UInt8] = []
+            for label in labels[0..<32].reversed() {
+                guard label.utf8.count == 1, let n = UInt8(label, radix: 16) else { return nil }
+                nibbles.append(n)
+            }
+            return .v6(IPv6(bytes: stride(from: 0, to: 32, by: 2).map { nibbles[$0] << 4 | nibbles[$0 + 1] }))
+        }
+        return nil
     }
 
     // MARK: The service domain
 
-    private func soa(_ snapshot: CatalogSnapshot, zone: Zone?) -> (record: ResourceRecord, negativeTTL: UInt32) {
+    private func soa(_ snapshot: CatalogSnapshot, zone: Zone?, domain d: DNSName) -> (record: ResourceRecord, negativeTTL: UInt32) {
         if let zone {
             var rr = zone.soa
             rr.ttl = zone.negativeTTL
             return (rr, zone.negativeTTL)
         }
-        let d = configuration.domain
         let t = ResolverConfiguration.defaultSOATimers
         let soa = RData.SOA(mname: (try? DNSName("ns").appending(d)) ?? d, rname: (try? DNSName("hostmaster").appending(d)) ?? d,
                             serial: snapshot.generation, refresh: t.refresh, retry: t.retry, expire: t.expire,
@@ -90,23 +147,25 @@ public struct Resolver: Sendable {
         return (ResourceRecord(name: d, ttl: t.minimum, rdata: .soa(soa)), t.minimum)
     }
 
-    private func negative(_ rcode: UInt16, _ snapshot: CatalogSnapshot, zone: Zone?) -> Answer {
-        Answer(rcode: rcode, authoritative: true, authority: [soa(snapshot, zone: zone).record])
+    private func negative(_ rcode: UInt16, _ snapshot: CatalogSnapshot, zone: Zone?, domain: DNSName) -> Answer {
+        Answer(rcode: rcode, authoritative: true, authority: [soa(snapshot, zone: zone, domain: domain).record])
     }
 
-    private func resolveDomain(_ name: DNSName, _ type: UInt16, in snapshot: CatalogSnapshot, depth: Int) -> Answer {
-        let zone = snapshot.zones.first { $0.origin == configuration.domain }
+    private func resolveDomain(_ name: DNSName, _ type: UInt16, domain: DNSName, in snapshot: CatalogSnapshot, depth: Int) -> Answer {
+        let zone = snapshot.zones.first { $0.origin == domain }
         let labels = name.lowercasedLabels
-        let rel = Array(labels.dropLast(domainLabelCount))
-        let nxdomain = { negative(RCode.nxDomain, snapshot, zone: zone) }
-        let nodata = { negative(RCode.noError, snapshot, zone: zone) }
+        let rel = Array(labels.dropLast(domain.labelCount))
+        let nxdomain = { negative(RCode.nxDomain, snapshot, zone: zone, domain: domain) }
+        let nodata = { negative(RCode.noError, snapshot, zone: zone, domain: domain) }
 
         // Records a zone file gives for the domain take precedence at their own names.
         if let zone, !rel.isEmpty, zone.records[name.lowercased] != nil {
             return resolveStatic(name, type, zone: zone, in: snapshot, depth: depth)
         }
-        // SOA and NS at any name in the domain answer with the domain's own records, as Consul does.
-        if rel.isEmpty || type == RRType.soa || type == RRType.ns { return apex(name, type, snapshot, zone: zone, atApex: rel.isEmpty) }
+        // The apex holds the SOA and NS. Below it they are types like any other: NODATA where the name exists and
+        // NXDOMAIN where it does not, as for A (RFC 2308). Consul answers the apex's records at every name, which
+        // validators and resolvers reject (Consul issue #3439).
+        if rel.isEmpty { return apex(name, type, snapshot, zone: zone, domain: domain) }
         if zone == nil, rel == ["ns"] {
             let records = addressRecords(configuration.nameserverAddresses, owner: name, type: type, ttl: configuration.nodeTTL)
             return records.isEmpty ? nodata() : Answer(rcode: RCode.noError, authoritative: true, answers: records)
@@ -135,22 +194,24 @@ public struct Resolver: Sendable {
 
         switch kind {
         case "service":
-            return service(name, type, rest: rest, datacenter: datacenter, snapshot, zone: zone, depth: depth)
+            return service(name, type, rest: rest, datacenter: datacenter, domain: domain, snapshot, zone: zone, depth: depth)
         case "node":
             let key = CatalogSnapshot.NodeKey(name: rest.joined(separator: "."), datacenter: datacenter)
-            guard let node = snapshot.nodes[key] else { return nxdomain() }
+            guard let node = snapshot.nodes[key], !node.name.isEmpty else { return nxdomain() }
             var records: [ResourceRecord] = []
-            if type == RRType.a || type == RRType.aaaa || type == RRType.any {
-                if case .hostname(let host) = node.address, type != RRType.any {
+            if case .hostname(let host) = node.address {
+                // The CNAME an address query follows; a CNAME query gets it as it is (RFC 1034 §3.6.2).
+                if type == RRType.cname { return Answer(rcode: RCode.noError, authoritative: true,
+                                                        answers: [ResourceRecord(name: name, ttl: configuration.nodeTTL, rdata: .cname(host))]) }
+                if type == RRType.a || type == RRType.aaaa {
                     return cname(from: name, to: host, type: type, ttl: configuration.nodeTTL, snapshot, depth: depth)
                 }
+            }
+            if type == RRType.a || type == RRType.aaaa || type == RRType.any {
                 records += addressRecords([node.address], owner: name, type: type, ttl: configuration.nodeTTL)
             }
             if type == RRType.txt || type == RRType.any {
-                for key in node.meta.keys.sorted() {
-                    let text = Array("\(key)=\(node.meta[key]!)".utf8)
-                    records.append(ResourceRecord(name: name, ttl: configuration.nodeTTL, rdata: .txt(chunks(text))))
-                }
+                records += metaTXT(node, owner: name, ttl: configuration.nodeTTL)
             }
             return records.isEmpty ? nodata() : Answer(rcode: RCode.noError, authoritative: true, answers: records)
         default:  // addr
@@ -160,11 +221,9 @@ public struct Resolver: Sendable {
         }
     }
 
-    /// SOA/NS for the domain. At the apex the owner echoes the question; below it the owner is the
-    /// apex, the SOA answer carries the NS set in authority, and glue goes in additional (Consul's shape).
-    private func apex(_ question: DNSName, _ type: UInt16, _ snapshot: CatalogSnapshot, zone: Zone?, atApex: Bool) -> Answer {
-        let name = atApex ? question : configuration.domain
-        let soaRecord = soa(snapshot, zone: zone).record
+    /// SOA/NS at the domain's apex; the owner echoes the question.
+    private func apex(_ name: DNSName, _ type: UInt16, _ snapshot: CatalogSnapshot, zone: Zone?, domain: DNSName) -> Answer {
+        let soaRecord = soa(snapshot, zone: zone, domain: domain).record
         var answer = Answer(rcode: RCode.noError, authoritative: true)
         var ns: [ResourceRecord]
         var glue: [ResourceRecord] = []
@@ -174,8 +233,8 @@ public struct Resolver: Sendable {
                 glue += zone.rrset(target, RRType.a) + zone.rrset(target, RRType.aaaa)
             }
         } else {
-            let target = (try? DNSName("ns").appending(configuration.domain)) ?? configuration.domain
-            ns = [ResourceRecord(name: configuration.domain, ttl: configuration.nodeTTL, rdata: .ns(target))]
+            let target = (try? DNSName("ns").appending(domain)) ?? domain
+            ns = [ResourceRecord(name: domain, ttl: configuration.nodeTTL, rdata: .ns(target))]
             glue = addressRecords(configuration.nameserverAddresses, owner: target, type: RRType.any, ttl: configuration.nodeTTL)
         }
         ns = ns.map { var r = $0; r.name = name; return r }
@@ -185,10 +244,6 @@ public struct Resolver: Sendable {
         switch type {
         case RRType.soa:
             answer.answers = [soaAnswer]
-            if !atApex {
-                answer.authority = ns
-                answer.additional = glue
-            }
         case RRType.ns:
             answer.answers = ns
             answer.additional = glue
@@ -205,39 +260,50 @@ public struct Resolver: Sendable {
         return answer
     }
 
-    private func service(_ name: DNSName, _ type: UInt16, rest: ArraySlice<String>, datacenter: String,
+    private func service(_ name: DNSName, _ type: UInt16, rest: ArraySlice<String>, datacenter: String, domain: DNSName,
                          _ snapshot: CatalogSnapshot, zone: Zone?, depth: Int) -> Answer {
-        let nxdomain = { negative(RCode.nxDomain, snapshot, zone: zone) }
-        guard let query = Self.serviceQuery(rest, in: snapshot) else { return nxdomain() }
+        let nxdomain = { negative(RCode.nxDomain, snapshot, zone: zone, domain: domain) }
+        let nodata = { negative(RCode.noError, snapshot, zone: zone, domain: domain) }
+        guard let query = Self.serviceQuery(rest, in: snapshot) else {
+            return Self.isEmptyNonTerminal(rest, in: snapshot) ? nodata() : nxdomain()
+        }
         let entry = query.entry
         if case .tag("_grpc_config") = query.selector, let policy = grpcPolicy(for: entry) {
-            return grpcConfig(name, type, policy: policy, entry: entry, snapshot, zone: zone)
+            return grpcConfig(name, type, policy: policy, entry: entry, snapshot, zone: zone, domain: domain)
         }
         let onlyPassing = configuration.onlyPassing
         let healthy = entry.instances.filter { inst in
             inst.health.isServed(onlyPassing: onlyPassing) && inst.node.datacenter.equalsIgnoringASCIICase(datacenter)
                 && query.selector.matches(inst)
         }
-        guard !healthy.isEmpty else { return nxdomain() }
+        guard !healthy.isEmpty else {
+            // `b.web` under a tag `a.b` is an empty non-terminal: `a.b.web` exists below it.
+            if case .tag(let t) = query.selector,
+               entry.instances.contains(where: { $0.tags.contains { $0.lowercased().hasSuffix("." + t) } }) { return nodata() }
+            return nxdomain()
+        }
         let ordered = rotate(healthy, entry: entry)
         let ttl = configuration.serviceTTL.ttl(for: entry.name)
 
+        // Only hostname instances: the name is one CNAME (an owner may hold just one), to the first in rotated
+        // order, and a name with a CNAME holds nothing else (RFC 1034 §3.6.2, RFC 2181 §10.1). A CNAME query gets
+        // it as it is; every other type, SRV included, follows it. (Consul answers SRV there too, which validators
+        // report as CNAME_WITH_OTHER_DATA, and which a caching resolver that holds the CNAME never asks for.)
+        if let host = Self.cnameTarget(ordered) {
+            if type == RRType.cname {
+                return Answer(rcode: RCode.noError, authoritative: true, answers: [ResourceRecord(name: name, ttl: ttl, rdata: .cname(host))])
+            }
+            return cname(from: name, to: host, type: type, ttl: ttl, snapshot, depth: depth)
+        }
         switch type {
         case RRType.a, RRType.aaaa, RRType.any:
             let records = addressRecords(ordered.map(\.address), owner: name, type: type, ttl: ttl)
-            if !records.isEmpty { return Answer(rcode: RCode.noError, authoritative: true, answers: records) }
-            // Only hostname instances: one CNAME (an owner may hold just one), to the first in rotated order.
-            if let host = ordered.lazy.compactMap({ inst -> DNSName? in
-                if case .hostname(let h) = inst.address { return h } else { return nil }
-            }).first {
-                return cname(from: name, to: host, type: type, ttl: ttl, snapshot, depth: depth)
-            }
-            return negative(RCode.noError, snapshot, zone: zone)
+            return records.isEmpty ? nodata() : Answer(rcode: RCode.noError, authoritative: true, answers: records)
         case RRType.srv:
             var answers: [ResourceRecord] = []
             var glue: [[ResourceRecord]] = []
             for inst in ordered {
-                let (target, targetGlue) = srvTarget(inst, ttl: ttl, snapshot, depth: depth)
+                let (target, targetGlue) = srvTarget(inst, ttl: ttl, domain: domain, snapshot, depth: depth)
                 answers.append(ResourceRecord(name: name, ttl: ttl,
                                               rdata: .srv(priority: 1, weight: inst.weight, port: query.selector.port(of: inst),
                                                           target: target)))
@@ -245,8 +311,18 @@ public struct Resolver: Sendable {
             }
             return Answer(rcode: RCode.noError, authoritative: true, answers: answers, glue: glue)
         default:
-            return negative(RCode.noError, snapshot, zone: zone)
+            return nodata()
         }
+    }
+
+    /// The CNAME target of a service whose healthy instances all have hostnames: the first, in answer order.
+    static func cnameTarget(_ ordered: [Instance]) -> DNSName? {
+        var first: DNSName? = nil
+        for inst in ordered {
+            guard case .hostname(let h) = inst.address else { return nil }
+            if first == nil { first = h }
+        }
+        return first
     }
 
     // MARK: Service names
@@ -285,6 +361,17 @@ public struct Resolver: Sendable {
         return nil
     }
 
+    /// Names in front of `service` that no service matches, but that exist because something below them does:
+    /// a proper suffix of a dotted service name (`greeter` under `go.micro.srv.greeter`), or the `_<tag>`,
+    /// `_tcp` and `_udp` parents of RFC 2782 names. NODATA there, not NXDOMAIN, which would deny the names
+    /// below (RFC 8020; dnsviz's INCONSISTENT_NXDOMAIN_ANCESTOR).
+    static func isEmptyNonTerminal(_ rest: ArraySlice<String>, in snapshot: CatalogSnapshot) -> Bool {
+        if snapshot.names.serviceSuffixes[rest.joined(separator: ".")] != nil { return true }
+        guard rest.count == 1, let only = rest.first, only.hasPrefix("_") else { return false }
+        let tag = String(only.dropFirst())
+        return tag == "tcp" || tag == "udp" ? !snapshot.services.isEmpty : snapshot.names.tags[tag] != nil
+    }
+
     // MARK: gRPC service config
 
     /// The load-balancing policy the service's `_grpc_config` TXT record announces; nil for none.
@@ -301,8 +388,8 @@ public struct Resolver: Sendable {
     /// `_grpc_config.<service>.service[.<dc>].<domain>`: the TXT record grpc-go's `dns` resolver reads on every
     /// resolution, so clients pick the policy with no code of their own. Other types get NODATA.
     private func grpcConfig(_ name: DNSName, _ type: UInt16, policy: GRPCLBPolicy, entry: ServiceEntry,
-                            _ snapshot: CatalogSnapshot, zone: Zone?) -> Answer {
-        guard type == RRType.txt || type == RRType.any else { return negative(RCode.noError, snapshot, zone: zone) }
+                            _ snapshot: CatalogSnapshot, zone: Zone?, domain: DNSName) -> Answer {
+        guard type == RRType.txt || type == RRType.any else { return negative(RCode.noError, snapshot, zone: zone, domain: domain) }
         let text = Array(policy.serviceConfigTXT.utf8)
         let record = ResourceRecord(name: name, ttl: configuration.serviceTTL.ttl(for: entry.name), rdata: .txt(chunks(text)))
         return Answer(rcode: RCode.noError, authoritative: true, answers: [record])
@@ -327,7 +414,9 @@ public struct Resolver: Sendable {
             $0.health.isServed(onlyPassing: onlyPassing) && $0.node.datacenter.equalsIgnoringASCIICase(datacenter)
         }
         let none = EncodedAnswers(owner: identity, count: healthy.count, a: nil, aaaa: nil, srv: nil)
+        // An answer limit below the instance count walks the set in windows, which templates do not do.
         guard !healthy.isEmpty, configuration.order == .cyclic || healthy.count == 1,
+              configuration.answerLimit == 0 || healthy.count <= configuration.answerLimit,
               !healthy.contains(where: { if case .hostname = $0.address { true } else { false } }),
               let name = try? DNSName(labels: entry.name.split(separator: ".", omittingEmptySubsequences: false) + ["service"])
                 .appending(configuration.domain) else { return none }
@@ -338,7 +427,7 @@ public struct Resolver: Sendable {
                 case (RRType.a, .v4(let v4)): return .init(answer: ResourceRecord(name: name, ttl: ttl, rdata: .a(v4)), glue: nil)
                 case (RRType.aaaa, .v6(let v6)): return .init(answer: ResourceRecord(name: name, ttl: ttl, rdata: .aaaa(v6)), glue: nil)
                 case (RRType.srv, _):
-                    let (target, glue) = srvTarget(inst, ttl: ttl, snapshot, depth: 0)
+                    let (target, glue) = srvTarget(inst, ttl: ttl, domain: configuration.domain, snapshot, depth: 0)
                     return .init(answer: ResourceRecord(name: name, ttl: ttl,
                                                         rdata: .srv(priority: 1, weight: inst.weight, port: inst.port, target: target)),
                                  glue: glue.first)
@@ -348,30 +437,49 @@ public struct Resolver: Sendable {
             return AnswerTemplate(question: Question(name: name, type: type, qclass: DNSClass.inet), entries: entries,
                                   dedupeAnswers: type != RRType.srv)
         }
+        // Node meta TXT in the additional section is more glue than a template entry holds: the general path.
         return EncodedAnswers(owner: identity, count: healthy.count, a: template(RRType.a), aaaa: template(RRType.aaaa),
-                              srv: template(RRType.srv))
+                              srv: configuration.nodeMetaTXT ? nil : template(RRType.srv))
     }
 
-    /// Starts the healthy set one position further round for each query (or shuffles it).
-    /// Works on a copy: the snapshot's array is never reordered.
+    /// Starts the healthy set one position further round for each query (or shuffles it), then applies
+    /// `--answer-limit`. With a limit below the count, each query starts a whole window further round, so
+    /// ⌈M/N⌉ successive queries return every one of the M instances. Works on a copy: the snapshot's array is
+    /// never reordered.
     func rotate(_ instances: [Instance], entry: ServiceEntry) -> [Instance] {
         guard instances.count > 1 else { return instances }
+        let limit = configuration.answerLimit
+        let capped = limit > 0 && instances.count > limit
         switch configuration.order {
         case .random:
-            return instances.shuffled()
+            let shuffled = instances.shuffled()
+            return capped ? Array(shuffled.prefix(limit)) : shuffled
         case .cyclic:
-            let offset = entry.nextRotation() % instances.count
-            return Array(instances[offset...] + instances[..<offset])
+            let offset = (entry.nextRotation() % instances.count) * (capped ? limit : 1) % instances.count
+            let rotated = Array(instances[offset...] + instances[..<offset])
+            return capped ? Array(rotated.prefix(limit)) : rotated
+        }
+    }
+
+    /// A node's meta as TXT records, `key=value`, one per key in key order (RFC 1464 style, as Consul writes them).
+    private func metaTXT(_ node: Node, owner: DNSName, ttl: UInt32) -> [ResourceRecord] {
+        node.meta.keys.sorted().map { key in
+            ResourceRecord(name: owner, ttl: ttl, rdata: .txt(chunks(Array("\(key)=\(node.meta[key]!)".utf8))))
         }
     }
 
     /// SRV target and its glue: the node name when the service uses the node's address,
-    /// `<hex>.addr.<dc>.<domain>` when it has its own IP, or the hostname itself.
-    private func srvTarget(_ inst: Instance, ttl: UInt32, _ snapshot: CatalogSnapshot, depth: Int) -> (DNSName, [ResourceRecord]) {
+    /// `<hex>.addr.<dc>.<domain>` when it has its own IP, or the hostname itself. With `--node-meta-txt`, the
+    /// node's meta TXT records join the glue (Consul's `enable_additional_node_meta_txt`).
+    private func srvTarget(_ inst: Instance, ttl: UInt32, domain: DNSName, _ snapshot: CatalogSnapshot, depth: Int) -> (DNSName, [ResourceRecord]) {
         let dc = inst.node.datacenter
-        let domain = configuration.domain
+        var meta: [ResourceRecord] = []
+        if configuration.nodeMetaTXT, !inst.node.name.isEmpty, !inst.node.meta.isEmpty,
+           let owner = try? DNSName(prefix: inst.node.name, "node", dc, suffix: domain) {
+            meta = metaTXT(inst.node, owner: owner, ttl: ttl)
+        }
         if case .hostname(let host) = inst.address {
-            return (host, chase(host, snapshot, depth: depth))
+            return (host, chase(host, snapshot, depth: depth) + meta)
         }
         let target: DNSName
         do {
@@ -379,7 +487,7 @@ public struct Resolver: Sendable {
                 ? try DNSName(prefix: inst.node.name, "node", dc, suffix: domain)
                 : try DNSName(prefix: inst.address.hexLabel!, "addr", dc, suffix: domain)
         } catch { return (domain, []) }
-        return (target, addressRecords([inst.address], owner: target, type: RRType.any, ttl: ttl))
+        return (target, addressRecords([inst.address], owner: target, type: RRType.any, ttl: ttl) + meta)
     }
 
     /// A/AAAA glue for a hostname we are authoritative for, if any.

@@ -16,6 +16,7 @@ enum ConfigFile {
         "cache-min-ttl": .string, "cache-max-ttl": .string, "stale-ttl": .string, "allow-recursion": .strings,
         "query-log": .bool, "udp-engine": .string, "user": .string, "tcp-max-connections": .integer, "tcp-max-inflight": .integer,
         "rrl-rate": .integer, "rrl-slip": .integer, "rrl-exempt": .strings, "grpc-lb-policy": .string,
+        "alt-domain": .string, "answer-limit": .integer, "node-meta-txt": .bool,
     ]
     /// The subset `signpost check` uses; the other keys are still validated.
     static let checkKeys: Set<String> = ["catalog", "zones", "datacenter"]

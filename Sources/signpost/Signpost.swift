@@ -96,8 +96,17 @@ struct Serve: AsyncParsableCommand {
     @Option(name: .long, help: "The service domain.")
     var domain: String = "consul"
 
+    @Option(name: .long, help: ArgumentHelp("A second domain answered exactly like --domain (Consul's alt_domain).", valueName: "NAME"))
+    var altDomain: String?
+
     @Flag(name: .long, help: "Serve only instances whose checks all pass (leave out warning ones too).")
     var onlyPassing = false
+
+    @Option(name: .long, help: ArgumentHelp("At most N instances per A, AAAA or SRV answer, walking round the whole set over successive queries; 0 for no limit (Consul's a_record_limit).", valueName: "N"))
+    var answerLimit: Int = 0
+
+    @Flag(name: .long, help: "Add each node's meta as TXT records to the additional section of SRV answers (Consul's enable_additional_node_meta_txt). Off: some SRV parsers break on them.")
+    var nodeMetaTxt = false
 
     @Option(name: .long, help: ArgumentHelp("Service TTL, Consul style: 30s, or NAME=30s, or PREFIX*=30s. Repeatable. Default 0s.", valueName: "TTL"))
     var serviceTTL: [String] = []
@@ -243,6 +252,14 @@ struct Serve: AsyncParsableCommand {
             throw ConfigurationError("invalid --domain \"\(domain)\"")
         }
         guard let nodeTTLValue = parseDuration(nodeTTL) else { throw ConfigurationError("invalid --node-ttl \"\(nodeTTL)\"") }
+        var altDomainName: DNSName? = nil
+        if let altDomain {
+            guard let name = try? DNSName(altDomain), name.labelCount > 0, name.lowercased != domainName.lowercased else {
+                throw ConfigurationError("invalid --alt-domain \"\(altDomain)\": a domain other than --domain")
+            }
+            altDomainName = name
+        }
+        guard answerLimit >= 0 else { throw ConfigurationError("--answer-limit must not be negative") }
         guard let idle = parseDuration(tcpIdleTimeout), idle > 0 else {
             throw ConfigurationError("invalid --tcp-idle-timeout \"\(tcpIdleTimeout)\"")
         }
@@ -256,7 +273,7 @@ struct Serve: AsyncParsableCommand {
             domain: domainName, datacenter: catalogOptions.datacenter, onlyPassing: onlyPassing, order: order,
             serviceTTL: try TTLPolicy.parse(serviceTTL), nodeTTL: nodeTTLValue,
             maxUDPSize: maxUDPSize, nameserverAddresses: nsAddresses.isEmpty ? [Address("127.0.0.1")!] : nsAddresses,
-            grpcLBPolicy: grpcLbPolicy)
+            grpcLBPolicy: grpcLbPolicy, answerLimit: answerLimit, altDomain: altDomainName, nodeMetaTXT: nodeMetaTxt)
         let serverConfig = DNSServer.Configuration(listen: addresses, tcpIdleTimeout: .seconds(Int64(idle)), udpEngine: udpEngine,
                                                    udpWorkers: threads ?? NIOCore.System.coreCount,
                                                    tcpMaxConnections: tcpMaxConnections, tcpMaxInflight: tcpMaxInflight)

@@ -11,22 +11,31 @@ final class Knot: @unchecked Sendable {
     let port: Int
     var process: Process?
 
-    init(zone: String = Knot.defaultZone) throws {
+    /// The name whose answer shows knotd is up.
+    let probe: String
+
+    /// Serves `zones` (origin → master-file text); by default the example.test zone.
+    init(zones: [String: String] = ["example.test": Knot.defaultZone], probe: String = "www.example.test") throws {
         port = freePort()
-        dir.write("example.test.zone", zone)
-        dir.write("knot.conf", """
+        self.probe = probe
+        var conf = """
         server:
             rundir: "\(dir.path)"
             listen: 127.0.0.1@\(port)
         database:
             storage: "\(dir.path)"
         zone:
-          - domain: example.test
-            storage: "\(dir.path)"
-            file: "example.test.zone"
-        """)
+
+        """
+        for (origin, text) in zones.sorted(by: { $0.key < $1.key }) {
+            dir.write("\(origin).zone", text)
+            conf += "  - domain: \(origin)\n    storage: \"\(dir.path)\"\n    file: \"\(origin).zone\"\n"
+        }
+        dir.write("knot.conf", conf)
         try start()
     }
+
+    convenience init(zone: String) throws { try self.init(zones: ["example.test": zone]) }
 
     static let defaultZone: String = {
         var z = """
@@ -52,7 +61,7 @@ final class Knot: @unchecked Sendable {
         try p.run()
         process = p
         let ok = eventually(within: 10) {
-            (try? run(["dig", "@127.0.0.1", "-p", "\(port)", "+short", "+time=1", "+tries=1", "www.example.test"]))?.out.contains("192.0.2.80") == true
+            (try? run(["dig", "@127.0.0.1", "-p", "\(port)", "+time=1", "+tries=1", probe]))?.out.contains("status: NOERROR") == true
         }
         if ok == nil { throw Server.ServerError(message: "knotd did not start") }
     }

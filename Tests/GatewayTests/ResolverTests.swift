@@ -121,9 +121,16 @@ struct NamingTests {
         let a = resolver.resolve(Question(name: Fixture.name("db.service.consul"), type: RRType.a), in: snap)
         #expect(a.answers.first?.rdata == .cname(Fixture.name("db.example.internal")))
         #expect(a.answers.dropFirst().map(\.rdata) == [.a(IPv4("203.0.113.5")!)])
+        // A name with a CNAME holds nothing else: SRV follows it too (to NODATA in the zone, which has no SRV).
         let srv = resolver.resolve(Question(name: Fixture.name("db.service.consul"), type: RRType.srv), in: snap)
-        #expect(srv.answers.map(\.rdata) == [.srv(priority: 1, weight: 1, port: 5432, target: Fixture.name("db.example.internal"))])
-        #expect(srv.glue[0].map(\.rdata) == [.a(IPv4("203.0.113.5")!)])
+        #expect(srv.answers.map(\.rdata) == [.cname(Fixture.name("db.example.internal"))] && srv.rcode == RCode.noError)
+        // In a service with IP instances too, a hostname instance is an SRV target, with its addresses as glue.
+        let mixed = Fixture.snapshot([Fixture.I(node: "m1", address: "192.0.2.91", service: "mixed"),
+                                      Fixture.I(node: "m2", address: "192.0.2.92", service: "mixed", serviceAddress: "db.example.internal")],
+                                     zones: [zone])
+        let both = resolver.resolve(Question(name: Fixture.name("mixed.service.consul"), type: RRType.srv), in: mixed)
+        let hostIndex = try #require(both.answers.firstIndex { $0.rdata == .srv(priority: 1, weight: 1, port: 80, target: Fixture.name("db.example.internal")) })
+        #expect(both.glue[hostIndex].map(\.rdata) == [.a(IPv4("203.0.113.5")!)])
         // Without data for the hostname, the CNAME alone is the answer.
         let bare = resolver.resolve(Question(name: Fixture.name("db.service.consul"), type: RRType.a), in: snapshot)
         #expect(bare.rcode == RCode.noError && bare.answers.count == 1)
@@ -155,14 +162,15 @@ struct NamingTests {
         #expect(ns.answers.map(\.rdata) == [.ns(Fixture.name("ns.consul"))])
         #expect(ns.additional.map(\.rdata) == [.a(IPv4("127.0.0.1")!)])
         #expect(resolve("ns.consul", RRType.a).answers.map(\.rdata) == [.a(IPv4("127.0.0.1")!)])
-        // Below the apex, as in Consul: the domain's SOA (owner: the apex), its NS in authority, glue.
-        for qname in ["web.service.consul", "nosuch.service.consul"] {
-            let below = resolve(qname, RRType.soa)
-            #expect(below.rcode == RCode.noError)
-            #expect(below.answers.map(\.name) == [Fixture.name("consul")] && below.answers.map(\.type) == [RRType.soa])
-            #expect(below.authority.map(\.type) == [RRType.ns])
-            #expect(below.additional.map(\.rdata) == [.a(IPv4("127.0.0.1")!)])
-            #expect(resolve(qname, RRType.ns).answers.map(\.rdata) == [.ns(Fixture.name("ns.consul"))])
+        // Below the apex, SOA and NS are types like any other (unlike Consul, issue #3439): NODATA with the SOA
+        // where the name exists, NXDOMAIN where it does not, exactly as for A.
+        for (qname, rcode) in [("web.service.consul", RCode.noError), ("nosuch.service.consul", RCode.nxDomain),
+                               ("service.consul", RCode.noError), ("web-1.node.consul", RCode.noError), ("ns.consul", RCode.noError)] {
+            for type in [RRType.soa, RRType.ns] {
+                let below = resolve(qname, type)
+                #expect(below.rcode == rcode && below.answers.isEmpty, "\(qname) \(type)")
+                #expect(below.authority.map(\.type) == [RRType.soa] && below.authority.first?.name == Fixture.name("consul"))
+            }
         }
     }
 

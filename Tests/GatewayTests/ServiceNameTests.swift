@@ -48,7 +48,10 @@ struct DottedNameTests {
         ("v2.hello.service.service.consul", RCode.noError, ["192.0.2.71"]),
         ("v3.hello.service.service.consul", RCode.nxDomain, []),
         ("go.micro.srv.greeter.service.consul", RCode.noError, ["192.0.2.72"]),
-        ("srv.greeter.service.consul", RCode.nxDomain, []),
+        // Not a service, but go.micro.srv.greeter exists below it: an empty non-terminal, NODATA (RFC 8020).
+        ("srv.greeter.service.consul", RCode.noError, []),
+        ("micro.srv.greeter.service.consul", RCode.noError, []),
+        ("nope.greeter.service.consul", RCode.nxDomain, []),
         // Where Signpost differs from Consul: a service `v2.web` exists, so this is it, not the tag v2 on web.
         ("v2.web.service.consul", RCode.noError, ["192.0.2.73"]),
         // No service `b.web` or `a.b.web`: still the tag `a.b` on web, as in Consul.

@@ -47,7 +47,8 @@ public final class Forwarder: Sendable {
     private let hits = Counter(label: "signpost_cache_requests_total", dimensions: [("result", "hit")])
     private let misses = Counter(label: "signpost_cache_requests_total", dimensions: [("result", "miss")])
     /// Per upstream: exchange latency, and failures by kind.
-    private let upstreamMetrics: [(duration: Timer, timeout: Counter, error: Counter, servfail: Counter, refused: Counter)]
+    private let upstreamMetrics: [(duration: Timer, timeout: Counter, error: Counter, servfail: Counter, refused: Counter,
+                                   connectionRefused: Counter)]
 
     public init(configuration: Configuration, group: any EventLoopGroup, logger: Logger) {
         self.configuration = configuration
@@ -62,7 +63,7 @@ public final class Forwarder: Sendable {
                 Counter(label: "signpost_upstream_failures_total", dimensions: [("upstream", name), ("reason", reason)])
             }
             return (Timer(label: "signpost_upstream_duration_seconds", dimensions: [("upstream", name)]),
-                    failures("timeout"), failures("error"), failures("servfail"), failures("refused"))
+                    failures("timeout"), failures("error"), failures("servfail"), failures("refused"), failures("connection_refused"))
         }
     }
 
@@ -134,7 +135,8 @@ public final class Forwarder: Sendable {
                 return .answer(Answer(rcode: rcode, authoritative: false, answers: reply.answers, authority: reply.authority,
                                       additional: reply.additional.filter { $0.type != RRType.opt }))
             } catch {
-                (error is UpstreamClient.Timeout ? upstreamMetrics[i].timeout : upstreamMetrics[i].error).increment()
+                let m = upstreamMetrics[i]
+                (error is UpstreamClient.Timeout ? m.timeout : UpstreamClient.isRefusal(error) ? m.connectionRefused : m.error).increment()
                 markFailure(i)
                 logger.debug("upstream failed", metadata: ["upstream": "\(configuration.upstreams[i])", "error": "\(error)"])
             }

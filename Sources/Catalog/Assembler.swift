@@ -73,6 +73,18 @@ public actor CatalogAssembler {
         publish()
     }
 
+    /// A registry that answers, but with data that may be `age` old (a Consul follower without a leader): its
+    /// staleness counts from that long ago, so `--max-stale` and the staleness metric see it.
+    public func setContact(source index: Int, dataAge age: Duration) {
+        let nanoseconds = UInt64(max(0, age.components.seconds)) * 1_000_000_000 + UInt64(max(0, age.components.attoseconds / 1_000_000_000))
+        let since = Uptime.nanoseconds &- min(nanoseconds, Uptime.nanoseconds)
+        if staleSince[index] == nil {
+            logger.warning("registry data is old; serving it as stale", metadata: ["registry": "\(names[index])", "age": "\(age)"])
+        }
+        staleSince[index] = since
+        store.setStale(since: staleSince.values.min())
+    }
+
     /// Records whether a registry is in contact; the store exposes the oldest loss of contact.
     public func setContact(source index: Int, inContact: Bool) {
         if inContact {

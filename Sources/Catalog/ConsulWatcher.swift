@@ -31,7 +31,7 @@ public actor ConsulWatcher {
         public var minInterval: Duration = .milliseconds(250)
         public var backoff = Backoff()
 
-        public init(address: String, datacenter: String? = nil, token: String? = nil, stale: Bool = false, localDatacenter: String = "dc1") {
+        public init(address: String, datacenter: String? = nil, token: String? = nil, stale: Bool = true, localDatacenter: String = "dc1") {
             self.address = address
             self.datacenter = datacenter
             self.token = token
@@ -85,7 +85,7 @@ public actor ConsulWatcher {
         while !Task.isCancelled {
             let started = ContinuousClock.now
             do {
-                let (body, returned) = try await get("/v1/catalog/services", index: index)
+                let (body, returned, leader) = try await get("/v1/catalog/services", index: index)
                 guard let services = try JSONSerialization.jsonObject(with: body) as? [String: Any] else {
                     throw HTTPError(description: "/v1/catalog/services: not a JSON object")
                 }
@@ -96,7 +96,11 @@ public actor ConsulWatcher {
                 } else {
                     try await reconcile(names)
                 }
-                await assembler.setContact(source: sourceIndex, inContact: true)
+                if let age = leader.dataAge {
+                    await assembler.setContact(source: sourceIndex, dataAge: age)
+                } else {
+                    await assembler.setContact(source: sourceIndex, inContact: true)
+                }
                 failures = 0
                 let next = Self.nextIndex(previous: index, returned: returned)
                 if next == index { try await pace(since: started) }
@@ -130,15 +134,22 @@ public actor ConsulWatcher {
         return out
     }
 
-    /// The first load: every service's health, then one replace, so the registry counts as loaded only when whole.
+    /// The first load: every service's health, then one replace. A service whose read failed is left to its own
+    /// watch, which retries it; one bad service never keeps the others from loading.
     private func loadAll(_ names: Set<String>) async throws {
         var catalog = SourceCatalog()
         var indexes: [String: UInt64] = [:]
         for name in names.sorted() {
-            let (instances, returned) = try await health(name, index: 0)
-            catalog.services[name] = instances
-            indexes[name] = Self.nextIndex(previous: 0, returned: returned)
-            setNodes(for: name, instances)
+            // One failing service (a 500, a 429, a 403 for its ACL) does not hold back the others: its own watch
+            // retries it, with backoff, from index 0.
+            do {
+                let (instances, returned, _) = try await health(name, index: 0)
+                catalog.services[name] = instances
+                indexes[name] = Self.nextIndex(previous: 0, returned: returned)
+                setNodes(for: name, instances)
+            } catch {
+                logger.warning("consul service not loaded; its watch retries it", metadata: ["consul.service": "\(name)", "error": "\(error)"])
+            }
         }
         catalog.nodes = nodeRefs.nodes
         await assembler.replace(source: sourceIndex, with: catalog)
@@ -154,10 +165,8 @@ public actor ConsulWatcher {
             await assembler.update(source: sourceIndex, services: [gone: []], nodes: nodes)
         }
         for new in names.subtracting(watches.keys) {
-            let (instances, returned) = try await health(new, index: 0)
-            let nodes = setNodes(for: new, instances)
-            await assembler.update(source: sourceIndex, services: [new: instances], nodes: nodes)
-            startWatch(new, from: Self.nextIndex(previous: 0, returned: returned))
+            // The watch's first query (index 0) reads the new service, and retries it on failure.
+            startWatch(new, from: 0)
         }
     }
 
@@ -173,7 +182,7 @@ public actor ConsulWatcher {
         while !Task.isCancelled {
             let started = ContinuousClock.now
             do {
-                let (instances, returned) = try await health(name, index: index)
+                let (instances, returned, _) = try await health(name, index: index)
                 guard !Task.isCancelled, watches[name] != nil else { return }
                 let next = Self.nextIndex(previous: index, returned: returned)
                 if next != index || index == 0 {
@@ -217,9 +226,9 @@ public actor ConsulWatcher {
     }
 
     /// One service's instances, with health folded in from node-level and service-level checks.
-    private func health(_ name: String, index: UInt64) async throws -> ([Instance], UInt64?) {
+    private func health(_ name: String, index: UInt64) async throws -> ([Instance], UInt64?, LeaderContact) {
         let path = name.addingPercentEncoding(withAllowedCharacters: .urlPathAllowed.subtracting(["/"])) ?? name
-        let (body, returned) = try await get("/v1/health/service/\(path)", index: index)
+        let (body, returned, leader) = try await get("/v1/health/service/\(path)", index: index)
         guard let entries = try JSONSerialization.jsonObject(with: body) as? [[String: Any]] else {
             throw HTTPError(description: "/v1/health/service/\(name): not a JSON array")
         }
@@ -230,7 +239,59 @@ public actor ConsulWatcher {
                 skips.count(.unknownFormat)
             }
         }
-        return (out, returned)
+        return (out, returned, leader)
+    }
+
+    /// The agent's own datacenter, `Config.Datacenter` of `/v1/agent/self` (which needs `agent:read`).
+    public static func agentDatacenter(address: String, token: String?, logger: Logger) async throws -> String {
+        var http = HTTPClient.Configuration()
+        http.timeout = .init(connect: .seconds(2), read: .seconds(2))
+        let client = HTTPClient(eventLoopGroupProvider: .singleton, configuration: http)
+        do {
+            let dc = try await agentDatacenter(client, address: address, token: token, logger: logger)
+            try? await client.shutdown()
+            return dc
+        } catch {
+            try? await client.shutdown()
+            throw error
+        }
+    }
+
+    private static func agentDatacenter(_ client: HTTPClient, address: String, token: String?, logger: Logger) async throws -> String {
+        var request = HTTPClientRequest(url: address + "/v1/agent/self")
+        if let token { request.headers.add(name: "X-Consul-Token", value: token) }
+        let response = try await client.execute(request, timeout: .seconds(3), logger: logger)
+        let body = try await response.body.collect(upTo: 16 << 20)
+        guard response.status == .ok else {
+            throw HTTPError(description: "/v1/agent/self: HTTP \(response.status.code) \(String(buffer: body))")
+        }
+        guard let json = try JSONSerialization.jsonObject(with: Data(body.readableBytesView)) as? [String: Any],
+              let config = json["Config"] as? [String: Any], let dc = config["Datacenter"] as? String, !dc.isEmpty else {
+            throw HTTPError(description: "/v1/agent/self: no Config.Datacenter")
+        }
+        return dc
+    }
+
+    /// A check status as Consul's DNS reads it: only critical (and maintenance, which Consul registers as a
+    /// critical check) removes an instance; a status it does not know is served, except with --only-passing,
+    /// which is what `warning` means here. A check without a status is critical, as Consul registers it.
+    static func health(_ status: String?) -> Health {
+        guard let status else { return .critical }
+        return Health(status: status) ?? .warning
+    }
+
+    /// What a stale read says of the leader: `X-Consul-KnownLeader` and `X-Consul-LastContact` (milliseconds).
+    struct LeaderContact {
+        var knownLeader: String?
+        var lastContact: String?
+
+        /// How old the answering server's data may be, when that matters: it has no leader, or has not heard
+        /// from it for a second or more. Nil while the data is current.
+        var dataAge: Duration? {
+            let age = Duration.milliseconds(Int64(lastContact ?? "") ?? 0)
+            if knownLeader == "false" || age >= .seconds(1) { return age }
+            return nil
+        }
     }
 
     static func instance(from entry: [String: Any], localDatacenter: String) throws -> Instance {
@@ -245,7 +306,8 @@ public actor ConsulWatcher {
         var serviceAddress: Address? = nil
         if let a = service["Address"] as? String, !a.isEmpty {
             guard let parsed = Address(a) else { throw HTTPError(description: "Service.Address \"\(a)\" is not an address") }
-            serviceAddress = parsed == nodeAddress ? nil : parsed
+            // Kept even when it equals the node's: Consul's DNS then names the SRV target <hex>.addr, not the node.
+            serviceAddress = parsed
         }
         let id = (service["ID"] as? String).flatMap { $0.isEmpty ? nil : $0 } ?? serviceName
         let weights = service["Weights"] as? [String: Any]
@@ -253,19 +315,21 @@ public actor ConsulWatcher {
         for check in entry["Checks"] as? [[String: Any]] ?? [] {
             let sid = check["ServiceID"] as? String ?? ""
             guard sid.isEmpty || sid == id else { continue }
-            health = max(health, Health(status: check["Status"] as? String ?? "critical") ?? .critical)
+            health = max(health, Self.health(check["Status"] as? String))
         }
         let port = (service["Port"] as? NSNumber)?.intValue ?? 0
+        // Consul's catalog replaces invalid weights (Passing below 1, Warning below 0, either over 65535) with 1/1.
+        var passing = (weights?["Passing"] as? NSNumber)?.intValue ?? 1, warning = (weights?["Warning"] as? NSNumber)?.intValue ?? 1
+        if !(1...65535).contains(passing) || !(0...65535).contains(warning) { (passing, warning) = (1, 1) }
         return Instance(id: id, service: serviceName, node: n, serviceAddress: serviceAddress,
                         port: UInt16(clamping: max(0, port)), tags: service["Tags"] as? [String] ?? [],
                         meta: (service["Meta"] as? [String: String]) ?? [:],
-                        weightPassing: UInt16(clamping: max(1, (weights?["Passing"] as? NSNumber)?.intValue ?? 1)),
-                        weightWarning: UInt16(clamping: max(0, (weights?["Warning"] as? NSNumber)?.intValue ?? 1)),
+                        weightPassing: UInt16(passing), weightWarning: UInt16(warning),
                         health: health)
     }
 
-    /// A GET, blocking when `index` > 0; returns the body and `X-Consul-Index`.
-    private func get(_ path: String, index: UInt64) async throws -> (Data, UInt64?) {
+    /// A GET, blocking when `index` > 0; returns the body, `X-Consul-Index` and the leader headers.
+    private func get(_ path: String, index: UInt64) async throws -> (Data, UInt64?, LeaderContact) {
         var query: [String] = []
         if let dc = configuration.datacenter { query.append("dc=\(dc)") }
         if configuration.stale { query.append("stale") }
@@ -284,6 +348,8 @@ public actor ConsulWatcher {
             throw HTTPError(description: "\(path): HTTP \(response.status.code) \(String(buffer: body))")
         }
         let returned = response.headers.first(name: "X-Consul-Index").flatMap { UInt64($0) }
-        return (Data(body.readableBytesView), returned)
+        let leader = LeaderContact(knownLeader: response.headers.first(name: "X-Consul-KnownLeader"),
+                                   lastContact: response.headers.first(name: "X-Consul-LastContact"))
+        return (Data(body.readableBytesView), returned, leader)
     }
 }

@@ -197,7 +197,9 @@ public enum RegistrationDecoder {
         let health = checks.filter { $0.serviceID == id }.map(\.status).max() ?? .passing
         return Instance(
             id: id, service: name, node: node,
-            serviceAddress: serviceAddress == node.address ? nil : serviceAddress,
+            // An address equal to the node's is kept: Consul's DNS names the SRV target <hex>.addr whenever the
+            // service has an IP address of its own.
+            serviceAddress: serviceAddress,
             port: UInt16(try s.integer("Port", in: 0...65535) ?? 0),
             tags: try s.strings("Tags"), meta: try s.stringMap("Meta"),
             weightPassing: UInt16(passing), weightWarning: UInt16(warning), health: health)

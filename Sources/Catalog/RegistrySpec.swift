@@ -2,7 +2,9 @@
 /// - `file:DIR`: catalog files (`--catalog DIR` is the short form).
 /// - `etcd:http://HOST:PORT[,http://HOST2:PORT…][?prefix=/services/[,/micro/registry/…]]`; `?prefix=` (empty) is the
 ///   whole keyspace. Each prefix is watched on its own (`watchers`).
-/// - `consul:http://HOST:PORT[?dc=dc1&token=…&stale=true]`; the token may also come from `CONSUL_HTTP_TOKEN`.
+/// - `consul:http://HOST:PORT[?dc=dc1&token=…&stale=false]`; the token may also come from `CONSUL_HTTP_TOKEN`.
+///   Reads are stale by default, as Consul's DNS reads (`allow_stale`); `?stale` alone or `?stale=true` keep that,
+///   `?stale=false` asks the leader.
 public enum RegistrySpec: Sendable, Equatable, CustomStringConvertible {
     case file(directory: String)
     case etcd(endpoints: [String], prefixes: [String])
@@ -47,7 +49,8 @@ public enum RegistrySpec: Sendable, Equatable, CustomStringConvertible {
                 throw Invalid(description: "invalid --registry \"\(text)\": unknown option \"\(key)\"")
             }
             let token = query["token"] ?? environment["CONSUL_HTTP_TOKEN"].flatMap { $0.isEmpty ? nil : $0 }
-            self = .consul(address: address, datacenter: query["dc"], token: token, stale: query["stale"] == "true")
+            let stale = query["stale"].map { $0 != "false" } ?? true
+            self = .consul(address: address, datacenter: query["dc"], token: token, stale: stale)
         default:
             throw Invalid(description: "invalid --registry \"\(text)\": unknown kind \"\(scheme)\" (file, etcd or consul)")
         }

@@ -20,6 +20,8 @@ final class Reloader: Sendable {
     }
 
     private let restartOnly: String
+    /// The local datacenter chosen at start-up (it may have come from the Consul agent); restart-only.
+    private let datacenter: String
     private let listen: [ListenAddress]
     private let slot: QueryHandlerSlot
     private let fileWatchers: [CatalogWatcher]
@@ -27,9 +29,10 @@ final class Reloader: Sendable {
     private let logger: Logger
     private let forwarding: NIOLockedValueBox<Forwarding>
 
-    init(running: Serve, listen: [ListenAddress], slot: QueryHandlerSlot, forwarder: Forwarder?, forwarding: Forwarder.Configuration?,
+    init(running: Serve, datacenter: String, listen: [ListenAddress], slot: QueryHandlerSlot, forwarder: Forwarder?, forwarding: Forwarder.Configuration?,
          fileWatchers: [CatalogWatcher], group: any EventLoopGroup, logger: Logger) {
         self.restartOnly = running.restartOnlySettings
+        self.datacenter = datacenter
         self.listen = listen
         self.slot = slot
         self.fileWatchers = fileWatchers
@@ -43,8 +46,9 @@ final class Reloader: Sendable {
         logger.info("SIGHUP: reloading the configuration, catalog and zones")
         do {
             let serve = try parse()
-            let resolverConfig: ResolverConfiguration
+            var resolverConfig: ResolverConfiguration
             do { resolverConfig = try serve.configurations().0 } catch { throw Failure(reason: error.description) }
+            resolverConfig.datacenter = datacenter
             let maxStale: Duration?
             let setup: (Forwarder.Configuration, AccessControl)?
             let rrl: ResponseRateLimiter?

@@ -68,8 +68,11 @@ struct CatalogOptions: ParsableArguments {
     @Option(name: .long, help: ArgumentHelp("Directory of RFC 1035 master files (*.zone). Default: zones, if it exists.", valueName: "DIR"))
     var zones: String?
 
-    @Option(name: .long, help: "The local datacenter, used for names that give none.")
-    var datacenter: String = "dc1"
+    @Option(name: .long, help: "The local datacenter, used for names that give none. Default: the Consul agent's own (from /v1/agent/self) with a consul registry, else dc1.")
+    var datacenter: String?
+
+    /// The datacenter the flags name, before any registry is asked.
+    var flagDatacenter: String { datacenter ?? "dc1" }
 
     /// The zones directory to use: an explicit one must exist; the default is optional.
     func zonesDirectory() -> String? {
@@ -270,7 +273,7 @@ struct Serve: AsyncParsableCommand {
             $0 != Address("0.0.0.0") && $0 != Address("::")
         }
         let resolverConfig = ResolverConfiguration(
-            domain: domainName, datacenter: catalogOptions.datacenter, onlyPassing: onlyPassing, order: order,
+            domain: domainName, datacenter: catalogOptions.flagDatacenter, onlyPassing: onlyPassing, order: order,
             serviceTTL: try TTLPolicy.parse(serviceTTL), nodeTTL: nodeTTLValue,
             maxUDPSize: maxUDPSize, nameserverAddresses: nsAddresses.isEmpty ? [Address("127.0.0.1")!] : nsAddresses,
             grpcLBPolicy: grpcLbPolicy, answerLimit: answerLimit, altDomain: altDomainName, nodeMetaTXT: nodeMetaTxt)
@@ -278,6 +281,22 @@ struct Serve: AsyncParsableCommand {
                                                    udpWorkers: threads ?? NIOCore.System.coreCount,
                                                    tcpMaxConnections: tcpMaxConnections, tcpMaxInflight: tcpMaxInflight)
         return (resolverConfig, serverConfig)
+    }
+
+    /// `--datacenter`; without it, the first Consul registry's agent's own datacenter, as Consul's DNS uses
+    /// (an agent in `us-east-1` answers plain names from `us-east-1`); else dc1. Returns what to log about it.
+    func localDatacenter(_ specs: [RegistrySpec]) async -> (String, (Logger) -> Void) {
+        if let given = catalogOptions.datacenter { return (given, { _ in }) }
+        for case .consul(let address, _, let token, _) in specs {
+            do {
+                let dc = try await ConsulWatcher.agentDatacenter(address: address, token: token, logger: Logger(label: "signpost"))
+                return (dc, { $0.info("local datacenter from the Consul agent", metadata: ["datacenter": "\(dc)", "consul.address": "\(address)"]) })
+            } catch {
+                return ("dc1", { $0.warning("could not read the Consul agent's datacenter; using dc1 (set --datacenter to choose)",
+                                            metadata: ["consul.address": "\(address)", "error": "\(error)"]) })
+            }
+        }
+        return ("dc1", { _ in })
     }
 
     func maxStaleDuration() throws -> Duration? {
@@ -295,7 +314,7 @@ struct Serve: AsyncParsableCommand {
     var restartOnlySettings: String {
         "\(listen) \(String(describing: threads)) \(udpEngine) \(String(describing: admin)) \(registry) "
             + "\(String(describing: catalogOptions.catalog)) \(String(describing: catalogOptions.zonesDirectory())) "
-            + "\(catalogOptions.datacenter) \(logLevel) \(tcpIdleTimeout) \(tcpMaxConnections) \(tcpMaxInflight)"
+            + "\(catalogOptions.flagDatacenter) \(logLevel) \(tcpIdleTimeout) \(tcpMaxConnections) \(tcpMaxInflight)"
     }
 
     func run() async throws {
@@ -323,7 +342,7 @@ struct Serve: AsyncParsableCommand {
             [100, 250, 500, 1000, 2500, 5000, 10_000, 25_000, 100_000, 500_000, 2_000_000].map { Duration.microseconds($0) }
         MetricsSystem.bootstrap(factory)
 
-        let (resolverConfig, serverConfig): (ResolverConfiguration, DNSServer.Configuration)
+        var (resolverConfig, serverConfig): (ResolverConfiguration, DNSServer.Configuration)
         do { (resolverConfig, serverConfig) = try configurations() } catch { throw StartupError(message: error.description, code: 64) }
         let maxStaleValue = try maxStaleDuration()
         var specs: [RegistrySpec] = []
@@ -337,7 +356,9 @@ struct Serve: AsyncParsableCommand {
 
         let store = SnapshotStore()
         let zonesDir = catalogOptions.zonesDirectory()
-        let dc = catalogOptions.datacenter
+        // Logged once the sockets are bound: a busy port must stay the only line printed.
+        let (dc, datacenterNote) = await localDatacenter(specs)
+        resolverConfig.datacenter = dc
         let assembler = CatalogAssembler(sources: specs.map(\.description), expectsZones: zonesDir != nil,
                                          localDatacenter: dc, store: store, logger: logger)
         var (fileWatchers, services) = try makeWatchers(specs, zonesDir: zonesDir, assembler: assembler, logger: logger)
@@ -354,7 +375,7 @@ struct Serve: AsyncParsableCommand {
                                                  observer: queryObserver(),
                                                  rrl: try rateLimiter()))
         let server = DNSServer(configuration: serverConfig, handler: slot, group: group, logger: logger)
-        let reloader = Reloader(running: self, listen: serverConfig.listen, slot: slot, forwarder: forwarder, forwarding: forwarding?.0,
+        let reloader = Reloader(running: self, datacenter: dc, listen: serverConfig.listen, slot: slot, forwarder: forwarder, forwarding: forwarding?.0,
                                 fileWatchers: fileWatchers, group: group, logger: logger)
         // Trap SIGHUP before anything can send it: its default action would end the process.
         let hangups = await UnixSignalsSequence(trapping: .sighup)
@@ -380,6 +401,7 @@ struct Serve: AsyncParsableCommand {
             try? await group.shutdownGracefully()
             throw StartupError(message: error.description)
         }
+        datacenterNote(logger)
         if let user {
             do { try dropPrivileges(to: user) } catch let error as StartupError {
                 try? await group.shutdownGracefully()
@@ -485,7 +507,7 @@ struct Check: AsyncParsableCommand {
         let zonesDir = catalogOptions.zonesDirectory()
         let catalog = catalogOptions.catalog ?? "zones/catalog"
         let problems = CatalogWatcher.check(catalogDirectory: catalog, zonesDirectory: zonesDir,
-                                            localDatacenter: catalogOptions.datacenter)
+                                            localDatacenter: catalogOptions.flagDatacenter)
         for p in problems { print(p) }
         if !problems.isEmpty {
             throw StartupError(message: "\(problems.count) problem\(problems.count == 1 ? "" : "s") found")

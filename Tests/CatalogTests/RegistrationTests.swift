@@ -49,9 +49,12 @@ struct RegistrationTests {
         #expect(r.checks == [Check(id: "ping", name: "ping", status: .critical, serviceID: "")])
     }
 
-    @Test func serviceAddressEqualToNodeAddressMeansNode() throws {
+    /// As in Consul: a service IP equal to the node's is still the service's own (its SRV target is <hex>.addr).
+    @Test func serviceAddressEqualToNodeAddressIsKept() throws {
         let r = try #require(try decode(#"{"Node":"a","Address":"192.0.2.1","Service":{"Service":"x","Address":"192.0.2.1"}}"#).first)
-        #expect(r.service?.serviceAddress == nil)
+        #expect(r.service?.serviceAddress == .v4(IPv4("192.0.2.1")!))
+        let none = try #require(try decode(#"{"Node":"a","Address":"192.0.2.1","Service":{"Service":"x"}}"#).first)
+        #expect(none.service?.serviceAddress == nil)
     }
 
     @Test(arguments: [

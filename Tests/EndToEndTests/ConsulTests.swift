@@ -138,7 +138,10 @@ struct ConsulTests {
     @Test func datacenterAndStaleOptions() throws {
         let consul = try ConsulStandIn(datacenter: "dc2")
         try consul.register(node: "n1", address: "192.0.2.1", service: "web")
-        let server = try server(consul, query: "?dc=dc2&stale=true")
+        // --datacenter dc1: the local datacenter is not the agent's here, so plain names look in dc1.
+        let server = try Server(dir: TempDir(), catalog: false,
+                                extra: ["--registry", "consul:\(consul.url)?dc=dc2&stale=true", "--datacenter", "dc1"],
+                                environment: ["SIGNPOST_CONSUL_WAIT": "2s"])
         defer { server.stop() }
         // The instances are dc2's: found under that datacenter's name, not the local dc1.
         #expect(eventually(within: 5) { addresses(server, "web.service.dc2.consul") == ["192.0.2.1"] } != nil)
@@ -212,5 +215,61 @@ struct ConsulTests {
         try again.register(node: "n2", address: "192.0.2.2", service: "web")
         #expect(eventually(within: 10) { addresses(server, "web.service.consul") == ["192.0.2.1", "192.0.2.2"] } != nil,
                 "\(server.log_())")
+    }
+
+    /// One service whose reads fail (a 500 here; a 429 or a 403 in real life) does not keep the others from
+    /// loading; its own watch retries it.
+    @Test func oneFailingServiceDoesNotHoldBackTheOthers() throws {
+        let consul = try ConsulStandIn()
+        try consul.register(node: "n1", address: "192.0.2.1", service: "web")
+        try consul.register(node: "n2", address: "192.0.2.2", service: "db")
+        try consul.call("POST", "/_test/fail-service", ["name": "db", "code": 500])
+        let server = try server(consul)
+        defer { server.stop() }
+        #expect(eventually(within: 5) { server.socketAddresses("web.service.consul") == ["192.0.2.1"] } != nil, "\(server.log_())")
+        #expect(server.log_().contains("consul service not loaded"))
+        try consul.call("POST", "/_test/fail-service", ["name": "db", "code": 0])
+        #expect(eventually(within: 10) { server.socketAddresses("db.service.consul") == ["192.0.2.2"] } != nil, "\(server.log_())")
+    }
+
+    /// A follower cut off from its leader still answers stale reads; their age (X-Consul-LastContact) counts
+    /// toward --max-stale.
+    @Test func aFollowerWithoutLeaderCountsTowardMaxStale() throws {
+        let consul = try ConsulStandIn()
+        try consul.register(node: "n1", address: "192.0.2.1", service: "web")
+        let server = try Server(dir: TempDir(), catalog: false,
+                                extra: ["--registry", "consul:\(consul.url)", "--max-stale", "3s", "--admin", "127.0.0.1:0"],
+                                environment: ["SIGNPOST_CONSUL_WAIT": "2s"])
+        defer { server.stop() }
+        #expect(eventually(within: 5) { server.socketAddresses("web.service.consul") == ["192.0.2.1"] } != nil)
+        #expect(try consul.requests().contains { $0.path == "/v1/catalog/services" && $0.query["stale"] != nil }, "stale reads by default")
+        try consul.call("POST", "/_test/leader", ["known": false, "last_contact_ms": 5000])
+        #expect(eventually(within: 5) { (try? server.dig("web.service.consul", "A").status) == "SERVFAIL" } != nil, "\(server.log_())")
+        let admin = "http://127.0.0.1:\(try #require(server.adminPort))"
+        #expect(eventually(within: 5) { (sample(httpGet(admin + "/metrics").body, "signpost_registry_staleness_seconds") ?? 0) >= 5 } != nil)
+        try consul.call("POST", "/_test/leader", ["known": true, "last_contact_ms": 0])
+        #expect(eventually(within: 5) { server.socketAddresses("web.service.consul") == ["192.0.2.1"] } != nil)
+    }
+
+    /// Consul names the SRV target <hex>.addr whenever Service.Address is an IP, even the node's own.
+    @Test func serviceAddressEqualToTheNodesIsAnAddrTarget() throws {
+        let consul = try ConsulStandIn()
+        try consul.register(node: "n1", address: "192.0.2.1", service: "web", port: 8080, serviceAddress: "192.0.2.1")
+        try consul.register(node: "n2", address: "192.0.2.2", service: "web", port: 8080)
+        let server = try server(consul)
+        defer { server.stop() }
+        #expect(eventually(within: 5) { server.socketAddresses("web.service.consul").count == 2 } != nil)
+        #expect(Set(try server.dig("web.service.consul", "SRV").data("SRV")) == ["1 1 8080 c0000201.addr.dc1.consul.", "1 1 8080 n2.node.dc1.consul."])
+    }
+
+    /// Without --datacenter, plain names look in the agent's own datacenter (`/v1/agent/self`), as Consul's DNS.
+    @Test func plainNamesUseTheAgentsDatacenter() throws {
+        let consul = try ConsulStandIn(datacenter: "us-east-1")
+        try consul.register(node: "n1", address: "192.0.2.1", service: "web")
+        let server = try server(consul)
+        defer { server.stop() }
+        #expect(eventually(within: 5) { server.socketAddresses("web.service.consul") == ["192.0.2.1"] } != nil, "\(server.log_())")
+        #expect(try server.dig("web.service.us-east-1.consul", "A").data("A") == ["192.0.2.1"])
+        #expect(server.log_().contains("local datacenter from the Consul agent"))
     }
 }

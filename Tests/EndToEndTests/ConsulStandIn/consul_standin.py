@@ -18,7 +18,10 @@ Blocking queries: with ?index=N (N > 0) the request waits until the index exceed
 (default 5m, max 10m, plus up to wait/16 of jitter, as Consul adds), then answers with X-Consul-Index.
 ACLs: when started with --token, requests without a matching X-Consul-Token (or ?token=) get 403.
 
-Test controls, not part of Consul: POST /_test/index {"index": N} forces the index (to make it go
+Test controls, not part of Consul: POST /_test/fail-service {"name": S, "code": 500} makes one service's health
+reads fail (code 0 ends it); POST /_test/leader {"known": false, "last_contact_ms": N} sets the
+X-Consul-KnownLeader/X-Consul-LastContact headers (a follower cut off from its leader);
+POST /_test/index {"index": N} forces the index (to make it go
 backwards or to 0); POST /_test/noblock {"on": true} makes blocking queries return at once with the
 same index (a misbehaving server, to exercise rate limiting); GET /_test/requests lists the requests seen; POST /_test/reset-requests clears them.
 """
@@ -33,7 +36,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, unquote, urlparse
 
 lock = threading.Condition()
-state = {"index": 10, "nodes": {}, "services": {}, "checks": {}, "noblock": False}
+state = {"index": 10, "nodes": {}, "services": {}, "checks": {}, "noblock": False, "known_leader": True, "last_contact_ms": 0,
+         "failing": {}}
 requests_seen = []
 TOKEN = None
 DC = "dc1"
@@ -160,8 +164,8 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(data)))
         if index is not None:
             self.send_header("X-Consul-Index", str(index))
-            self.send_header("X-Consul-KnownLeader", "true")
-            self.send_header("X-Consul-LastContact", "0")
+            self.send_header("X-Consul-KnownLeader", "true" if state["known_leader"] else "false")
+            self.send_header("X-Consul-LastContact", str(state["last_contact_ms"]))
         self.end_headers()
         self.wfile.write(data)
 
@@ -182,10 +186,17 @@ class Handler(BaseHTTPRequestHandler):
                 return self.reply(200, requests_seen)
         if not self.authorised(query):
             return self.reply(403, "ACL not found")
+        if url.path == "/v1/agent/self":
+            return self.reply(200, {"Config": {"Datacenter": DC, "PrimaryDatacenter": DC, "NodeName": AGENT_NODE,
+                                               "NodeID": "5e4ba1a9-7a2c-4c3b-9f0d-4f1c2a9b8e61", "Server": False,
+                                               "Version": "1.17.0", "Revision": "", "BuildDate": "2023-11-01T00:00:00Z"},
+                                    "Member": {"Name": AGENT_NODE, "Addr": "127.0.0.1", "Port": 8301, "Status": 1}})
         if url.path == "/v1/catalog/services":
             make = catalog_services
         elif url.path.startswith("/v1/health/service/"):
             name = unquote(url.path[len("/v1/health/service/"):])
+            if name in state["failing"]:
+                return self.reply(state["failing"][name], "rpc error: test failure")
             make = lambda: health_service(name)
         else:
             return self.reply(404, "not found")
@@ -311,6 +322,20 @@ class Handler(BaseHTTPRequestHandler):
             if url.path == "/_test/index":
                 state["index"] = int(body["index"])
                 lock.notify_all()
+                return self.reply(200, True)
+            if url.path == "/_test/fail-service":
+                # One service's health reads fail with this HTTP code (0 ends it).
+                if int(body["code"]):
+                    state["failing"][body["name"]] = int(body["code"])
+                else:
+                    state["failing"].pop(body["name"], None)
+                bump()
+                return self.reply(200, True)
+            if url.path == "/_test/leader":
+                # A follower that lost its leader: stale reads still answer, with the last contact's age.
+                state["known_leader"] = bool(body["known"])
+                state["last_contact_ms"] = int(body.get("last_contact_ms", 0))
+                bump()
                 return self.reply(200, True)
             if url.path == "/_test/noblock":
                 state["noblock"] = bool(body["on"])

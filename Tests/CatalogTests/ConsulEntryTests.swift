@@ -1,0 +1,53 @@
+@testable import Catalog
+import DNSWire
+import Foundation
+import Testing
+
+/// How one `/v1/health/service/<name>` entry becomes an instance, as Consul's own DNS would read it.
+@Suite("Consul entries")
+struct ConsulEntryTests {
+    func entry(serviceAddress: String = "", weights: [String: Int]? = nil, statuses: [String?] = ["passing"]) -> [String: Any] {
+        var service: [String: Any] = ["ID": "web-1", "Service": "web", "Address": serviceAddress, "Port": 8080, "Meta": NSNull()]
+        if let weights { service["Weights"] = weights }
+        let checks: [[String: Any]] = statuses.enumerated().map { i, s in
+            var c: [String: Any] = ["CheckID": "c\(i)", "ServiceID": "web-1"]
+            if let s { c["Status"] = s }
+            return c
+        }
+        return ["Node": ["Node": "n1", "Address": "192.0.2.1", "Datacenter": "dc1", "Meta": NSNull()], "Service": service, "Checks": checks]
+    }
+
+    func instance(_ e: [String: Any]) throws -> Instance { try ConsulWatcher.instance(from: e, localDatacenter: "dc1") }
+
+    @Test func aServiceIPEqualToTheNodesIsStillTheServices() throws {
+        // Consul's DNS names the SRV target <hex>.addr whenever Service.Address is an IP.
+        #expect(try instance(entry(serviceAddress: "192.0.2.1")).serviceAddress == .v4(IPv4("192.0.2.1")!))
+        #expect(try instance(entry()).serviceAddress == nil)
+    }
+
+    @Test(arguments: [
+        (["passing"], Health.passing), (["warning"], .warning), (["critical"], .critical), (["passing", "maintenance"], .maintenance),
+        // A status Consul's DNS does not know is served (but not with --only-passing); a missing one is critical.
+        (["sleepy"], .warning), ([nil], .critical),
+    ] as [([String?], Health)])
+    func statuses(statuses: [String?], health: Health) throws {
+        #expect(try instance(entry(statuses: statuses)).health == health)
+    }
+
+    @Test(arguments: [
+        (["Passing": 5, "Warning": 2], 5, 2), (["Passing": 0, "Warning": 2], 1, 1), (["Passing": -3, "Warning": 1], 1, 1),
+        (["Passing": 3, "Warning": -1], 1, 1), (["Passing": 70000, "Warning": 1], 1, 1),
+    ] as [([String: Int], Int, Int)])
+    func invalidWeightsAreOneAndOne(weights: [String: Int], passing: Int, warning: Int) throws {
+        let i = try instance(entry(weights: weights))
+        #expect(Int(i.weightPassing) == passing && Int(i.weightWarning) == warning)
+    }
+
+    @Test func leaderContact() {
+        #expect(ConsulWatcher.LeaderContact(knownLeader: "true", lastContact: "0").dataAge == nil)
+        #expect(ConsulWatcher.LeaderContact(knownLeader: "true", lastContact: "250").dataAge == nil, "normal follower lag")
+        #expect(ConsulWatcher.LeaderContact(knownLeader: "true", lastContact: "4000").dataAge == .seconds(4))
+        #expect(ConsulWatcher.LeaderContact(knownLeader: "false", lastContact: "12000").dataAge == .seconds(12))
+        #expect(ConsulWatcher.LeaderContact(knownLeader: nil, lastContact: nil).dataAge == nil)
+    }
+}

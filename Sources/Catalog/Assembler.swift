@@ -85,6 +85,14 @@ public actor CatalogAssembler {
         store.setStale(since: staleSince.values.min())
     }
 
+    private var problems: [Int: String] = [:]
+
+    /// A registry's problem that makes the gateway not ready (nil clears it); `/ready` says it.
+    public func setProblem(source index: Int, _ reason: String?) {
+        problems[index] = reason
+        store.setProblems(problems.keys.sorted().map { "\(names[$0]): \(problems[$0]!)" })
+    }
+
     /// Records whether a registry is in contact; the store exposes the oldest loss of contact.
     public func setContact(source index: Int, inContact: Bool) {
         if inContact {

@@ -56,6 +56,8 @@ public actor ConsulWatcher {
     /// Names already reported as skipped, so each is logged once, not on every catalog change.
     private var reportedSkips: Set<String> = []
     private let skips: SkipCounters
+    /// 1 while Consul's ACLs filter what the watcher reads.
+    private let filteredGauge: Gauge
 
     public init(configuration: Configuration, assembler: CatalogAssembler, sourceIndex: Int, logger: Logger) {
         self.configuration = configuration
@@ -64,6 +66,8 @@ public actor ConsulWatcher {
         self.logger = logger
         self.restarts = Counter(label: "signpost_registry_watch_restarts_total", dimensions: [("registry", "consul")])
         self.skips = SkipCounters(registry: "consul")
+        self.filteredGauge = Gauge(label: "signpost_registry_acl_filtered", dimensions: [("registry", "consul")])
+        filteredGauge.record(0)
     }
 
     /// The next `?index=` after a response carried `returned`, per Consul's rules.
@@ -89,7 +93,18 @@ public actor ConsulWatcher {
                 guard let services = try JSONSerialization.jsonObject(with: body) as? [String: Any] else {
                     throw HTTPError(description: "/v1/catalog/services: not a JSON object")
                 }
+                let filtered = Self.filteredByACLs(services: services.keys, token: configuration.token, header: leader.filteredByACLs)
+                await reportACLFiltering(filtered)
                 let names = servable(services.keys)
+                if filtered && names.isEmpty && !loaded {
+                    // Everything was filtered away: not loaded (SERVFAIL), rather than an empty catalog (NXDOMAIN
+                    // for every name). The blocking query goes on, and loads once the token can read.
+                    await assembler.setContact(source: sourceIndex, inContact: true)
+                    let next = Self.nextIndex(previous: index, returned: returned)
+                    if next == index { try await pace(since: started) }
+                    index = next
+                    continue
+                }
                 if !loaded {
                     try await loadAll(names)
                     loaded = true
@@ -117,6 +132,32 @@ public actor ConsulWatcher {
         }
         for task in watches.values { task.cancel() }
         try? await client.shutdown()
+    }
+
+    /// Whether Consul's ACLs hid part of the catalog. Consul answers 200 with the results it may show, and sets
+    /// `X-Consul-Results-Filtered-By-ACLs` only for a request that carries a token; so with a token the header
+    /// tells, and without one a catalog that lacks the `consul` service (every real catalog lists it) does.
+    static func filteredByACLs(services: some Collection<String>, token: String?, header: Bool) -> Bool {
+        if token != nil { return header }
+        return !services.contains { $0.equalsIgnoringASCIICase("consul") }
+    }
+
+    private var aclFiltered = false
+
+    /// Logs a change of ACL filtering once, as an error that names the fix; sets the gauge and `/ready`.
+    private func reportACLFiltering(_ filtered: Bool) async {
+        guard filtered != aclFiltered else { return }
+        aclFiltered = filtered
+        filteredGauge.record(filtered ? 1 : 0)
+        if filtered {
+            let who = configuration.token == nil ? "the anonymous token" : "the watcher's token"
+            let reason = "Consul's ACLs filter the catalog for \(who); give Signpost a token with service:read and node:read (?token= or CONSUL_HTTP_TOKEN)"
+            logger.error("\(reason)", metadata: ["consul.address": "\(configuration.address)"])
+            await assembler.setProblem(source: sourceIndex, reason)
+        } else {
+            logger.info("Consul's ACLs no longer filter the catalog", metadata: ["consul.address": "\(configuration.address)"])
+            await assembler.setProblem(source: sourceIndex, nil)
+        }
     }
 
     /// The services that can be served: every name that can be a DNS name, dotted ones included. The rest are
@@ -284,6 +325,8 @@ public actor ConsulWatcher {
     struct LeaderContact {
         var knownLeader: String?
         var lastContact: String?
+        /// `X-Consul-Results-Filtered-By-ACLs: true` (sent only to requests with a token).
+        var filteredByACLs = false
 
         /// How old the answering server's data may be, when that matters: it has no leader, or has not heard
         /// from it for a second or more. Nil while the data is current.
@@ -348,8 +391,9 @@ public actor ConsulWatcher {
             throw HTTPError(description: "\(path): HTTP \(response.status.code) \(String(buffer: body))")
         }
         let returned = response.headers.first(name: "X-Consul-Index").flatMap { UInt64($0) }
-        let leader = LeaderContact(knownLeader: response.headers.first(name: "X-Consul-KnownLeader"),
+        var leader = LeaderContact(knownLeader: response.headers.first(name: "X-Consul-KnownLeader"),
                                    lastContact: response.headers.first(name: "X-Consul-LastContact"))
+        leader.filteredByACLs = response.headers.first(name: "X-Consul-Results-Filtered-By-ACLs") == "true"
         return (Data(body.readableBytesView), returned, leader)
     }
 }

@@ -138,8 +138,21 @@ public final class CatalogSnapshot: AtomicReference, Sendable {
     }
 }
 
+/// Why some registry's data cannot be trusted, for `/ready` (an immutable list, swapped whole).
+public final class RegistryProblems: AtomicReference, Sendable {
+    public let reasons: [String]
+    public init(_ reasons: [String]) { self.reasons = reasons }
+}
+
 /// The one place readers get the current snapshot: a lock-free atomic load.
 public final class SnapshotStore: Sendable {
+    private let problemList = ManagedAtomic<RegistryProblems>(RegistryProblems([]))
+
+    /// Registry problems that make the gateway not ready (an ACL that filters the catalog, say).
+    public var problems: [String] { problemList.load(ordering: .acquiring).reasons }
+
+    public func setProblems(_ reasons: [String]) { problemList.store(RegistryProblems(reasons), ordering: .releasing) }
+
     private let current: ManagedAtomic<CatalogSnapshot>
 
     public init(_ initial: CatalogSnapshot = .empty) {

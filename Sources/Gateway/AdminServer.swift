@@ -31,6 +31,7 @@ public final class AdminServer: Service, Sendable {
 
     /// Why the gateway is not ready, or nil when it is.
     static func notReady(store: SnapshotStore, maxStale: Duration?) -> String? {
+        if let problem = store.problems.first { return problem }
         if !store.snapshot.isLoaded { return "registry data not loaded yet" }
         if let maxStale, let age = store.staleness(), age > maxStale {
             return "registry data is \(age.components.seconds)s old, over --max-stale"

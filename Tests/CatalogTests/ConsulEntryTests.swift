@@ -50,4 +50,14 @@ struct ConsulEntryTests {
         #expect(ConsulWatcher.LeaderContact(knownLeader: "false", lastContact: "12000").dataAge == .seconds(12))
         #expect(ConsulWatcher.LeaderContact(knownLeader: nil, lastContact: nil).dataAge == nil)
     }
+
+    @Test func aclFilteringIsDetected() {
+        // Anonymous: no header ever comes, so a catalog without the `consul` service is the sign.
+        #expect(ConsulWatcher.filteredByACLs(services: [], token: nil, header: false))
+        #expect(ConsulWatcher.filteredByACLs(services: ["web"], token: nil, header: false))
+        #expect(!ConsulWatcher.filteredByACLs(services: ["consul", "web"], token: nil, header: false))
+        // With a token, the header tells (a token may rightly not see `consul`).
+        #expect(!ConsulWatcher.filteredByACLs(services: ["web"], token: "t", header: false))
+        #expect(ConsulWatcher.filteredByACLs(services: ["consul", "web"], token: "t", header: true))
+    }
 }

@@ -16,12 +16,13 @@ final class ConsulStandIn: @unchecked Sendable {
     private(set) var port = 0
     let dir = TempDir()
 
-    init(port requested: Int = 0, token: String? = nil, datacenter: String = "dc1") throws {
+    init(port requested: Int = 0, token: String? = nil, limitedToken: String? = nil, datacenter: String = "dc1") throws {
         log = dir.path + "/standin.log"
         FileManager.default.createFile(atPath: log, contents: nil)
         let script = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("ConsulStandIn/consul_standin.py").path
         process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
         process.arguments = ["python3", script, "--port", "\(requested)", "--dc", datacenter] + (token.map { ["--token", $0] } ?? [])
+            + (limitedToken.map { ["--limited-token", $0] } ?? [])
         process.standardOutput = FileHandle(forWritingAtPath: log)
         process.standardError = process.standardOutput
         try process.run()
@@ -128,11 +129,32 @@ struct ConsulTests {
         defer { fromEnv.stop() }
         #expect(eventually(within: 5) { addresses(fromEnv, "web.service.consul") == ["192.0.2.1"] } != nil)
         #expect(try consul.requests().filter { $0.path.hasPrefix("/v1/") }.allSatisfy { $0.token == "s3cret" })
-        // Without the token, Consul refuses: the registry never loads, so the domain is SERVFAIL.
-        let none = try server(consul)
+        // Without a token, Consul answers 200 with everything filtered away (and no header saying so): the
+        // registry stays not loaded (SERVFAIL, not NXDOMAIN for everything), the log names the fix once, and
+        // /ready and the gauge say why.
+        let none = try Server(dir: TempDir(), catalog: false, extra: ["--registry", "consul:\(consul.url)", "--admin", "127.0.0.1:0"],
+                              environment: ["SIGNPOST_CONSUL_WAIT": "2s"])
         defer { none.stop() }
-        usleep(500_000)
+        #expect(eventually(within: 5) { none.log_().contains("service:read and node:read") } != nil, "\(none.log_())")
         #expect(try none.dig("web.service.consul", "A").status == "SERVFAIL")
+        let admin = "http://127.0.0.1:\(try #require(none.adminPort))"
+        let ready = httpGet(admin + "/ready")
+        #expect(ready.status == 503 && ready.body.contains("ACLs filter the catalog for the anonymous token"), "\(ready)")
+        #expect(sample(httpGet(admin + "/metrics").body, #"signpost_registry_acl_filtered{registry="consul"}"#) == 1)
+        #expect(none.log_().components(separatedBy: "service:read and node:read").count == 2, "logged once")
+    }
+
+    /// A token that lacks some permission: Consul filters and says so in a header; what it shows is served,
+    /// and /ready says why it is not ready.
+    @Test func aLimitedTokenIsReported() throws {
+        let consul = try ConsulStandIn(token: "s3cret", limitedToken: "partial")
+        try consul.register(node: "n1", address: "192.0.2.1", service: "web", token: "s3cret")
+        let server = try Server(dir: TempDir(), catalog: false, extra: ["--registry", "consul:\(consul.url)?token=partial", "--admin", "127.0.0.1:0"],
+                                environment: ["SIGNPOST_CONSUL_WAIT": "2s"])
+        defer { server.stop() }
+        #expect(eventually(within: 5) { server.socketAddresses("web.service.consul") == ["192.0.2.1"] } != nil, "\(server.log_())")
+        let ready = httpGet("http://127.0.0.1:\(try #require(server.adminPort))/ready")
+        #expect(ready.status == 503 && ready.body.contains("the watcher's token"), "\(ready)")
     }
 
     @Test func datacenterAndStaleOptions() throws {

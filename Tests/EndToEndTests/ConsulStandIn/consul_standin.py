@@ -16,7 +16,11 @@ its TTL lapses without an update, and a service whose check stays critical past 
 deregistered. Consul reaps every 30 s; the stand-in checks every 50 ms, so tests can use short TTLs.
 Blocking queries: with ?index=N (N > 0) the request waits until the index exceeds N or ?wait= passes
 (default 5m, max 10m, plus up to wait/16 of jitter, as Consul adds), then answers with X-Consul-Index.
-ACLs: when started with --token, requests without a matching X-Consul-Token (or ?token=) get 403.
+ACLs (with --token, default deny), as Consul answers them: the token gets everything; an unknown token gets 403
+"ACL not found"; the anonymous token (no token) gets 200 with the results filtered away and no
+X-Consul-Results-Filtered-By-ACLs header (Consul sets it only for requests that carry a token), and 403 from
+/v1/agent/self; a --limited-token gets 200 with X-Consul-Results-Filtered-By-ACLs: true. Writes need the token.
+Like every Consul catalog, the stand-in's lists the `consul` service (on the agent's node).
 
 Test controls, not part of Consul: POST /_test/fail-service {"name": S, "code": 500} makes one service's health
 reads fail (code 0 ends it); POST /_test/leader {"known": false, "last_contact_ms": N} sets the
@@ -40,6 +44,7 @@ state = {"index": 10, "nodes": {}, "services": {}, "checks": {}, "noblock": Fals
          "failing": {}}
 requests_seen = []
 TOKEN = None
+LIMITED = None
 DC = "dc1"
 AGENT_NODE = "standin-agent"
 # TTL checks by (node, check ID): {"ttl": s, "expires": t, "deregister_after": s or None, "critical_since": t or None}
@@ -157,7 +162,7 @@ class Handler(BaseHTTPRequestHandler):
     def log_message(self, *args):
         pass
 
-    def reply(self, code, body, index=None):
+    def reply(self, code, body, index=None, filtered=False):
         data = json.dumps(body).encode()
         self.send_response(code)
         self.send_header("Content-Type", "application/json")
@@ -166,14 +171,22 @@ class Handler(BaseHTTPRequestHandler):
             self.send_header("X-Consul-Index", str(index))
             self.send_header("X-Consul-KnownLeader", "true" if state["known_leader"] else "false")
             self.send_header("X-Consul-LastContact", str(state["last_contact_ms"]))
+        if filtered:
+            self.send_header("X-Consul-Results-Filtered-By-ACLs", "true")
         self.end_headers()
         self.wfile.write(data)
 
-    def authorised(self, query):
+    def access(self, query):
+        """"full", "limited", "anonymous" or "unknown", for the request's token."""
         if TOKEN is None:
-            return True
+            return "full"
         given = self.headers.get("X-Consul-Token") or (query.get("token") or [None])[0]
-        return given == TOKEN
+        if not given:
+            return "anonymous"
+        return {TOKEN: "full", LIMITED: "limited"}.get(given, "unknown")
+
+    def authorised(self, query):
+        return self.access(query) == "full"
 
     def do_GET(self):
         url = urlparse(self.path)
@@ -184,9 +197,13 @@ class Handler(BaseHTTPRequestHandler):
         if url.path == "/_test/requests":
             with lock:
                 return self.reply(200, requests_seen)
-        if not self.authorised(query):
+        access = self.access(query)
+        if access == "unknown":
             return self.reply(403, "ACL not found")
         if url.path == "/v1/agent/self":
+            if access == "anonymous":
+                return self.reply(403, f'Permission denied: anonymous token lacks permission \'agent:read\' on "{AGENT_NODE}". '
+                                       'The anonymous token is used implicitly when a request does not specify a token.')
             return self.reply(200, {"Config": {"Datacenter": DC, "PrimaryDatacenter": DC, "NodeName": AGENT_NODE,
                                                "NodeID": "5e4ba1a9-7a2c-4c3b-9f0d-4f1c2a9b8e61", "Server": False,
                                                "Version": "1.17.0", "Revision": "", "BuildDate": "2023-11-01T00:00:00Z"},
@@ -210,7 +227,9 @@ class Handler(BaseHTTPRequestHandler):
                 while not state["noblock"] and state["index"] <= wanted and time.time() < deadline:
                     lock.wait(timeout=max(0.0, deadline - time.time()))
             body, index = make(), state["index"]
-        self.reply(200, body, index)
+        if access == "anonymous":
+            body = {} if isinstance(body, dict) else []
+        self.reply(200, body, index, filtered=access == "limited")
 
     def do_PUT(self):
         url = urlparse(self.path)
@@ -348,13 +367,19 @@ class Handler(BaseHTTPRequestHandler):
 
 
 def main():
-    global TOKEN, DC
+    global TOKEN, DC, LIMITED
     ap = argparse.ArgumentParser()
     ap.add_argument("--port", type=int, default=0)
     ap.add_argument("--token")
+    ap.add_argument("--limited-token")
     ap.add_argument("--dc", default="dc1")
     args = ap.parse_args()
-    TOKEN, DC = args.token, args.dc
+    TOKEN, DC, LIMITED = args.token, args.dc, args.limited_token
+    with lock:
+        ensure_agent_node()
+        state["services"][(AGENT_NODE, "consul")] = {"ID": "consul", "Service": "consul", "Tags": [], "Address": "",
+                                                     "Port": 8300, "Meta": {}, "Weights": {"Passing": 1, "Warning": 1},
+                                                     "CreateIndex": 1, "ModifyIndex": 1}
     server = ThreadingHTTPServer(("127.0.0.1", args.port), Handler)
     server.daemon_threads = True
     threading.Thread(target=reaper, daemon=True).start()

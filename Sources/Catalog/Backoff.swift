@@ -14,3 +14,30 @@ public struct Backoff: Sendable {
         return .nanoseconds(Int64.random(in: 0...max(ns, 0)))
     }
 }
+
+/// A token bucket (the blocking-query docs' advice for watches whose results change fast): `burst` updates go at
+/// once, then one per `interval`, so a flapping check costs one update per interval, not a tight loop.
+public struct TokenBucket: Sendable {
+    public var burst: Double
+    public var interval: Duration
+    private var tokens: Double
+    private var last: ContinuousClock.Instant
+
+    public init(burst: Int = 2, interval: Duration = .seconds(1), now: ContinuousClock.Instant = .now) {
+        self.burst = Double(burst)
+        self.interval = interval
+        self.tokens = Double(burst)
+        self.last = now
+    }
+
+    /// Takes a token; returns how long to wait first (zero when one was there).
+    public mutating func take(now: ContinuousClock.Instant = .now) -> Duration {
+        let seconds = Double((now - last).components.seconds) + Double((now - last).components.attoseconds) / 1e18
+        let per = Double(interval.components.seconds) + Double(interval.components.attoseconds) / 1e18
+        tokens = min(burst, tokens + seconds / per)
+        last = now
+        tokens -= 1
+        guard tokens < 0 else { return .zero }
+        return .nanoseconds(Int64(-tokens * per * 1e9))
+    }
+}

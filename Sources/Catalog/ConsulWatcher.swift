@@ -29,6 +29,10 @@ public actor ConsulWatcher {
         public var wait: Duration = .seconds(300)
         /// The least time between two queries of one watch that return without a new index.
         public var minInterval: Duration = .milliseconds(250)
+        /// Per service: this many updates at once, then one per `churnInterval`, so a flapping check publishes at
+        /// that rate and its changes in between are folded into the next read.
+        public var churnBurst = 2
+        public var churnInterval: Duration = .seconds(1)
         public var backoff = Backoff()
 
         public init(address: String, datacenter: String? = nil, token: String? = nil, stale: Bool = true, localDatacenter: String = "dc1") {
@@ -58,6 +62,8 @@ public actor ConsulWatcher {
     private let skips: SkipCounters
     /// 1 while Consul's ACLs filter what the watcher reads.
     private let filteredGauge: Gauge
+    /// Updates held back by a service's churn limit (each folds one or more changes into the next read).
+    private let delayed: Counter
 
     public init(configuration: Configuration, assembler: CatalogAssembler, sourceIndex: Int, logger: Logger) {
         self.configuration = configuration
@@ -67,6 +73,7 @@ public actor ConsulWatcher {
         self.restarts = Counter(label: "signpost_registry_watch_restarts_total", dimensions: [("registry", "consul")])
         self.skips = SkipCounters(registry: "consul")
         self.filteredGauge = Gauge(label: "signpost_registry_acl_filtered", dimensions: [("registry", "consul")])
+        self.delayed = Counter(label: "signpost_registry_updates_delayed_total", dimensions: [("registry", "consul")])
         filteredGauge.record(0)
     }
 
@@ -220,6 +227,7 @@ public actor ConsulWatcher {
     private func watch(_ name: String, from start: UInt64) async {
         var index = start
         var failures = 0
+        var bucket = TokenBucket(burst: configuration.churnBurst, interval: configuration.churnInterval)
         while !Task.isCancelled {
             let started = ContinuousClock.now
             do {
@@ -229,6 +237,12 @@ public actor ConsulWatcher {
                 if next != index || index == 0 {
                     let nodes = setNodes(for: name, instances)
                     await assembler.update(source: sourceIndex, services: [name: instances], nodes: nodes)
+                    // Churn: past the burst, wait for a token; what changes meanwhile comes with the next read.
+                    let wait = bucket.take()
+                    if wait > .zero {
+                        delayed.increment()
+                        try await Task.sleep(for: wait)
+                    }
                 } else {
                     try await pace(since: started)
                 }

@@ -76,10 +76,11 @@ final class ConsulStandIn: @unchecked Sendable {
     }
 
     /// Requests the stand-in has seen, as (path, query).
-    func requests() throws -> [(path: String, query: [String: String], token: String?)] {
+    func requests() throws -> [(path: String, query: [String: String], token: String?, time: Double)] {
         let (_, data) = try call("GET", "/_test/requests")
         let list = try JSONSerialization.jsonObject(with: data) as? [[String: Any]] ?? []
-        return list.map { ($0["path"] as? String ?? "", $0["query"] as? [String: String] ?? [:], $0["token"] as? String) }
+        return list.map { ($0["path"] as? String ?? "", $0["query"] as? [String: String] ?? [:], $0["token"] as? String,
+                           ($0["time"] as? NSNumber)?.doubleValue ?? 0) }
     }
 }
 
@@ -293,5 +294,27 @@ struct ConsulTests {
         #expect(eventually(within: 5) { server.socketAddresses("web.service.consul") == ["192.0.2.1"] } != nil, "\(server.log_())")
         #expect(try server.dig("web.service.us-east-1.consul", "A").data("A") == ["192.0.2.1"])
         #expect(server.log_().contains("local datacenter from the Consul agent"))
+    }
+
+    /// A flapping check: the blocking-query docs ask watchers to rate-limit per watch. Two updates at once, then
+    /// one a second; the changes in between are folded into the next read, and the last state is served.
+    @Test func aFlappingCheckIsRateLimited() throws {
+        let consul = try ConsulStandIn()
+        try consul.register(node: "n1", address: "192.0.2.1", service: "web")
+        let server = try Server(dir: TempDir(), catalog: false, extra: ["--registry", "consul:\(consul.url)", "--admin", "127.0.0.1:0"],
+                                environment: ["SIGNPOST_CONSUL_WAIT": "2s"])
+        defer { server.stop() }
+        #expect(eventually(within: 5) { server.socketAddresses("web.service.consul") == ["192.0.2.1"] } != nil)
+        try consul.call("POST", "/_test/reset-requests", [:])
+        // 40 changes, 50 ms apart: 2 s of flapping, done by the stand-in itself.
+        try consul.call("POST", "/_test/flap", ["node": "n1", "check": "service:web-n1", "times": 40, "every_ms": 50])
+        #expect(eventually(within: 10) { String(decoding: (try? consul.call("POST", "/_test/flaps-done", [:]).1) ?? Data(), as: UTF8.self) == "true" } != nil)
+        let reads = try consul.requests().filter { $0.path == "/v1/health/service/web" }
+        let span = try #require(reads.last.map { $0.time - reads.first!.time })
+        // A tight loop would read about 40 times; the bucket allows 2 + one a second (and one more for the end).
+        #expect(reads.count <= 2 + Int(span.rounded(.up)) + 2, "\(reads.count) reads in \(span) s")
+        let metrics = httpGet("http://127.0.0.1:\(try #require(server.adminPort))/metrics").body
+        #expect((sample(metrics, #"signpost_registry_updates_delayed_total{registry="consul"}"#) ?? 0) >= 1, "\(metrics)")
+        #expect(eventually(within: 5) { server.socketAddresses("web.service.consul") == ["192.0.2.1"] } != nil, "the last state is served")
     }
 }

@@ -342,6 +342,27 @@ class Handler(BaseHTTPRequestHandler):
                 state["index"] = int(body["index"])
                 lock.notify_all()
                 return self.reply(200, True)
+            if url.path == "/_test/flap":
+                # A flapping check: `times` status changes, `every_ms` apart, in a thread of its own; then
+                # state["flaps_done"] is set, ending on passing.
+                key = (body["node"], body["check"])
+                state["flaps_done"] = False
+
+                def flap():
+                    for i in range(int(body["times"])):
+                        time.sleep(int(body["every_ms"]) / 1000)
+                        with lock:
+                            state["checks"][key]["Status"] = "warning" if i % 2 == 0 else "passing"
+                            state["checks"][key]["ModifyIndex"] = state["index"] + 1
+                            bump()
+                    with lock:
+                        state["checks"][key]["Status"] = "passing"
+                        bump()
+                        state["flaps_done"] = True
+                threading.Thread(target=flap, daemon=True).start()
+                return self.reply(200, True)
+            if url.path == "/_test/flaps-done":
+                return self.reply(200, state.get("flaps_done", False))
             if url.path == "/_test/fail-service":
                 # One service's health reads fail with this HTTP code (0 ends it).
                 if int(body["code"]):

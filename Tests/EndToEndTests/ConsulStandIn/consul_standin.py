@@ -115,14 +115,12 @@ def bump():
 
 
 def parse_wait(text):
+    """Go's time.ParseDuration, as Consul's parseWait uses it: None for what it rejects ("5" has no unit)."""
     if not text:
         return 300.0
-    m = re.fullmatch(r"(\d+(?:\.\d+)?)(ms|s|m)?", text)
-    if not m:
-        return 300.0
-    value = float(m.group(1))
-    unit = m.group(2) or "s"
-    return min({"ms": value / 1000, "s": value, "m": value * 60}[unit], 600.0)
+    if text == "0" or not re.fullmatch(r"(\d+(\.\d+)?(ns|us|µs|ms|s|m|h))+", text):
+        return 0.0 if text == "0" else None
+    return min(go_duration(text), 600.0)
 
 
 def catalog_services():
@@ -138,7 +136,7 @@ def catalog_services():
 def health_service(name):
     out = []
     for (node_name, sid), svc in sorted(state["services"].items()):
-        if svc["Service"] != name:
+        if svc["Service"].lower() != name.lower():  # Consul matches service names case-insensitively
             continue
         node = state["nodes"][node_name]
         checks = [c for (n, _), c in sorted(state["checks"].items())
@@ -219,8 +217,15 @@ class Handler(BaseHTTPRequestHandler):
             return self.reply(404, "not found")
         if "dc" in query and query["dc"][0] != DC:
             return self.reply(500, "No path to datacenter")
-        wanted = int(query.get("index", ["0"])[0] or 0)
+        if "stale" in query and "consistent" in query:
+            return self.reply(400, "Cannot specify ?stale with ?consistent, conflicting semantics.")
+        try:
+            wanted = int(query.get("index", ["0"])[0] or 0)
+        except ValueError:
+            return self.reply(400, "Invalid index")
         wait = parse_wait(query.get("wait", [""])[0])
+        if wait is None:
+            return self.reply(400, "Invalid wait time")
         deadline = time.time() + wait + random.uniform(0, wait / 16)
         with lock:
             if wanted > 0:

@@ -358,8 +358,9 @@ public actor ConsulWatcher {
             throw HTTPError(description: "entry without Node, Node.Address or Service")
         }
         let dc = (node["Datacenter"] as? String).flatMap { $0.isEmpty ? nil : $0 } ?? localDatacenter
-        let n = Node(name: nodeName, address: nodeAddress, datacenter: dc,
-                     meta: (node["Meta"] as? [String: String]) ?? [:])
+        let nodeTagged = node["TaggedAddresses"] as? [String: String]
+        let n = Node(name: nodeName, address: nodeAddress, datacenter: dc, meta: (node["Meta"] as? [String: String]) ?? [:],
+                     lanAddresses: Address.lanAddresses(ipv4: nodeTagged?["lan_ipv4"], ipv6: nodeTagged?["lan_ipv6"], besides: nodeAddress))
         var serviceAddress: Address? = nil
         if let a = service["Address"] as? String, !a.isEmpty {
             guard let parsed = Address(a) else { throw HTTPError(description: "Service.Address \"\(a)\" is not an address") }
@@ -375,6 +376,7 @@ public actor ConsulWatcher {
             health = max(health, Self.health(check["Status"] as? String))
         }
         let port = (service["Port"] as? NSNumber)?.intValue ?? 0
+        let serviceTagged = service["TaggedAddresses"] as? [String: [String: Any]]
         // Consul's catalog replaces invalid weights (Passing below 1, Warning below 0, either over 65535) with 1/1.
         var passing = (weights?["Passing"] as? NSNumber)?.intValue ?? 1, warning = (weights?["Warning"] as? NSNumber)?.intValue ?? 1
         if !(1...65535).contains(passing) || !(0...65535).contains(warning) { (passing, warning) = (1, 1) }
@@ -382,7 +384,10 @@ public actor ConsulWatcher {
                         port: UInt16(clamping: max(0, port)), tags: service["Tags"] as? [String] ?? [],
                         meta: (service["Meta"] as? [String: String]) ?? [:],
                         weightPassing: UInt16(passing), weightWarning: UInt16(warning),
-                        health: health)
+                        health: health,
+                        serviceLanAddresses: Address.lanAddresses(ipv4: serviceTagged?["lan_ipv4"]?["Address"] as? String,
+                                                                  ipv6: serviceTagged?["lan_ipv6"]?["Address"] as? String,
+                                                                  besides: serviceAddress))
     }
 
     /// A GET, blocking when `index` > 0; returns the body, `X-Consul-Index` and the leader headers.

@@ -85,6 +85,31 @@ public struct Node: Sendable, Hashable {
     public var address: Address
     public var datacenter: String
     public var meta: [String: String]
+    /// Consul's `TaggedAddresses` `lan_ipv4` and `lan_ipv6` that differ from `address`: a dual-stack node's
+    /// other address.
+    public var lanAddresses: [Address] = []
+
+    public init(name: String, address: Address, datacenter: String, meta: [String: String], lanAddresses: [Address] = []) {
+        self.name = name
+        self.address = address
+        self.datacenter = datacenter
+        self.meta = meta
+        self.lanAddresses = lanAddresses
+    }
+}
+
+extension Address {
+    var isIPv4: Bool { if case .v4 = self { true } else { false } }
+    var isIPv6: Bool { if case .v6 = self { true } else { false } }
+
+    /// The IP addresses among Consul `TaggedAddresses` `lan_ipv4`/`lan_ipv6` values that `primary` does not
+    /// already give.
+    public static func lanAddresses(ipv4: String?, ipv6: String?, besides primary: Address?) -> [Address] {
+        var out: [Address] = []
+        if let t = ipv4, let v4 = IPv4(t), Address.v4(v4) != primary { out.append(.v4(v4)) }
+        if let t = ipv6, let v6 = IPv6(t), Address.v6(v6) != primary { out.append(.v6(v6)) }
+        return out
+    }
 }
 
 /// One registered instance of a service, with the health folded in from its checks.
@@ -104,8 +129,22 @@ public struct Instance: Sendable, Hashable {
     public var weightWarning: UInt16
     public var health: Health
 
-    /// The address clients should use.
+    /// The service's `TaggedAddresses` `lan_ipv4`/`lan_ipv6` that differ from its own address.
+    public var serviceLanAddresses: [Address] = []
+
+    /// The address clients should use (the SRV target's).
     public var address: Address { serviceAddress ?? node.address }
+
+    /// The address an A (`v6` false) or AAAA (`v6` true) answer gives, picked as Consul's DNS picks it: the
+    /// service's tagged LAN address of that family, then its own address, then the node's tagged LAN address, then
+    /// the node's address. Nil when none is of that family (hostnames are `address`'s business).
+    public func address(v6: Bool) -> Address? {
+        let fits: (Address) -> Bool = { v6 ? $0.isIPv6 : $0.isIPv4 }
+        if let a = serviceLanAddresses.first(where: fits) { return a }
+        if let s = serviceAddress, fits(s) { return s }
+        if let a = node.lanAddresses.first(where: fits) { return a }
+        return fits(node.address) ? node.address : nil
+    }
 
     /// The SRV weight that matches the instance's health.
     public var weight: UInt16 { health == .warning ? weightWarning : weightPassing }

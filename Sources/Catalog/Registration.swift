@@ -135,11 +135,13 @@ public enum RegistrationDecoder {
             throw SchemaError(line: o.node("Node")!.line, reason: "\(path)Node: \"\(nodeName)\" cannot be a DNS label")
         }
         let addrText = try o.string("Address", required: true)!
-        let node = Node(
+        var node = Node(
             name: nodeName,
             address: try address(addrText, line: o.node("Address")!.line, field: "\(path)Address"),
             datacenter: (try o.string("Datacenter")).flatMap { $0.isEmpty ? nil : $0 } ?? defaultDatacenter,
             meta: try o.stringMap("NodeMeta"))
+        let tagged = try o.stringMap("TaggedAddresses")
+        node.lanAddresses = Address.lanAddresses(ipv4: tagged["lan_ipv4"], ipv6: tagged["lan_ipv6"], besides: node.address)
 
         var checks: [Check] = []
         var checkNodes: [JSONNode] = []
@@ -195,6 +197,11 @@ public enum RegistrationDecoder {
         // The service's own checks; node-level checks are folded in when the snapshot is built,
         // because they may come from another registration of the same node.
         let health = checks.filter { $0.serviceID == id }.map(\.status).max() ?? .passing
+        // TaggedAddresses: {"lan_ipv4": {"Address": "…", "Port": …}, "lan_ipv6": {…}}, as Consul takes them.
+        var lan: [String: String] = [:]
+        if let t = try s.object("TaggedAddresses") {
+            for key in ["lan_ipv4", "lan_ipv6"] { lan[key] = try t.object(key)?.string("Address") }
+        }
         return Instance(
             id: id, service: name, node: node,
             // An address equal to the node's is kept: Consul's DNS names the SRV target <hex>.addr whenever the
@@ -202,6 +209,7 @@ public enum RegistrationDecoder {
             serviceAddress: serviceAddress,
             port: UInt16(try s.integer("Port", in: 0...65535) ?? 0),
             tags: try s.strings("Tags"), meta: try s.stringMap("Meta"),
-            weightPassing: UInt16(passing), weightWarning: UInt16(warning), health: health)
+            weightPassing: UInt16(passing), weightWarning: UInt16(warning), health: health,
+            serviceLanAddresses: Address.lanAddresses(ipv4: lan["lan_ipv4"], ipv6: lan["lan_ipv6"], besides: serviceAddress))
     }
 }

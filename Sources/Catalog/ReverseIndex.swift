@@ -19,13 +19,17 @@ public struct ReverseIndex: Sendable {
 
     /// A node's entry moved from `old` to `new` (either may be nil).
     mutating func replace(node old: Node?, with new: Node?) {
-        if let old, let ip = Self.indexable(old.address), !old.name.isEmpty {
+        if let old, !old.name.isEmpty {
             let key = CatalogSnapshot.NodeKey(name: old.name, datacenter: old.datacenter)
-            nodes[ip]?.remove(key)
-            if nodes[ip]?.isEmpty == true { nodes[ip] = nil }
+            for ip in ([old.address] + old.lanAddresses).compactMap(Self.indexable) {
+                nodes[ip]?.remove(key)
+                if nodes[ip]?.isEmpty == true { nodes[ip] = nil }
+            }
         }
-        if let new, let ip = Self.indexable(new.address), !new.name.isEmpty {
-            nodes[ip, default: []].insert(CatalogSnapshot.NodeKey(name: new.name, datacenter: new.datacenter))
+        if let new, !new.name.isEmpty {
+            for ip in ([new.address] + new.lanAddresses).compactMap(Self.indexable) {
+                nodes[ip, default: []].insert(CatalogSnapshot.NodeKey(name: new.name, datacenter: new.datacenter))
+            }
         }
     }
 
@@ -36,12 +40,13 @@ public struct ReverseIndex: Sendable {
     }
 
     private mutating func adjust(_ inst: Instance, by delta: Int) {
-        guard let own = inst.serviceAddress, let ip = Self.indexable(own) else { return }
         let at = ServiceAt(service: ServiceName.key(inst.service), datacenter: inst.node.datacenter.lowercased())
-        var counts = services[ip] ?? [:]
-        counts[at, default: 0] += delta
-        if counts[at] == 0 { counts[at] = nil }
-        services[ip] = counts.isEmpty ? nil : counts
+        for ip in ((inst.serviceAddress.map { [$0] } ?? []) + inst.serviceLanAddresses).compactMap(Self.indexable) {
+            var counts = services[ip] ?? [:]
+            counts[at, default: 0] += delta
+            if counts[at] == 0 { counts[at] = nil }
+            services[ip] = counts.isEmpty ? nil : counts
+        }
     }
 
     private static func indexable(_ address: Address) -> Address? {

@@ -208,7 +208,7 @@ public struct Resolver: Sendable {
                 }
             }
             if type == RRType.a || type == RRType.aaaa || type == RRType.any {
-                records += addressRecords([node.address], owner: name, type: type, ttl: configuration.nodeTTL)
+                records += addressRecords([node.address] + node.lanAddresses, owner: name, type: type, ttl: configuration.nodeTTL)
             }
             if type == RRType.txt || type == RRType.any {
                 records += metaTXT(node, owner: name, ttl: configuration.nodeTTL)
@@ -297,7 +297,7 @@ public struct Resolver: Sendable {
         }
         switch type {
         case RRType.a, RRType.aaaa, RRType.any:
-            let records = addressRecords(ordered.map(\.address), owner: name, type: type, ttl: ttl)
+            let records = addressRecords(Self.answerAddresses(ordered, type), owner: name, type: type, ttl: ttl)
             return records.isEmpty ? nodata() : Answer(rcode: RCode.noError, authoritative: true, answers: records)
         case RRType.srv:
             var answers: [ResourceRecord] = []
@@ -312,6 +312,16 @@ public struct Resolver: Sendable {
             return Answer(rcode: RCode.noError, authoritative: true, answers: answers, glue: glue)
         default:
             return nodata()
+        }
+    }
+
+    /// The addresses A, AAAA or ANY answers give for these instances, each picked as Consul picks it
+    /// (`Instance.address(v6:)`: tagged LAN addresses first, the service's, then the node's).
+    static func answerAddresses(_ instances: [Instance], _ type: UInt16) -> [Address] {
+        switch type {
+        case RRType.a: return instances.compactMap { $0.address(v6: false) }
+        case RRType.aaaa: return instances.compactMap { $0.address(v6: true) }
+        default: return instances.flatMap { [$0.address(v6: false), $0.address(v6: true)].compactMap { $0 } }
         }
     }
 
@@ -422,24 +432,28 @@ public struct Resolver: Sendable {
                 .appending(configuration.domain) else { return none }
         let ttl = configuration.serviceTTL.ttl(for: entry.name)
         func template(_ type: UInt16) -> AnswerTemplate? {
+            var moreGlue = false
             let entries = healthy.map { inst -> AnswerTemplate.Entry in
-                switch (type, inst.address) {
-                case (RRType.a, .v4(let v4)): return .init(answer: ResourceRecord(name: name, ttl: ttl, rdata: .a(v4)), glue: nil)
-                case (RRType.aaaa, .v6(let v6)): return .init(answer: ResourceRecord(name: name, ttl: ttl, rdata: .aaaa(v6)), glue: nil)
+                switch (type, Self.answerAddresses([inst], type).first) {
+                case (RRType.a, .v4(let v4)?): return .init(answer: ResourceRecord(name: name, ttl: ttl, rdata: .a(v4)), glue: nil)
+                case (RRType.aaaa, .v6(let v6)?): return .init(answer: ResourceRecord(name: name, ttl: ttl, rdata: .aaaa(v6)), glue: nil)
                 case (RRType.srv, _):
                     let (target, glue) = srvTarget(inst, ttl: ttl, domain: configuration.domain, snapshot, depth: 0)
+                    if glue.count > 1 { moreGlue = true }
                     return .init(answer: ResourceRecord(name: name, ttl: ttl,
                                                         rdata: .srv(priority: 1, weight: inst.weight, port: inst.port, target: target)),
                                  glue: glue.first)
                 default: return .init(answer: nil, glue: nil)
                 }
             }
+            // A template entry holds one glue record: a dual-stack target (A and AAAA) or node meta TXT takes the
+            // general path.
+            if moreGlue { return nil }
             return AnswerTemplate(question: Question(name: name, type: type, qclass: DNSClass.inet), entries: entries,
                                   dedupeAnswers: type != RRType.srv)
         }
-        // Node meta TXT in the additional section is more glue than a template entry holds: the general path.
         return EncodedAnswers(owner: identity, count: healthy.count, a: template(RRType.a), aaaa: template(RRType.aaaa),
-                              srv: configuration.nodeMetaTXT ? nil : template(RRType.srv))
+                              srv: template(RRType.srv))
     }
 
     /// Starts the healthy set one position further round for each query (or shuffles it), then applies
@@ -487,7 +501,9 @@ public struct Resolver: Sendable {
                 ? try DNSName(prefix: inst.node.name, "node", dc, suffix: domain)
                 : try DNSName(prefix: inst.address.hexLabel!, "addr", dc, suffix: domain)
         } catch { return (domain, []) }
-        return (target, addressRecords([inst.address], owner: target, type: RRType.any, ttl: ttl) + meta)
+        // A node-name target's glue is every address the node's name answers; a <hex>.addr target is one IP.
+        let glueAddresses = inst.serviceAddress == nil ? Self.answerAddresses([inst], RRType.any) : [inst.address]
+        return (target, addressRecords(glueAddresses, owner: target, type: RRType.any, ttl: ttl) + meta)
     }
 
     /// A/AAAA glue for a hostname we are authoritative for, if any.

@@ -317,4 +317,22 @@ struct ConsulTests {
         #expect((sample(metrics, #"signpost_registry_updates_delayed_total{registry="consul"}"#) ?? 0) >= 1, "\(metrics)")
         #expect(eventually(within: 5) { server.socketAddresses("web.service.consul") == ["192.0.2.1"] } != nil, "the last state is served")
     }
+
+    /// A dual-stack node (TaggedAddresses lan_ipv4/lan_ipv6): A and AAAA both answer, as Consul's DNS answers them.
+    @Test func dualStackInstancesAnswerAAndAAAA() throws {
+        let consul = try ConsulStandIn()
+        let (code, _) = try consul.call("PUT", "/v1/catalog/register", [
+            "Node": "ds-1", "Address": "192.0.2.50", "TaggedAddresses": ["lan_ipv4": "192.0.2.50", "lan_ipv6": "2001:db8::50"],
+            "Service": ["ID": "api-1", "Service": "api", "Port": 50051],
+            "Checks": [["CheckID": "service:api-1", "Status": "passing", "ServiceID": "api-1"]]] as [String: Any])
+        #expect(code == 200)
+        let server = try server(consul)
+        defer { server.stop() }
+        #expect(eventually(within: 5) { server.socketAddresses("api.service.consul") == ["192.0.2.50"] } != nil, "\(server.log_())")
+        #expect(try server.dig("api.service.consul", "AAAA", "+tcp").data("AAAA") == ["2001:db8::50"])
+        #expect(try server.dig("ds-1.node.consul", "AAAA").data("AAAA") == ["2001:db8::50"])
+        let srv = try server.dig("api.service.consul", "SRV")
+        #expect(Set(srv.additional.map { $0[3] }).isSuperset(of: ["A", "AAAA"]), "the node target's glue has both: \(srv)")
+        #expect(try server.dig("-x", "2001:db8::50").data("PTR") == ["ds-1.node.dc1.consul."])
+    }
 }

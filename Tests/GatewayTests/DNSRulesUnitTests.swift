@@ -98,3 +98,42 @@ struct DNSRulesUnitTests {
         #expect(Fixture.resolver { $0.nodeMetaTXT = true }.encode(snapshot.services["web"]!, snapshot).srv == nil)
     }
 }
+
+@Suite("Resolver: TaggedAddresses (dual-stack)")
+struct DualStackTests {
+    static let catalog = """
+        [{"Node": "ds-1", "Address": "192.0.2.50", "TaggedAddresses": {"lan_ipv4": "192.0.2.50", "lan_ipv6": "2001:db8::50"},
+          "Service": {"ID": "a1", "Service": "api", "Port": 80}},
+         {"Node": "v4-1", "Address": "192.0.2.60",
+          "Service": {"ID": "a2", "Service": "api", "Port": 80, "Address": "192.0.2.61",
+                      "TaggedAddresses": {"lan_ipv4": {"Address": "192.0.2.61", "Port": 80}, "lan_ipv6": {"Address": "2001:db8::61", "Port": 80}}}}]
+        """
+
+    let snapshot = CatalogSnapshot.build(
+        registrations: try! RegistrationDecoder.decode(bytes: Array(catalog.utf8), path: "t", defaultDatacenter: "dc1"),
+        zones: [], localDatacenter: "dc1", generation: 1)
+
+    func answer(_ name: String, _ type: UInt16) -> Answer {
+        Fixture.resolver().resolve(Question(name: Fixture.name(name), type: type), in: snapshot)
+    }
+
+    @Test func aAndAAAAFromTaggedAddresses() {
+        #expect(Set(answer("api.service.consul", RRType.a).answers.map(\.rdata)) == [.a(IPv4("192.0.2.50")!), .a(IPv4("192.0.2.61")!)])
+        #expect(Set(answer("api.service.consul", RRType.aaaa).answers.map(\.rdata)) == [.aaaa(IPv6("2001:db8::50")!), .aaaa(IPv6("2001:db8::61")!)])
+        #expect(answer("ds-1.node.consul", RRType.aaaa).answers.map(\.rdata) == [.aaaa(IPv6("2001:db8::50")!)])
+    }
+
+    @Test func nodeTargetsCarryBothFamiliesAndTakeTheGeneralPath() {
+        let srv = answer("api.service.consul", RRType.srv)
+        let ds = srv.answers.firstIndex { if case .srv(_, _, _, let t) = $0.rdata { t == Fixture.name("ds-1.node.dc1.consul") } else { false } }!
+        #expect(Set(srv.glue[ds].map(\.type)) == [RRType.a, RRType.aaaa])
+        let encoded = Fixture.resolver().encode(snapshot.services["api"]!, snapshot)
+        #expect(encoded.srv == nil && encoded.a != nil && encoded.aaaa != nil)
+    }
+
+    @Test func taggedAddressesHavePTR() {
+        let ptr = Fixture.resolver().resolve(Question(name: Fixture.name("0.5.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.8.b.d.0.1.0.0.2.ip6.arpa"),
+                                                      type: RRType.ptr), in: snapshot)
+        #expect(ptr.answers.map(\.rdata) == [.ptr(Fixture.name("ds-1.node.dc1.consul"))])
+    }
+}

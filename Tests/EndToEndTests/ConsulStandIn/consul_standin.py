@@ -143,9 +143,10 @@ def health_service(name):
                   if n == node_name and c["ServiceID"] in ("", sid)]
         out.append({
             "Node": {"ID": "", "Node": node_name, "Address": node["Address"], "Datacenter": node["Datacenter"],
-                     "TaggedAddresses": {"lan": node["Address"], "wan": node["Address"]},
+                     "TaggedAddresses": {"lan": node["Address"], "wan": node["Address"], **(node.get("TaggedAddresses") or {})},
                      "Meta": node.get("Meta") or {}, "CreateIndex": node["CreateIndex"], "ModifyIndex": node["ModifyIndex"]},
             "Service": {"ID": sid, "Service": svc["Service"], "Tags": svc.get("Tags") or [], "Address": svc.get("Address", ""),
+                        "TaggedAddresses": svc.get("TaggedAddresses") or None,
                         "Meta": svc.get("Meta") or {}, "Port": svc.get("Port", 0),
                         "Weights": svc.get("Weights") or {"Passing": 1, "Warning": 1},
                         "EnableTagOverride": False, "CreateIndex": svc["CreateIndex"], "ModifyIndex": svc["ModifyIndex"]},
@@ -274,6 +275,7 @@ class Handler(BaseHTTPRequestHandler):
                 node = body["Node"]
                 old = state["nodes"].get(node, {})
                 state["nodes"][node] = {"Address": body["Address"], "Datacenter": body.get("Datacenter") or DC,
+                                        "TaggedAddresses": body.get("TaggedAddresses") or {},
                                         "Meta": body.get("NodeMeta") or {}, "CreateIndex": old.get("CreateIndex", state["index"] + 1),
                                         "ModifyIndex": state["index"] + 1}
                 if body.get("Service"):

@@ -181,6 +181,54 @@ struct SeedTests {
         #expect(eventually(within: 3) { (try? server.dig("hello.service.service.consul", "SRV").status) == "NXDOMAIN" } != nil)
     }
 
+    /// The three registrars' flows, replayed with Debian's python3-consul (a client nobody here wrote): grpc-go's
+    /// `helloserver`, go-micro's `registry-consul.service-<uuid>` with its encoded tags and
+    /// DeregisterCriticalServiceAfter, and a gRPC health registrar's `grpc.health.v1.greeter`. TTLs are seconds
+    /// here (31 s and 90 s in the real flows) so the lapse can be watched.
+    @Test(.enabled(if: FileManager.default.fileExists(atPath: "/usr/lib/python3/dist-packages/consul/__init__.py"),
+                   "python3-consul is not installed"))
+    func pythonConsulRegistrarFlows() throws {
+        let consul = try ConsulStandIn()
+        let script = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("ConsulStandIn/registrar.py").path
+        func registrar(_ args: String...) throws { try registrar(args) }
+        func registrar(_ args: [String]) throws {
+            let r = try run(["/usr/bin/python3", script, "\(consul.port)"] + args)
+            #expect(r.status == 0, "registrar \(args): \(r.err)")
+        }
+        let server = try Server(dir: TempDir(), catalog: false, extra: ["--registry", "consul:\(consul.url)"],
+                                environment: ["SIGNPOST_CONSUL_WAIT": "2s"])
+        defer { server.stop() }
+        let micro = "registry-consul.service-5b0a8b53-0c43-4c5c-9f8e-1b6f2d9e3c77"
+        let flows: [(name: String, id: String, address: String, register: [String])] = [
+            ("helloserver", "helloserver-1", "192.0.2.101", ["2s", "-"]),
+            ("registry-consul.service", micro, "192.0.2.102", ["2s", "4s", "v-789c2a4a2d0600028001f5", "t-789cab56ca4bcd2b51b252ca28292950aa0500344d05b1"]),
+            ("grpc.health.v1.greeter", "greeter-1", "192.0.2.103", ["2s", "-"]),
+        ]
+        for f in flows {
+            try registrar(["register", f.name, f.id, f.address, "50051"] + f.register)
+        }
+        #expect(eventually(within: 5) { server.log_().contains("consul loaded") } != nil)
+        for f in flows {
+            // A TTL check starts critical: not served until the service says it is alive.
+            #expect(try server.dig("\(f.name).service.consul", "A").status == "NXDOMAIN", "\(f.name) before its first pass")
+            try registrar("pass", "service:\(f.id)")
+            #expect(eventually(within: 3) { server.socketAddresses("\(f.name).service.consul") == [f.address] } != nil, "\(f.name) passing")
+        }
+        // Nobody passes again: each TTL lapses, and the instance goes.
+        for f in flows {
+            #expect(eventually(within: 8) { server.socketAddresses("\(f.name).service.consul").isEmpty } != nil, "\(f.name) lapsed")
+        }
+        // go-micro's instance is then deregistered by DeregisterCriticalServiceAfter; the others by their registrars.
+        #expect(eventually(within: 10) {
+            (try? consul.call("GET", "/v1/catalog/services").1).map { String(decoding: $0, as: UTF8.self) }?.contains("registry-consul") == false
+        } != nil)
+        try registrar("deregister", "helloserver-1")
+        try registrar("deregister", "greeter-1")
+        for f in flows {
+            #expect(eventually(within: 3) { (try? server.dig("\(f.name).service.consul", "SRV").status) == "NXDOMAIN" } != nil, "\(f.name) stays gone")
+        }
+    }
+
     /// A Consul name that can never be a DNS name is logged once and counted; the others load.
     @Test func consulSkipsOnlyImpossibleNames() throws {
         let consul = try ConsulStandIn()

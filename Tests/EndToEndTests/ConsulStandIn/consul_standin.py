@@ -196,6 +196,9 @@ class Handler(BaseHTTPRequestHandler):
         if url.path == "/_test/requests":
             with lock:
                 return self.reply(200, requests_seen)
+        if url.path.startswith("/v1/agent/check/") or url.path.startswith("/v1/agent/service/"):
+            # PUT-only since Consul 1.0 (its HTTP handlers enforce the verb).
+            return self.reply(405, f"method GET not allowed")
         access = self.access(query)
         if access == "unknown":
             return self.reply(403, "ACL not found")

@@ -5,12 +5,12 @@ import Logging
 import Metrics
 import NIOCore
 
-/// Follows a Consul agent through its HTTP API with blocking queries: `/v1/catalog/services` for the set of
-/// services, and `/v1/health/service/<name>` for each service's nodes, instances and checks.
-///
-/// Every service is watched eagerly, one blocking query each, so the snapshot is always complete and a DNS
-/// answer never waits on Consul. (Watching lazily on a name's first query suits very large catalogs better,
-/// at the price of a slow first answer; see DESIGN.md.)
+/// Follows a Consul agent through its HTTP API with two aggregate blocking queries, whatever the catalog's size:
+/// `/v1/catalog/services` for the set of services (its index moves on service-table writes), and
+/// `/v1/health/state/any` for every check (its index moves on check writes). When either moves, only the services
+/// concerned are read again with `/v1/health/service/<name>`, a bounded number at a time, and only those whose
+/// instances changed are published. So the agent sees at most `readConcurrency` + 2 connections (Consul allows
+/// 200 per client), the snapshot is always complete, and a DNS answer never waits on Consul.
 ///
 /// Blocking-query rules, as Consul documents them:
 /// - the index returned in `X-Consul-Index` is sent back as `?index=`;
@@ -29,10 +29,12 @@ public actor ConsulWatcher {
         public var wait: Duration = .seconds(300)
         /// The least time between two queries of one watch that return without a new index.
         public var minInterval: Duration = .milliseconds(250)
-        /// Per service: this many updates at once, then one per `churnInterval`, so a flapping check publishes at
-        /// that rate and its changes in between are folded into the next read.
+        /// Health changes: this many reads at once, then one round per `churnInterval`, so a flapping check is
+        /// read at that rate and its changes in between are folded into the next read.
         public var churnBurst = 2
         public var churnInterval: Duration = .seconds(1)
+        /// Service reads in flight at once (each holds one connection to the agent).
+        public var readConcurrency = 16
         public var backoff = Backoff()
 
         public init(address: String, datacenter: String? = nil, token: String? = nil, stale: Bool = true, localDatacenter: String = "dc1") {
@@ -53,7 +55,6 @@ public actor ConsulWatcher {
     private let restarts: Counter
     /// Exists only while `run()` runs, which shuts it down; a client is never left without an owner.
     private var client: HTTPClient!
-    private var watches: [String: Task<Void, Never>] = [:]
     /// Nodes each service's instances name, so a node stays while any service names it.
     private var nodesByService: [String: [CatalogSnapshot.NodeKey: Node]] = [:]
     private var nodeRefs = NodeReferences()
@@ -84,15 +85,30 @@ public actor ConsulWatcher {
         return max(returned, 1)
     }
 
-    /// Runs until cancelled.
+    /// Runs until cancelled: the two aggregate watches, side by side.
     public func run() async {
         var http = HTTPClient.Configuration()
         http.timeout = .init(connect: .seconds(2))
-        http.connectionPool = .init(idleTimeout: .seconds(60), concurrentHTTP1ConnectionsPerHostSoftLimit: 256)
+        // Two blocking queries and at most `readConcurrency` reads: far under Consul's 200 connections per client.
+        http.connectionPool = .init(idleTimeout: .seconds(60),
+                                    concurrentHTTP1ConnectionsPerHostSoftLimit: configuration.readConcurrency + 4)
         client = HTTPClient(eventLoopGroupProvider: .singleton, configuration: http)
+        await withTaskGroup(of: Void.self) { group in
+            group.addTask { await self.watchCatalog() }
+            group.addTask { await self.watchChecks() }
+            await group.waitForAll()
+        }
+        for task in retries.values { task.cancel() }
+        for task in deferred.values { task.cancel() }
+        try? await client.shutdown()
+    }
+
+    /// The service set: a blocking query on `/v1/catalog/services`, whose index moves on writes to the service
+    /// table. New services are read, services that went are removed, and, since any instance may have changed,
+    /// the others are read again (only changed ones are published).
+    private func watchCatalog() async {
         var index: UInt64 = 0
         var failures = 0
-        var loaded = false
         while !Task.isCancelled {
             let started = ContinuousClock.now
             do {
@@ -103,28 +119,22 @@ public actor ConsulWatcher {
                 let filtered = Self.filteredByACLs(services: services.keys, token: configuration.token, header: leader.filteredByACLs)
                 await reportACLFiltering(filtered)
                 let names = servable(services.keys)
+                let next = Self.nextIndex(previous: index, returned: returned)
                 if filtered && names.isEmpty && !loaded {
                     // Everything was filtered away: not loaded (SERVFAIL), rather than an empty catalog (NXDOMAIN
                     // for every name). The blocking query goes on, and loads once the token can read.
                     await assembler.setContact(source: sourceIndex, inContact: true)
-                    let next = Self.nextIndex(previous: index, returned: returned)
-                    if next == index { try await pace(since: started) }
-                    index = next
-                    continue
-                }
-                if !loaded {
-                    try await loadAll(names)
-                    loaded = true
-                } else {
-                    try await reconcile(names)
+                } else if !loaded {
+                    await loadAll(names)
+                } else if next != index {
+                    await reconcile(names)
                 }
                 if let age = leader.dataAge {
                     await assembler.setContact(source: sourceIndex, dataAge: age)
-                } else {
+                } else if loaded || !(filtered && names.isEmpty) {
                     await assembler.setContact(source: sourceIndex, inContact: true)
                 }
                 failures = 0
-                let next = Self.nextIndex(previous: index, returned: returned)
                 if next == index { try await pace(since: started) }
                 index = next
             } catch {
@@ -137,8 +147,74 @@ public actor ConsulWatcher {
                 do { try await Task.sleep(for: configuration.backoff.delay(afterFailures: failures)) } catch { break }
             }
         }
-        for task in watches.values { task.cancel() }
-        try? await client.shutdown()
+    }
+
+    /// Health: a blocking query on `/v1/health/state/any`, whose index moves on every check write. The services
+    /// whose checks changed (a node-level check: every service on that node) are read again. Each service has a
+    /// token bucket (the blocking-query docs' advice): past its burst, its next read waits for a token, and the
+    /// changes meanwhile fold into that read, so a flapping check costs one read a second and delays no other.
+    private func watchChecks() async {
+        var index: UInt64 = 0
+        var failures = 0
+        while !Task.isCancelled {
+            let started = ContinuousClock.now
+            do {
+                let (body, returned, _) = try await get("/v1/health/state/any", index: index)
+                guard let checks = try JSONSerialization.jsonObject(with: body) as? [[String: Any]] else {
+                    throw HTTPError(description: "/v1/health/state/any: not a JSON array")
+                }
+                let next = Self.nextIndex(previous: index, returned: returned)
+                let changed = checkChanges(checks)
+                if !loaded { changedDuringLoad.formUnion(changed) }
+                if loaded, !changed.isEmpty {
+                    var now: Set<String> = []
+                    for name in changed {
+                        let wait = buckets[name, default: TokenBucket(burst: configuration.churnBurst, interval: configuration.churnInterval)].take()
+                        if wait == .zero { now.insert(name) } else { deferRead(name, by: wait) }
+                    }
+                    if !now.isEmpty { await readAndPublish(now) }
+                }
+                failures = 0
+                if next == index { try await pace(since: started) }
+                index = next
+            } catch {
+                if Task.isCancelled { break }
+                failures += 1
+                index = 0
+                checkIndexes = nil
+                do { try await Task.sleep(for: configuration.backoff.delay(afterFailures: failures)) } catch { break }
+            }
+        }
+    }
+
+    /// Every check's ModifyIndex, by node and check ID, with its service; nil until the first read.
+    private var checkIndexes: [String: (index: UInt64, service: String, node: String)]? = nil
+    /// Services whose checks changed while the first load ran; read once it is done.
+    private var changedDuringLoad: Set<String> = []
+
+    /// The services whose checks changed since the last call (nothing on the first call, which sets the baseline).
+    private func checkChanges(_ checks: [[String: Any]]) -> Set<String> {
+        var fresh: [String: (index: UInt64, service: String, node: String)] = [:]
+        for c in checks {
+            let node = c["Node"] as? String ?? "", id = c["CheckID"] as? String ?? ""
+            fresh[node + "\u{0}" + id] = ((c["ModifyIndex"] as? NSNumber)?.uint64Value ?? 0,
+                                          ServiceName.key(c["ServiceName"] as? String ?? ""), node.lowercased())
+        }
+        defer { checkIndexes = fresh }
+        guard let before = checkIndexes else { return [] }
+        var changedServices: Set<String> = [], changedNodes: Set<String> = []
+        for (key, now) in fresh where before[key]?.index != now.index {
+            if now.service.isEmpty { changedNodes.insert(now.node) } else { changedServices.insert(now.service) }
+        }
+        for (key, was) in before where fresh[key] == nil {
+            if was.service.isEmpty { changedNodes.insert(was.node) } else { changedServices.insert(was.service) }
+        }
+        if !changedNodes.isEmpty {
+            for (service, nodes) in nodesByService where nodes.keys.contains(where: { changedNodes.contains($0.name) }) {
+                changedServices.insert(service)
+            }
+        }
+        return changedServices.intersection(known)
     }
 
     /// Whether Consul's ACLs hid part of the catalog. Consul answers 200 with the results it may show, and sets
@@ -182,79 +258,135 @@ public actor ConsulWatcher {
         return out
     }
 
-    /// The first load: every service's health, then one replace. A service whose read failed is left to its own
-    /// watch, which retries it; one bad service never keeps the others from loading.
-    private func loadAll(_ names: Set<String>) async throws {
+    /// Services currently followed.
+    private var known: Set<String> = []
+    private var loaded = false
+    /// Each service's instances as last published, so an unchanged read publishes nothing.
+    private var published: [String: [Instance]] = [:]
+    /// Per-service churn limits, and the reads they hold back.
+    private var buckets: [String: TokenBucket] = [:]
+    private var deferred: [String: Task<Void, Never>] = [:]
+
+    /// A read held back by the service's churn limit; a read already waiting takes this change too.
+    private func deferRead(_ name: String, by wait: Duration) {
+        delayed.increment()
+        guard deferred[name] == nil else { return }
+        deferred[name] = Task { [weak self] in
+            do { try await Task.sleep(for: wait) } catch { return }
+            await self?.runDeferred(name)
+        }
+    }
+
+    private func runDeferred(_ name: String) async {
+        deferred[name] = nil
+        guard known.contains(name) else { return }
+        await readAndPublish([name])
+    }
+
+    /// Services whose last read failed, retried after a backoff, each by its own timer.
+    private var retries: [String: Task<Void, Never>] = [:]
+    private var retryFailures: [String: Int] = [:]
+
+    /// The first load: every service's health, `readConcurrency` at a time, then one replace. A service whose
+    /// read failed (a 500, a 429, a 403 for its ACL) is retried on its own; it never keeps the others out.
+    private func loadAll(_ names: Set<String>) async {
+        known = names
+        let results = await read(names)
         var catalog = SourceCatalog()
-        var indexes: [String: UInt64] = [:]
-        for name in names.sorted() {
-            // One failing service (a 500, a 429, a 403 for its ACL) does not hold back the others: its own watch
-            // retries it, with backoff, from index 0.
-            do {
-                let (instances, returned, _) = try await health(name, index: 0)
-                catalog.services[name] = instances
-                indexes[name] = Self.nextIndex(previous: 0, returned: returned)
-                setNodes(for: name, instances)
-            } catch {
-                logger.warning("consul service not loaded; its watch retries it", metadata: ["consul.service": "\(name)", "error": "\(error)"])
-            }
+        for (name, instances) in results {
+            catalog.services[name] = instances
+            published[name] = instances
+            setNodes(for: name, instances)
         }
         catalog.nodes = nodeRefs.nodes
         await assembler.replace(source: sourceIndex, with: catalog)
-        for name in names { startWatch(name, from: indexes[name] ?? 0) }
+        loaded = true
         logger.info("consul loaded", metadata: ["consul.address": "\(configuration.address)", "consul.services": "\(names.count)"])
-    }
-
-    /// Starts watches for new services and removes services that are gone.
-    private func reconcile(_ names: Set<String>) async throws {
-        for gone in Set(watches.keys).subtracting(names) {
-            watches.removeValue(forKey: gone)?.cancel()
-            let nodes = setNodes(for: gone, [])
-            await assembler.update(source: sourceIndex, services: [gone: []], nodes: nodes)
-        }
-        for new in names.subtracting(watches.keys) {
-            // The watch's first query (index 0) reads the new service, and retries it on failure.
-            startWatch(new, from: 0)
+        if !changedDuringLoad.isEmpty {
+            let changed = changedDuringLoad
+            changedDuringLoad = []
+            await readAndPublish(changed)
         }
     }
 
-    private func startWatch(_ name: String, from start: UInt64) {
-        watches[name]?.cancel()
-        watches[name] = Task { [weak self] in await self?.watch(name, from: start) }
+    /// A new service set: services that went are removed; the rest are read again.
+    private func reconcile(_ names: Set<String>) async {
+        let gone = known.subtracting(names)
+        known = names
+        if !gone.isEmpty {
+            var services: [String: [Instance]] = [:]
+            var nodes: [CatalogSnapshot.NodeKey: Node?] = [:]
+            for name in gone {
+                retries.removeValue(forKey: name)?.cancel()
+                deferred.removeValue(forKey: name)?.cancel()
+                buckets[name] = nil
+                published[name] = nil
+                services[name] = []
+                nodes.merge(setNodes(for: name, [])) { $1 }
+            }
+            await assembler.update(source: sourceIndex, services: services, nodes: nodes)
+        }
+        await readAndPublish(names)
     }
 
-    /// One service's blocking loop; publishes only when its data changed.
-    private func watch(_ name: String, from start: UInt64) async {
-        var index = start
-        var failures = 0
-        var bucket = TokenBucket(burst: configuration.churnBurst, interval: configuration.churnInterval)
-        while !Task.isCancelled {
-            let started = ContinuousClock.now
-            do {
-                let (instances, returned, _) = try await health(name, index: index)
-                guard !Task.isCancelled, watches[name] != nil else { return }
-                let next = Self.nextIndex(previous: index, returned: returned)
-                if next != index || index == 0 {
-                    let nodes = setNodes(for: name, instances)
-                    await assembler.update(source: sourceIndex, services: [name: instances], nodes: nodes)
-                    // Churn: past the burst, wait for a token; what changes meanwhile comes with the next read.
-                    let wait = bucket.take()
-                    if wait > .zero {
-                        delayed.increment()
-                        try await Task.sleep(for: wait)
-                    }
-                } else {
-                    try await pace(since: started)
+    /// Reads these services and publishes those whose instances changed, in one update.
+    private func readAndPublish(_ names: Set<String>) async {
+        let results = await read(names)
+        var services: [String: [Instance]] = [:]
+        var nodes: [CatalogSnapshot.NodeKey: Node?] = [:]
+        for (name, instances) in results where known.contains(name) && published[name] != instances {
+            published[name] = instances
+            services[name] = instances
+            nodes.merge(setNodes(for: name, instances)) { $1 }
+        }
+        if !services.isEmpty { await assembler.update(source: sourceIndex, services: services, nodes: nodes) }
+    }
+
+    /// `/v1/health/service/<name>` for each, at most `readConcurrency` at once. Failures are logged, and retried.
+    private func read(_ names: Set<String>) async -> [String: [Instance]] {
+        var results: [String: [Instance]] = [:]
+        await withTaskGroup(of: (String, Result<[Instance], any Error>).self) { group in
+            var pending = names.sorted().makeIterator()
+            func startNext() -> Bool {
+                guard let name = pending.next() else { return false }
+                group.addTask {
+                    do { return (name, .success(try await self.health(name, index: 0).0)) } catch { return (name, .failure(error)) }
                 }
-                index = next
-                failures = 0
-            } catch {
-                if Task.isCancelled { return }
-                failures += 1
-                index = 0
-                do { try await Task.sleep(for: configuration.backoff.delay(afterFailures: failures)) } catch { return }
+                return true
+            }
+            for _ in 0..<configuration.readConcurrency where !startNext() { break }
+            while let (name, result) = await group.next() {
+                switch result {
+                case .success(let instances):
+                    results[name] = instances
+                    retryFailures[name] = nil
+                case .failure(let error):
+                    scheduleRetry(name, error)
+                }
+                _ = startNext()
             }
         }
+        return results
+    }
+
+    private func scheduleRetry(_ name: String, _ error: any Error) {
+        let failures = (retryFailures[name] ?? 0) + 1
+        retryFailures[name] = failures
+        if failures == 1 {
+            logger.warning("consul service not read; retrying it", metadata: ["consul.service": "\(name)", "error": "\(error)"])
+        }
+        retries[name]?.cancel()
+        let delay = configuration.backoff.delay(afterFailures: failures)
+        retries[name] = Task { [weak self] in
+            do { try await Task.sleep(for: delay) } catch { return }
+            await self?.retry(name)
+        }
+    }
+
+    private func retry(_ name: String) async {
+        retries[name] = nil
+        guard known.contains(name) else { return }
+        await readAndPublish([name])
     }
 
     /// Rate limit: a query that came back without a new index waits out the rest of `minInterval`.

@@ -6,6 +6,7 @@ It follows Consul's documented behaviour for what Signpost uses:
   PUT  /v1/catalog/deregister    {"Node": ..., "ServiceID": ...} or {"Node": ...}
   GET  /v1/catalog/services      {"name": ["tag", ...]}
   GET  /v1/health/service/<name> [{"Node": {...}, "Service": {...}, "Checks": [...]}]
+  GET  /v1/health/state/any      every check, with its ServiceName and ModifyIndex
 The agent endpoints that registrars (grpc-go tutorials, go-micro, python-consul) use, on the agent's own node:
   PUT  /v1/agent/service/register       Name, ID, Tags, Address, Port, Meta, Check/Checks (TTL, CheckID, Status,
                                         DeregisterCriticalServiceAfter); keys in any case, as Consul's decoder
@@ -41,6 +42,7 @@ from urllib.parse import parse_qs, unquote, urlparse
 
 lock = threading.Condition()
 state = {"index": 10, "nodes": {}, "services": {}, "checks": {}, "noblock": False, "known_leader": True, "last_contact_ms": 0,
+         "services_index": 10, "checks_index": 10,
          "failing": {}}
 requests_seen = []
 TOKEN = None
@@ -83,7 +85,7 @@ def set_check(key, status, output):
     if check["Status"] != status or check["Output"] != output:
         check["Status"], check["Output"] = status, output
         check["ModifyIndex"] = state["index"] + 1
-        bump()
+        bump("checks")
 
 
 def remove_service(node, sid):
@@ -106,11 +108,16 @@ def reaper():
                 since, after = t["critical_since"], t["deregister_after"]
                 if since is not None and after is not None and now - since > after:
                     remove_service(key[0], state["checks"][key]["ServiceID"])
-                    bump()
+                    bump("services", "checks")
 
 
-def bump():
+def bump(*tables):
+    """A write: the Raft index moves, and with it the index of each table written (all when none is named).
+    Like Consul's state store, /v1/catalog/services answers with the services table's index and
+    /v1/health/state/any with the checks table's, so each blocks until its own table changes."""
     state["index"] += 1
+    for table in tables or ("services", "checks"):
+        state[table + "_index"] = state["index"]
     lock.notify_all()
 
 
@@ -133,14 +140,28 @@ def catalog_services():
     return out
 
 
+_groups = {"index": None}
+
+
+def groups():
+    """Services by lower-cased name and checks by node, rebuilt once per write (a catalog of thousands of
+    services is read service by service)."""
+    if _groups["index"] != state["index"]:
+        by_name, by_node = {}, {}
+        for (node_name, sid), svc in sorted(state["services"].items()):
+            by_name.setdefault(svc["Service"].lower(), []).append((node_name, sid, svc))
+        for (n, _), c in sorted(state["checks"].items()):
+            by_node.setdefault(n, []).append(c)
+        _groups.update(index=state["index"], by_name=by_name, by_node=by_node)
+    return _groups
+
+
 def health_service(name):
     out = []
-    for (node_name, sid), svc in sorted(state["services"].items()):
-        if svc["Service"].lower() != name.lower():  # Consul matches service names case-insensitively
-            continue
+    g = groups()
+    for node_name, sid, svc in g["by_name"].get(name.lower(), []):  # Consul matches names case-insensitively
         node = state["nodes"][node_name]
-        checks = [c for (n, _), c in sorted(state["checks"].items())
-                  if n == node_name and c["ServiceID"] in ("", sid)]
+        checks = [c for c in g["by_node"].get(node_name, []) if c["ServiceID"] in ("", sid)]
         out.append({
             "Node": {"ID": "", "Node": node_name, "Address": node["Address"], "Datacenter": node["Datacenter"],
                      "TaggedAddresses": {"lan": node["Address"], "wan": node["Address"], **(node.get("TaggedAddresses") or {})},
@@ -196,6 +217,10 @@ class Handler(BaseHTTPRequestHandler):
         if url.path == "/_test/requests":
             with lock:
                 return self.reply(200, requests_seen)
+        if url.path == "/_test/stats":
+            with conn_lock:
+                return self.reply(200, {"peak": connections["peak"], "rejected": connections["rejected"],
+                                        "current": sum(connections["current"].values())})
         if url.path.startswith("/v1/agent/check/") or url.path.startswith("/v1/agent/service/"):
             # PUT-only since Consul 1.0 (its HTTP handlers enforce the verb).
             return self.reply(405, f"method GET not allowed")
@@ -210,8 +235,11 @@ class Handler(BaseHTTPRequestHandler):
                                                "NodeID": "5e4ba1a9-7a2c-4c3b-9f0d-4f1c2a9b8e61", "Server": False,
                                                "Version": "1.17.0", "Revision": "", "BuildDate": "2023-11-01T00:00:00Z"},
                                     "Member": {"Name": AGENT_NODE, "Addr": "127.0.0.1", "Port": 8301, "Status": 1}})
+        table = None
         if url.path == "/v1/catalog/services":
-            make = catalog_services
+            make, table = catalog_services, "services"
+        elif url.path == "/v1/health/state/any":
+            make, table = (lambda: [dict(c, ServiceTags=[]) for _, c in sorted(state["checks"].items())]), "checks"
         elif url.path.startswith("/v1/health/service/"):
             name = unquote(url.path[len("/v1/health/service/"):])
             if name in state["failing"]:
@@ -232,10 +260,11 @@ class Handler(BaseHTTPRequestHandler):
             return self.reply(400, "Invalid wait time")
         deadline = time.time() + wait + random.uniform(0, wait / 16)
         with lock:
+            current = lambda: state[table + "_index"] if table else state["index"]
             if wanted > 0:
-                while not state["noblock"] and state["index"] <= wanted and time.time() < deadline:
+                while not state["noblock"] and current() <= wanted and time.time() < deadline:
                     lock.wait(timeout=max(0.0, deadline - time.time()))
-            body, index = make(), state["index"]
+            body, index = make(), current()
         if access == "anonymous":
             body = {} if isinstance(body, dict) else []
         self.reply(200, body, index, filtered=access == "limited")
@@ -255,7 +284,7 @@ class Handler(BaseHTTPRequestHandler):
                 if (AGENT_NODE, sid) not in state["services"]:
                     return self.reply(404, f'Unknown service ID "{sid}". Ensure that the service ID is passed, not the service name.')
                 remove_service(AGENT_NODE, sid)
-                bump()
+                bump("services", "checks")
                 return self.reply(200, None)
             m = re.fullmatch(r"/v1/agent/check/(pass|warn|fail|update)/(.+)", url.path)
             if m:
@@ -292,9 +321,10 @@ class Handler(BaseHTTPRequestHandler):
                     cid = c.get("CheckID") or c.get("Name")
                     state["checks"][(node, cid)] = {"Node": node, "CheckID": cid, "Name": c.get("Name", cid),
                                                     "Status": c.get("Status", "critical"), "Notes": "", "Output": "",
-                                                    "ServiceID": c.get("ServiceID", ""), "ServiceName": "",
+                                                    "ServiceID": c.get("ServiceID", ""),
+                                                    "ServiceName": state["services"].get((node, c.get("ServiceID", "")), {}).get("Service", ""),
                                                     "ModifyIndex": state["index"] + 1}
-                bump()
+                bump("services", "checks") if body.get("Service") else bump("checks")
                 return self.reply(200, True)
             if url.path == "/v1/catalog/deregister":
                 node = body["Node"]
@@ -310,7 +340,7 @@ class Handler(BaseHTTPRequestHandler):
                         del state["services"][key]
                     for key in [k for k in state["checks"] if k[0] == node]:
                         del state["checks"][key]
-                bump()
+                bump("services", "checks")
                 return self.reply(200, True)
         self.reply(404, "not found")
 
@@ -340,7 +370,7 @@ class Handler(BaseHTTPRequestHandler):
                 ttl_checks[key] = {"ttl": go_duration(c["ttl"]), "expires": time.time() + go_duration(c["ttl"]),
                                    "deregister_after": go_duration(after) if after else None,
                                    "critical_since": time.time() if state["checks"][key]["Status"] == "critical" else None}
-        bump()
+        bump("services", "checks")
         return self.reply(200, None)
 
     def do_POST(self):
@@ -349,8 +379,28 @@ class Handler(BaseHTTPRequestHandler):
         body = json.loads(self.rfile.read(length) or b"{}")
         with lock:
             if url.path == "/_test/index":
-                state["index"] = int(body["index"])
+                state["index"] = state["services_index"] = state["checks_index"] = int(body["index"])
                 lock.notify_all()
+                return self.reply(200, True)
+            if url.path == "/_test/bulk":
+                # `services` services of `instances` instances each (svc<i>, on nodes bulk-<i>-<j>), all passing.
+                for i in range(int(body["services"])):
+                    for j in range(int(body["instances"])):
+                        node, sid = f"bulk-{i}-{j}", f"svc{i}-{j}"
+                        state["nodes"][node] = {"Address": f"10.{i // 250}.{i % 250}.{j + 1}", "Datacenter": DC, "Meta": {},
+                                                "TaggedAddresses": {}, "CreateIndex": state["index"] + 1, "ModifyIndex": state["index"] + 1}
+                        state["services"][(node, sid)] = {"ID": sid, "Service": f"svc{i}", "Tags": [], "Address": "", "Port": 8080,
+                                                          "Meta": {}, "CreateIndex": state["index"] + 1, "ModifyIndex": state["index"] + 1}
+                        state["checks"][(node, f"service:{sid}")] = {
+                            "Node": node, "CheckID": f"service:{sid}", "Name": "check", "Status": "passing", "Notes": "",
+                            "Output": "", "ServiceID": sid, "ServiceName": f"svc{i}", "Type": "", "ModifyIndex": state["index"] + 1}
+                bump()
+                return self.reply(200, True)
+            if url.path == "/_test/set-status":
+                key = (body["node"], body["check"])
+                state["checks"][key]["Status"] = body["status"]
+                state["checks"][key]["ModifyIndex"] = state["index"] + 1
+                bump("checks")
                 return self.reply(200, True)
             if url.path == "/_test/flap":
                 # A flapping check: `times` status changes, `every_ms` apart, in a thread of its own; then
@@ -364,10 +414,10 @@ class Handler(BaseHTTPRequestHandler):
                         with lock:
                             state["checks"][key]["Status"] = "warning" if i % 2 == 0 else "passing"
                             state["checks"][key]["ModifyIndex"] = state["index"] + 1
-                            bump()
+                            bump("checks")
                     with lock:
                         state["checks"][key]["Status"] = "passing"
-                        bump()
+                        bump("checks")
                         state["flaps_done"] = True
                 threading.Thread(target=flap, daemon=True).start()
                 return self.reply(200, True)
@@ -397,12 +447,51 @@ class Handler(BaseHTTPRequestHandler):
         self.reply(404, "not found")
 
 
+MAX_CONNS = 200
+conn_lock = threading.Lock()
+connections = {"current": {}, "peak": 0, "rejected": 0}
+
+
+class CappedServer(ThreadingHTTPServer):
+    """Consul's limits.http_max_conns_per_client: past the cap, a new connection from that IP gets a raw 429 and is
+    closed, as hashicorp/go-connlimit answers (the count is of concurrent connections, not requests)."""
+
+    def process_request(self, request, client_address):
+        ip = client_address[0]
+        with conn_lock:
+            current = connections["current"].get(ip, 0)
+            if current >= MAX_CONNS:
+                connections["rejected"] += 1
+                reject = True
+            else:
+                connections["current"][ip] = current + 1
+                connections["peak"] = max(connections["peak"], current + 1)
+                reject = False
+        if reject:
+            try:
+                request.sendall(b"HTTP/1.1 429 Too Many Requests\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\n"
+                                b"Your IP is issuing too many concurrent connections, please rate limit your calls\n")
+            except OSError:
+                pass
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request, client_address):
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            with conn_lock:
+                connections["current"][client_address[0]] -= 1
+
+
 def main():
-    global TOKEN, DC, LIMITED
+    global TOKEN, DC, LIMITED, MAX_CONNS
     ap = argparse.ArgumentParser()
     ap.add_argument("--port", type=int, default=0)
     ap.add_argument("--token")
     ap.add_argument("--limited-token")
+    ap.add_argument("--max-conns", type=int, default=200, help="limits.http_max_conns_per_client (Consul's default 200)")
     ap.add_argument("--dc", default="dc1")
     args = ap.parse_args()
     TOKEN, DC, LIMITED = args.token, args.dc, args.limited_token
@@ -411,7 +500,8 @@ def main():
         state["services"][(AGENT_NODE, "consul")] = {"ID": "consul", "Service": "consul", "Tags": [], "Address": "",
                                                      "Port": 8300, "Meta": {}, "Weights": {"Passing": 1, "Warning": 1},
                                                      "CreateIndex": 1, "ModifyIndex": 1}
-    server = ThreadingHTTPServer(("127.0.0.1", args.port), Handler)
+    MAX_CONNS = args.max_conns
+    server = CappedServer(("127.0.0.1", args.port), Handler)
     server.daemon_threads = True
     threading.Thread(target=reaper, daemon=True).start()
     print(f"listening on 127.0.0.1:{server.server_address[1]}", flush=True)

@@ -365,4 +365,33 @@ struct ConsulTests {
         #expect(stats["rejected"] == 0 && (stats["peak"] ?? 999) <= 64, "\(stats)")
         print("consul at 2,000 services x 5: loaded after \(loaded ?? -1) s, slowest change \(slowest) s, connections peak \(stats["peak"] ?? -1)")
     }
+
+    /// The stand-in answers as Consul's own source does where the watcher could be fooled (each line names the
+    /// Consul function it follows), and the watcher copes with every shape.
+    @Test func theStandInBehavesLikeConsul() throws {
+        let consul = try ConsulStandIn()
+        // catalog register decodes keys case-insensitively (python-consul sends lower-case ones).
+        var (code, _) = try consul.call("PUT", "/v1/catalog/register", ["node": "n1", "address": "192.0.2.1",
+                                                                         "service": ["id": "web-1", "service": "web"]] as [String: Any])
+        #expect(code == 200)
+        // vetRegisterWithACL: a check on a service the node does not have is refused.
+        (code, _) = try consul.call("PUT", "/v1/catalog/register", ["Node": "n1", "Address": "192.0.2.1",
+                                                                     "Checks": [["CheckID": "c", "ServiceID": "ghost", "Status": "passing"]]] as [String: Any])
+        #expect(code == 500)
+        // parseWait (time.ParseDuration: no unit is an error) and parseConsistency.
+        #expect(try consul.call("GET", "/v1/catalog/services?index=1&wait=5").0 == 400)
+        #expect(try consul.call("GET", "/v1/catalog/services?stale&consistent").0 == 400)
+        // Service names match case-insensitively; the shapes: a UUID node ID, Meta null, Port omitted when 0.
+        let (status, body) = try consul.call("GET", "/v1/health/service/WEB")
+        let entries = try JSONSerialization.jsonObject(with: body) as? [[String: Any]] ?? []
+        #expect(status == 200 && entries.count == 1)
+        let node = entries.first?["Node"] as? [String: Any], service = entries.first?["Service"] as? [String: Any]
+        #expect(UUID(uuidString: node?["ID"] as? String ?? "") != nil && node?["Meta"] is NSNull)
+        #expect(service?["Port"] == nil && service?["Meta"] is NSNull && service?["Proxy"] != nil && service?["Kind"] as? String == "")
+        // The watcher reads all of it: port 0 in SRV, and the instance served.
+        let server = try server(consul)
+        defer { server.stop() }
+        #expect(eventually(within: 5) { server.socketAddresses("web.service.consul") == ["192.0.2.1"] } != nil, "\(server.log_())")
+        #expect(try server.dig("web.service.consul", "SRV").data("SRV") == ["1 1 0 n1.node.dc1.consul."])
+    }
 }

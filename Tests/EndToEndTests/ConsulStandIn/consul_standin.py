@@ -37,6 +37,7 @@ import re
 import sys
 import threading
 import time
+import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, unquote, urlparse
 
@@ -156,23 +157,56 @@ def groups():
     return _groups
 
 
+def node_uuid(name):
+    """A stable UUID per node name, as Consul gives every node an ID."""
+    return str(uuid.uuid5(uuid.NAMESPACE_DNS, name + ".node.standin"))
+
+
+def node_json(name, node):
+    """Consul's structs.Node: an ID, TaggedAddresses with lan/wan and their _ipv4/_ipv6 forms, Meta null when unset."""
+    family = "ipv6" if ":" in node["Address"] else "ipv4"
+    tagged = {"lan": node["Address"], f"lan_{family}": node["Address"], "wan": node["Address"], f"wan_{family}": node["Address"]}
+    tagged.update(node.get("TaggedAddresses") or {})
+    return {"ID": node_uuid(name), "Node": name, "Address": node["Address"], "Datacenter": node["Datacenter"],
+            "TaggedAddresses": tagged, "Meta": node.get("Meta") or None,
+            "CreateIndex": node["CreateIndex"], "ModifyIndex": node["ModifyIndex"]}
+
+
+def service_json(sid, svc):
+    """Consul's structs.NodeService: Kind, Proxy and Connect always there; Port omitted when 0 (omitempty);
+    TaggedAddresses omitted when empty; Meta null when unset."""
+    out = {"Kind": "", "ID": sid, "Service": svc["Service"], "Tags": svc.get("Tags") or [], "Address": svc.get("Address", ""),
+           "Meta": svc.get("Meta") or None, "Weights": svc.get("Weights") or {"Passing": 1, "Warning": 1},
+           "EnableTagOverride": False, "Proxy": {"Mode": "", "MeshGateway": {}, "Expose": {}}, "Connect": {},
+           "PeerName": "", "CreateIndex": svc["CreateIndex"], "ModifyIndex": svc["ModifyIndex"]}
+    if svc.get("Port"):
+        out["Port"] = svc["Port"]
+    if svc.get("TaggedAddresses"):
+        out["TaggedAddresses"] = svc["TaggedAddresses"]
+    return out
+
+
+def check_json(c, svc):
+    """Consul's structs.HealthCheck: Type, Definition (empty fields omitted), ServiceTags (never null)."""
+    out = dict(c)
+    out.setdefault("Type", "")
+    out["Definition"] = {}
+    out["ServiceTags"] = (svc.get("Tags") or []) if c.get("ServiceID") else []
+    out.setdefault("Interval", "")
+    out.setdefault("Timeout", "")
+    out.setdefault("ExposedPort", 0)
+    out.setdefault("CreateIndex", c.get("ModifyIndex", 0))
+    return out
+
+
 def health_service(name):
     out = []
     g = groups()
     for node_name, sid, svc in g["by_name"].get(name.lower(), []):  # Consul matches names case-insensitively
         node = state["nodes"][node_name]
         checks = [c for c in g["by_node"].get(node_name, []) if c["ServiceID"] in ("", sid)]
-        out.append({
-            "Node": {"ID": "", "Node": node_name, "Address": node["Address"], "Datacenter": node["Datacenter"],
-                     "TaggedAddresses": {"lan": node["Address"], "wan": node["Address"], **(node.get("TaggedAddresses") or {})},
-                     "Meta": node.get("Meta") or {}, "CreateIndex": node["CreateIndex"], "ModifyIndex": node["ModifyIndex"]},
-            "Service": {"ID": sid, "Service": svc["Service"], "Tags": svc.get("Tags") or [], "Address": svc.get("Address", ""),
-                        "TaggedAddresses": svc.get("TaggedAddresses") or None,
-                        "Meta": svc.get("Meta") or {}, "Port": svc.get("Port", 0),
-                        "Weights": svc.get("Weights") or {"Passing": 1, "Warning": 1},
-                        "EnableTagOverride": False, "CreateIndex": svc["CreateIndex"], "ModifyIndex": svc["ModifyIndex"]},
-            "Checks": checks,
-        })
+        out.append({"Node": node_json(node_name, node), "Service": service_json(sid, svc),
+                    "Checks": [check_json(c, svc) for c in checks]})
     return out
 
 
@@ -304,27 +338,39 @@ class Handler(BaseHTTPRequestHandler):
                 set_check(key, status, output)
                 return self.reply(200, None)
             if url.path == "/v1/catalog/register":
-                node = body["Node"]
+                # Keys match case-insensitively, as Consul's decoder does (python-consul sends lower-case ones).
+                b = lower_keys(body)
+                node = b["node"]
+                svc_body = lower_keys(b.get("service") or {})
+                sid = (svc_body.get("id") or svc_body.get("service")) if svc_body else None
+                checks = [lower_keys(c) for c in (b.get("checks") or ([b["check"]] if b.get("check") else []))]
+                for c in checks:
+                    csid = c.get("serviceid") or ""
+                    if csid and csid != sid and (node, csid) not in state["services"]:
+                        # Consul's catalog endpoint (vetRegisterWithACL) refuses a check on a service it does not know.
+                        return self.reply(500, f"Unknown service ID '{csid}' for check ID '{c.get('checkid') or c.get('name')}'")
                 old = state["nodes"].get(node, {})
-                state["nodes"][node] = {"Address": body["Address"], "Datacenter": body.get("Datacenter") or DC,
-                                        "TaggedAddresses": body.get("TaggedAddresses") or {},
-                                        "Meta": body.get("NodeMeta") or {}, "CreateIndex": old.get("CreateIndex", state["index"] + 1),
+                state["nodes"][node] = {"Address": b["address"], "Datacenter": b.get("datacenter") or DC,
+                                        "TaggedAddresses": b.get("taggedaddresses") or {},
+                                        "Meta": b.get("nodemeta") or {}, "CreateIndex": old.get("CreateIndex", state["index"] + 1),
                                         "ModifyIndex": state["index"] + 1}
-                if body.get("Service"):
-                    svc = dict(body["Service"])
-                    sid = svc.get("ID") or svc["Service"]
+                if svc_body:
+                    svc = {"ID": sid, "Service": svc_body["service"], "Tags": svc_body.get("tags") or [],
+                           "Address": svc_body.get("address") or "", "Port": svc_body.get("port") or 0,
+                           "Meta": svc_body.get("meta") or {}, "Weights": svc_body.get("weights"),
+                           "TaggedAddresses": svc_body.get("taggedaddresses")}
                     svc["CreateIndex"] = state["services"].get((node, sid), {}).get("CreateIndex", state["index"] + 1)
                     svc["ModifyIndex"] = state["index"] + 1
                     state["services"][(node, sid)] = svc
-                checks = body.get("Checks") or ([body["Check"]] if body.get("Check") else [])
                 for c in checks:
-                    cid = c.get("CheckID") or c.get("Name")
-                    state["checks"][(node, cid)] = {"Node": node, "CheckID": cid, "Name": c.get("Name", cid),
-                                                    "Status": c.get("Status", "critical"), "Notes": "", "Output": "",
-                                                    "ServiceID": c.get("ServiceID", ""),
-                                                    "ServiceName": state["services"].get((node, c.get("ServiceID", "")), {}).get("Service", ""),
+                    cid = c.get("checkid") or c.get("name")
+                    csid = c.get("serviceid") or ""
+                    state["checks"][(node, cid)] = {"Node": node, "CheckID": cid, "Name": c.get("name", cid),
+                                                    "Status": c.get("status") or "critical", "Notes": "", "Output": "",
+                                                    "ServiceID": csid,
+                                                    "ServiceName": state["services"].get((node, csid), {}).get("Service", ""),
                                                     "ModifyIndex": state["index"] + 1}
-                bump("services", "checks") if body.get("Service") else bump("checks")
+                bump("services", "checks") if svc_body else bump("checks")
                 return self.reply(200, True)
             if url.path == "/v1/catalog/deregister":
                 node = body["Node"]

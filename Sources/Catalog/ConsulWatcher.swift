@@ -192,14 +192,21 @@ public actor ConsulWatcher {
     /// Services whose checks changed while the first load ran; read once it is done.
     private var changedDuringLoad: Set<String> = []
 
-    /// The services whose checks changed since the last call (nothing on the first call, which sets the baseline).
-    private func checkChanges(_ checks: [[String: Any]]) -> Set<String> {
-        var fresh: [String: (index: UInt64, service: String, node: String)] = [:]
+    /// `/v1/health/state/any`'s checks by node and check ID: ModifyIndex, service key (empty for a node-level
+    /// check) and node key.
+    static func indexChecks(_ checks: [[String: Any]]) -> [String: (index: UInt64, service: String, node: String)] {
+        var out: [String: (index: UInt64, service: String, node: String)] = [:]
         for c in checks {
             let node = c["Node"] as? String ?? "", id = c["CheckID"] as? String ?? ""
-            fresh[node + "\u{0}" + id] = ((c["ModifyIndex"] as? NSNumber)?.uint64Value ?? 0,
-                                          ServiceName.key(c["ServiceName"] as? String ?? ""), node.lowercased())
+            out[node + "\u{0}" + id] = ((c["ModifyIndex"] as? NSNumber)?.uint64Value ?? 0,
+                                        ServiceName.key(c["ServiceName"] as? String ?? ""), node.lowercased())
         }
+        return out
+    }
+
+    /// The services whose checks changed since the last call (nothing on the first call, which sets the baseline).
+    private func checkChanges(_ checks: [[String: Any]]) -> Set<String> {
+        let fresh = Self.indexChecks(checks)
         defer { checkIndexes = fresh }
         guard let before = checkIndexes else { return [] }
         var changedServices: Set<String> = [], changedNodes: Set<String> = []

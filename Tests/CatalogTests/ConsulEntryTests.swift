@@ -60,4 +60,28 @@ struct ConsulEntryTests {
         #expect(!ConsulWatcher.filteredByACLs(services: ["web"], token: "t", header: false))
         #expect(ConsulWatcher.filteredByACLs(services: ["consul", "web"], token: "t", header: true))
     }
+
+    /// Consul's own documented responses (Resources/consul, from its API docs), not the stand-in's.
+    func golden(_ name: String) throws -> Any {
+        let url = try #require(Bundle.module.url(forResource: "Resources/consul/\(name)", withExtension: nil))
+        return try JSONSerialization.jsonObject(with: Data(contentsOf: url))
+    }
+
+    @Test func documentedHealthServiceResponse() throws {
+        let entries = try #require(try golden("health-service.json") as? [[String: Any]])
+        let i = try instance(try #require(entries.first))
+        #expect(i.id == "redis" && i.service == "redis" && i.port == 8000 && i.tags == ["primary"])
+        #expect(i.node.name == "foobar" && i.node.datacenter == "dc1" && i.node.meta == ["instance_type": "t2.medium"])
+        #expect(i.serviceAddress == .v4(IPv4("10.1.10.12")!), "an IP Service.Address is the service's own, as Consul's DNS reads it")
+        #expect(i.weightPassing == 10 && i.weightWarning == 1 && i.meta == ["redis_version": "4.0"] && i.health == .passing)
+        #expect(i.node.lanAddresses.isEmpty && i.serviceLanAddresses.isEmpty, "only lan_ipv4/lan_ipv6 add addresses")
+    }
+
+    @Test func documentedHealthStateResponse() throws {
+        let checks = try #require(try golden("health-state.json") as? [[String: Any]])
+        let index = ConsulWatcher.indexChecks(checks)
+        #expect(index.count == 2)
+        #expect(index["foobar\u{0}service:redis"]?.service == "redis" && index["foobar\u{0}serfHealth"]?.service == "")
+        #expect(index.values.allSatisfy { $0.node == "foobar" })
+    }
 }

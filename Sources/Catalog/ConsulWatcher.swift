@@ -354,14 +354,11 @@ public actor ConsulWatcher {
         var results: [String: [Instance]] = [:]
         await withTaskGroup(of: (String, Result<[Instance], any Error>).self) { group in
             var pending = names.sorted().makeIterator()
-            func startNext() -> Bool {
-                guard let name = pending.next() else { return false }
-                group.addTask {
-                    do { return (name, .success(try await self.health(name, index: 0).0)) } catch { return (name, .failure(error)) }
-                }
-                return true
+            var started = 0
+            while started < configuration.readConcurrency, let name = pending.next() {
+                group.addTask { await self.readOne(name) }
+                started += 1
             }
-            for _ in 0..<configuration.readConcurrency where !startNext() { break }
             while let (name, result) = await group.next() {
                 switch result {
                 case .success(let instances):
@@ -370,10 +367,14 @@ public actor ConsulWatcher {
                 case .failure(let error):
                     scheduleRetry(name, error)
                 }
-                _ = startNext()
+                if let next = pending.next() { group.addTask { await self.readOne(next) } }
             }
         }
         return results
+    }
+
+    private func readOne(_ name: String) async -> (String, Result<[Instance], any Error>) {
+        do { return (name, .success(try await health(name, index: 0).0)) } catch { return (name, .failure(error)) }
     }
 
     private func scheduleRetry(_ name: String, _ error: any Error) {

@@ -199,6 +199,20 @@ def check_json(c, svc):
     return out
 
 
+def service_index(name):
+    """A service's own index, as Consul keeps one per service name: the highest ModifyIndex among its instances,
+    their nodes and their checks (and the services table's, once it is gone, so a deregistration still wakes)."""
+    g = groups()
+    entries = g["by_name"].get(name.lower(), [])
+    if not entries:
+        return state["services_index"]
+    top = 1
+    for node_name, sid, svc in entries:
+        top = max(top, svc["ModifyIndex"], state["nodes"][node_name]["ModifyIndex"],
+                  *[c["ModifyIndex"] for c in g["by_node"].get(node_name, []) if c["ServiceID"] in ("", sid)])
+    return top
+
+
 def health_service(name):
     out = []
     g = groups()
@@ -278,7 +292,7 @@ class Handler(BaseHTTPRequestHandler):
             name = unquote(url.path[len("/v1/health/service/"):])
             if name in state["failing"]:
                 return self.reply(state["failing"][name], "rpc error: test failure")
-            make = lambda: health_service(name)
+            make, table = (lambda: health_service(name)), ("service", name)
         else:
             return self.reply(404, "not found")
         if "dc" in query and query["dc"][0] != DC:
@@ -294,7 +308,7 @@ class Handler(BaseHTTPRequestHandler):
             return self.reply(400, "Invalid wait time")
         deadline = time.time() + wait + random.uniform(0, wait / 16)
         with lock:
-            current = lambda: state[table + "_index"] if table else state["index"]
+            current = lambda: service_index(table[1]) if isinstance(table, tuple) else state[table + "_index"] if table else state["index"]
             if wanted > 0:
                 while not state["noblock"] and current() <= wanted and time.time() < deadline:
                     lock.wait(timeout=max(0.0, deadline - time.time()))

@@ -96,6 +96,10 @@ public actor CatalogWatcher {
         }
         if catalogChanged, configuration.catalogDirectory != nil {
             let regs = catalogFiles.keys.sorted().flatMap { catalogFiles[$0]!.good ?? [] }
+            for (node, check) in SourceCatalog.unmatchedChecks(regs) {
+                logger.warning("check \"\(check.id)\" on node \"\(node)\" names ServiceID \"\(check.serviceID)\", which no catalog file registers on that node; Consul would refuse it, so it counts for nothing",
+                               metadata: ["registry": "file"])
+            }
             await assembler.replace(source: sourceIndex, with: SourceCatalog(registrations: regs))
         }
         if (catalogChanged || zonesChanged) {
@@ -120,17 +124,22 @@ public actor CatalogWatcher {
     /// Validates every file without serving: the `signpost check` path.
     public static func check(catalogDirectory: String?, zonesDirectory: String?, localDatacenter: String) -> [CatalogProblem] {
         var problems: [CatalogProblem] = []
+        var all: [Registration] = []
         if let catalogDirectory { do {
             for path in try list(catalogDirectory, suffix: ".json").keys.sorted() {
                 do {
                     var skipped: [SkippedName] = []
-                    _ = try RegistrationDecoder.decode(bytes: try read(path), path: path, defaultDatacenter: localDatacenter,
-                                                       skipped: &skipped)
+                    all += try RegistrationDecoder.decode(bytes: try read(path), path: path, defaultDatacenter: localDatacenter,
+                                                          skipped: &skipped)
                     // A name that can never be served loads nothing, which a check should say.
                     problems += skipped.map { CatalogProblem(path: $0.location, line: 0, reason: "service \"\($0.name)\" skipped: \($0.reason)") }
                 } catch { problems.append(error) }
             }
         } catch { problems.append(error) } }
+        for (node, check) in SourceCatalog.unmatchedChecks(all) {
+            problems.append(CatalogProblem(path: catalogDirectory ?? "", line: 0,
+                                           reason: "check \"\(check.id)\" on node \"\(node)\" names ServiceID \"\(check.serviceID)\", which no file registers on that node"))
+        }
         if let zonesDirectory {
             do {
                 for path in try list(zonesDirectory, suffix: ".zone").keys.sorted() {

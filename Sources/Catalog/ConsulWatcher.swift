@@ -467,13 +467,6 @@ public actor ConsulWatcher {
         return dc
     }
 
-    /// A check status as Consul's DNS reads it: only critical (and maintenance, which Consul registers as a
-    /// critical check) removes an instance; a status it does not know is served, except with --only-passing,
-    /// which is what `warning` means here. A check without a status is critical, as Consul registers it.
-    static func health(_ status: String?) -> Health {
-        guard let status else { return .critical }
-        return Health(status: status) ?? .warning
-    }
 
     /// What a stale read says of the leader: `X-Consul-KnownLeader` and `X-Consul-LastContact` (milliseconds).
     struct LeaderContact {
@@ -513,17 +506,16 @@ public actor ConsulWatcher {
         for check in entry["Checks"] as? [[String: Any]] ?? [] {
             let sid = check["ServiceID"] as? String ?? ""
             guard sid.isEmpty || sid == id else { continue }
-            health = max(health, Self.health(check["Status"] as? String))
+            health = max(health, Health(registered: check["Status"] as? String))
         }
         let port = (service["Port"] as? NSNumber)?.intValue ?? 0
         let serviceTagged = service["TaggedAddresses"] as? [String: [String: Any]]
-        // Consul's catalog replaces invalid weights (Passing below 1, Warning below 0, either over 65535) with 1/1.
-        var passing = (weights?["Passing"] as? NSNumber)?.intValue ?? 1, warning = (weights?["Warning"] as? NSNumber)?.intValue ?? 1
-        if !(1...65535).contains(passing) || !(0...65535).contains(warning) { (passing, warning) = (1, 1) }
+        let (passing, warning) = Instance.weights(passing: (weights?["Passing"] as? NSNumber)?.intValue,
+                                                  warning: (weights?["Warning"] as? NSNumber)?.intValue)
         return Instance(id: id, service: serviceName, node: n, serviceAddress: serviceAddress,
                         port: UInt16(clamping: max(0, port)), tags: service["Tags"] as? [String] ?? [],
                         meta: (service["Meta"] as? [String: String]) ?? [:],
-                        weightPassing: UInt16(passing), weightWarning: UInt16(warning),
+                        weightPassing: passing, weightWarning: warning,
                         health: health,
                         serviceLanAddresses: Address.lanAddresses(ipv4: serviceTagged?["lan_ipv4"]?["Address"] as? String,
                                                                   ipv6: serviceTagged?["lan_ipv6"]?["Address"] as? String,

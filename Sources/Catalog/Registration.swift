@@ -157,12 +157,8 @@ public enum RegistrationDecoder {
             let name = try co.string("Name") ?? ""
             let id = try co.string("CheckID") ?? name
             guard !id.isEmpty else { throw SchemaError(line: co.line, reason: "\(co.path)CheckID: a check needs a CheckID or a Name") }
-            // Consul registers a check with no status as critical.
-            let statusText = try co.string("Status") ?? "critical"
-            guard let status = Health(status: statusText) else {
-                throw SchemaError(line: co.node("Status")!.line,
-                                  reason: "\(co.path)Status: \"\(statusText)\" is not one of passing, warning, critical, maintenance")
-            }
+            // As Consul stores it: no status is critical, a status it does not know is served (see Health(registered:)).
+            let status = Health(registered: try co.string("Status"))
             checks.append(Check(id: id, name: name, status: status, serviceID: try co.string("ServiceID") ?? ""))
         }
 
@@ -178,9 +174,8 @@ public enum RegistrationDecoder {
                 instance = try service(s, name: name, id: id, node: node, checks: checks)
             }
         }
-        for c in checks where !c.serviceID.isEmpty && c.serviceID != instance?.id && c.serviceID != skippedID {
-            throw SchemaError(line: o.line, reason: "\(path)Checks: check \"\(c.id)\" names ServiceID \"\(c.serviceID)\", which this registration does not define")
-        }
+        // A check may name a service another body registers on the same node, as in Consul; the catalog folds it in
+        // (and reports one that names no service on the node).
         return Registration(node: node, service: instance, checks: checks.filter { skippedID == nil || $0.serviceID != skippedID })
     }
 
@@ -189,14 +184,14 @@ public enum RegistrationDecoder {
         if let a = try s.string("Address"), !a.isEmpty {
             serviceAddress = try address(a, line: s.node("Address")!.line, field: "\(s.path)Address")
         }
-        var passing = 1, warning = 1
+        var weights: (passing: UInt16, warning: UInt16) = (1, 1)
         if let w = try s.object("Weights") {
-            passing = try w.integer("Passing", in: 1...65535) ?? 1
-            warning = try w.integer("Warning", in: 0...65535) ?? 1
+            // Out-of-range weights are 1/1, as Consul's catalog stores them.
+            weights = Instance.weights(passing: try w.integer("Passing", in: Int(Int32.min)...Int(Int32.max)),
+                                       warning: try w.integer("Warning", in: Int(Int32.min)...Int(Int32.max)))
         }
-        // The service's own checks; node-level checks are folded in when the snapshot is built,
-        // because they may come from another registration of the same node.
-        let health = checks.filter { $0.serviceID == id }.map(\.status).max() ?? .passing
+        // Health is folded in from every check on the node, in any body, when the catalog is built.
+        let health = Health.passing
         // TaggedAddresses: {"lan_ipv4": {"Address": "…", "Port": …}, "lan_ipv6": {…}}, as Consul takes them.
         var lan: [String: String] = [:]
         if let t = try s.object("TaggedAddresses") {
@@ -209,7 +204,7 @@ public enum RegistrationDecoder {
             serviceAddress: serviceAddress,
             port: UInt16(try s.integer("Port", in: 0...65535) ?? 0),
             tags: try s.strings("Tags"), meta: try s.stringMap("Meta"),
-            weightPassing: UInt16(passing), weightWarning: UInt16(warning), health: health,
+            weightPassing: weights.passing, weightWarning: weights.warning, health: health,
             serviceLanAddresses: Address.lanAddresses(ipv4: lan["lan_ipv4"], ipv6: lan["lan_ipv6"], besides: serviceAddress))
     }
 }

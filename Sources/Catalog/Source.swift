@@ -11,25 +11,35 @@ public struct SourceCatalog: Sendable {
     }
 
     /// From catalog-file registrations, in file order. The first definition of a node wins; an instance's
-    /// health is the worst of its own checks and every node-level check of its node, from any registration.
+    /// health is the worst of the checks on its node that name it, and of every node-level check of its node,
+    /// from any registration (a check may name a service another body registered, as in Consul).
     public init(registrations: [Registration]) {
         var nodes: [CatalogSnapshot.NodeKey: Node] = [:]
-        var nodeHealth: [CatalogSnapshot.NodeKey: Health] = [:]
+        var health: [CatalogSnapshot.NodeKey: [String: Health]] = [:]  // "" for node-level checks
         for r in registrations {
             let key = CatalogSnapshot.NodeKey(name: r.node.name, datacenter: r.node.datacenter)
             if nodes[key] == nil { nodes[key] = r.node }
-            for c in r.checks where c.serviceID.isEmpty {
-                nodeHealth[key] = max(nodeHealth[key] ?? .passing, c.status)
-            }
+            for c in r.checks { health[key, default: [:]][c.serviceID] = max(health[key]?[c.serviceID] ?? .passing, c.status) }
         }
         var services: [String: [Instance]] = [:]
         for r in registrations {
             guard var inst = r.service else { continue }
             let key = CatalogSnapshot.NodeKey(name: r.node.name, datacenter: r.node.datacenter)
             inst.node = nodes[key]!
-            inst.health = max(inst.health, nodeHealth[key] ?? .passing)
+            inst.health = max(inst.health, health[key]?[""] ?? .passing, health[key]?[inst.id] ?? .passing)
             services[ServiceName.key(inst.service), default: []].append(inst)
         }
         self.init(services: services, nodes: nodes)
+    }
+
+    /// Checks that name a ServiceID no registration defines on their node: Consul refuses those
+    /// ("Unknown service ID"), so they count for nothing; the catalog watcher reports them.
+    public static func unmatchedChecks(_ registrations: [Registration]) -> [(node: String, check: Check)] {
+        var defined: Set<[String]> = []
+        for r in registrations { if let s = r.service { defined.insert([r.node.name.lowercased(), r.node.datacenter.lowercased(), s.id]) } }
+        return registrations.flatMap { r in
+            r.checks.filter { !$0.serviceID.isEmpty && !defined.contains([r.node.name.lowercased(), r.node.datacenter.lowercased(), $0.serviceID]) }
+                .map { (r.node.name, $0) }
+        }
     }
 }

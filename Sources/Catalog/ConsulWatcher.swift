@@ -98,8 +98,7 @@ public actor ConsulWatcher {
             group.addTask { await self.watchChecks() }
             await group.waitForAll()
         }
-        for task in retries.values { task.cancel() }
-        for task in deferred.values { task.cancel() }
+        for task in later.values { task.cancel() }
         try? await client.shutdown()
     }
 
@@ -272,27 +271,31 @@ public actor ConsulWatcher {
     private var published: [String: [Instance]] = [:]
     /// Per-service churn limits, and the reads they hold back.
     private var buckets: [String: TokenBucket] = [:]
-    private var deferred: [String: Task<Void, Never>] = [:]
+    /// Reads scheduled for later (a churn limit's wait, or a failed read's backoff), one per service.
+    private var later: [String: Task<Void, Never>] = [:]
+    private var retryFailures: [String: Int] = [:]
 
     /// A read held back by the service's churn limit; a read already waiting takes this change too.
     private func deferRead(_ name: String, by wait: Duration) {
         delayed.increment()
-        guard deferred[name] == nil else { return }
-        deferred[name] = Task { [weak self] in
-            do { try await Task.sleep(for: wait) } catch { return }
-            await self?.runDeferred(name)
+        readLater(name, after: wait, replacing: false)
+    }
+
+    /// Reads `name` once more after `delay`. A read already scheduled stays, unless `replacing`.
+    private func readLater(_ name: String, after delay: Duration, replacing: Bool) {
+        if later[name] != nil && !replacing { return }
+        later[name]?.cancel()
+        later[name] = Task { [weak self] in
+            do { try await Task.sleep(for: delay) } catch { return }
+            await self?.readScheduled(name)
         }
     }
 
-    private func runDeferred(_ name: String) async {
-        deferred[name] = nil
+    private func readScheduled(_ name: String) async {
+        later[name] = nil
         guard known.contains(name) else { return }
         await readAndPublish([name])
     }
-
-    /// Services whose last read failed, retried after a backoff, each by its own timer.
-    private var retries: [String: Task<Void, Never>] = [:]
-    private var retryFailures: [String: Int] = [:]
 
     /// The first load: every service's health, `readConcurrency` at a time, then one replace. A service whose
     /// read failed (a 500, a 429, a 403 for its ACL) is retried on its own; it never keeps the others out.
@@ -324,8 +327,7 @@ public actor ConsulWatcher {
             var services: [String: [Instance]] = [:]
             var nodes: [CatalogSnapshot.NodeKey: Node?] = [:]
             for name in gone {
-                retries.removeValue(forKey: name)?.cancel()
-                deferred.removeValue(forKey: name)?.cancel()
+                later.removeValue(forKey: name)?.cancel()
                 buckets[name] = nil
                 published[name] = nil
                 services[name] = []
@@ -383,18 +385,7 @@ public actor ConsulWatcher {
         if failures == 1 {
             logger.warning("consul service not read; retrying it", metadata: ["consul.service": "\(name)", "error": "\(error)"])
         }
-        retries[name]?.cancel()
-        let delay = configuration.backoff.delay(afterFailures: failures)
-        retries[name] = Task { [weak self] in
-            do { try await Task.sleep(for: delay) } catch { return }
-            await self?.retry(name)
-        }
-    }
-
-    private func retry(_ name: String) async {
-        retries[name] = nil
-        guard known.contains(name) else { return }
-        await readAndPublish([name])
+        readLater(name, after: configuration.backoff.delay(afterFailures: failures), replacing: true)
     }
 
     /// Rate limit: a query that came back without a new index waits out the rest of `minInterval`.

@@ -111,10 +111,7 @@ public actor ConsulWatcher {
         while !Task.isCancelled {
             let started = ContinuousClock.now
             do {
-                let (body, returned, leader) = try await get("/v1/catalog/services", index: index)
-                guard let services = try JSONSerialization.jsonObject(with: body) as? [String: Any] else {
-                    throw HTTPError(description: "/v1/catalog/services: not a JSON object")
-                }
+                let (services, returned, leader) = try await getJSON("/v1/catalog/services", index: index, as: [String: Any].self)
                 let filtered = Self.filteredByACLs(services: services.keys, token: configuration.token, header: leader.filteredByACLs)
                 await reportACLFiltering(filtered)
                 let names = servable(services.keys)
@@ -158,10 +155,7 @@ public actor ConsulWatcher {
         while !Task.isCancelled {
             let started = ContinuousClock.now
             do {
-                let (body, returned, _) = try await get("/v1/health/state/any", index: index)
-                guard let checks = try JSONSerialization.jsonObject(with: body) as? [[String: Any]] else {
-                    throw HTTPError(description: "/v1/health/state/any: not a JSON array")
-                }
+                let (checks, returned, _) = try await getJSON("/v1/health/state/any", index: index, as: [[String: Any]].self)
                 let next = Self.nextIndex(previous: index, returned: returned)
                 let changed = checkChanges(checks)
                 if !loaded { changedDuringLoad.formUnion(changed) }
@@ -414,10 +408,7 @@ public actor ConsulWatcher {
     /// One service's instances, with health folded in from node-level and service-level checks.
     private func health(_ name: String, index: UInt64) async throws -> ([Instance], UInt64?, LeaderContact) {
         let path = name.addingPercentEncoding(withAllowedCharacters: .urlPathAllowed.subtracting(["/"])) ?? name
-        let (body, returned, leader) = try await get("/v1/health/service/\(path)", index: index)
-        guard let entries = try JSONSerialization.jsonObject(with: body) as? [[String: Any]] else {
-            throw HTTPError(description: "/v1/health/service/\(name): not a JSON array")
-        }
+        let (entries, returned, leader) = try await getJSON("/v1/health/service/\(path)", index: index, as: [[String: Any]].self)
         var out: [Instance] = []
         for entry in entries {
             do { out.append(try Self.instance(from: entry, localDatacenter: configuration.localDatacenter)) } catch {
@@ -511,6 +502,15 @@ public actor ConsulWatcher {
                         serviceLanAddresses: Address.lanAddresses(ipv4: serviceTagged?["lan_ipv4"]?["Address"] as? String,
                                                                   ipv6: serviceTagged?["lan_ipv6"]?["Address"] as? String,
                                                                   besides: serviceAddress))
+    }
+
+    /// `get`, with the body decoded as the JSON shape the endpoint documents.
+    private func getJSON<T>(_ path: String, index: UInt64, as type: T.Type) async throws -> (T, UInt64?, LeaderContact) {
+        let (body, returned, leader) = try await get(path, index: index)
+        guard let value = try JSONSerialization.jsonObject(with: body) as? T else {
+            throw HTTPError(description: "\(path): not a JSON \(T.self == [String: Any].self ? "object" : "array")")
+        }
+        return (value, returned, leader)
     }
 
     /// A GET, blocking when `index` > 0; returns the body, `X-Consul-Index` and the leader headers.

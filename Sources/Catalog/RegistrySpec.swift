@@ -2,13 +2,14 @@
 /// - `file:DIR`: catalog files (`--catalog DIR` is the short form).
 /// - `etcd:http://HOST:PORT[,http://HOST2:PORT…][?prefix=/services/[,/micro/registry/…]]`; `?prefix=` (empty) is the
 ///   whole keyspace. Each prefix is watched on its own (`watchers`).
-/// - `consul:http://HOST:PORT[?dc=dc1&token=…&stale=false]`; the token may also come from `CONSUL_HTTP_TOKEN`.
-///   Reads are stale by default, as Consul's DNS reads (`allow_stale`); `?stale` alone or `?stale=true` keep that,
-///   `?stale=false` asks the leader.
+/// - `consul:http://HOST:PORT[?dc=dc1&token=…&stale=false&wait=5m]`; the token may also come from
+///   `CONSUL_HTTP_TOKEN`. Reads are stale by default, as Consul's DNS reads (`allow_stale`); `?stale` alone or
+///   `?stale=true` keep that, `?stale=false` asks the leader. `wait` is each blocking query's `?wait=` (Consul's
+///   default, 5m, when absent; Consul caps it at 10m).
 public enum RegistrySpec: Sendable, Equatable, CustomStringConvertible {
     case file(directory: String)
     case etcd(endpoints: [String], prefixes: [String])
-    case consul(address: String, datacenter: String?, token: String?, stale: Bool)
+    case consul(address: String, datacenter: String?, token: String?, stale: Bool, wait: Duration? = nil)
 
     public struct Invalid: Error, CustomStringConvertible {
         public var description: String
@@ -45,12 +46,19 @@ public enum RegistrySpec: Sendable, Equatable, CustomStringConvertible {
         case "consul":
             let address = base.hasSuffix("/") ? String(base.dropLast()) : base
             try checkURL(address)
-            for key in query.keys where !["dc", "token", "stale"].contains(key) {
+            for key in query.keys where !["dc", "token", "stale", "wait"].contains(key) {
                 throw Invalid(description: "invalid --registry \"\(text)\": unknown option \"\(key)\"")
+            }
+            var wait: Duration? = nil
+            if let given = query["wait"] {
+                guard let d = GoDuration.parse(given), d > .zero, d <= .seconds(600) else {
+                    throw Invalid(description: "invalid --registry \"\(text)\": wait must be a duration up to 10m")
+                }
+                wait = d
             }
             let token = query["token"] ?? environment["CONSUL_HTTP_TOKEN"].flatMap { $0.isEmpty ? nil : $0 }
             let stale = query["stale"].map { $0 != "false" } ?? true
-            self = .consul(address: address, datacenter: query["dc"], token: token, stale: stale)
+            self = .consul(address: address, datacenter: query["dc"], token: token, stale: stale, wait: wait)
         default:
             throw Invalid(description: "invalid --registry \"\(text)\": unknown kind \"\(scheme)\" (file, etcd or consul)")
         }
@@ -76,7 +84,7 @@ public enum RegistrySpec: Sendable, Equatable, CustomStringConvertible {
         switch self {
         case .file(let d): return "file:\(d)"
         case .etcd(let e, let p): return "etcd:\(e.joined(separator: ","))?prefix=\(p.joined(separator: ","))"
-        case .consul(let a, let dc, _, _): return "consul:\(a)" + (dc.map { "?dc=\($0)" } ?? "")
+        case .consul(let a, let dc, _, _, _): return "consul:\(a)" + (dc.map { "?dc=\($0)" } ?? "")
         }
     }
 }

@@ -94,31 +94,8 @@ public struct TTLPolicy: Sendable, Hashable {
     }
 }
 
-/// Go-style durations ("10s", "1m30s", "250ms", "0"), plus "d" for days, rounded down to whole seconds.
-public func parseDuration(_ text: String) -> UInt32? {
-    if text == "0" { return 0 }
-    if let plain = UInt32(text) { return plain }
-    var total: Double = 0
-    var rest = Substring(text)
-    guard !rest.isEmpty else { return nil }
-    while !rest.isEmpty {
-        let number = rest.prefix { $0.isNumber || $0 == "." }
-        guard !number.isEmpty, let value = Double(number) else { return nil }
-        rest = rest.dropFirst(number.count)
-        let unit = rest.prefix { $0.isLetter }
-        rest = rest.dropFirst(unit.count)
-        switch unit {
-        case "ms": total += value / 1000
-        case "s": total += value
-        case "m": total += value * 60
-        case "h": total += value * 3600
-        case "d": total += value * 86400
-        default: return nil
-        }
-    }
-    guard total <= Double(Int32.max) else { return nil }
-    return UInt32(total)
-}
+/// A duration in whole seconds, rounded down (TTLs); `GoDuration` is the one parser.
+public func parseDuration(_ text: String) -> UInt32? { GoDuration.seconds(text) }
 
 public struct ConfigurationError: Error, CustomStringConvertible, Sendable {
     public var description: String

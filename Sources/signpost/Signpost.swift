@@ -287,7 +287,7 @@ struct Serve: AsyncParsableCommand {
     /// (an agent in `us-east-1` answers plain names from `us-east-1`); else dc1. Returns what to log about it.
     func localDatacenter(_ specs: [RegistrySpec]) async -> (String, (Logger) -> Void) {
         if let given = catalogOptions.datacenter { return (given, { _ in }) }
-        for case .consul(let address, _, let token, _) in specs {
+        for case .consul(let address, _, let token, _, _) in specs {
             do {
                 let dc = try await ConsulWatcher.agentDatacenter(address: address, token: token, logger: Logger(label: "signpost"))
                 return (dc, { $0.info("local datacenter from the Consul agent", metadata: ["datacenter": "\(dc)", "consul.address": "\(address)"]) })
@@ -470,13 +470,10 @@ func makeWatchers(_ specs: [RegistrySpec], zonesDir: String?, assembler: Catalog
             let watcher = EtcdWatcher(configuration: .init(endpoints: endpoints, prefix: prefixes[0], localDatacenter: dc),
                                       assembler: assembler, sourceIndex: index, logger: logger)
             services.append(TaskService { await watcher.run() })
-        case .consul(let address, let datacenter, let token, let stale):
+        case .consul(let address, let datacenter, let token, let stale, let wait):
             var config = ConsulWatcher.Configuration(address: address, datacenter: datacenter, token: token, stale: stale,
                                                      localDatacenter: dc)
-            // Tests shorten the blocking wait; Consul's default is 5m.
-            if let wait = ProcessInfo.processInfo.environment["SIGNPOST_CONSUL_WAIT"], let seconds = parseDuration(wait), seconds > 0 {
-                config.wait = .seconds(Int64(seconds))
-            }
+            if let wait { config.wait = wait }
             let watcher = ConsulWatcher(configuration: config, assembler: assembler, sourceIndex: index, logger: logger)
             services.append(TaskService { await watcher.run() })
         }

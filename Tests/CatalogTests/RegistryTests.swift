@@ -126,9 +126,28 @@ struct RegistrySpecTests {
                 == .consul(address: "http://127.0.0.1:8500", datacenter: nil, token: "a/b", stale: true))
         #expect(try RegistrySpec(parsing: "consul:http://127.0.0.1:8500?stale") == .consul(address: "http://127.0.0.1:8500", datacenter: nil, token: nil, stale: true))
         #expect(try RegistrySpec(parsing: "consul:http://127.0.0.1:8500?stale=false") == .consul(address: "http://127.0.0.1:8500", datacenter: nil, token: nil, stale: false))
+        // The blocking queries' ?wait=, as Consul spells it; 10m is Consul's own cap.
+        #expect(try RegistrySpec(parsing: "consul:http://127.0.0.1:8500?wait=1500ms")
+                == .consul(address: "http://127.0.0.1:8500", datacenter: nil, token: nil, stale: true, wait: .milliseconds(1500)))
     }
 
-    @Test(arguments: ["zones/catalog", "zk:http://x", "etcd:127.0.0.1:2379", "etcd:http://x?prefx=/a", "consul:", "file:"])
+    @Test func goDurations() {
+        #expect(GoDuration.parse("1.5s") == .milliseconds(1500))
+        #expect(GoDuration.parse("500ms") == .milliseconds(500))
+        #expect(GoDuration.parse("250us") == .microseconds(250))
+        #expect(GoDuration.parse("1h30m") == .seconds(5400))
+        #expect(GoDuration.parse("1d") == .seconds(86400))
+        #expect(GoDuration.parse("10") == .seconds(10))
+        #expect(GoDuration.parse("0") == .zero)
+        for bad in ["", "s", "1x", "-1s", "1.2.3s", "5 s"] { #expect(GoDuration.parse(bad) == nil, "\(bad)") }
+        for d: Duration in [.milliseconds(1500), .milliseconds(500), .microseconds(250), .seconds(5400), .seconds(90061), .zero] {
+            #expect(GoDuration.parse(GoDuration.format(d)) == d)
+        }
+        #expect(GoDuration.format(.seconds(5400)) == "1h30m")
+        #expect(GoDuration.seconds("2.9s") == 2)
+    }
+
+    @Test(arguments: ["zones/catalog", "zk:http://x", "etcd:127.0.0.1:2379", "etcd:http://x?prefx=/a", "consul:", "file:", "consul:http://x?wait=11m", "consul:http://x?wait=0s"])
     func rejects(text: String) {
         #expect(throws: RegistrySpec.Invalid.self) { try RegistrySpec(parsing: text) }
     }

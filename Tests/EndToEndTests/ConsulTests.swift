@@ -105,8 +105,8 @@ struct ConsulTests {
     }
 
     func server(_ consul: ConsulStandIn, query: String = "", env: [String: String] = [:]) throws -> Server {
-        try Server(dir: TempDir(), catalog: false, extra: ["--registry", "consul:\(consul.url)\(query)"],
-                   environment: env.merging(["SIGNPOST_CONSUL_WAIT": "2s"]) { $1 })
+        try Server(dir: TempDir(), catalog: false, extra: ["--registry", "consul:\(consul.url)?wait=2s\(query.isEmpty ? "" : "&" + query.dropFirst())"],
+                   environment: env)
     }
 
     @Test func followsRegistrationsAndHealth() throws {
@@ -147,8 +147,7 @@ struct ConsulTests {
         // Without a token, Consul answers 200 with everything filtered away (and no header saying so): the
         // registry stays not loaded (SERVFAIL, not NXDOMAIN for everything), the log names the fix once, and
         // /ready and the gauge say why.
-        let none = try Server(dir: TempDir(), catalog: false, extra: ["--registry", "consul:\(consul.url)", "--admin", "127.0.0.1:0"],
-                              environment: ["SIGNPOST_CONSUL_WAIT": "2s"])
+        let none = try Server(dir: TempDir(), catalog: false, extra: ["--registry", "consul:\(consul.url)?wait=2s", "--admin", "127.0.0.1:0"])
         defer { none.stop() }
         #expect(eventually(within: 5) { none.log_().contains("service:read and node:read") } != nil, "\(none.log_())")
         #expect(try none.dig("web.service.consul", "A").status == "SERVFAIL")
@@ -164,8 +163,7 @@ struct ConsulTests {
     @Test func aLimitedTokenIsReported() throws {
         let consul = try ConsulStandIn(token: "s3cret", limitedToken: "partial")
         try consul.register(node: "n1", address: "192.0.2.1", service: "web", token: "s3cret")
-        let server = try Server(dir: TempDir(), catalog: false, extra: ["--registry", "consul:\(consul.url)?token=partial", "--admin", "127.0.0.1:0"],
-                                environment: ["SIGNPOST_CONSUL_WAIT": "2s"])
+        let server = try Server(dir: TempDir(), catalog: false, extra: ["--registry", "consul:\(consul.url)?wait=2s&token=partial", "--admin", "127.0.0.1:0"])
         defer { server.stop() }
         #expect(eventually(within: 5) { server.socketAddresses("web.service.consul") == ["192.0.2.1"] } != nil, "\(server.log_())")
         let ready = httpGet("http://127.0.0.1:\(try #require(server.adminPort))/ready")
@@ -177,8 +175,7 @@ struct ConsulTests {
         try consul.register(node: "n1", address: "192.0.2.1", service: "web")
         // --datacenter dc1: the local datacenter is not the agent's here, so plain names look in dc1.
         let server = try Server(dir: TempDir(), catalog: false,
-                                extra: ["--registry", "consul:\(consul.url)?dc=dc2&stale=true", "--datacenter", "dc1"],
-                                environment: ["SIGNPOST_CONSUL_WAIT": "2s"])
+                                extra: ["--registry", "consul:\(consul.url)?wait=2s&dc=dc2&stale=true", "--datacenter", "dc1"])
         defer { server.stop() }
         // The instances are dc2's: found under that datacenter's name, not the local dc1.
         #expect(eventually(within: 5) { addresses(server, "web.service.dc2.consul") == ["192.0.2.1"] } != nil)
@@ -275,8 +272,7 @@ struct ConsulTests {
         let consul = try ConsulStandIn()
         try consul.register(node: "n1", address: "192.0.2.1", service: "web")
         let server = try Server(dir: TempDir(), catalog: false,
-                                extra: ["--registry", "consul:\(consul.url)", "--max-stale", "3s", "--admin", "127.0.0.1:0"],
-                                environment: ["SIGNPOST_CONSUL_WAIT": "2s"])
+                                extra: ["--registry", "consul:\(consul.url)?wait=2s", "--max-stale", "3s", "--admin", "127.0.0.1:0"])
         defer { server.stop() }
         #expect(eventually(within: 5) { server.socketAddresses("web.service.consul") == ["192.0.2.1"] } != nil)
         #expect(try consul.requests().contains { $0.path == "/v1/catalog/services" && $0.query["stale"] != nil }, "stale reads by default")
@@ -315,8 +311,7 @@ struct ConsulTests {
     @Test func aFlappingCheckIsRateLimited() throws {
         let consul = try ConsulStandIn()
         try consul.register(node: "n1", address: "192.0.2.1", service: "web")
-        let server = try Server(dir: TempDir(), catalog: false, extra: ["--registry", "consul:\(consul.url)", "--admin", "127.0.0.1:0"],
-                                environment: ["SIGNPOST_CONSUL_WAIT": "2s"])
+        let server = try Server(dir: TempDir(), catalog: false, extra: ["--registry", "consul:\(consul.url)?wait=2s", "--admin", "127.0.0.1:0"])
         defer { server.stop() }
         #expect(eventually(within: 5) { server.socketAddresses("web.service.consul") == ["192.0.2.1"] } != nil)
         try consul.call("POST", "/_test/reset-requests", [:])
@@ -356,8 +351,7 @@ struct ConsulTests {
         let consul = try ConsulStandIn()
         try consul.call("POST", "/_test/bulk", ["services": 2000, "instances": 5])
         // The release build where make test has built it: a release-only crash once hid behind the debug binary.
-        let server = try Server(dir: TempDir(), catalog: false, extra: ["--registry", "consul:\(consul.url)", "--admin", "127.0.0.1:0"],
-                                environment: ["SIGNPOST_CONSUL_WAIT": "2s"], binary: signpostReleaseBinary ?? signpostBinary)
+        let server = try Server(dir: TempDir(), catalog: false, extra: ["--registry", "consul:\(consul.url)?wait=2s", "--admin", "127.0.0.1:0"], binary: signpostReleaseBinary ?? signpostBinary)
         defer { server.stop() }
         let loaded = eventually(within: 90, every: 200_000) { server.log_().contains("consul loaded") }
         #expect(loaded != nil, "\(server.log_())")

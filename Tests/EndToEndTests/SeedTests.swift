@@ -135,8 +135,7 @@ struct SeedTests {
     /// as their registrars do: served while the check passes, not while it is critical or after its TTL lapses.
     @Test func consulTTLRegistrations() throws {
         let consul = try ConsulStandIn()
-        let server = try Server(dir: TempDir(), catalog: false, extra: ["--registry", "consul:\(consul.url)", "--admin", "127.0.0.1:0"],
-                                environment: ["SIGNPOST_CONSUL_WAIT": "2s"])
+        let server = try Server(dir: TempDir(), catalog: false, extra: ["--registry", "consul:\(consul.url)?wait=2s", "--admin", "127.0.0.1:0"])
         defer { server.stop() }
         // grpc-go + Consul tutorial: a 31 s TTL in the tutorial, 2 s here so the lapse can be watched.
         var (code, _) = try consul.call("PUT", "/v1/agent/service/register", [
@@ -197,8 +196,7 @@ struct SeedTests {
             let r = try run(["/usr/bin/python3", script, "\(consul.port)"] + args)
             #expect(r.status == 0, "registrar \(args): \(r.err)")
         }
-        let server = try Server(dir: TempDir(), catalog: false, extra: ["--registry", "consul:\(consul.url)"],
-                                environment: ["SIGNPOST_CONSUL_WAIT": "2s"])
+        let server = try Server(dir: TempDir(), catalog: false, extra: ["--registry", "consul:\(consul.url)?wait=2s"])
         defer { server.stop() }
         let micro = "registry-consul.service-5b0a8b53-0c43-4c5c-9f8e-1b6f2d9e3c77"
         let flows: [(name: String, id: String, address: String, register: [String])] = [
@@ -236,8 +234,7 @@ struct SeedTests {
         let consul = try ConsulStandIn()
         try consul.register(node: "n1", address: "192.0.2.1", service: "grpc.health.v1.greeter")
         try consul.register(node: "n1", address: "192.0.2.1", service: "bad..name")
-        let server = try Server(dir: TempDir(), catalog: false, extra: ["--registry", "consul:\(consul.url)", "--admin", "127.0.0.1:0"],
-                                environment: ["SIGNPOST_CONSUL_WAIT": "2s"])
+        let server = try Server(dir: TempDir(), catalog: false, extra: ["--registry", "consul:\(consul.url)?wait=2s", "--admin", "127.0.0.1:0"])
         defer { server.stop() }
         #expect(eventually(within: 5) { server.socketAddresses("grpc.health.v1.greeter.service.consul") == ["192.0.2.1"] } != nil,
                 "\(server.log_())")

@@ -20,7 +20,7 @@ public actor CatalogAssembler {
     private var sources: [SourceCatalog?]
     private var names: [String]
     private var zones: [Zone]?
-    private var services = TreeDictionary<String, ServiceEntry>()
+    private var services = TreeDictionary<NameKey, ServiceEntry>()
     private var nodes = TreeDictionary<CatalogSnapshot.NodeKey, Node>()
     private var reverse = ReverseIndex()
     private var nameIndex = NameIndex()
@@ -132,8 +132,8 @@ public actor CatalogAssembler {
     private func publish() {
         // The default SOA serial: seconds since the epoch, but always increasing.
         generation = max(generation &+ 1, UInt32(truncatingIfNeeded: Int(Date().timeIntervalSince1970)))
-        var datacenters: Set<String> = [localDatacenter]
-        for (dc, n) in datacenterCounts where n > 0 { datacenters.insert(dc) }
+        var datacenters: Set<NameKey> = [.owned(localDatacenter)]
+        for (dc, n) in datacenterCounts where n > 0 { datacenters.insert(.owned(dc)) }
         let loaded = zones != nil && sources.allSatisfy { $0 != nil }
         store.publish(CatalogSnapshot(services: services, nodes: nodes, datacenters: datacenters, zones: zones ?? [],
                                       generation: generation, isLoaded: loaded, reverse: reverse,

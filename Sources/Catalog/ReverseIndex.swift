@@ -61,9 +61,9 @@ public struct ReverseIndex: Sendable {
 /// assembler change by change, like `ReverseIndex`, so that answering NODATA there, rather than a false
 /// NXDOMAIN (RFC 8020), is one lookup.
 public struct NameIndex: Sendable {
-    public private(set) var serviceSuffixes = TreeDictionary<String, Int>()
+    public private(set) var serviceSuffixes = TreeDictionary<NameKey, Int>()
     /// Lower-cased tags, with how many instances carry each.
-    public private(set) var tags = TreeDictionary<String, Int>()
+    public private(set) var tags = TreeDictionary<NameKey, Int>()
 
     public init() {}
 
@@ -83,7 +83,7 @@ public struct NameIndex: Sendable {
         }
     }
 
-    private static func count(_ map: inout TreeDictionary<String, Int>, _ key: String, _ delta: Int) {
+    private static func count(_ map: inout TreeDictionary<NameKey, Int>, _ key: String, _ delta: Int) {
         let n = (map[key] ?? 0) + delta
         map[key] = n > 0 ? n : nil
     }

@@ -11,9 +11,8 @@ public final class ServiceEntry: Sendable {
     public let name: String
     public let instances: [Instance]
     private let rotation = ManagedAtomic<UInt>(0)
-    /// Answers encoded by the gateway on this entry's first query; they live and die with the entry, which a
-    /// change to the service replaces.
-    public let encoded = ManagedAtomicLazyReference<EncodedAnswers>()
+    /// Whatever the gateway keeps with this entry (`EntryAttachment`).
+    public let attachment = ManagedAtomic<EntryAttachment?>(nil)
 
     public init(name: String, instances: [Instance]) {
         self.name = name
@@ -41,23 +40,15 @@ public final class ServiceEntry: Sendable {
     }
 }
 
-/// A service's answers to `<name>.service.<domain>`, pre-encoded for one resolver configuration.
-/// A nil template means that query type takes the general path (no such records, or a shape templates do not cover).
-public final class EncodedAnswers: Sendable {
-    /// Which resolver configuration built these.
+/// Something a layer above keeps with a service entry (the gateway's pre-encoded answers), tagged with its owner.
+/// The catalog neither reads nor builds it; it lives and dies with the entry, which a change to the service
+/// replaces.
+public final class EntryAttachment: AtomicReference, Sendable {
     public let owner: Int
-    /// How many instances the templates rotate over (the healthy ones in the local datacenter).
-    public let count: Int
-    public let a: AnswerTemplate?
-    public let aaaa: AnswerTemplate?
-    public let srv: AnswerTemplate?
-
-    public init(owner: Int, count: Int, a: AnswerTemplate?, aaaa: AnswerTemplate?, srv: AnswerTemplate?) {
+    public let object: any AnyObject & Sendable
+    public init(owner: Int, object: any AnyObject & Sendable) {
         self.owner = owner
-        self.count = count
-        self.a = a
-        self.aaaa = aaaa
-        self.srv = srv
+        self.object = object
     }
 }
 
@@ -65,12 +56,12 @@ public final class EncodedAnswers: Sendable {
 /// The maps are persistent hash tries, so a new snapshot that changes one service shares everything else
 /// with the old one: an update costs work proportional to that service, not to the whole catalog.
 public final class CatalogSnapshot: AtomicReference, Sendable {
-    /// Services by lower-cased name.
-    public let services: TreeDictionary<String, ServiceEntry>
+    /// Services by name (ASCII case-insensitive).
+    public let services: TreeDictionary<NameKey, ServiceEntry>
     /// Nodes by lower-cased name and datacenter.
     public let nodes: TreeDictionary<NodeKey, Node>
-    /// Lower-cased datacenter names that appear in the catalog (plus the local one).
-    public let datacenters: Set<String>
+    /// Datacenter names that appear in the catalog (plus the local one), lower-cased.
+    public let datacenters: Set<NameKey>
     /// Static zones, longest origin first.
     public let zones: [Zone]
     /// Increases with every published snapshot; used as the default SOA serial.
@@ -82,16 +73,23 @@ public final class CatalogSnapshot: AtomicReference, Sendable {
     /// Empty non-terminals that service names and tags imply.
     public let names: NameIndex
 
+    /// A node by name and datacenter (ASCII case-insensitive); either may be a probe (`NameKey`).
     public struct NodeKey: Hashable, Sendable {
-        public var name: String
-        public var datacenter: String
+        public let nameKey: NameKey
+        public let datacenterKey: NameKey
+        public var name: String { nameKey.text }
+        public var datacenter: String { datacenterKey.text }
         public init(name: String, datacenter: String) {
-            self.name = name.lowercased()
-            self.datacenter = datacenter.lowercased()
+            self.nameKey = .owned(name.lowercased())
+            self.datacenterKey = .owned(datacenter.lowercased())
+        }
+        public init(name: NameKey, datacenter: NameKey) {
+            self.nameKey = name
+            self.datacenterKey = datacenter
         }
     }
 
-    public init(services: TreeDictionary<String, ServiceEntry>, nodes: TreeDictionary<NodeKey, Node>, datacenters: Set<String>,
+    public init(services: TreeDictionary<NameKey, ServiceEntry>, nodes: TreeDictionary<NodeKey, Node>, datacenters: Set<NameKey>,
                 zones: [Zone], generation: UInt32, isLoaded: Bool = true, reverse: ReverseIndex = ReverseIndex(),
                 names: NameIndex = NameIndex()) {
         self.services = services
@@ -119,7 +117,7 @@ public final class CatalogSnapshot: AtomicReference, Sendable {
 
     /// A snapshot of one registry's catalog (used by tests and tools).
     public static func build(source: SourceCatalog, zones: [Zone], localDatacenter: String, generation: UInt32) -> CatalogSnapshot {
-        var services = TreeDictionary<String, ServiceEntry>()
+        var services = TreeDictionary<NameKey, ServiceEntry>()
         var reverse = ReverseIndex()
         var names = NameIndex()
         for (name, list) in source.services {
@@ -130,9 +128,9 @@ public final class CatalogSnapshot: AtomicReference, Sendable {
             }
         }
         for node in source.nodes.values { reverse.replace(node: nil, with: node) }
-        var datacenters: Set<String> = [localDatacenter.lowercased()]
-        for n in source.nodes.values { datacenters.insert(n.datacenter.lowercased()) }
-        for list in source.services.values { for i in list { datacenters.insert(i.node.datacenter.lowercased()) } }
+        var datacenters: Set<NameKey> = [.owned(localDatacenter.lowercased())]
+        for n in source.nodes.values { datacenters.insert(.owned(n.datacenter.lowercased())) }
+        for list in source.services.values { for i in list { datacenters.insert(.owned(i.node.datacenter.lowercased())) } }
         return CatalogSnapshot(services: services, nodes: TreeDictionary(uniqueKeysWithValues: source.nodes.map { ($0.key, $0.value) }),
                                datacenters: datacenters, zones: zones, generation: generation, reverse: reverse, names: names)
     }

@@ -103,11 +103,13 @@ public struct ConfigurationError: Error, CustomStringConvertible, Sendable {
 }
 
 /// Everything the resolver needs besides the snapshot. Defaults match the README.
-public struct ResolverConfiguration: Sendable {
+public struct ResolverConfiguration: Sendable, Equatable {
     /// The service domain, `consul` by default.
     public var domain: DNSName
     /// The local datacenter, used when a name carries none.
-    public var datacenter: String
+    public var datacenter: String { didSet { datacenterKey = .owned(datacenter.lowercased()) } }
+    /// The same, lower-cased, as the snapshot's maps key it.
+    public private(set) var datacenterKey: NameKey
     /// Leave out `warning` instances too.
     public var onlyPassing: Bool
     public var order: AnswerOrder
@@ -134,6 +136,7 @@ public struct ResolverConfiguration: Sendable {
                 answerLimit: Int = 0, altDomain: DNSName? = nil, nodeMetaTXT: Bool = false) {
         self.domain = domain.lowercased
         self.datacenter = datacenter
+        self.datacenterKey = .owned(datacenter.lowercased())
         self.onlyPassing = onlyPassing
         self.order = order
         self.serviceTTL = serviceTTL

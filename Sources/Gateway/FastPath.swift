@@ -3,16 +3,20 @@ import DNSWire
 import NIOCore
 
 /// The hot paths, for plain queries (`PlainQuery`):
-/// - A, AAAA or SRV for `<service>.service.<domain>`, answered from the service's pre-encoded templates by
-///   copying bytes, without building a `Query`, an `Answer` or any other heap object;
+/// - the positive service, node and addr plans (`Resolver.classify`, the same naming rules the general path
+///   uses): A, AAAA or SRV for a service by any of its names (plain, tag, named port, datacenter, RFC 2782,
+///   dotted, of any length) from its pre-encoded templates, and A or AAAA for a node or an addr name written in
+///   place, all by copying bytes, without building a `Query`, an `Answer` or any other heap object;
 /// - a fresh forwarding-cache hit, answered from the entry's encoded records, with the TTLs counted down in place.
-/// Whatever they do not cover (other names and types, tags, datacenters, truncation, staleness, stale or
+/// Whatever they do not cover (negative answers, other types, hostname instances, truncation, staleness, stale or
 /// expiring cache entries, clients the ACL refuses, malformed packets) returns nil and goes through the general
 /// path, which gives byte-identical answers; differential tests hold the two together.
 extension QueryHandler {
     public struct FastPlan {
         enum Source {
             case service(ServiceEntry, count: Int, AnswerTemplate)
+            /// A node's addresses, or an addr name's one address, of the asked family.
+            case addresses(Node?, count: Int)
             case cache(ForwardCache.Wire, age: UInt32)
         }
         let source: Source
@@ -22,47 +26,57 @@ extension QueryHandler {
     }
 
     /// Decides whether a fast path answers `packet`, and how big the answer is. Reads, never writes (but for the
-    /// cache's recency). `mayRecurse` is the recursion ACL for this client, asked only for forwarded names.
+    /// cache's recency, and templates encoded on first use). `mayRecurse` is the recursion ACL for this client,
+    /// asked only for forwarded names.
     public func fastPlan(_ packet: UnsafeRawBufferPointer, transport: Transport, mayRecurse: () -> Bool = { false }) -> FastPlan? {
         guard let query = PlainQuery.parse(packet) else { return nil }
-        if let plan = servicePlan(packet, query, transport) { return plan }
-        return cachePlan(packet, query, transport, mayRecurse)
+        let name = UnsafeRawBufferPointer(rebasing: packet[DNSHeader.size..<query.nameEnd])
+        let snapshot = store.snapshot
+        let plan = resolver.classify(name, in: snapshot, zoneHolds: { _ in true })
+        if case .outside = plan.kind { return cachePlan(packet, query, transport, mayRecurse) }
+        guard query.qclass == DNSClass.inet, query.type == RRType.a || query.type == RRType.aaaa || query.type == RRType.srv else { return nil }
+        if let maxStale, let age = store.staleness(), age > maxStale { return nil }
+        let source: FastPlan.Source
+        let bodySize: Int
+        switch plan.kind {
+        case .service(let entry, let selector):
+            // SRV targets name the domain: the templates are the primary domain's.
+            if query.type == RRType.srv && plan.domain.wire.count != resolver.configuration.domain.wire.count { return nil }
+            let encoded = resolver.templates(entry, selector, datacenter: plan.datacenter, name: name, in: snapshot)
+            guard let template = encoded.template(query.type) else { return nil }
+            (source, bodySize) = (.service(entry, count: encoded.count, template), template.bodySize)
+        case .node(let node):
+            guard query.type != RRType.srv, case let n = Self.nodeAddresses(node, query.type), n > 0 else { return nil }
+            (source, bodySize) = (.addresses(node, count: n), n * (query.type == RRType.a ? 16 : 28))
+        case .addr(let span):
+            let width = Resolver.hexAddress(UnsafeRawBufferPointer(rebasing: name[span.start..<span.end]))
+            guard width == (query.type == RRType.a ? 4 : query.type == RRType.aaaa ? 16 : 0) else { return nil }
+            (source, bodySize) = (.addresses(nil, count: 1), 12 + width!)
+        default:
+            return nil
+        }
+        let size = query.questionEnd + bodySize + (query.edns == nil ? 0 : 11)
+        guard size <= limit(query.edns, transport) else { return nil }
+        return FastPlan(source: source, query: query, size: size)
     }
 
-    private func servicePlan(_ packet: UnsafeRawBufferPointer, _ query: PlainQuery, _ transport: Transport) -> FastPlan? {
-        guard query.qclass == DNSClass.inet else { return nil }
-        let config = resolver.configuration
-        // <service>.service.<domain>: the first label, then "service", then exactly the domain.
-        let first = Int(packet[DNSHeader.size])
-        let second = DNSHeader.size + 1 + first
-        guard first > 0, second + 8 <= query.nameEnd, packet[second] == 7 else { return nil }
-        let l = second + 1  // "service", any case
-        guard packet[l] | 0x20 == 0x73, packet[l + 1] | 0x20 == 0x65, packet[l + 2] | 0x20 == 0x72, packet[l + 3] | 0x20 == 0x76,
-              packet[l + 4] | 0x20 == 0x69, packet[l + 5] | 0x20 == 0x63, packet[l + 6] | 0x20 == 0x65 else { return nil }
-        let domain = config.domain.wire
-        guard query.nameEnd - (second + 8) == domain.count else { return nil }
-        for k in 0..<domain.count where asciiLower(packet[second + 8 + k]) != asciiLower(domain[k]) { return nil }
-
-        let snapshot = store.snapshot
-        guard snapshot.isLoaded, !snapshot.zones.contains(where: { $0.origin == config.domain }) else { return nil }
-        if let maxStale, let age = store.staleness(), age > maxStale { return nil }
-        // Services are keyed by lower-cased name; names up to 15 bytes make a String without allocating.
-        let key = String(unsafeUninitializedCapacity: first) { buffer in
-            for k in 0..<first { buffer[k] = asciiLower(packet[DNSHeader.size + 1 + k]) }
-            return first
+    /// How many distinct addresses of the asked family a node answers (its own, then its tagged LAN ones, as
+    /// `nodeAnswer` lists them); 0 when any is a hostname, which the general path follows as a CNAME.
+    static func nodeAddresses(_ node: Node, _ type: UInt16, write: ((Int, Address) -> Void)? = nil) -> Int {
+        if case .hostname = node.address { return 0 }
+        func at(_ k: Int) -> Address { k == 0 ? node.address : node.lanAddresses[k - 1] }
+        var n = 0
+        next: for k in 0...node.lanAddresses.count {
+            let a = at(k)
+            switch (a, type) {
+            case (.v4, RRType.a), (.v6, RRType.aaaa): break
+            default: continue
+            }
+            for j in 0..<k where at(j) == a { continue next }
+            write?(n, a)
+            n += 1
         }
-        guard let entry = snapshot.services[key], let encoded = resolver.encodedAnswers(for: entry, in: snapshot) else { return nil }
-        let template: AnswerTemplate?
-        switch query.type {
-        case RRType.a: template = encoded.a
-        case RRType.aaaa: template = encoded.aaaa
-        case RRType.srv: template = encoded.srv
-        default: template = nil
-        }
-        guard let template else { return nil }
-        let size = query.questionEnd + template.bodySize + (query.edns == nil ? 0 : 11)
-        guard size <= limit(query.edns, transport) else { return nil }
-        return FastPlan(source: .service(entry, count: encoded.count, template), query: query, size: size)
+        return n
     }
 
     private func cachePlan(_ packet: UnsafeRawBufferPointer, _ query: PlainQuery, _ transport: Transport,
@@ -70,10 +84,8 @@ extension QueryHandler {
         guard let forwarder else { return nil }
         let name = UnsafeRawBufferPointer(rebasing: packet[DNSHeader.size..<query.nameEnd])
         let snapshot = store.snapshot
-        let config = resolver.configuration
-        guard !DNSName.isSubdomain(wire: name, of: config.domain),
-              config.altDomain.map({ DNSName.isSubdomain(wire: name, of: $0) }) != true,
-              !snapshot.zones.contains(where: { DNSName.isSubdomain(wire: name, of: $0.origin) }),
+        // Not in the service domain (the caller's plan said so), nor in a zone.
+        guard !snapshot.zones.contains(where: { DNSName.isSubdomain(wire: name, of: $0.origin) }),
               mayRecurse(), let owned = DNSName(wire: name) else { return nil }
         // A reverse name we hold a PTR for is ours, even if an upstream's answer is still cached.
         if query.type == RRType.ptr || query.type == RRType.any, resolver.pointer(owned, query.type, in: snapshot) != nil { return nil }
@@ -104,6 +116,10 @@ extension QueryHandler {
             let rotation = count > 1 ? entry.nextRotation() % count : 0
             p = template.write(rotation: rotation, into: out, at: q.questionEnd)
             counts = (template.answerCount, 0, template.glueCount)
+        case .addresses(let node, let count):
+            out[2] = 0x84 | (q.rd ? 0x01 : 0)
+            p = writeAddresses(node, packet: packet, query: q, into: out)
+            counts = (UInt16(count), 0, 0)
         case .cache(let wire, let age):
             out[2] = 0x80 | (q.rd ? 0x01 : 0)
             out[3] |= wire.rcode & 0x0F
@@ -130,6 +146,39 @@ extension QueryHandler {
                 (0, 0, 41, UInt8(size >> 8), UInt8(size & 0xFF), 0, 0, edns.dnssecOK ? 0x80 : 0, 0, 0, 0)
             withUnsafeBytes(of: opt) { out.baseAddress!.advanced(by: p).copyMemory(from: $0.baseAddress!, byteCount: 11) }
             p += 11
+        }
+        return p
+    }
+
+    /// A node's addresses (or, without a node, the addr name's one address) as A or AAAA records whose owner
+    /// points at the question, as `MessageWriter` writes them. Returns the end offset.
+    private func writeAddresses(_ node: Node?, packet: UnsafeRawBufferPointer, query q: PlainQuery,
+                                into out: UnsafeMutableRawBufferPointer) -> Int {
+        var p = q.questionEnd
+        let ttl = resolver.configuration.nodeTTL
+        func record(_ rdata: UnsafeRawBufferPointer) {
+            let header: (UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8) =
+                (0xC0, 0x0C, UInt8(q.type >> 8), UInt8(q.type & 0xFF), 0, 1, UInt8(ttl >> 24), UInt8((ttl >> 16) & 0xFF),
+                 UInt8((ttl >> 8) & 0xFF), UInt8(ttl & 0xFF), 0, UInt8(rdata.count))
+            withUnsafeBytes(of: header) { out.baseAddress!.advanced(by: p).copyMemory(from: $0.baseAddress!, byteCount: 12) }
+            out.baseAddress!.advanced(by: p + 12).copyMemory(from: rdata.baseAddress!, byteCount: rdata.count)
+            p += 12 + rdata.count
+        }
+        if let node {
+            _ = Self.nodeAddresses(node, q.type) { _, address in
+                switch address {
+                case .v4(let v4): withUnsafeBytes(of: v4.bytes) { record($0) }
+                case .v6(let v6): v6.bytes.withUnsafeBytes { record($0) }
+                case .hostname: break
+                }
+            }
+        } else {
+            // `<hex>.addr`: the first label.
+            let label = UnsafeRawBufferPointer(rebasing: packet[(DNSHeader.size + 1)..<(DNSHeader.size + 1 + Int(packet[DNSHeader.size]))])
+            withUnsafeTemporaryAllocation(byteCount: 16, alignment: 1) { bytes in
+                let n = Resolver.hexAddress(label, into: bytes)!
+                record(UnsafeRawBufferPointer(rebasing: bytes[0..<n]))
+            }
         }
         return p
     }

@@ -74,7 +74,7 @@ struct DNSRulesUnitTests {
         // Below the limit, nothing changes, and the templates still serve it.
         let small = Fixture.resolver { $0.answerLimit = 6 }
         #expect(small.resolve(Question(name: Fixture.name("web.service.consul"), type: RRType.a), in: snapshot).answers.count == 3)
-        #expect(resolver.encode(big.services["big"]!, big).a == nil, "a capped service takes the general path")
+        #expect(resolver.encode(big.services["big"]!, .all, datacenter: "dc1", big).a == nil, "a capped service takes the general path")
     }
 
     @Test func altDomainAnswersLikeTheDomain() {
@@ -95,7 +95,7 @@ struct DNSRulesUnitTests {
         let on = resolve("web.service.consul", RRType.srv) { $0.nodeMetaTXT = true }
         let txt = on.glue.joined().filter { $0.type == RRType.txt }
         #expect(txt.map(\.name) == [Fixture.name("web-1.node.dc1.consul")] && txt.first?.rdata == .txt([Array("rack=r1".utf8)]))
-        #expect(Fixture.resolver { $0.nodeMetaTXT = true }.encode(snapshot.services["web"]!, snapshot).srv == nil)
+        #expect(Fixture.resolver { $0.nodeMetaTXT = true }.encode(snapshot.services["web"]!, .all, datacenter: "dc1", snapshot).srv == nil)
     }
 }
 
@@ -127,7 +127,7 @@ struct DualStackTests {
         let srv = answer("api.service.consul", RRType.srv)
         let ds = srv.answers.firstIndex { if case .srv(_, _, _, let t) = $0.rdata { t == Fixture.name("ds-1.node.dc1.consul") } else { false } }!
         #expect(Set(srv.glue[ds].map(\.type)) == [RRType.a, RRType.aaaa])
-        let encoded = Fixture.resolver().encode(snapshot.services["api"]!, snapshot)
+        let encoded = Fixture.resolver().encode(snapshot.services["api"]!, .all, datacenter: "dc1", snapshot)
         #expect(encoded.srv == nil && encoded.a != nil && encoded.aaaa != nil)
     }
 

@@ -17,6 +17,10 @@ struct FastPathTests {
         Fixture.I(node: "dup-3", address: "198.51.100.7", service: "dup", port: 3),
         Fixture.I(node: "six-1", address: "2001:db8::61", service: "six", port: 6),
         Fixture.I(node: "six-2", address: "2001:db8::62", service: "six", port: 6, status: "warning"),
+        // Names over 15 bytes (a Swift String that size is on the heap): a dotted service, a tag, a node.
+        Fixture.I(node: "a-node-name-over-fifteen-bytes", address: "192.0.2.81", service: "go.micro.srv.greeter-with-a-long-name",
+                  port: 9, tags: ["a-rather-long-tag-over-15"]),
+        Fixture.I(node: "lg-2", address: "192.0.2.82", service: "go.micro.srv.greeter-with-a-long-name", port: 9),
     ] + (1...40).map { Fixture.I(node: "big-\($0)", address: "192.0.2.\(100 + $0)", service: "big", port: 7) }
 
     /// Two handlers over two separate snapshots of the same catalog, so each has its own rotation counters.
@@ -55,6 +59,18 @@ struct FastPathTests {
         ("dup.service.consul", RRType.a), ("dup.service.consul", RRType.srv),
         ("six.service.consul", RRType.aaaa), ("six.service.consul", RRType.srv),
         ("tagged.service.consul", RRType.a),
+        // Every other service form: datacenter, tag (dotted too), RFC 2782, names of any length.
+        ("web.service.dc1.consul", RRType.a), ("web.service.DC1.consul", RRType.srv), ("web.service.dc2.consul", RRType.a),
+        ("v2.web.service.consul", RRType.a), ("v2.web.service.consul", RRType.srv), ("v2.web.service.dc1.consul", RRType.srv),
+        ("v1.2.tagged.service.consul", RRType.a), ("_web._tcp.service.consul", RRType.srv), ("_web._v2.service.consul", RRType.srv),
+        ("_web._v2.service.dc1.consul", RRType.a),
+        ("go.micro.srv.greeter-with-a-long-name.service.consul", RRType.a),
+        ("go.micro.srv.greeter-with-a-long-name.service.consul", RRType.srv),
+        ("a-rather-long-tag-over-15.go.micro.srv.greeter-with-a-long-name.service.consul", RRType.srv),
+        // Node and addr names.
+        ("web-1.node.consul", RRType.a), ("web-1.node.dc1.consul", RRType.a), ("api-1.node.consul", RRType.aaaa),
+        ("a-node-name-over-fifteen-bytes.node.consul", RRType.a), ("c000020b.addr.consul", RRType.a),
+        ("c000020b.addr.dc1.consul", RRType.a), ("20010db8000000000000000000000021.addr.consul", RRType.aaaa),
     ])
     func covered(_ name: String, _ type: UInt16) {
         let pair = Self.pair()
@@ -68,8 +84,9 @@ struct FastPathTests {
     }
 
     @Test("Everything else is left to the general path", arguments: [
-        ("web.service.dc1.consul", RRType.a), ("v2.web.service.consul", RRType.a), ("_web._tcp.service.consul", RRType.srv),
-        ("web.service.consul", RRType.any), ("web.service.consul", RRType.txt), ("web.service.consul", RRType.aaaa),
+        ("web.service.consul", RRType.any), ("nosuchtag.web.service.consul", RRType.a), ("web.service.dc9.consul", RRType.a),
+        ("web-1.node.consul", RRType.srv), ("web-1.node.consul", RRType.aaaa), ("c000020b.addr.consul", RRType.aaaa),
+        ("c000020x.addr.consul", RRType.a), ("_grpc_config.web.service.consul", RRType.txt), ("greeter-with-a-long-name.service.consul", RRType.a), ("web.service.consul", RRType.txt), ("web.service.consul", RRType.aaaa),
         ("db.service.consul", RRType.a), ("db.service.consul", RRType.srv), ("dead.service.consul", RRType.a),
         ("nosuch.service.consul", RRType.a), ("six.service.consul", RRType.a), ("web.service.consul.example", RRType.a),
         ("web.node.consul", RRType.a), ("service.consul", RRType.a), ("web.service.consulx", RRType.a),
@@ -118,18 +135,44 @@ struct FastPathTests {
         #expect(Self.takesFastPath(random.fast, Self.query("tagged.service.consul", RRType.a), .udp))
     }
 
-    @Test("Templates belong to the configuration that encoded them")
-    func twoResolversOneSnapshot() {
+    @Test("Templates belong to the resolver that encoded them: another configuration re-encodes, the same resolver keeps them")
+    func resolversAndTemplates() throws {
         let store = SnapshotStore(Fixture.snapshot(Self.instances))
-        let first = QueryHandler(resolver: Fixture.resolver(), store: store, logger: Logger(label: "test"))
-        let second = QueryHandler(resolver: Fixture.resolver { $0.serviceTTL = TTLPolicy(defaultTTL: 99) }, store: store,
-                                  logger: Logger(label: "test"))
+        let resolver = Fixture.resolver()
+        let first = QueryHandler(resolver: resolver, store: store, logger: Logger(label: "test"))
         let q = Self.query("web.service.consul", RRType.a)
         #expect(Self.takesFastPath(first, q, .udp))
         _ = first.respond(to: q, transport: .udp, allocator: ByteBufferAllocator())
-        #expect(!Self.takesFastPath(second, q, .udp))
+        let entry = try #require(store.snapshot.services["web"])
+        let attached = entry.attachment.load(ordering: .acquiring)
+        let encoded = try #require(attached)
+        // A new handler around the same resolver (a reload that left the resolver's settings alone) keeps them.
+        let kept = QueryHandler(resolver: resolver, store: store, logger: Logger(label: "test"), maxStale: .seconds(5))
+        #expect(Self.takesFastPath(kept, q, .udp))
+        #expect(entry.attachment.load(ordering: .acquiring) === encoded)
+        // Another configuration encodes its own, with its own TTL, on the fast path still.
+        let second = QueryHandler(resolver: Fixture.resolver { $0.serviceTTL = TTLPolicy(defaultTTL: 99) }, store: store,
+                                  logger: Logger(label: "test"))
+        #expect(Self.takesFastPath(second, q, .udp))
         let answer = try? Message(from: #require(second.respond(to: q, transport: .udp, allocator: ByteBufferAllocator())))
-        #expect(answer?.answers.allSatisfy { $0.ttl == 99 } == true)
+        #expect(answer?.answers.count == 3 && answer?.answers.allSatisfy { $0.ttl == 99 } == true)
+        #expect(entry.attachment.load(ordering: .acquiring) !== encoded)
+    }
+
+    @Test("Random tags do not grow an entry's templates without bound")
+    func templateLimit() throws {
+        let pair = Self.pair()
+        for k in 0..<200 {
+            let q = Self.query("t\(k).web.service.consul", RRType.a)
+            Self.compare(pair, q, .udp, rounds: 1)
+        }
+        let entry = try #require(pair.fast.store.snapshot.services["web"])
+        let loaded = entry.attachment.load(ordering: .acquiring)
+        let attached = try #require(loaded)
+        let templates = unsafeDowncast(attached.object, to: EntryTemplates.self)
+        #expect(templates.others.load(ordering: .acquiring).map.isEmpty, "tags no instance has are never kept")
+        for tag in ["v2", "primary", "canary"] { _ = pair.fast.respond(to: Self.query("\(tag).web.service.consul", RRType.a), transport: .udp, allocator: ByteBufferAllocator()) }
+        #expect(templates.others.load(ordering: .acquiring).map.count == 3)
     }
 
     @Test("Mutated packets: whenever the fast path answers, the general path gives the same bytes")

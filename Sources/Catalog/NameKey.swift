@@ -1,0 +1,84 @@
+import DNSWire
+import HashTreeCollections
+
+/// A name as the snapshot's maps key it (a service, a tag, a node, a datacenter): ASCII case-insensitive text.
+///
+/// A stored key owns its text. A probe borrows the bytes of a query in flight, either as plain text or as a run
+/// of wire-format labels read as dotted text (`\x02go\x05micro` is `go.micro`), so a lookup by a name of any
+/// length copies nothing and allocates nothing. Both hash the same lower-cased bytes (FNV-1a), so a probe finds
+/// the stored key that equals it. A probe must not outlive the buffer it borrows; the maps never keep one.
+public enum NameKey: Hashable, @unchecked Sendable, ExpressibleByStringLiteral, CustomStringConvertible, Comparable {
+    case owned(String)
+    /// Plain bytes (`wire: false`) or wire-format labels (`wire: true`).
+    case probe(UnsafeRawBufferPointer, wire: Bool)
+
+    public init(_ text: String) { self = .owned(text) }
+    public init(stringLiteral value: String) { self = .owned(value) }
+
+    /// The text; a probe's is copied out.
+    public var text: String {
+        switch self {
+        case .owned(let s): return s
+        case .probe:
+            var bytes: [UInt8] = []
+            forEachByte { bytes.append($0) }
+            return String(decoding: bytes, as: UTF8.self)
+        }
+    }
+
+    public var description: String { text }
+
+    public static func < (a: NameKey, b: NameKey) -> Bool { a.text < b.text }
+
+    /// Calls `body` with each byte of the text, lower-cased (ASCII only, as DNS compares names).
+    @inline(__always)
+    func forEachByte(_ body: (UInt8) -> Void) {
+        switch self {
+        case .owned(let s):
+            for b in s.utf8 { body(asciiLower(b)) }
+        case .probe(let bytes, wire: false):
+            for b in bytes { body(asciiLower(b)) }
+        case .probe(let bytes, wire: true):
+            var p = 0
+            while p < bytes.count {
+                let n = Int(bytes[p])
+                if p > 0 { body(UInt8(ascii: ".")) }
+                for k in (p + 1)..<min(p + 1 + n, bytes.count) { body(asciiLower(bytes[k])) }
+                p += 1 + n
+            }
+        }
+    }
+
+    /// FNV-1a over the lower-cased bytes: the same for a key and a probe that are equal.
+    @inline(__always)
+    var fnv: UInt64 {
+        var h: UInt64 = 0xcbf2_9ce4_8422_2325
+        forEachByte { h = (h ^ UInt64($0)) &* 0x100_0000_01b3 }
+        return h
+    }
+
+    public func hash(into hasher: inout Hasher) { hasher.combine(fnv) }
+
+    public static func == (a: NameKey, b: NameKey) -> Bool {
+        if case .owned(let x) = a, case .owned(let y) = b, x == y { return true }
+        // Walk both byte streams together; a mismatch or a length difference ends it.
+        return withUnsafeTemporaryAllocation(of: UInt8.self, capacity: 256) { buffer -> Bool in
+            var n = 0
+            var overflow = false
+            a.forEachByte { if n < 256 { buffer[n] = $0; n += 1 } else { overflow = true } }
+            if overflow { return a.text.lowercased() == b.text.lowercased() }
+            var k = 0
+            var same = true
+            b.forEachByte { if same { if k < n && buffer[k] == $0 { k += 1 } else { same = false } } }
+            return same && k == n
+        }
+    }
+}
+
+extension TreeDictionary where Key == NameKey {
+    /// Lookups and updates by text, for code that holds a `String`.
+    public subscript(_ name: String) -> Value? {
+        get { self[NameKey.owned(name)] }
+        set { self[NameKey.owned(name)] = newValue }
+    }
+}

@@ -1,0 +1,184 @@
+import Catalog
+import DNSWire
+
+/// Answers for services: address and SRV records, CNAMEs for hostname instances, the gRPC service config.
+extension Resolver {
+    /// The instances a service plan selects, healthy and in the datacenter, as A, AAAA or SRV records.
+    func service(_ name: DNSName, _ type: UInt16, entry: ServiceEntry, selector: ServiceSelector, datacenter: String,
+                 _ snapshot: CatalogSnapshot, _ plan: NamePlan, depth: Int) -> Answer {
+        let healthy = selected(entry, selector, datacenter: datacenter)
+        guard !healthy.isEmpty else {
+            // `b.web` under a tag `a.b` is an empty non-terminal: `a.b.web` exists below it.
+            if case .tag(let t) = selector,
+               entry.instances.contains(where: { $0.tags.contains { $0.lowercased().hasSuffix("." + t) } }) {
+                return negative(RCode.noError, snapshot, plan)
+            }
+            return negative(RCode.nxDomain, snapshot, plan)
+        }
+        let ordered = rotate(healthy, entry: entry)
+        let ttl = configuration.serviceTTL.ttl(for: entry.name)
+
+        // Only hostname instances: the name is one CNAME (an owner may hold just one), to the first in rotated
+        // order, and a name with a CNAME holds nothing else (RFC 1034 §3.6.2, RFC 2181 §10.1). A CNAME query gets
+        // it as it is; every other type, SRV included, follows it. (Consul answers SRV there too, which validators
+        // report as CNAME_WITH_OTHER_DATA, and which a caching resolver that holds the CNAME never asks for.)
+        if let host = Self.cnameTarget(ordered) {
+            if type == RRType.cname {
+                return Answer(rcode: RCode.noError, authoritative: true, answers: [ResourceRecord(name: name, ttl: ttl, rdata: .cname(host))])
+            }
+            return cname(from: name, to: host, type: type, ttl: ttl, snapshot, depth: depth)
+        }
+        switch type {
+        case RRType.a, RRType.aaaa, RRType.any:
+            let records = addressRecords(Self.answerAddresses(ordered, type), owner: name, type: type, ttl: ttl)
+            return records.isEmpty ? negative(RCode.noError, snapshot, plan) : Answer(rcode: RCode.noError, authoritative: true, answers: records)
+        case RRType.srv:
+            let (answers, glue) = srvRecords(ordered, owner: name, selector: selector, ttl: ttl, domain: plan.domain, snapshot, depth: depth)
+            return Answer(rcode: RCode.noError, authoritative: true, answers: answers, glue: glue)
+        default:
+            return negative(RCode.noError, snapshot, plan)
+        }
+    }
+
+    /// The instances an answer may hold: served by health (`--only-passing`), in the datacenter, and selected.
+    /// The one health rule both paths use.
+    func selected(_ entry: ServiceEntry, _ selector: ServiceSelector, datacenter: String) -> [Instance] {
+        let onlyPassing = configuration.onlyPassing
+        return entry.instances.filter { inst in
+            inst.health.isServed(onlyPassing: onlyPassing) && inst.node.datacenter.equalsIgnoringASCIICase(datacenter)
+                && selector.matches(inst)
+        }
+    }
+
+    /// SRV records in the given order, with each target's glue.
+    func srvRecords(_ ordered: [Instance], owner: DNSName, selector: ServiceSelector, ttl: UInt32, domain: DNSName,
+                    _ snapshot: CatalogSnapshot, depth: Int) -> ([ResourceRecord], [[ResourceRecord]]) {
+        var answers: [ResourceRecord] = []
+        var glue: [[ResourceRecord]] = []
+        for inst in ordered {
+            let (target, targetGlue) = srvTarget(inst, ttl: ttl, domain: domain, snapshot, depth: depth)
+            answers.append(ResourceRecord(name: owner, ttl: ttl,
+                                          rdata: .srv(priority: 1, weight: inst.weight, port: selector.port(of: inst), target: target)))
+            glue.append(targetGlue)
+        }
+        return (answers, glue)
+    }
+
+    /// The addresses A, AAAA or ANY answers give for these instances, each picked as Consul picks it
+    /// (`Instance.address(v6:)`: tagged LAN addresses first, the service's, then the node's).
+    static func answerAddresses(_ instances: [Instance], _ type: UInt16) -> [Address] {
+        switch type {
+        case RRType.a: return instances.compactMap { $0.address(v6: false) }
+        case RRType.aaaa: return instances.compactMap { $0.address(v6: true) }
+        default: return instances.flatMap { [$0.address(v6: false), $0.address(v6: true)].compactMap { $0 } }
+        }
+    }
+
+    /// The CNAME target of a service whose healthy instances all have hostnames: the first, in answer order.
+    static func cnameTarget(_ ordered: [Instance]) -> DNSName? {
+        var first: DNSName? = nil
+        for inst in ordered {
+            guard case .hostname(let h) = inst.address else { return nil }
+            if first == nil { first = h }
+        }
+        return first
+    }
+
+    // MARK: gRPC service config
+
+    /// The load-balancing policy the service's `_grpc_config` TXT record announces; nil for none.
+    /// Service meta `grpc_lb_policy` (on the first instance, in base order, that has it) overrides the flag.
+    func grpcPolicy(for entry: ServiceEntry) -> GRPCLBPolicy? {
+        var policy = configuration.grpcLBPolicy
+        if let text = entry.instances.lazy.compactMap({ $0.meta["grpc_lb_policy"] }).first,
+           let own = GRPCLBPolicy(rawValue: text.lowercased()) {
+            policy = own
+        }
+        return policy == .none ? nil : policy
+    }
+
+    /// `_grpc_config.<service>.service[.<dc>].<domain>`: the TXT record grpc-go's `dns` resolver reads on every
+    /// resolution, so clients pick the policy with no code of their own. Other types get NODATA.
+    func grpcConfig(_ name: DNSName, _ type: UInt16, policy: GRPCLBPolicy, entry: ServiceEntry,
+                    _ snapshot: CatalogSnapshot, _ plan: NamePlan) -> Answer {
+        guard type == RRType.txt || type == RRType.any else { return negative(RCode.noError, snapshot, plan) }
+        let text = Array(policy.serviceConfigTXT.utf8)
+        let record = ResourceRecord(name: name, ttl: configuration.serviceTTL.ttl(for: entry.name), rdata: .txt(chunks(text)))
+        return Answer(rcode: RCode.noError, authoritative: true, answers: [record])
+    }
+
+    // MARK: Order, targets and records
+
+    /// Starts the healthy set one position further round for each query (or shuffles it), then applies
+    /// `--answer-limit`. With a limit below the count, each query starts a whole window further round, so
+    /// ⌈M/N⌉ successive queries return every one of the M instances. Works on a copy: the snapshot's array is
+    /// never reordered.
+    func rotate(_ instances: [Instance], entry: ServiceEntry) -> [Instance] {
+        guard instances.count > 1 else { return instances }
+        let limit = configuration.answerLimit
+        let capped = limit > 0 && instances.count > limit
+        switch configuration.order {
+        case .random:
+            let shuffled = instances.shuffled()
+            return capped ? Array(shuffled.prefix(limit)) : shuffled
+        case .cyclic:
+            let offset = (entry.nextRotation() % instances.count) * (capped ? limit : 1) % instances.count
+            let rotated = Array(instances[offset...] + instances[..<offset])
+            return capped ? Array(rotated.prefix(limit)) : rotated
+        }
+    }
+
+    /// A node's meta as TXT records, `key=value`, one per key in key order (RFC 1464 style, as Consul writes them).
+    func metaTXT(_ node: Node, owner: DNSName, ttl: UInt32) -> [ResourceRecord] {
+        node.meta.keys.sorted().map { key in
+            ResourceRecord(name: owner, ttl: ttl, rdata: .txt(chunks(Array("\(key)=\(node.meta[key]!)".utf8))))
+        }
+    }
+
+    /// SRV target and its glue: the node name when the service uses the node's address,
+    /// `<hex>.addr.<dc>.<domain>` when it has its own IP, or the hostname itself. With `--node-meta-txt`, the
+    /// node's meta TXT records join the glue (Consul's `enable_additional_node_meta_txt`).
+    func srvTarget(_ inst: Instance, ttl: UInt32, domain: DNSName, _ snapshot: CatalogSnapshot, depth: Int) -> (DNSName, [ResourceRecord]) {
+        let dc = inst.node.datacenter
+        var meta: [ResourceRecord] = []
+        if configuration.nodeMetaTXT, !inst.node.name.isEmpty, !inst.node.meta.isEmpty,
+           let owner = try? DNSName(prefix: inst.node.name, "node", dc, suffix: domain) {
+            meta = metaTXT(inst.node, owner: owner, ttl: ttl)
+        }
+        if case .hostname(let host) = inst.address {
+            return (host, chase(host, snapshot, depth: depth) + meta)
+        }
+        let target: DNSName
+        do {
+            target = inst.serviceAddress == nil
+                ? try DNSName(prefix: inst.node.name, "node", dc, suffix: domain)
+                : try DNSName(prefix: inst.address.hexLabel!, "addr", dc, suffix: domain)
+        } catch { return (domain, []) }
+        // A node-name target's glue is every address the node's name answers; a <hex>.addr target is one IP.
+        let glueAddresses = inst.serviceAddress == nil ? Self.answerAddresses([inst], RRType.any) : [inst.address]
+        return (target, addressRecords(glueAddresses, owner: target, type: RRType.any, ttl: ttl) + meta)
+    }
+
+    /// A/AAAA records for the addresses of the asked family, without duplicates, in order.
+    func addressRecords(_ addresses: [Address], owner: DNSName, type: UInt16, ttl: UInt32) -> [ResourceRecord] {
+        var seen = Set<Address>()
+        var out: [ResourceRecord] = []
+        for a in addresses where seen.insert(a).inserted {
+            switch a {
+            case .v4(let v4) where type == RRType.a || type == RRType.any:
+                out.append(ResourceRecord(name: owner, ttl: ttl, rdata: .a(v4)))
+            case .v6(let v6) where type == RRType.aaaa || type == RRType.any:
+                out.append(ResourceRecord(name: owner, ttl: ttl, rdata: .aaaa(v6)))
+            default:
+                break
+            }
+        }
+        return out
+    }
+
+    /// TXT strings hold at most 255 bytes each.
+    func chunks(_ text: [UInt8]) -> [[UInt8]] {
+        guard !text.isEmpty else { return [[]] }
+        return stride(from: 0, to: text.count, by: 255).map { Array(text[$0..<min($0 + 255, text.count)]) }
+    }
+}

@@ -1,0 +1,132 @@
+import Atomics
+import Catalog
+import DNSWire
+
+/// A service's answers for one selection (all instances, a tag, a named port; a datacenter), pre-encoded for one
+/// resolver configuration. A nil template means that query type takes the general path (no such records, or a
+/// shape templates do not cover).
+public final class EncodedAnswers: Sendable {
+    /// How many instances the templates rotate over.
+    public let count: Int
+    public let a: AnswerTemplate?
+    public let aaaa: AnswerTemplate?
+    public let srv: AnswerTemplate?
+
+    init(count: Int, a: AnswerTemplate?, aaaa: AnswerTemplate?, srv: AnswerTemplate?) {
+        self.count = count
+        self.a = a
+        self.aaaa = aaaa
+        self.srv = srv
+    }
+
+    func template(_ type: UInt16) -> AnswerTemplate? {
+        switch type {
+        case RRType.a: return a
+        case RRType.aaaa: return aaaa
+        case RRType.srv: return srv
+        default: return nil
+        }
+    }
+}
+
+/// A selection other than "every instance in the local datacenter": its kind, label and datacenter.
+struct TemplateKey: Hashable, @unchecked Sendable {
+    var kind: UInt8
+    var label: NameKey
+    var datacenter: NameKey
+}
+
+/// What one resolver has encoded for one service entry: the plain selection, and up to `limit` others (tags,
+/// named ports, datacenters), so that a client asking for random tags cannot make an entry grow without bound.
+final class EntryTemplates: Sendable {
+    static let limit = 64
+
+    final class Others: AtomicReference, Sendable {
+        let map: [TemplateKey: EncodedAnswers]
+        init(_ map: [TemplateKey: EncodedAnswers]) { self.map = map }
+    }
+
+    let local = ManagedAtomicLazyReference<EncodedAnswers>()
+    let others = ManagedAtomic<Others>(Others([:]))
+}
+
+extension Resolver {
+    /// The encoded answers a service plan selects, built on first use and kept with the entry (so they live as
+    /// long as the service is unchanged, and across reloads that keep this resolver). `name` is the query name
+    /// the plan's spans point into. Allocates only when it encodes.
+    func templates(_ entry: ServiceEntry, _ selector: NamePlan.Selector, datacenter: NameSpan?,
+                   name: UnsafeRawBufferPointer, in snapshot: CatalogSnapshot) -> EncodedAnswers {
+        let cache = entryTemplates(entry)
+        let dc = datacenter?.key(name) ?? configuration.datacenterKey
+        let key: TemplateKey
+        switch selector {
+        case .all:
+            if dc == configuration.datacenterKey {
+                if let e = cache.local.load() { return e }
+                return cache.local.storeIfNilThenLoad(encode(entry, .all, datacenter: configuration.datacenterKey.text, snapshot))
+            }
+            key = TemplateKey(kind: 0, label: "", datacenter: dc)
+        case .tag(let span): key = TemplateKey(kind: 1, label: span.key(name), datacenter: dc)
+        case .named(let span): key = TemplateKey(kind: 2, label: span.key(name), datacenter: dc)
+        }
+        let current = cache.others.load(ordering: .acquiring)
+        if let e = current.map[key] { return e }
+        let encoded = encode(entry, selector.selector(name), datacenter: dc.text, snapshot)
+        // Keep it only if it answers something; the key owns its text (the probe's bytes are the query's).
+        guard encoded.count > 0, current.map.count < EntryTemplates.limit else { return encoded }
+        var map = current.map
+        map[TemplateKey(kind: key.kind, label: .owned(key.label.text), datacenter: .owned(dc.text))] = encoded
+        // A lost race only means encoding again later.
+        _ = cache.others.compareExchange(expected: current, desired: EntryTemplates.Others(map), ordering: .acquiringAndReleasing)
+        return encoded
+    }
+
+    /// This resolver's templates for the entry; another resolver's (before a reload that changed the
+    /// configuration) are replaced.
+    private func entryTemplates(_ entry: ServiceEntry) -> EntryTemplates {
+        if let a = entry.attachment.load(ordering: .acquiring), a.owner == identity {
+            return unsafeDowncast(a.object, to: EntryTemplates.self)
+        }
+        let fresh = EntryTemplates()
+        entry.attachment.store(EntryAttachment(owner: identity, object: fresh), ordering: .releasing)
+        return fresh
+    }
+
+    /// The same records `service(…)` gives for the selection, in base order, one per instance `selected` keeps.
+    /// Hostname instances (a CNAME, or glue found by chasing our data), random order and an answer limit below
+    /// the count are left to the general path.
+    func encode(_ entry: ServiceEntry, _ selector: ServiceSelector, datacenter: String, _ snapshot: CatalogSnapshot) -> EncodedAnswers {
+        let healthy = selected(entry, selector, datacenter: datacenter)
+        guard !healthy.isEmpty, configuration.order == .cyclic || healthy.count == 1,
+              configuration.answerLimit == 0 || healthy.count <= configuration.answerLimit,
+              !healthy.contains(where: { if case .hostname = $0.address { true } else { false } }),
+              let name = try? DNSName(labels: entry.name.split(separator: ".", omittingEmptySubsequences: false) + ["service"])
+                .appending(configuration.domain) else { return EncodedAnswers(count: healthy.count, a: nil, aaaa: nil, srv: nil) }
+        let ttl = configuration.serviceTTL.ttl(for: entry.name)
+        func template(_ type: UInt16) -> AnswerTemplate? {
+            let entries: [AnswerTemplate.Entry]
+            if type == RRType.srv {
+                let (answers, glue) = srvRecords(healthy, owner: name, selector: selector, ttl: ttl, domain: configuration.domain,
+                                                 snapshot, depth: 0)
+                // A template entry holds one glue record: a dual-stack target (A and AAAA) or node meta TXT takes
+                // the general path.
+                if glue.contains(where: { $0.count > 1 }) { return nil }
+                entries = zip(answers, glue).map { AnswerTemplate.Entry(answer: $0, glue: $1.first) }
+            } else {
+                entries = healthy.map { inst in
+                    let record = Self.answerAddresses([inst], type).first.flatMap { a -> ResourceRecord? in
+                        switch a {
+                        case .v4(let v4): return ResourceRecord(name: name, ttl: ttl, rdata: .a(v4))
+                        case .v6(let v6): return ResourceRecord(name: name, ttl: ttl, rdata: .aaaa(v6))
+                        case .hostname: return nil
+                        }
+                    }
+                    return AnswerTemplate.Entry(answer: record, glue: nil)
+                }
+            }
+            return AnswerTemplate(question: Question(name: name, type: type, qclass: DNSClass.inet), entries: entries,
+                                  dedupeAnswers: type != RRType.srv)
+        }
+        return EncodedAnswers(count: healthy.count, a: template(RRType.a), aaaa: template(RRType.aaaa), srv: template(RRType.srv))
+    }
+}

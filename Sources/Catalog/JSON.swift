@@ -12,6 +12,11 @@ public struct JSONNode: Sendable {
     public var value: Value
     public var line: Int
 
+    public init(value: Value, line: Int) {
+        self.value = value
+        self.line = line
+    }
+
     public var typeName: String {
         switch value {
         case .object: return "an object"
@@ -183,5 +188,35 @@ public struct JSONParser {
         }
         i += 4
         return v
+    }
+}
+
+extension JSONNode {
+    /// The node as JSON text again (keys in their order), for handing a checked document on to `Codable`.
+    public var jsonText: String {
+        switch value {
+        case .object(let fields, let keys):
+            return "{" + keys.map { Self.quoted($0) + ":" + fields[$0]!.jsonText }.joined(separator: ",") + "}"
+        case .array(let items): return "[" + items.map(\.jsonText).joined(separator: ",") + "]"
+        case .string(let s): return Self.quoted(s)
+        case .number(let n): return n == n.rounded() && abs(n) < 1e15 ? String(Int64(n)) : "\(n)"
+        case .bool(let b): return b ? "true" : "false"
+        case .null: return "null"
+        }
+    }
+
+    static func quoted(_ s: String) -> String {
+        var out = "\""
+        for u in s.unicodeScalars {
+            switch u {
+            case "\"": out += "\\\""
+            case "\\": out += "\\\\"
+            case _ where u.value < 0x20:
+                let hex = String(u.value, radix: 16)
+                out += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
+            default: out.unicodeScalars.append(u)
+            }
+        }
+        return out + "\""
     }
 }

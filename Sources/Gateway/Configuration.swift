@@ -2,7 +2,7 @@ import Catalog
 import DNSWire
 
 /// How answers are ordered across successive queries.
-public enum AnswerOrder: String, Sendable, CaseIterable {
+public enum AnswerOrder: String, Sendable, CaseIterable, Codable {
     /// Each query starts one position further round the healthy set.
     case cyclic
     /// A fresh shuffle for every query, as Consul does.
@@ -32,7 +32,7 @@ enum ServiceSelector: Equatable {
 }
 
 /// The load-balancing policy announced to gRPC clients in `_grpc_config.<service>` TXT records.
-public enum GRPCLBPolicy: String, Sendable, CaseIterable {
+public enum GRPCLBPolicy: String, Sendable, CaseIterable, Codable {
     case none
     case roundRobin = "round_robin"
     case pickFirst = "pick_first"

@@ -14,7 +14,7 @@ import Glibc
 /// `start()` binds (so start-up errors surface before anything runs); `run()` serves until
 /// graceful shutdown, then closes the listeners.
 public final class DNSServer: Service, Sendable {
-    public struct Configuration: Sendable {
+    public struct Configuration: Sendable, Equatable {
         public var listen: [ListenAddress]
         /// A TCP connection with no complete query for this long is closed (RFC 7766 §6.2.3).
         public var tcpIdleTimeout: TimeAmount
@@ -38,7 +38,7 @@ public final class DNSServer: Service, Sendable {
         }
     }
 
-    public enum UDPEngine: String, Sendable, CaseIterable {
+    public enum UDPEngine: String, Sendable, CaseIterable, Codable {
         case nio, mmsg
     }
 

@@ -31,7 +31,7 @@ public struct Answer: Sendable, Equatable {
 public struct Resolver: Sendable {
     public let configuration: ResolverConfiguration
     /// Tells apart the templates this resolver encoded from another configuration's (tests run several).
-    let identity: Int
+    public let identity: Int
     private static let identities = ManagedAtomic<Int>(1)
 
     public init(configuration: ResolverConfiguration) {

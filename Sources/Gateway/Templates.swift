@@ -1,6 +1,7 @@
 import Atomics
 import Catalog
 import DNSWire
+import Metrics
 
 /// A service's answers for one selection (all instances, a tag, a named port; a datacenter), pre-encoded for one
 /// resolver configuration. A nil template means that query type takes the general path (no such records, or a
@@ -50,6 +51,10 @@ final class EntryTemplates: Sendable {
     let others = ManagedAtomic<Others>(Others([:]))
 }
 
+/// `signpost_answers_encoded_total`: how many selections have been encoded. Flat while the catalog and the
+/// resolver's settings stand still, whatever the query rate (a reload that keeps the resolver keeps it flat too).
+let encodedCounter = Counter(label: "signpost_answers_encoded_total")
+
 extension Resolver {
     /// The encoded answers a service plan selects, built on first use and kept with the entry (so they live as
     /// long as the service is unchanged, and across reloads that keep this resolver). `name` is the query name
@@ -96,6 +101,7 @@ extension Resolver {
     /// Hostname instances (a CNAME, or glue found by chasing our data), random order and an answer limit below
     /// the count are left to the general path.
     func encode(_ entry: ServiceEntry, _ selector: ServiceSelector, datacenter: String, _ snapshot: CatalogSnapshot) -> EncodedAnswers {
+        encodedCounter.increment()
         let healthy = selected(entry, selector, datacenter: datacenter)
         guard !healthy.isEmpty, configuration.order == .cyclic || healthy.count == 1,
               configuration.answerLimit == 0 || healthy.count <= configuration.answerLimit,

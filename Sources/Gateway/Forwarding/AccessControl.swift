@@ -46,7 +46,7 @@ public struct CIDR: Sendable, Hashable, CustomStringConvertible {
 }
 
 /// Who may have names outside the domain resolved (`--allow-recursion`). Everyone gets service answers.
-public struct AccessControl: Sendable {
+public struct AccessControl: Sendable, Equatable {
     public var allowed: [CIDR]
 
     public init(allowed: [CIDR] = CIDR.privateDefaults) { self.allowed = allowed }

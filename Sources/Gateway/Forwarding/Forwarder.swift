@@ -14,7 +14,7 @@ import NIOCore
 /// - When every upstream fails, an expired cache entry is served (TTL 30) if it is within `--stale-ttl`,
 ///   else SERVFAIL.
 public final class Forwarder: Sendable {
-    public enum Policy: String, Sendable, CaseIterable { case sequential, random, round_robin }
+    public enum Policy: String, Sendable, CaseIterable, Codable { case sequential, random, round_robin }
 
     public struct Configuration: Sendable, Equatable {
         public var upstreams: [SocketAddress]

@@ -1,0 +1,138 @@
+import Catalog
+import DNSWire
+import Foundation
+import Gateway
+import Logging
+import Metrics
+import NIOCore
+import NIOPosix
+import Prometheus
+import ServiceLifecycle
+import UnixSignals
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+extension Serve {
+    func run() async throws {
+        var config = try ServeConfiguration(settings(), environment: ProcessInfo.processInfo.environment,
+                                            resolvConf: { (try? String(contentsOfFile: "/etc/resolv.conf", encoding: .utf8)) ?? "" })
+        let prometheus = Self.bootstrap(level: config.restartOnly.logLevel)
+        let logger = Logger(label: "signpost")
+        let store = SnapshotStore()
+        let restart = config.restartOnly
+        // Logged once the sockets are bound: a busy port must stay the only line printed.
+        let (dc, datacenterNote) = await Self.localDatacenter(given: restart.datacenter, restart.registries)
+        config.resolver.datacenter = dc
+        let assembler = CatalogAssembler(sources: restart.registries.map(\.description), expectsZones: restart.zones != nil,
+                                         localDatacenter: dc, store: store, logger: logger)
+        var (fileWatchers, services) = try makeWatchers(restart.registries, zonesDir: restart.zones, assembler: assembler, logger: logger)
+        for w in fileWatchers { services.append(TaskService { await w.run() }) }
+        let monitor = StalenessMonitor(store: store, logger: logger)
+        services.append(TaskService { await monitor.run() })
+
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: restart.threads)
+        let forwarder = config.forwarding.map { Forwarder(configuration: $0, group: group, logger: logger) }
+        let slot = QueryHandlerSlot(QueryHandler(configuration: config, resolver: Gateway.Resolver(configuration: config.resolver), store: store,
+                                                 logger: logger, forwarder: forwarder, rrl: nil))
+        let server = DNSServer(configuration: restart.server, handler: slot, group: group, logger: logger)
+        let reloader = Reloader(running: config, slot: slot, forwarder: forwarder, fileWatchers: fileWatchers, group: group, logger: logger)
+        // Trap SIGHUP before anything can send it: its default action would end the process.
+        let hangups = await UnixSignalsSequence(trapping: .sighup)
+        services.append(TaskService {
+            for await _ in hangups.cancelOnGracefulShutdown() { await reloader.reload() }
+        })
+        services.append(TaskService { await InstanceCounter(store: store).run() })
+        let adminServer = restart.admin.map {
+            AdminServer(address: $0, group: group, store: store, maxStale: config.maxStale, metrics: { prometheus.emitToBuffer() }, logger: logger)
+        }
+        try await start(server, adminServer, group: group, user: restart.user, logger: logger)
+        datacenterNote(logger)
+        for w in fileWatchers { await w.refresh() }
+        Self.logForwarding(config.forwarding, logger)
+        let serviceGroup = ServiceGroup(services: services + [server] + (adminServer.map { [$0] } ?? []),
+                                        gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
+        try await serviceGroup.run()
+        try? await group.shutdownGracefully()
+    }
+
+    /// Logging at `level`, metrics through Prometheus, and as many descriptors as the hard limit allows (each TCP
+    /// connection is one).
+    private static func bootstrap(level: Logger.Level) -> PrometheusCollectorRegistry {
+        LoggingSystem.bootstrap { label in
+            var handler = StreamLogHandler.standardError(label: label)
+            handler.logLevel = level
+            return handler
+        }
+        var files = rlimit()
+        if getrlimit(Int32(RLIMIT_NOFILE.rawValue), &files) == 0, files.rlim_cur < files.rlim_max {
+            files.rlim_cur = files.rlim_max
+            _ = setrlimit(Int32(RLIMIT_NOFILE.rawValue), &files)
+        }
+        let prometheus = PrometheusCollectorRegistry()
+        var factory = PrometheusMetricsFactory(registry: prometheus)
+        // Answers take microseconds; forwarded ones, milliseconds.
+        factory.durationHistogramBuckets["signpost_dns_request_duration_seconds"] =
+            [10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10_000, 25_000, 100_000, 500_000, 2_000_000].map { Duration.microseconds($0) }
+        factory.durationHistogramBuckets["signpost_upstream_duration_seconds"] =
+            [100, 250, 500, 1000, 2500, 5000, 10_000, 25_000, 100_000, 500_000, 2_000_000].map { Duration.microseconds($0) }
+        MetricsSystem.bootstrap(factory)
+        return prometheus
+    }
+
+    /// Binds first, so a busy port fails before anything else is logged; queries that arrive before the catalog has
+    /// loaded get SERVFAIL, never a false NXDOMAIN. Then drops root, if asked to.
+    private func start(_ server: DNSServer, _ admin: AdminServer?, group: MultiThreadedEventLoopGroup, user: String?,
+                       logger: Logger) async throws {
+        do {
+            try await server.start()
+            try await admin?.start()
+        } catch let error as DNSServer.BindError {
+            try? await group.shutdownGracefully()
+            throw StartupError(message: error.description)
+        }
+        guard let user else { return }
+        do { try dropPrivileges(to: user) } catch let error as StartupError {
+            try? await group.shutdownGracefully()
+            throw error
+        }
+        logger.info("running as \(user)")
+    }
+
+    private static func logForwarding(_ forwarding: Forwarder.Configuration?, _ logger: Logger) {
+        if let config = forwarding {
+            logger.info("forwarding other names", metadata: ["upstreams": "\(config.upstreams.map { "\($0)" })",
+                                                             "policy": "\(config.policy.rawValue)"])
+        } else {
+            logger.info("forwarding off: names outside the domain and the zones get REFUSED")
+        }
+    }
+
+    /// `--datacenter`; without it, the first Consul registry's agent's own datacenter, as Consul's DNS uses
+    /// (an agent in `us-east-1` answers plain names from `us-east-1`); else dc1. Returns what to log about it.
+    static func localDatacenter(given: String?, _ specs: [RegistrySpec]) async -> (String, (Logger) -> Void) {
+        if let given { return (given, { _ in }) }
+        for case .consul(let address, _, let token, _, _) in specs {
+            do {
+                let dc = try await ConsulWatcher.agentDatacenter(address: address, token: token, logger: Logger(label: "signpost"))
+                return (dc, { $0.info("local datacenter from the Consul agent", metadata: ["datacenter": "\(dc)", "consul.address": "\(address)"]) })
+            } catch {
+                return ("dc1", { $0.warning("could not read the Consul agent's datacenter; using dc1 (set --datacenter to choose)",
+                                            metadata: ["consul.address": "\(address)", "error": "\(error)"]) })
+            }
+        }
+        return ("dc1", { _ in })
+    }
+}
+
+extension QueryHandler {
+    /// The handler a configuration describes, around `resolver`; `rrl` is a limiter to keep (its buckets), or nil
+    /// for a fresh one when the configuration asks for one.
+    init(configuration c: ServeConfiguration, resolver: Gateway.Resolver, store: SnapshotStore, logger: Logger, forwarder: Forwarder?,
+         rrl: ResponseRateLimiter?) {
+        let limiter = rrl.flatMap { $0.configuration == c.rateLimit ? $0 : nil } ?? c.rateLimit.map { ResponseRateLimiter(configuration: $0) }
+        self.init(resolver: resolver, store: store, logger: logger, maxStale: c.maxStale, forwarder: forwarder, access: c.access,
+                  observer: QueryObserver(queryLog: c.queryLog ? Logger(label: "signpost.query") : nil), rrl: limiter)
+    }
+}

@@ -1,0 +1,139 @@
+import ArgumentParser
+import Catalog
+import Gateway
+
+/// `signpost serve`: its flags. Every one is optional, so a flag not given leaves the `--config` file's setting
+/// (or the default) in place; `settings()` is the command line as a `Settings` value, and `ServeConfiguration`
+/// holds the defaults. Every boolean flag has a `--no-` form, so a file's `true` can be turned off.
+struct Serve: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Serve DNS (the default command).")
+
+    @Option(name: .long, help: ArgumentHelp("Address to serve on, over UDP and TCP. Repeatable. Port 0 picks a free port. Default 127.0.0.1:8600.", valueName: "HOST:PORT"))
+    var listen: [String] = []
+
+    @OptionGroup var catalogOptions: CatalogOptions
+
+    @Option(name: .long, help: ArgumentHelp("A registry to watch: file:DIR, etcd:http://HOST:PORT[,…][?prefix=/services/], consul:http://HOST:PORT[?dc=&token=&stale=true&wait=5m]. Repeatable; catalogs are merged, earlier registries win conflicts.", valueName: "URL"))
+    var registry: [String] = []
+
+    @Option(name: .long, help: ArgumentHelp("Answer SERVFAIL for the domain once registry data is this stale (e.g. 10m). Default: unlimited.", valueName: "DURATION"))
+    var maxStale: DurationSetting?
+
+    @Option(name: .long, help: "The service domain. Default consul.")
+    var domain: String?
+
+    @Option(name: .long, help: ArgumentHelp("A second domain answered exactly like --domain (Consul's alt_domain).", valueName: "NAME"))
+    var altDomain: String?
+
+    @Flag(name: .long, inversion: .prefixedNo, help: "Serve only instances whose checks all pass (leave out warning ones too). Default off.")
+    var onlyPassing: Bool?
+
+    @Option(name: .long, help: ArgumentHelp("At most N instances per A, AAAA or SRV answer, walking round the whole set over successive queries; 0 (the default) for no limit (Consul's a_record_limit).", valueName: "N"))
+    var answerLimit: Int?
+
+    @Flag(name: .long, inversion: .prefixedNo, help: "Add each node's meta as TXT records to the additional section of SRV answers (Consul's enable_additional_node_meta_txt). Default off: some SRV parsers break on them.")
+    var nodeMetaTxt: Bool?
+
+    @Option(name: .long, help: ArgumentHelp("Service TTL, Consul style: 30s, or NAME=30s, or PREFIX*=30s. Repeatable. Default 0s.", valueName: "TTL"))
+    var serviceTTL: [String] = []
+
+    @Option(name: .long, help: ArgumentHelp("TTL for node and addr answers. Default 0s.", valueName: "DURATION"))
+    var nodeTTL: DurationSetting?
+
+    @Option(name: .long, help: ArgumentHelp("Load-balancing policy announced to gRPC clients in _grpc_config.<service> TXT records: round_robin, pick_first or none (the default). Service meta grpc_lb_policy overrides it.", valueName: "POLICY"))
+    var grpcLbPolicy: GRPCLBPolicy?
+
+    @Option(name: .long, help: "Answer order: cyclic (rotate by one per query, the default) or random (shuffle).")
+    var order: AnswerOrder?
+
+    @Option(name: .long, help: "Largest UDP response with EDNS, in bytes (512-65535). Default 1232.")
+    var maxUDPSize: Int?
+
+    @Option(name: .long, help: ArgumentHelp("Close idle TCP connections after this long. Default 10s.", valueName: "DURATION"))
+    var tcpIdleTimeout: DurationSetting?
+
+    @Option(name: .long, help: "TCP connections open at once; a new one beyond this closes the one quiet longest. Default 512.")
+    var tcpMaxConnections: Int?
+
+    @Option(name: .long, help: "Forwarded queries one TCP connection may have waiting; beyond this its reads pause. Default 32.")
+    var tcpMaxInflight: Int?
+
+    @Option(name: .long, help: "Log level: trace, debug, info (the default), notice, warning, error, critical.")
+    var logLevel: String?
+
+    @Option(name: .long, help: "Event loop threads and UDP workers, one UDP socket each on a fixed port. Default: one per core.")
+    var threads: Int?
+
+    @Option(name: .long, help: "UDP front end: mmsg (recvmmsg/sendmmsg threads, the default) or nio (a NIO channel per event loop).")
+    var udpEngine: DNSServer.UDPEngine?
+
+    @Option(name: .long, help: ArgumentHelp("Serve /health, /ready and /metrics over HTTP here. Off by default.", valueName: "HOST:PORT"))
+    var admin: String?
+
+    @Option(name: .long, help: ArgumentHelp("UDP responses per second per client network (/24, /56); 0 (the default) turns rate limiting off.", valueName: "N"))
+    var rrlRate: Int?
+
+    @Option(name: .long, help: ArgumentHelp("With --rrl-rate: every Nth limited response is sent truncated instead of dropped; 0 never. Default 2.", valueName: "N"))
+    var rrlSlip: Int?
+
+    @Option(name: .long, help: ArgumentHelp("Networks never rate limited. Repeatable; \"none\" for none. Default: loopback (it cannot be spoofed from outside).", valueName: "CIDR"))
+    var rrlExempt: [String] = []
+
+    @Option(name: .long, help: ArgumentHelp("Started as root: switch to this user once the ports are bound (so port 53 needs no root afterwards).", valueName: "NAME"))
+    var user: String?
+
+    @Flag(name: .long, inversion: .prefixedNo, help: "Log every query (client, name, type, protocol, rcode, size, duration) at info level. Default off.")
+    var queryLog: Bool?
+
+    @Option(name: .long, help: ArgumentHelp("Forward other names to this resolver (port 53 by default). Repeatable. Default: the nameservers in /etc/resolv.conf, except Signpost's own addresses.", valueName: "HOST[:PORT]"))
+    var upstream: [String] = []
+
+    @Flag(name: .long, inversion: .prefixedNo, help: "Forward names outside the domain and the zones (the default); --no-forward answers them REFUSED.")
+    var forward: Bool?
+
+    @Option(name: .long, help: "Upstream order: sequential (the default), random or round_robin.")
+    var upstreamPolicy: Forwarder.Policy?
+
+    @Option(name: .long, help: ArgumentHelp("Give up on an upstream after this long. Default 2s.", valueName: "DURATION"))
+    var upstreamTimeout: DurationSetting?
+
+    @Option(name: .long, help: "Upstream queries in flight at most; beyond that, SERVFAIL at once. Default 1000.")
+    var maxConcurrent: Int?
+
+    @Option(name: .long, help: "Forwarding cache capacity, in entries (LRU). Default 10000.")
+    var cacheSize: Int?
+
+    @Option(name: .long, help: ArgumentHelp("Lowest TTL a cached positive answer gets. Default 0s.", valueName: "DURATION"))
+    var cacheMinTTL: DurationSetting?
+
+    @Option(name: .long, help: ArgumentHelp("Highest TTL a cached answer gets. Default 1d.", valueName: "DURATION"))
+    var cacheMaxTTL: DurationSetting?
+
+    @Option(name: .long, help: ArgumentHelp("Serve expired cache entries for this long when every upstream fails (RFC 8767). Default 1d.", valueName: "DURATION"))
+    var staleTTL: DurationSetting?
+
+    @Option(name: .long, help: ArgumentHelp("Clients allowed to have other names forwarded. Repeatable. Default: loopback, RFC 1918, RFC 6598, link-local, ULA.", valueName: "CIDR"))
+    var allowRecursion: [String] = []
+
+    /// The command line's settings over the `--config` file's.
+    func settings() throws(StartupError) -> Settings {
+        let flags = Settings(
+            listen: list(listen), catalog: catalogOptions.catalog, zones: catalogOptions.zones, datacenter: catalogOptions.datacenter,
+            registry: list(registry), maxStale: maxStale, domain: domain, altDomain: altDomain, onlyPassing: onlyPassing,
+            answerLimit: answerLimit, nodeMetaTxt: nodeMetaTxt, serviceTtl: list(serviceTTL), nodeTtl: nodeTTL, grpcLbPolicy: grpcLbPolicy,
+            order: order, maxUdpSize: maxUDPSize, tcpIdleTimeout: tcpIdleTimeout, tcpMaxConnections: tcpMaxConnections,
+            tcpMaxInflight: tcpMaxInflight, logLevel: logLevel, threads: threads, udpEngine: udpEngine, admin: admin, rrlRate: rrlRate,
+            rrlSlip: rrlSlip, rrlExempt: list(rrlExempt), user: user, queryLog: queryLog, upstream: list(upstream), forward: forward,
+            upstreamPolicy: upstreamPolicy, upstreamTimeout: upstreamTimeout, maxConcurrent: maxConcurrent, cacheSize: cacheSize,
+            cacheMinTtl: cacheMinTTL, cacheMaxTtl: cacheMaxTTL, staleTtl: staleTTL, allowRecursion: list(allowRecursion))
+        guard let path = catalogOptions.config else { return flags }
+        do { return try Settings.decode(file: path).overlaid(with: flags) } catch let problem as CatalogProblem {
+            throw StartupError(message: problem.description, code: 64)
+        } catch {
+            throw StartupError(message: "\(path): \(error)", code: 64)
+        }
+    }
+
+    /// A repeatable option not given is nil, so the file's list stands.
+    private func list(_ values: [String]) -> [String]? { values.isEmpty ? nil : values }
+}

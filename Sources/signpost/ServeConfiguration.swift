@@ -1,0 +1,185 @@
+import ArgumentParser
+import Catalog
+import DNSWire
+import Foundation
+import Gateway
+import Logging
+import NIOCore
+
+/// The whole configuration of `serve`, checked and typed: one value, built by one function (`load`) from the
+/// command line and the optional `--config` file, which the executable, SIGHUP and the tests all use.
+/// SIGHUP builds a new one and compares it with the running one field by field.
+struct ServeConfiguration: Sendable, Equatable {
+    /// What SIGHUP applies. The resolver is kept, with every answer it has encoded, when its part is unchanged.
+    var resolver: ResolverConfiguration
+    var maxStale: Duration?
+    /// Nil: forwarding off (`--no-forward`, or no upstream to forward to).
+    var forwarding: Forwarder.Configuration?
+    var access: AccessControl
+    var rateLimit: ResponseRateLimiter.Configuration?
+    var queryLog: Bool
+    /// What only a restart applies.
+    var restartOnly: RestartOnly
+
+    /// Settings SIGHUP cannot change: the sockets, the threads, the registries, the identity and the logging.
+    struct RestartOnly: Sendable, Equatable {
+        var server: DNSServer.Configuration
+        var threads: Int
+        var admin: ListenAddress?
+        var registries: [RegistrySpec]
+        var zones: String?
+        /// As given; nil asks the Consul agent (or means dc1).
+        var datacenter: String?
+        var logLevel: Logger.Level
+        var user: String?
+
+        /// The names of the fields that differ from `old`, for the log line a reload writes.
+        func changes(from old: RestartOnly) -> [String] {
+            var out = zip(Mirror(reflecting: self).children, Mirror(reflecting: old).children).compactMap { new, previous in
+                String(describing: new.value) == String(describing: previous.value) ? nil : new.label
+            }
+            if let i = out.firstIndex(of: "server") {
+                out.remove(at: i)
+                out += zip(Mirror(reflecting: server).children, Mirror(reflecting: old.server).children).compactMap { new, previous in
+                    String(describing: new.value) == String(describing: previous.value) ? nil : new.label
+                }
+            }
+            return out.sorted()
+        }
+    }
+
+    /// The configuration `arguments` (without the program name) and their `--config` file give.
+    static func load(arguments: [String], environment: [String: String] = ProcessInfo.processInfo.environment,
+                     resolvConf: () -> String = { (try? String(contentsOfFile: "/etc/resolv.conf", encoding: .utf8)) ?? "" })
+        throws -> ServeConfiguration
+    {
+        let command: ParsableCommand
+        do { command = try Signpost.parseAsRoot(arguments) } catch {
+            throw StartupError(message: Signpost.message(for: error).split(separator: "\n").first.map(String.init) ?? "\(error)", code: 64)
+        }
+        guard let serve = command as? Serve else { throw StartupError(message: "not a serve command", code: 64) }
+        return try ServeConfiguration(serve.settings(), environment: environment, resolvConf: resolvConf)
+    }
+
+    /// Defaults applied and every value checked. The one place a setting's default and meaning live.
+    init(_ s: Settings, environment: [String: String] = [:], resolvConf: () -> String = { "" }) throws(StartupError) {
+        do {
+            restartOnly = try Self.restartOnly(s, environment: environment)
+            resolver = try Self.resolver(s, listen: restartOnly.server.listen)
+            let limits = try Self.handlerLimits(s)
+            (maxStale, rateLimit, queryLog) = (limits.maxStale, limits.rateLimit, s.queryLog ?? false)
+            (forwarding, access) = try Self.forwarding(s, listen: restartOnly.server.listen, resolvConf: resolvConf)
+        } catch {
+            throw StartupError(message: error.description, code: 64)
+        }
+    }
+
+    private static func restartOnly(_ s: Settings, environment: [String: String]) throws(ConfigurationError) -> RestartOnly {
+        let listen = try (s.listen ?? ["127.0.0.1:8600"]).map { text throws(ConfigurationError) in try ListenAddress(parsing: text) }
+        guard let idle = (s.tcpIdleTimeout ?? DurationSetting(.seconds(10))).value.timeAmount, idle > .zero else {
+            throw ConfigurationError("--tcp-idle-timeout must be positive")
+        }
+        let (connections, inflight) = (s.tcpMaxConnections ?? 512, s.tcpMaxInflight ?? 32)
+        guard connections > 0, inflight > 0 else { throw ConfigurationError("--tcp-max-connections and --tcp-max-inflight must be positive") }
+        let threads = s.threads ?? NIOCore.System.coreCount
+        guard threads > 0 else { throw ConfigurationError("--threads must be positive") }
+        let server = DNSServer.Configuration(listen: listen, tcpIdleTimeout: idle, udpEngine: s.udpEngine ?? .mmsg, udpWorkers: threads,
+                                             tcpMaxConnections: connections, tcpMaxInflight: inflight)
+        guard let level = Logger.Level(rawValue: s.logLevel ?? "info") else { throw ConfigurationError("invalid --log-level \"\(s.logLevel!)\"") }
+        var admin: ListenAddress? = nil
+        if let text = s.admin {
+            do { admin = try ListenAddress(parsing: text, defaultPort: 8080) } catch { throw ConfigurationError("invalid --admin: \(error.description)") }
+        }
+        var registries: [RegistrySpec] = []
+        if let c = s.catalog { registries.append(.file(directory: c)) }
+        for r in s.registry ?? [] {
+            do { registries += try RegistrySpec(parsing: r, environment: environment).watchers } catch { throw ConfigurationError(error.description) }
+        }
+        if registries.isEmpty { registries = [.file(directory: "zones/catalog")] }
+        return RestartOnly(server: server, threads: threads, admin: admin, registries: registries, zones: CatalogOptions.zonesDirectory(s.zones),
+                           datacenter: s.datacenter, logLevel: level, user: s.user)
+    }
+
+    private static func resolver(_ s: Settings, listen: [ListenAddress]) throws(ConfigurationError) -> ResolverConfiguration {
+        let domainText = s.domain ?? "consul"
+        guard let domain = try? DNSName(domainText), domain.labelCount > 0 else { throw ConfigurationError("invalid --domain \"\(domainText)\"") }
+        var altDomain: DNSName? = nil
+        if let text = s.altDomain {
+            guard let name = try? DNSName(text), name.labelCount > 0, name.lowercased != domain.lowercased else {
+                throw ConfigurationError("invalid --alt-domain \"\(text)\": a domain other than --domain")
+            }
+            altDomain = name
+        }
+        let answerLimit = s.answerLimit ?? 0, maxUDPSize = s.maxUdpSize ?? 1232
+        guard answerLimit >= 0 else { throw ConfigurationError("--answer-limit must not be negative") }
+        guard (512...65535).contains(maxUDPSize) else { throw ConfigurationError("--max-udp-size must be 512-65535") }
+        let addresses = listen.compactMap { Address($0.host) }.filter { $0 != Address("0.0.0.0") && $0 != Address("::") }
+        return ResolverConfiguration(
+            domain: domain, datacenter: s.datacenter ?? "dc1", onlyPassing: s.onlyPassing ?? false, order: s.order ?? .cyclic,
+            serviceTTL: try TTLPolicy.parse(s.serviceTtl ?? []), nodeTTL: s.nodeTtl?.seconds ?? 0, maxUDPSize: maxUDPSize,
+            nameserverAddresses: addresses.isEmpty ? [Address("127.0.0.1")!] : addresses, grpcLBPolicy: s.grpcLbPolicy ?? .none,
+            answerLimit: answerLimit, altDomain: altDomain, nodeMetaTXT: s.nodeMetaTxt ?? false)
+    }
+
+    private static func handlerLimits(_ s: Settings) throws(ConfigurationError)
+        -> (maxStale: Duration?, rateLimit: ResponseRateLimiter.Configuration?)
+    {
+        if let d = s.maxStale?.value, d <= .zero { throw ConfigurationError("--max-stale must be positive") }
+        let rate = s.rrlRate ?? 0, slip = s.rrlSlip ?? 2
+        guard rate >= 0, slip >= 0 else { throw ConfigurationError("--rrl-rate and --rrl-slip must not be negative") }
+        guard rate > 0 else { return (s.maxStale?.value, nil) }
+        var exempt = ResponseRateLimiter.loopback
+        if let list = s.rrlExempt, !list.isEmpty {
+            exempt = try list.filter { $0 != "none" }.map { t throws(ConfigurationError) in try CIDR(t) }
+        }
+        return (s.maxStale?.value, .init(rate: rate, slip: slip, exempt: exempt))
+    }
+
+    /// The forwarder's configuration and the recursion ACL; nil configuration when forwarding is off.
+    private static func forwarding(_ s: Settings, listen: [ListenAddress], resolvConf: () -> String) throws(ConfigurationError)
+        -> (Forwarder.Configuration?, AccessControl)
+    {
+        var access = AccessControl()
+        if let list = s.allowRecursion, !list.isEmpty { access = AccessControl(allowed: try list.map { t throws(ConfigurationError) in try CIDR(t) }) }
+        guard s.forward ?? true else { return (nil, access) }
+        var chosen: [ListenAddress] = []
+        if let given = s.upstream, !given.isEmpty {
+            for text in given {
+                do { chosen.append(try ListenAddress(parsing: text, defaultPort: 53)) } catch {
+                    throw ConfigurationError("invalid --upstream \"\(text)\": \(error.description)")
+                }
+            }
+            // Never forward to ourselves.
+            chosen.removeAll { u in listen.contains { $0.host == u.host && $0.port == u.port } }
+        } else {
+            chosen = defaultUpstreams(resolvConf: resolvConf(), listen: listen)
+        }
+        var addresses: [SocketAddress] = []
+        for u in chosen {
+            guard let a = try? SocketAddress(ipAddress: u.host, port: u.port) else { throw ConfigurationError("invalid upstream \"\(u)\": not an IP address") }
+            addresses.append(a)
+        }
+        guard !addresses.isEmpty else { return (nil, access) }
+        var config = Forwarder.Configuration(upstreams: addresses)
+        config.policy = s.upstreamPolicy ?? .sequential
+        guard let timeout = (s.upstreamTimeout ?? DurationSetting(.seconds(2))).value.timeAmount, timeout > .zero else {
+            throw ConfigurationError("--upstream-timeout must be positive")
+        }
+        config.timeout = timeout
+        (config.maxConcurrent, config.cacheSize) = (s.maxConcurrent ?? 1000, s.cacheSize ?? 10000)
+        guard config.maxConcurrent > 0, config.cacheSize > 0 else { throw ConfigurationError("--max-concurrent and --cache-size must be positive") }
+        config.cacheMinTTL = s.cacheMinTtl?.seconds ?? 0
+        config.cacheMaxTTL = s.cacheMaxTtl?.seconds ?? 86400
+        config.staleTTL = s.staleTtl?.seconds ?? 86400
+        return (config, access)
+    }
+}
+
+extension Duration {
+    /// The same span as NIO's `TimeAmount`; nil past its range.
+    var timeAmount: TimeAmount? {
+        let (seconds, atto) = components
+        guard seconds < Int64.max / 1_000_000_000 else { return nil }
+        return .nanoseconds(seconds * 1_000_000_000 + atto / 1_000_000_000)
+    }
+}

@@ -1,0 +1,51 @@
+import Catalog
+import Logging
+import ServiceLifecycle
+
+/// One watcher per registry, plus one for the zone files. File watchers are returned separately,
+/// because they load once before serving starts.
+func makeWatchers(_ specs: [RegistrySpec], zonesDir: String?, assembler: CatalogAssembler, logger: Logger)
+    throws -> ([CatalogWatcher], [any Service])
+{
+    let dc = assembler.localDatacenterName
+    var fileWatchers: [CatalogWatcher] = []
+    var services: [any Service] = []
+    func file(_ catalog: String?, _ zones: String?, _ index: Int) throws -> CatalogWatcher {
+        do {
+            return try CatalogWatcher(configuration: .init(catalogDirectory: catalog, zonesDirectory: zones, localDatacenter: dc),
+                                      assembler: assembler, sourceIndex: index, logger: logger)
+        } catch {
+            throw StartupError(message: "cannot use \(error.path): \(error.reason)")
+        }
+    }
+    for (index, spec) in specs.enumerated() {
+        switch spec {
+        case .file(let directory):
+            fileWatchers.append(try file(directory, nil, index))
+        case .etcd(let endpoints, let prefixes):
+            let watcher = EtcdWatcher(configuration: .init(endpoints: endpoints, prefix: prefixes[0], localDatacenter: dc),
+                                      assembler: assembler, sourceIndex: index, logger: logger)
+            services.append(TaskService { await watcher.run() })
+        case .consul(let address, let datacenter, let token, let stale, let wait):
+            var config = ConsulWatcher.Configuration(address: address, datacenter: datacenter, token: token, stale: stale,
+                                                     localDatacenter: dc)
+            if let wait { config.wait = wait }
+            let watcher = ConsulWatcher(configuration: config, assembler: assembler, sourceIndex: index, logger: logger)
+            services.append(TaskService { await watcher.run() })
+        }
+    }
+    if let zonesDir { fileWatchers.append(try file(nil, zonesDir, -1)) }
+    return (fileWatchers, services)
+}
+
+/// A loop (a watcher's poll or watch, the staleness monitor) run inside the ServiceGroup,
+/// cancelled on graceful shutdown.
+struct TaskService: Service {
+    let body: @Sendable () async -> Void
+
+    init(_ body: @escaping @Sendable () async -> Void) { self.body = body }
+
+    func run() async throws {
+        await cancelWhenGracefulShutdown { await body() }
+    }
+}

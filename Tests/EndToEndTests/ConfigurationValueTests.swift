@@ -1,0 +1,91 @@
+import Catalog
+import Foundation
+import Gateway
+import Logging
+import NIOCore
+import NIOPosix
+@testable import signpost
+import Testing
+
+/// The one configuration value: flags and file into `Settings`, defaults and checks in `ServeConfiguration`,
+/// and what a reload compares. The same `ServeConfiguration.load` the executable and SIGHUP call.
+@Suite("Configuration value")
+struct ConfigurationValueTests {
+    func load(_ arguments: [String], resolvConf: String = "nameserver 192.0.2.53\n") throws -> ServeConfiguration {
+        try ServeConfiguration.load(arguments: ["serve"] + arguments, environment: [:], resolvConf: { resolvConf })
+    }
+
+    @Test func defaults() throws {
+        let c = try load([])
+        #expect(c.resolver == ResolverConfiguration())
+        #expect(c.restartOnly.server.listen == [try ListenAddress(parsing: "127.0.0.1:8600")])
+        #expect(c.restartOnly.server.tcpIdleTimeout == .seconds(10))
+        #expect(c.restartOnly.registries == [.file(directory: "zones/catalog")])
+        #expect(c.forwarding?.upstreams == [try SocketAddress(ipAddress: "192.0.2.53", port: 53)])
+        #expect(c.forwarding?.timeout == .seconds(2) && c.maxStale == nil && c.rateLimit == nil && !c.queryLog)
+    }
+
+    @Test func subSecondDurationsAreExact() throws {
+        let c = try load(["--tcp-idle-timeout", "500ms", "--upstream-timeout", "1.5s", "--max-stale", "2m30s", "--node-ttl", "1m"])
+        #expect(c.restartOnly.server.tcpIdleTimeout == .milliseconds(500))
+        #expect(c.forwarding?.timeout == .milliseconds(1500))
+        #expect(c.maxStale == .seconds(150))
+        #expect(c.resolver.nodeTTL == 60)
+        #expect(throws: StartupError.self) { try load(["--tcp-idle-timeout", "0s"]) }
+        #expect(throws: StartupError.self) { try load(["--upstream-timeout", "soon"]) }
+    }
+
+    @Test func theFileIsDecodedIntoTheSameValueAndFlagsWin() throws {
+        let dir = TempDir()
+        dir.write("c.json", """
+        {"only-passing": true, "query_log": true, "no-forward": true, "listen": "127.0.0.1:5300", "service_ttl": {"*": "5s", "web": "30s"},
+         "upstream-timeout": "250ms", "rrl_rate": 100}
+        """)
+        let file = try load(["--config", dir.path + "/c.json"])
+        #expect(file.resolver.onlyPassing && file.queryLog && file.forwarding == nil)
+        #expect(file.restartOnly.server.listen == [try ListenAddress(parsing: "127.0.0.1:5300")])
+        #expect(file.resolver.serviceTTL.ttl(for: "web") == 30 && file.resolver.serviceTTL.ttl(for: "db") == 5)
+        #expect(file.rateLimit?.rate == 100)
+        // Every boolean has a --no- form that turns the file's true off; a list on the command line replaces the file's.
+        let flags = try load(["--config", dir.path + "/c.json", "--no-only-passing", "--no-query-log", "--forward",
+                              "--listen", "127.0.0.1:5301", "--listen", "127.0.0.1:5302", "--service-ttl", "1s"])
+        #expect(!flags.resolver.onlyPassing && !flags.queryLog)
+        #expect(flags.forwarding?.timeout == .milliseconds(250), "the file's other forwarding settings still apply")
+        #expect(flags.restartOnly.server.listen.map(\.port) == [5301, 5302])
+        #expect(flags.resolver.serviceTTL.ttl(for: "web") == 1)
+        // The same file and flags give an equal value.
+        #expect(try load(["--config", dir.path + "/c.json"]) == file)
+    }
+
+    @Test func problemsNameTheFileLineAndSetting() throws {
+        let dir = TempDir()
+        dir.write("bad.json", "{\n  \"answer-limit\": 3,\n  \"tcp_idle_timeout\": \"fast\"\n}")
+        #expect(throws: StartupError.self) { try load(["--config", dir.path + "/bad.json"]) }
+        do { _ = try load(["--config", dir.path + "/bad.json"]) } catch let e as StartupError {
+            #expect(e.message.hasPrefix("\(dir.path)/bad.json:3: tcp-idle-timeout: expected a duration"), "\(e.message)")
+            #expect(e.code == 64)
+        }
+    }
+
+    @Test func restartOnlyChangesAreNamedFieldByField() throws {
+        let a = try load(["--threads", "2"])
+        let b = try load(["--threads", "3", "--tcp-max-connections", "9", "--log-level", "debug", "--admin", "127.0.0.1:9000",
+                          "--only-passing"])
+        #expect(b.restartOnly.changes(from: a.restartOnly) == ["admin", "logLevel", "tcpMaxConnections", "threads", "udpWorkers"])
+        #expect(a.restartOnly.changes(from: a.restartOnly).isEmpty)
+    }
+
+    @Test func aReloadKeepsTheResolverWhenItsPartIsUnchanged() throws {
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        defer { try? group.syncShutdownGracefully() }
+        let running = try load(["--no-forward"])
+        let first = Gateway.Resolver(configuration: running.resolver)
+        let slot = QueryHandlerSlot(QueryHandler(configuration: running, resolver: first, store: SnapshotStore(), logger: Logger(label: "t"),
+                                                 forwarder: nil, rrl: nil))
+        let reloader = Reloader(running: running, slot: slot, forwarder: nil, fileWatchers: [], group: group, logger: Logger(label: "t"))
+        #expect(reloader.apply(try load(["--no-forward", "--query-log", "--rrl-rate", "5", "--max-stale", "1m"])))
+        #expect(slot.handler.resolver.identity == first.identity && slot.handler.maxStale == .seconds(60))
+        #expect(!reloader.apply(try load(["--no-forward", "--node-ttl", "5s"])))
+        #expect(slot.handler.resolver.identity != first.identity && slot.handler.resolver.configuration.nodeTTL == 5)
+    }
+}

@@ -1,0 +1,58 @@
+import Foundation
+import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// SIGHUP keeps the resolver, and every answer it has pre-encoded, when the resolver's settings are unchanged;
+/// it re-encodes when they change. Measured by `signpost_answers_encoded_total`, which counts encodings.
+@Suite("End to end: reload and the pre-encoded answers")
+struct ReloadTests {
+    func encoded(_ admin: String) -> Double? { sample(httpGet(admin + "/metrics").body, "signpost_answers_encoded_total") }
+
+    func reload(_ server: Server) throws {
+        let before = server.log_().components(separatedBy: "] reloaded").count
+        kill(server.process.processIdentifier, SIGHUP)
+        let done = eventually(within: 10) { server.log_().components(separatedBy: "] reloaded").count > before }
+        try #require(done != nil, "no 'reloaded' line: \(server.log_())")
+    }
+
+    @Test func aReloadThatLeavesTheResolverAloneKeepsTheEncodedAnswers() throws {
+        let dir = TempDir()
+        dir.write("catalog/web.json", registration(node: "web-1", address: "192.0.2.11", service: "web"))
+        dir.write("signpost.json", #"{"service_ttl": "5s", "query_log": false}"#)
+        let server = try Server(dir: dir, extra: ["--config", dir.path + "/signpost.json", "--admin", "127.0.0.1:0"])
+        defer { server.stop() }
+        let admin = "http://127.0.0.1:\(try #require(server.adminPort))"
+        for type in ["A", "SRV", "A"] { #expect(try server.dig("web.service.consul", type).answer.first?[1] == "5") }
+        let warm = try #require(encoded(admin))
+        #expect(warm >= 1)
+
+        // Settings outside the resolver (the query log, the forwarding cache) and an untouched resolver part.
+        dir.write("signpost.json", #"{"service_ttl": "5s", "query_log": true, "cache_size": 500}"#)
+        try reload(server)
+        #expect(server.log_().contains("resolver=kept"), "\(server.log_())")
+        for type in ["A", "SRV", "A"] { #expect(try server.dig("web.service.consul", type).answer.first?[1] == "5") }
+        #expect(encoded(admin) == warm, "no answer was encoded again")
+
+        // A resolver setting: the answers are encoded anew, and carry it.
+        dir.write("signpost.json", #"{"service_ttl": "9s", "query_log": true, "cache_size": 500}"#)
+        try reload(server)
+        #expect(server.log_().contains("resolver=rebuilt"))
+        #expect(try server.dig("web.service.consul", "A").answer.first?[1] == "9")
+        #expect((encoded(admin) ?? 0) > warm)
+    }
+
+    @Test func restartOnlyChangesAreNamedAndWait() throws {
+        let dir = TempDir()
+        dir.write("catalog/web.json", registration(node: "web-1", address: "192.0.2.11", service: "web"))
+        dir.write("signpost.json", #"{"tcp_max_connections": 100}"#)
+        let server = try Server(dir: dir, extra: ["--config", dir.path + "/signpost.json"])
+        defer { server.stop() }
+        dir.write("signpost.json", #"{"tcp_max_connections": 200, "log_level": "debug", "node_ttl": "3s"}"#)
+        try reload(server)
+        #expect(server.log_().contains("settings=logLevel, tcpMaxConnections"), "\(server.log_())")
+        #expect(try server.dig("web-1.node.consul", "A").answer.first?[1] == "3", "the rest applies")
+    }
+}

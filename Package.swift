@@ -38,12 +38,12 @@ let package = Package(
             name: "Catalog",
             dependencies: [
                 "DNSWire", "CLDNS",
+                .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "Atomics", package: "swift-atomics"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "HashTreeCollections", package: "swift-collections"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
-                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]
         ),
         // recvmmsg/sendmmsg, which Swift's Glibc module hides (they need _GNU_SOURCE).
@@ -55,7 +55,10 @@ let package = Package(
             name: "Gateway",
             dependencies: [
                 "DNSWire", "Catalog", "CUDPBatch",
+                .product(name: "Atomics", package: "swift-atomics"),
+                .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOExtras", package: "swift-nio-extras"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
@@ -77,6 +80,7 @@ let package = Package(
             dependencies: [
                 "Gateway", "Catalog", "DNSWire", "CPrivileges",
                 .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Metrics", package: "swift-metrics"),
@@ -86,16 +90,34 @@ let package = Package(
                 .product(name: "UnixSignals", package: "swift-service-lifecycle"),
             ]
         ),
-        .testTarget(name: "DNSWireTests", dependencies: ["DNSWire", "CLDNS", "FuzzChecks"]),
-        .testTarget(name: "CatalogTests", dependencies: ["Catalog", "DNSWire"], resources: [.copy("Resources")]),
+        .testTarget(
+            name: "DNSWireTests",
+            dependencies: ["DNSWire", "CLDNS", "FuzzChecks", .product(name: "NIOCore", package: "swift-nio")]
+        ),
+        .testTarget(
+            name: "CatalogTests",
+            dependencies: ["Catalog", "DNSWire", .product(name: "Logging", package: "swift-log")],
+            resources: [.copy("Resources")]
+        ),
         .testTarget(
             name: "GatewayTests",
             dependencies: [
                 "Gateway", "Catalog", "DNSWire",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOEmbedded", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
             ]
         ),
-        .testTarget(name: "EndToEndTests", dependencies: ["DNSWire", "signpost"], exclude: ["ConsulStandIn", "FakeUpstream", "GRPCProbe", "MuslProbe"]),
+        .testTarget(
+            name: "EndToEndTests",
+            dependencies: [
+                "DNSWire", "Catalog", "Gateway", "signpost",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ],
+            exclude: ["ConsulStandIn", "FakeUpstream", "GRPCProbe", "MuslProbe"]
+        ),
     ]
 )

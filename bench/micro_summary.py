@@ -22,7 +22,7 @@ for line in out.stdout.splitlines():
             # The benchmark package picks the time unit per benchmark; the table is in ns.
             scale = {"(μs)": 1000, "(ms)": 1_000_000}.get(cells[0].split()[-2] if key == "ns" else "", 1)
             rows[-1][key] = str(int(value.replace(",", "")) * scale) if scale != 1 else value
-order = lambda r: (r["name"].split(":")[0].split()[0] != "decode", r["name"].split(":")[0].split()[0] != "resolve",
+order = lambda r: (r["name"].split(":")[0].split()[0] != "form", r["name"].split(":")[0].split()[0] != "decode", r["name"].split(":")[0].split()[0] != "resolve",
                    r["name"].split(":")[0].split()[0] != "encode", r["name"])
 lines = [f"# Microbenchmarks, {date.today()}", "",
          "`make bench-micro` (ordo-one/benchmark, release build): medians per operation, against a snapshot of 1,000 services",

@@ -11,14 +11,14 @@ import NIOCore
 import Prometheus
 
 /// A snapshot of `count` services × 3 instances, as the catalog-file registry would build it, plus the same number
-/// of dotted services (`go.micro.svc<N>`, go-micro's naming), which take the general path.
+/// of dotted services (`go.micro.svc<N>`, go-micro's naming). Every instance has the tag `v2`.
 func snapshot(services count: Int) -> CatalogSnapshot {
     var registrations: [Registration] = []
     for s in 0..<count {
         for i in 0..<3 {
             for (prefix, net) in [("", 10), ("go.micro.", 11)] {
                 let json = #"{"Node": "\#(prefix)svc\#(s)-\#(i)", "Address": "\#(net).\#(s / 250).\#(s % 250).\#(i + 1)", "#
-                    + #""Service": {"ID": "svc\#(s)-\#(i)", "Service": "\#(prefix)svc\#(s)", "Port": 8080}}"#
+                    + #""Service": {"ID": "svc\#(s)-\#(i)", "Service": "\#(prefix)svc\#(s)", "Port": 8080, "Tags": ["v2"]}}"#
                 registrations += try! RegistrationDecoder.decode(bytes: Array(json.utf8), path: "bench", defaultDatacenter: "dc1")
             }
         }
@@ -110,16 +110,34 @@ let benchmarks: @Sendable () -> Void = {
                 blackHole(handler.respondWithoutFastPath(to: buffer, transport: .udp, allocator: allocator))
             }
         }
-        // A dotted name (go-micro's go.micro.svc500): the fast path declines it, the general path tries the
-        // candidate suffixes longest first and finds it with the first lookup.
-        let dotted = ByteBuffer(bytes: query(type, name: "go.micro.svc500.service.consul"))
-        Benchmark("query path \(label): dotted name go.micro.svc500 (general path)") { benchmark in
-            for _ in benchmark.scaledIterations { blackHole(handler.respond(to: dotted, transport: .udp, allocator: allocator)) }
+    }
+
+    // Every name form, the whole query path of the mmsg engine (plan, then bytes into a reused buffer). Each must
+    // take the fast path: 0 mallocs per query is the bar.
+    let forms: [(String, String, UInt16)] = [
+        ("plain A", "svc500.service.consul", RRType.a),
+        ("plain SRV", "svc500.service.consul", RRType.srv),
+        ("tag A", "v2.svc500.service.consul", RRType.a),
+        ("datacenter A", "svc500.service.dc1.consul", RRType.a),
+        ("RFC 2782 SRV", "_svc500._tcp.service.consul", RRType.srv),
+        ("RFC 2782 tag SRV", "_svc500._v2.service.consul", RRType.srv),
+        ("node A", "svc500-0.node.consul", RRType.a),
+        ("addr A", "0a020001.addr.dc1.consul", RRType.a),
+        ("dotted A (go.micro.svc500, 15 bytes)", "go.micro.svc500.service.consul", RRType.a),
+        ("tag on dotted SRV", "v2.go.micro.svc500.service.consul", RRType.srv),
+        ("long name A (go.micro.svc500 node, 17 bytes)", "go.micro.svc500-1.node.consul", RRType.a),
+    ]
+    for (label, name, type) in forms {
+        let bytes = query(type, name: name)
+        bytes.withUnsafeBytes { raw in
+            precondition(handler.fastPlan(raw, transport: .udp) != nil, "\(name) must take the fast path")
         }
-        // A tag in front of a dotted name: one failed lookup (v2.go.micro.svc500), then the service.
-        let tagged = ByteBuffer(bytes: query(type, name: "v2.go.micro.svc500.service.consul"))
-        Benchmark("query path \(label): tag on a dotted name (general path)") { benchmark in
-            for _ in benchmark.scaledIterations { blackHole(handler.respond(to: tagged, transport: .udp, allocator: allocator)) }
+        Benchmark("form \(label): \(name)") { benchmark in
+            bytes.withUnsafeBytes { raw in
+                for _ in benchmark.scaledIterations {
+                    if let plan = handler.fastPlan(raw, transport: .udp) { blackHole(handler.writeFast(plan, packet: raw, into: out)) }
+                }
+            }
         }
     }
 }

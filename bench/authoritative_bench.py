@@ -7,6 +7,10 @@ Each server runs alone, pinned to core 0 (one worker thread where it has a setti
 core 1. For A and for SRV: (a) a fixed 50k qps for 10 s, recording the server's user and system CPU per answered
 query, the average and p99 latency and the lost queries; (b) saturation for 5 s, recording the qps reached.
 Ratios are to Knot. All traffic stays on 127.0.0.1; every run is bounded in time.
+
+Then (c) every name form Signpost answers from its fast path (plain, tag, datacenter, RFC 2782, node, addr, a
+dotted name), against Knot serving the same records from its zone, and (d) Signpost's CPU per query before and
+after a SIGHUP that leaves its settings alone, in the same run.
 """
 import json, os, subprocess, sys, tempfile, time
 from datetime import date
@@ -22,13 +26,22 @@ IPS = ["192.0.2.11", "192.0.2.12", "192.0.2.13"]
 
 ZONE = "$ORIGIN consul.\n$TTL 0\n@ IN SOA ns hostmaster 1 3600 600 86400 0\n@ IN NS ns\nns IN A 127.0.0.1\n" + "".join(
     f"web.service IN A {ip}\nweb.service IN SRV 1 1 8080 web-{i + 1}.node.dc1\nweb-{i + 1}.node.dc1 IN A {ip}\n" for i, ip in enumerate(IPS))
+# The other forms' names, with the records Signpost gives them (Knot's zone holds them as plain records).
+FORMS = [("plain A", "web.service.consul", "A"), ("plain SRV", "web.service.consul", "SRV"),
+         ("tag A", "v2.web.service.consul", "A"), ("datacenter A", "web.service.dc1.consul", "A"),
+         ("RFC 2782 SRV", "_web._tcp.service.consul", "SRV"), ("node A", "web-1.node.consul", "A"),
+         ("addr A", "c000020b.addr.dc1.consul", "A"), ("dotted A", "go.micro.srv.greeter.service.consul", "A")]
+FORM_ZONE = "".join(
+    f"v2.web.service IN A {ip}\nweb.service.dc1 IN A {ip}\n_web._tcp.service IN SRV 1 1 8080 web-{i + 1}.node.dc1\n"
+    f"go.micro.srv.greeter.service IN A {ip}\n" for i, ip in enumerate(IPS)) + f"web-1.node IN A {IPS[0]}\nc000020b.addr.dc1 IN A {IPS[0]}\n"
 
 
 def servers(work):
     out = {}
     os.makedirs(f"{work}/catalog", exist_ok=True)
     for i, ip in enumerate(IPS):
-        json.dump({"Node": f"web-{i + 1}", "Address": ip, "Service": {"Service": "web", "Port": 8080}},
+        json.dump([{"Node": f"web-{i + 1}", "Address": ip, "Service": {"Service": "web", "Port": 8080, "Tags": ["v2"]}},
+                   {"Node": f"web-{i + 1}", "Address": ip, "Service": {"ID": "greeter", "Service": "go.micro.srv.greeter", "Port": 9090}}],
                   open(f"{work}/catalog/web-{i + 1}.json", "w"))
     p = free_port()
     out["Signpost"] = (p, [SIGNPOST, "serve", "--listen", f"127.0.0.1:{p}", "--threads", "1", "--catalog", f"{work}/catalog",
@@ -36,7 +49,7 @@ def servers(work):
     p = free_port()
     out["Signpost nio"] = (p, [SIGNPOST, "serve", "--listen", f"127.0.0.1:{p}", "--threads", "1", "--udp-engine", "nio",
                                "--catalog", f"{work}/catalog", "--no-forward", "--log-level", "error"])
-    open(f"{work}/consul.zone", "w").write(ZONE)
+    open(f"{work}/consul.zone", "w").write(ZONE + FORM_ZONE)
     p = free_port()
     open(f"{work}/knot.conf", "w").write(
         f'server:\n    rundir: "{work}"\n    listen: 127.0.0.1@{p}\n    udp-workers: 1\n    tcp-workers: 1\n    background-workers: 1\n'
@@ -106,6 +119,52 @@ def scaling(work, only):
     return out
 
 
+def fixed_cpu(port, proc, qfile):
+    """CPU per answered query (µs) at the fixed rate, and how many were lost."""
+    before = user_sys_us(proc.pid)
+    r = dnsperf(port, qfile, FIXED_S, rate=RATE)
+    user, sys_ = split(before, user_sys_us(proc.pid))
+    return (user + sys_) / max(r["completed"], 1), r["lost"]
+
+
+def forms(work, started):
+    """(c) CPU per query for each name form, Signpost against Knot, ROUNDS times round both; medians."""
+    out = {}
+    for _ in range(ROUNDS):
+        for label, name, qtype in FORMS:
+            qfile = f"{work}/q-form"
+            open(qfile, "w").write(f"{name} {qtype}\n")
+            for server in ["Signpost", "Knot"]:
+                if server in started:
+                    out.setdefault((label, server), []).append(fixed_cpu(*started[server], qfile)[0])
+    return [(label, name, qtype, *(sorted(out.get((label, s), [0]))[len(out.get((label, s), [0])) // 2] for s in ["Signpost", "Knot"]))
+            for label, name, qtype in FORMS]
+
+
+def reload_row(work):
+    """(d) A Signpost of its own, logging, pinned to core 0: plain A CPU per query, ROUNDS runs before and after a
+    SIGHUP with unchanged settings (it waits for the 'reloaded' line). The ratio must stay near 1."""
+    port = free_port()
+    log = open(f"{work}/reload.log", "w")
+    proc = subprocess.Popen(["taskset", "-c", "0", SIGNPOST, "serve", "--listen", f"127.0.0.1:{port}", "--threads", "1",
+                             "--catalog", f"{work}/catalog", "--no-forward"],
+                            stdout=subprocess.DEVNULL, stderr=log)
+    try:
+        if not wait_up(port, "web.service.consul"):
+            return None
+        qfile = f"{work}/q-A"
+        before = sorted(fixed_cpu(port, proc, qfile)[0] for _ in range(ROUNDS))[ROUNDS // 2]
+        proc.send_signal(1)
+        deadline = time.time() + 10
+        while "] reloaded" not in open(f"{work}/reload.log").read() and time.time() < deadline:
+            time.sleep(0.05)
+        kept = "resolver=kept" in open(f"{work}/reload.log").read()
+        after = sorted(fixed_cpu(port, proc, qfile)[0] for _ in range(ROUNDS))[ROUNDS // 2]
+        return before, after, kept
+    finally:
+        stop([proc])
+
+
 def main():
     work = tempfile.mkdtemp(prefix="signpost-auth-")
     rows = []
@@ -150,8 +209,10 @@ def main():
                 rows.append({"server": name, "qtype": qtype, **median, "runs": [r["cpu_us"] for r in runs],
                              "lost": sum(r["lost"] for r in runs), "sent": sum(r["sent"] for r in runs),
                              "p99_ms": max(r["p99_ms"] for r in runs), "sat_qps": sat["sat_qps"], "sat_gen": sat["sat_gen"]})
+        form_rows = forms(work, started)
     finally:
         stop(procs)
+    reload = reload_row(work) if not only or "Signpost" in only else None
     scale = scaling(work, only)
     lines = [f"# Authoritative benchmark, {date.today()}", "",
              f"`make bench` on {os.cpu_count()} cores: the servers on core 0, dnsperf on core 1. (a) {RATE // 1000}k qps for {FIXED_S} s, {ROUNDS} times",
@@ -170,6 +231,19 @@ def main():
                          f"| {r['p99_ms']:.3f} ms | {r['lost']} of {r['sent']} | {r['sat_qps']:,.0f} | {rq} | {r['sat_gen']:.2f} "
                          f"| {', '.join(f'{x:.1f}' for x in r['runs'])} µs |")
         lines.append("")
+    lines += ["## Every name form, against Knot", "",
+              f"{RATE // 1000}k qps for {FIXED_S} s per form, {ROUNDS} rounds; medians. Knot serves the same records from its zone.", "",
+              "| form | name | Signpost CPU/query | Knot CPU/query | vs Knot |", "|---|---|---|---|---|"]
+    for label, name, qtype, mine, knot in form_rows:
+        ratio = f"{mine / knot:.2f}×" if knot else "–"
+        lines.append(f"| {label} | `{name} {qtype}` | {mine:.2f} µs | {knot:.2f} µs | {ratio} |")
+    lines.append("")
+    if reload:
+        before, after, kept = reload
+        lines += ["## Reload", "", f"Plain A, {RATE // 1000}k qps, {ROUNDS} runs each side of a SIGHUP that leaves the settings alone "
+                  f"(resolver {'kept' if kept else 'NOT kept'}).", "",
+                  "| before SIGHUP | after SIGHUP | after / before |", "|---|---|---|",
+                  f"| {before:.2f} µs | {after:.2f} µs | {after / before:.2f} |", ""]
     if scale:
         lines += ["## Scaling: one worker against two", "",
                   f"Saturation for {SAT_S} s with two dnsperf threads (8 clients), A queries. Neither side is pinned: both cores are",

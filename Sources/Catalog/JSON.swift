@@ -76,50 +76,9 @@ public struct JSONParser {
         let startLine = line
         switch bytes[i] {
         case UInt8(ascii: "{"):
-            depth += 1
-            guard depth < 128 else { throw fail("nesting too deep") }
-            i += 1
-            var dict: [String: JSONNode] = [:]
-            var keys: [String] = []
-            skipSpace()
-            if i < bytes.count, bytes[i] == UInt8(ascii: "}") { i += 1; depth -= 1; return JSONNode(value: .object(dict, keys: keys), line: startLine) }
-            while true {
-                skipSpace()
-                guard i < bytes.count, bytes[i] == UInt8(ascii: "\"") else { throw fail("expected a quoted key") }
-                let key = try string()
-                skipSpace()
-                guard i < bytes.count, bytes[i] == UInt8(ascii: ":") else { throw fail("expected ':' after key \"\(key)\"") }
-                i += 1
-                skipSpace()
-                let v = try value()
-                if dict[key] == nil { keys.append(key) }
-                dict[key] = v
-                skipSpace()
-                guard i < bytes.count else { throw fail("unexpected end of file inside an object") }
-                if bytes[i] == UInt8(ascii: ",") { i += 1; continue }
-                if bytes[i] == UInt8(ascii: "}") { i += 1; break }
-                throw fail("expected ',' or '}' in an object")
-            }
-            depth -= 1
-            return JSONNode(value: .object(dict, keys: keys), line: startLine)
+            return JSONNode(value: try object(), line: startLine)
         case UInt8(ascii: "["):
-            depth += 1
-            guard depth < 128 else { throw fail("nesting too deep") }
-            i += 1
-            var items: [JSONNode] = []
-            skipSpace()
-            if i < bytes.count, bytes[i] == UInt8(ascii: "]") { i += 1; depth -= 1; return JSONNode(value: .array(items), line: startLine) }
-            while true {
-                skipSpace()
-                items.append(try value())
-                skipSpace()
-                guard i < bytes.count else { throw fail("unexpected end of file inside an array") }
-                if bytes[i] == UInt8(ascii: ",") { i += 1; continue }
-                if bytes[i] == UInt8(ascii: "]") { i += 1; break }
-                throw fail("expected ',' or ']' in an array")
-            }
-            depth -= 1
-            return JSONNode(value: .array(items), line: startLine)
+            return JSONNode(value: try array(), line: startLine)
         case UInt8(ascii: "\""):
             return JSONNode(value: .string(try string()), line: startLine)
         case UInt8(ascii: "t"): try expect("true"); return JSONNode(value: .bool(true), line: startLine)
@@ -135,6 +94,54 @@ public struct JSONParser {
             return JSONNode(value: .number(d), line: startLine)
         default:
             throw fail("unexpected character '\(Character(UnicodeScalar(bytes[i])))'")
+        }
+    }
+
+    /// `{ "key": value, … }`, keys in file order; a repeated key keeps its first position and its last value.
+    private mutating func object() throws(JSONSyntaxError) -> JSONNode.Value {
+        depth += 1
+        guard depth < 128 else { throw fail("nesting too deep") }
+        defer { depth -= 1 }
+        i += 1
+        var dict: [String: JSONNode] = [:]
+        var keys: [String] = []
+        skipSpace()
+        if i < bytes.count, bytes[i] == UInt8(ascii: "}") { i += 1; return .object(dict, keys: keys) }
+        while true {
+            skipSpace()
+            guard i < bytes.count, bytes[i] == UInt8(ascii: "\"") else { throw fail("expected a quoted key") }
+            let key = try string()
+            skipSpace()
+            guard i < bytes.count, bytes[i] == UInt8(ascii: ":") else { throw fail("expected ':' after key \"\(key)\"") }
+            i += 1
+            skipSpace()
+            let v = try value()
+            if dict[key] == nil { keys.append(key) }
+            dict[key] = v
+            skipSpace()
+            guard i < bytes.count else { throw fail("unexpected end of file inside an object") }
+            if bytes[i] == UInt8(ascii: ",") { i += 1; continue }
+            if bytes[i] == UInt8(ascii: "}") { i += 1; return .object(dict, keys: keys) }
+            throw fail("expected ',' or '}' in an object")
+        }
+    }
+
+    private mutating func array() throws(JSONSyntaxError) -> JSONNode.Value {
+        depth += 1
+        guard depth < 128 else { throw fail("nesting too deep") }
+        defer { depth -= 1 }
+        i += 1
+        var items: [JSONNode] = []
+        skipSpace()
+        if i < bytes.count, bytes[i] == UInt8(ascii: "]") { i += 1; return .array(items) }
+        while true {
+            skipSpace()
+            items.append(try value())
+            skipSpace()
+            guard i < bytes.count else { throw fail("unexpected end of file inside an array") }
+            if bytes[i] == UInt8(ascii: ",") { i += 1; continue }
+            if bytes[i] == UInt8(ascii: "]") { i += 1; return .array(items) }
+            throw fail("expected ',' or ']' in an array")
         }
     }
 

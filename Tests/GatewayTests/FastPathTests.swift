@@ -98,6 +98,22 @@ struct FastPathTests {
         Self.compare(pair, q, .udp, rounds: 2)
     }
 
+    @Test("--alt-domain: A and AAAA from the templates; SRV (whose targets name the domain) by the general path")
+    func altDomain() {
+        // "global" has the length of "consul", so nothing but the name itself tells the two apart.
+        for alt in ["global", "sd.example"] {
+            let pair = Self.pair { $0.altDomain = try! DNSName(alt) }
+            let a = Self.query("web.service.\(alt)", RRType.a, edns: 1232)
+            #expect(Self.takesFastPath(pair.fast, a, .udp))
+            Self.compare(pair, a, .udp)
+            let srv = Self.query("web.service.\(alt)", RRType.srv, edns: 1232)
+            #expect(!Self.takesFastPath(pair.fast, srv, .udp))
+            Self.compare(pair, srv, .udp)
+            // The primary domain's SRV, asked after the alt one, still names the primary domain.
+            Self.compare(pair, Self.query("web.service.consul", RRType.srv, edns: 1232), .udp)
+        }
+    }
+
     @Test func truncationIsLeftToTheGeneralPath() {
         let pair = Self.pair()
         // 40 A records do not fit in 512 bytes, but do in 1232 and over TCP.

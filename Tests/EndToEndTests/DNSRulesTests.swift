@@ -26,7 +26,7 @@ struct Reply: Equatable, CustomStringConvertible {
     /// `edns`: send an OPT record (1232 bytes); without it, the 512-byte classic limit applies.
     static func ask(_ port: Int, _ name: String, _ type: UInt16, edns: Bool = true) -> Reply? {
         let sock = UDPSocket(port: port)
-        let id = UInt16.random(in: 0...UInt16.max)
+        let id = nextQueryID()
         var bytes = queryBytes(name, type, id: id)
         if edns {
             bytes[11] = 1

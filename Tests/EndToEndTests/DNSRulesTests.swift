@@ -33,7 +33,7 @@ struct Reply: Equatable, CustomStringConvertible {
             bytes += [0, 0, 41, 0x04, 0xD0, 0, 0, 0, 0, 0, 0]
         }
         sock.send(bytes)
-        guard let raw = sock.receive(), let m = try? Message(from: ByteBuffer(bytes: raw)), m.header.id == id else { return nil }
+        guard let m = sock.reply(id: id, within: 5) else { return nil }
         // OPT is not a record of the additional section for these comparisons.
         let additional = m.additional.filter { $0.type != RRType.opt }
         return Reply(rcode: Int(m.header.rcode), aa: m.header.aa, answer: m.answers.count, authority: m.authority.count,

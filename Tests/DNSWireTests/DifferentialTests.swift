@@ -46,7 +46,7 @@ struct DifferentialTests {
     /// Accept/reject agreement on the malformed table and on random mutations of real packets.
     /// Known, deliberate differences are excluded and listed in the README.
     @Test func acceptRejectAgreesOnMutations() throws {
-        var rng = SplitMix(seed: 0x5167_4E05)
+        var rng = SeededGenerator(seed: 0x5167_4E05)
         var corpus: [[UInt8]] = Golden.all.map { bytes(hex: $0) } + [Array(CodecTests.sample.encode().readableBytesView)]
         for _ in 0..<3000 {
             var p = corpus[Int(rng.next() % UInt64(min(corpus.count, 5)))]
@@ -159,15 +159,3 @@ struct DifferentialTests {
     }
 }
 
-/// A small deterministic generator, so a failure reproduces.
-struct SplitMix {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}

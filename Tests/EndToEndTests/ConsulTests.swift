@@ -1,3 +1,4 @@
+import DNSWire
 import Foundation
 #if canImport(FoundationNetworking)
 import FoundationNetworking
@@ -100,8 +101,10 @@ final class ConsulStandIn: @unchecked Sendable {
 
 @Suite("End to end: Consul registry (against the stand-in)", .serialized)
 struct ConsulTests {
+    /// Asked over a socket from this process, not with dig: the polls below time the server, and spawning a
+    /// process per probe would time process start-up on a loaded machine instead.
     func addresses(_ server: Server, _ name: String) -> Set<String> {
-        Set((try? server.dig(name, "A").data("A")) ?? [])
+        server.socketAddresses(name)
     }
 
     func server(_ consul: ConsulStandIn, query: String = "", env: [String: String] = [:]) throws -> Server {
@@ -131,7 +134,7 @@ struct ConsulTests {
         try consul.register(node: "web-1", address: "192.0.2.1", service: "web", port: 8080, status: "critical")
         #expect(eventually(within: 3) { !addresses(server, "web.service.consul").contains("192.0.2.1") } != nil)
         try consul.deregister(node: "db-1", serviceID: "db-db-1")
-        #expect(eventually(within: 3) { (try? server.dig("db.service.consul", "A").status) == "NXDOMAIN" } != nil)
+        #expect(eventually(within: 3) { server.socketRCode("db.service.consul") == RCode.nxDomain } != nil)
     }
 
     @Test func aclTokenFromTheURLOrTheEnvironment() throws {
@@ -190,9 +193,13 @@ struct ConsulTests {
         let server = try server(consul)
         defer { server.stop() }
         #expect(eventually(within: 5) { addresses(server, "web.service.consul") == ["192.0.2.1"] } != nil)
-        usleep(300_000)
-        // Blocking: every query after the first carries ?index and a jittered ?wait of 2–2.125 s.
-        let blocking = try consul.requests().filter { $0.path == "/v1/catalog/services" && $0.query["index"] != nil }
+        // Blocking: every query after the first carries ?index and a jittered ?wait of 2–2.125 s. Wait until the
+        // stand-in has seen one, rather than for a fixed time.
+        func blockingQueries() -> [(path: String, query: [String: String], token: String?, time: Double)] {
+            ((try? consul.requests()) ?? []).filter { $0.path == "/v1/catalog/services" && $0.query["index"] != nil }
+        }
+        #expect(eventually(within: 5) { !blockingQueries().isEmpty } != nil, "no blocking catalog query: \((try? consul.requests().map { $0.query }) ?? [])")
+        let blocking = blockingQueries()
         #expect(!blocking.isEmpty)
         for r in blocking {
             let ms = Int(r.query["wait"]!.dropLast(2))!
@@ -218,16 +225,25 @@ struct ConsulTests {
         defer { server.stop() }
         #expect(eventually(within: 5) { addresses(server, "web.service.consul") == ["192.0.2.1"] } != nil)
         try consul.call("POST", "/_test/noblock", ["on": true])
-        usleep(300_000)
         try consul.call("POST", "/_test/reset-requests", [:])
-        usleep(2_000_000)
+        // Wait until both watches have queried the misbehaving server several times (they keep querying), then
+        // check their pace against the stand-in's own arrival times, not against a window the test timed: at
+        // most one query per 250 ms per watch. A hot loop would make thousands in the same span.
+        let enough = 16
+        func seen(_ path: String) -> [Double] { ((try? consul.requests()) ?? []).filter { $0.path == path }.map(\.time) }
+        let flowing = eventually(within: 15) {
+            seen("/v1/catalog/services").count >= enough && seen("/v1/health/state/any").count >= enough
+        }
+        let services = seen("/v1/catalog/services"), health = seen("/v1/health/state/any")
         try consul.call("POST", "/_test/noblock", ["on": false])
-        let seen = try consul.requests()
-        let services = seen.filter { $0.path == "/v1/catalog/services" }.count
-        let health = seen.filter { $0.path == "/v1/health/state/any" }.count
-        // At most one query per 250 ms per watch (8 in 2 s), with room for timing; a hot loop would make thousands.
-        #expect(services >= 2 && services <= 10, "\(services) catalog queries in 2 s")
-        #expect(health >= 2 && health <= 10, "\(health) health queries in 2 s")
+        #expect(flowing != nil, "queries stopped: \(services.count) catalog, \(health.count) health in 15 s")
+        for (name, times) in [("catalog", services), ("health", health)] where times.count >= 2 {
+            let span = times.max()! - times.min()!
+            // n queries at least 250 ms apart span (n - 1) × 250 ms from start to start; the arrival times may
+            // shrink that by however late the first one arrived, allowed up to 1 s here. A watch at twice the
+            // rate would make 16 queries in under 2 s and fail this.
+            #expect(times.count <= Int((span + 1) / 0.25) + 1, "\(times.count) \(name) queries in \(span) s")
+        }
     }
 
     @Test func servesThroughAnOutage() throws {
@@ -277,7 +293,7 @@ struct ConsulTests {
         #expect(eventually(within: 5) { server.socketAddresses("web.service.consul") == ["192.0.2.1"] } != nil)
         #expect(try consul.requests().contains { $0.path == "/v1/catalog/services" && $0.query["stale"] != nil }, "stale reads by default")
         try consul.call("POST", "/_test/leader", ["known": false, "last_contact_ms": 5000])
-        #expect(eventually(within: 5) { (try? server.dig("web.service.consul", "A").status) == "SERVFAIL" } != nil, "\(server.log_())")
+        #expect(eventually(within: 5) { server.socketRCode("web.service.consul") == RCode.servFail } != nil, "\(server.log_())")
         let admin = "http://127.0.0.1:\(try #require(server.adminPort))"
         #expect(eventually(within: 5) { (sample(httpGet(admin + "/metrics").body, "signpost_registry_staleness_seconds") ?? 0) >= 5 } != nil)
         try consul.call("POST", "/_test/leader", ["known": true, "last_contact_ms": 0])

@@ -26,14 +26,14 @@ struct Reply: Equatable, CustomStringConvertible {
     /// `edns`: send an OPT record (1232 bytes); without it, the 512-byte classic limit applies.
     static func ask(_ port: Int, _ name: String, _ type: UInt16, edns: Bool = true) -> Reply? {
         let sock = UDPSocket(port: port)
-        let id = UInt16.random(in: 0...UInt16.max)
+        let id = nextQueryID()
         var bytes = queryBytes(name, type, id: id)
         if edns {
             bytes[11] = 1
             bytes += [0, 0, 41, 0x04, 0xD0, 0, 0, 0, 0, 0, 0]
         }
         sock.send(bytes)
-        guard let raw = sock.receive(), let m = try? Message(from: ByteBuffer(bytes: raw)), m.header.id == id else { return nil }
+        guard let m = sock.reply(id: id, within: 5) else { return nil }
         // OPT is not a record of the additional section for these comparisons.
         let additional = m.additional.filter { $0.type != RRType.opt }
         return Reply(rcode: Int(m.header.rcode), aa: m.header.aa, answer: m.answers.count, authority: m.authority.count,

@@ -1,3 +1,4 @@
+import DNSWire
 import Foundation
 import Testing
 
@@ -83,6 +84,16 @@ final class FakeUpstream: @unchecked Sendable {
     private(set) var port = 0
 
     var log: String { (try? String(contentsOfFile: dir.path + "/log", encoding: .utf8)) ?? "" }
+
+    /// The names of the queries it has received (modes blackhole and hold), in order.
+    var queries: [String] {
+        log.split(separator: "\n").filter { $0.hasPrefix("query ") }.map { String($0.dropFirst("query ".count)) }
+    }
+
+    /// Mode hold: sends the held answers, and answers at once from now on.
+    func release() {
+        UDPSocket(port: port).send(Array("release".utf8))
+    }
 
     init(mode: String) throws {
         let log = dir.path + "/log"
@@ -173,24 +184,31 @@ struct ForwardingTests {
     }
 
     @Test func identicalQueriesInFlightShareOneUpstreamQuery() throws {
-        let slow = try FakeUpstream(mode: "slow")
-        let server = try server([slow.port])
+        // The upstream holds its answer until the test releases it, and the upstream timeout is far longer than
+        // the test could take: all five queries are in flight together however slowly they arrive.
+        let upstream = try FakeUpstream(mode: "hold")
+        let server = try server([upstream.port], extra: ["--upstream-timeout", "30s", "--admin", "127.0.0.1:0"])
         defer { server.stop() }
-        let clients = (1...5).map { _ in
-            let p = Process()
-            p.executableURL = URL(fileURLWithPath: "/usr/bin/dig")
-            p.arguments = ["@127.0.0.1", "-p", "\(server.port)", "+short", "+time=3", "+tries=1", "same.example.org", "A"]
-            let out = Pipe()
-            p.standardOutput = out
-            try? p.run()
-            return (p, out)
+        let clients = (1...5).map { _ in UDPSocket(port: server.port) }
+        let ids = clients.map { sock in
+            let id = nextQueryID()
+            sock.send(queryBytes("same.example.org", RRType.a, id: id))
+            return id
         }
-        for (p, out) in clients {
-            let answer = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-            p.waitUntilExit()
-            #expect(answer.contains("192.0.2.99"))
+        // Every query has reached the forwarder (each counts a cache miss on its way to the in-flight table) and
+        // the upstream holds the first; only then does the answer come.
+        let misses = #"signpost_cache_requests_total{result="miss"}"#
+        #expect(eventually(within: 10) { (sample((try? server.metrics()) ?? "", misses) ?? 0) >= 5 } != nil,
+                "the server never saw five queries: \((try? server.metrics()) ?? "")")
+        #expect(eventually(within: 10) { !upstream.queries.isEmpty } != nil, "the upstream never got the query: \(upstream.log)")
+        upstream.release()
+        for (sock, id) in zip(clients, ids) {
+            let reply = sock.reply(id: id, within: 10)
+            let addresses = reply?.answers.compactMap { record in if case .a(let ip) = record.rdata { "\(ip)" } else { nil } }
+            #expect(addresses == ["192.0.2.99"], "client \(id): \(String(describing: reply))")
         }
-        #expect(slow.log.components(separatedBy: "query").count - 1 == 1, "upstream saw: \(slow.log)")
+        #expect(sample(try server.metrics(), misses) == 5)
+        #expect(upstream.queries == ["same.example.org."], "upstream saw: \(upstream.log)")
     }
 
     @Test func aFailingUpstreamIsMarkedDownAndSkipped() throws {
@@ -268,23 +286,23 @@ struct ForwardingTests {
 
     @Test func maxConcurrentIsEnforced() throws {
         let hole = try FakeUpstream(mode: "blackhole")
-        let server = try server([hole.port], extra: ["--max-concurrent", "2", "--upstream-timeout", "3s", "--admin", "127.0.0.1:0"])
+        let server = try server([hole.port], extra: ["--max-concurrent", "2", "--upstream-timeout", "20s", "--admin", "127.0.0.1:0"])
         defer { server.stop() }
-        // Two distinct names occupy both slots; the next ones get SERVFAIL at once.
+        // Two distinct names occupy both slots: a slot is taken before the upstream exchange starts, so once the
+        // upstream has received both queries, both slots are held (for the 20 s timeout, as it never answers).
         let busy = (1...2).map { i in
-            let p = Process()
-            p.executableURL = URL(fileURLWithPath: "/usr/bin/dig")
-            p.arguments = ["@127.0.0.1", "-p", "\(server.port)", "+time=5", "+tries=1", "slow\(i).example.org", "A"]
-            p.standardOutput = FileHandle.nullDevice
-            try? p.run()
-            return p
+            let sock = UDPSocket(port: server.port)
+            sock.send(queryBytes("slow\(i).example.org", RRType.a, id: nextQueryID()))
+            return sock
         }
-        usleep(300_000)
-        // Rejected at once: a query that took a slot would wait out the 3 s timeout, past dig's own 2 s.
-        let rejected = try server.dig("fast.example.org", "A")
-        #expect(rejected.status == "SERVFAIL")
-        let metrics = httpGet("http://127.0.0.1:\(try #require(server.adminPort))/metrics").body
+        #expect(eventually(within: 10) { Set(hole.queries).isSuperset(of: ["slow1.example.org.", "slow2.example.org."]) } != nil,
+                "the upstream did not get both queries: \(hole.log)")
+        // Rejected at once: a query that took a slot would wait out the 20 s timeout, past the 5 s allowed here.
+        let rejected = server.socketQuery("fast.example.org", RRType.a, within: 5)
+        #expect(rejected?.rcode == RCode.servFail, "\(String(describing: rejected))")
+        let metrics = try server.metrics()
         #expect(metrics.contains("signpost_forward_overload_total 1"), "\(metrics)")
-        for p in busy { p.waitUntilExit() }
+        #expect(!hole.queries.contains("fast.example.org."), "the rejected query went upstream: \(hole.log)")
+        withExtendedLifetime(busy) {}  // the two clients stay until here
     }
 }

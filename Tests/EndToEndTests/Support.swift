@@ -196,6 +196,9 @@ final class UDPSocket {
         address.sin_addr.s_addr = inet_addr("127.0.0.1")
         var tv = timeval(tv_sec: 0, tv_usec: 300_000)
         setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+        // Room for a burst of replies (the kernel caps this at net.core.rmem_max).
+        var size: Int32 = 4 << 20
+        setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &size, socklen_t(MemoryLayout<Int32>.size))
     }
     deinit { close(fd) }
 
@@ -215,6 +218,23 @@ final class UDPSocket {
         var buf = [UInt8](repeating: 0, count: 65536)
         let n = recv(fd, &buf, buf.count, 0)
         return n >= 0 ? Array(buf[0..<n]) : nil
+    }
+
+    /// A datagram already waiting, or nil at once when there is none.
+    func receiveNow() -> [UInt8]? {
+        var buf = [UInt8](repeating: 0, count: 65536)
+        let n = recv(fd, &buf, buf.count, Int32(MSG_DONTWAIT))
+        return n >= 0 ? Array(buf[0..<n]) : nil
+    }
+
+    /// The reply to query `id`, skipping other datagrams; nil when none came within `seconds` (a server that is
+    /// slow on a loaded machine gets the whole time, not one receive timeout).
+    func reply(id: UInt16, within seconds: TimeInterval = 2) -> Message? {
+        let deadline = Date().addingTimeInterval(seconds)
+        repeat {
+            if let bytes = receive(), let m = try? Message(from: ByteBuffer(bytes: bytes)), m.header.id == id { return m }
+        } while Date() < deadline
+        return nil
     }
 }
 
@@ -305,13 +325,29 @@ extension Server {
     /// ask with dig). Latency polls use it: spawning dig for every probe would time process start-up on a loaded
     /// machine, not Signpost.
     func socketAddresses(_ name: String) -> Set<String> {
-        let sock = UDPSocket(port: port)
-        let id = UInt16.random(in: 0...UInt16.max)
-        sock.send(queryBytes(name, RRType.a, id: id))
-        guard let reply = sock.receive(), let m = try? Message(from: ByteBuffer(bytes: reply)), m.header.id == id else { return [] }
+        guard let m = socketQuery(name, RRType.a) else { return [] }
         return Set(m.answers.compactMap { record in
             if case .a(let ip) = record.rdata { "\(ip)" } else { nil }
         })
+    }
+
+    /// One query over a plain UDP socket from this process (a fresh socket, so no earlier probe's late reply can
+    /// be taken for this one's); nil when no reply came within `seconds`.
+    func socketQuery(_ name: String, _ type: UInt16, within seconds: TimeInterval = 2) -> Message? {
+        let sock = UDPSocket(port: port)
+        let id = nextQueryID()
+        sock.send(queryBytes(name, type, id: id))
+        return sock.reply(id: id, within: seconds)
+    }
+
+    /// The response code of a `socketQuery`, nil when no reply came.
+    func socketRCode(_ name: String, _ type: UInt16 = RRType.a) -> UInt16? {
+        socketQuery(name, type)?.rcode
+    }
+
+    /// The admin endpoint's /metrics text (the server must run with `--admin 127.0.0.1:0`).
+    func metrics() throws -> String {
+        httpGet("http://127.0.0.1:\(try #require(adminPort, "no admin port in the log: \(log_())"))/metrics").body
     }
 
     /// The admin port from "admin listening on 127.0.0.1:PORT".

@@ -46,13 +46,15 @@ struct CacheFastPathTests {
         ]
     }
 
-    /// Two handlers, each with a forwarder whose cache holds `replies`, stored `age` and a half seconds ago
-    /// (mid-second, so the two paths compute the same age).
+    /// Two handlers, each with a forwarder whose cache holds `replies`, stored `age` and a half seconds before
+    /// the forwarders' clock, which stands still: the fast and the general path read the same now, however long
+    /// the test takes, so they compute the same age.
     static func pair(age: UInt64) -> (fast: QueryHandler, slow: QueryHandler) {
+        let storedAt: UInt64 = 1_000_000_000_000
+        let now = storedAt + age * 1_000_000_000 + 500_000_000
         func make() -> QueryHandler {
             let forwarder = Forwarder(configuration: .init(upstreams: [try! SocketAddress(ipAddress: "127.0.0.1", port: 9)]),
-                                      group: MultiThreadedEventLoopGroup.singleton, logger: Logger(label: "test"))
-            let storedAt = Uptime.nanoseconds - age * 1_000_000_000 - 500_000_000
+                                      group: MultiThreadedEventLoopGroup.singleton, logger: Logger(label: "test"), clock: { now })
             for (q, m) in replies() {
                 for dnssecOK in [false, true] {
                     forwarder.cache.store(m, for: ForwardCache.Key(name: q.name, type: q.type, qclass: q.qclass, dnssecOK: dnssecOK),
@@ -77,7 +79,7 @@ struct CacheFastPathTests {
     }
 
     static func query(_ name: String, _ type: UInt16, edns: UInt16? = nil, dnssecOK: Bool = false, cd: Bool = false) -> ByteBuffer {
-        var q = Fixture.query(name, type, id: UInt16.random(in: 0...UInt16.max), edns: edns)
+        var q = Fixture.query(name, type, id: nextQueryID(), edns: edns)
         if dnssecOK { q.setInteger(UInt8(0x80), at: q.writerIndex - 4) }
         if cd { q.setInteger(q.getInteger(at: 3, as: UInt8.self)! | 0x10, at: 3) }
         return q

@@ -76,17 +76,17 @@ struct HandlerTests {
         let peer = try SocketAddress(ipAddress: "127.0.0.1", port: 5353)
         try channel.connect(to: peer).wait()  // active until something closes it
         #expect(channel.isActive)
-        var rng = SystemRandomNumberGenerator()
+        var rng = seededGenerator()
         for i in 0..<500 {
             let junk = (0..<(i % 70)).map { _ in UInt8.random(in: 0...255, using: &rng) }
             try channel.writeInbound(AddressedEnvelope(remoteAddress: peer, data: ByteBuffer(bytes: junk)))
             while let reply = try channel.readOutbound(as: AddressedEnvelope<ByteBuffer>.self) {
                 // Anything we do send back is a well-formed response to that peer.
-                #expect(reply.remoteAddress == peer)
-                #expect(try Message(from: reply.data).header.qr)
+                #expect(reply.remoteAddress == peer, "\(seedNote)")
+                #expect(try Message(from: reply.data).header.qr, "\(seedNote)")
             }
         }
-        #expect(channel.isActive)
+        #expect(channel.isActive, "\(seedNote)")
         try channel.writeInbound(AddressedEnvelope(remoteAddress: peer, data: Fixture.query("web.service.consul", RRType.a, id: 5)))
         channel.pipeline.fireChannelReadComplete()
         let reply = try #require(try channel.readOutbound(as: AddressedEnvelope<ByteBuffer>.self))

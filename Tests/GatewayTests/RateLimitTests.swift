@@ -47,6 +47,20 @@ struct RateLimitTests {
         }
     }
 
+    /// The end-to-end burst (OperationsTests) with the clock held still, for exact counts: 300 queries from one
+    /// network at rate 20 and slip 2 are 20 sent, 140 slipped, 140 dropped; half a second on, 10 more tokens.
+    @Test func aBurstAtOneInstantGetsExactlyTheBucket() {
+        let rrl = ResponseRateLimiter(configuration: .init(rate: 20, slip: 2, exempt: []))
+        let client = Self.address("127.0.0.1")
+        let t0: UInt64 = 5_000_000_000
+        var counts: [ResponseRateLimiter.Decision: Int] = [:]
+        for _ in 0..<300 { counts[rrl.decide(client, now: t0), default: 0] += 1 }
+        #expect(counts == [.send: 20, .slip: 140, .drop: 140])
+        counts = [:]
+        for _ in 0..<30 { counts[rrl.decide(client, now: t0 + 500_000_000), default: 0] += 1 }
+        #expect(counts == [.send: 10, .slip: 10, .drop: 10])
+    }
+
     @Test func slipZeroOnlyDrops() {
         let rrl = ResponseRateLimiter(configuration: .init(rate: 1, slip: 0))
         let client = Self.address("203.0.113.5")

@@ -80,13 +80,16 @@ final class ForwardCache: Sendable {
     let minTTL: UInt32
     let maxTTL: UInt32
     let staleTTL: UInt32
+    /// Now, in `Uptime` nanoseconds: where ages come from when a caller does not pass `now` (tests set it).
+    let clock: @Sendable () -> UInt64
     private let state: NIOLockedValueBox<LRU>
 
-    init(capacity: Int, minTTL: UInt32, maxTTL: UInt32, staleTTL: UInt32) {
+    init(capacity: Int, minTTL: UInt32, maxTTL: UInt32, staleTTL: UInt32, clock: @escaping @Sendable () -> UInt64 = { Uptime.nanoseconds }) {
         self.capacity = max(1, capacity)
         self.minTTL = minTTL
         self.maxTTL = max(minTTL, maxTTL)
         self.staleTTL = staleTTL
+        self.clock = clock
         self.state = NIOLockedValueBox(LRU(capacity: max(1, capacity)))
     }
 
@@ -103,7 +106,8 @@ final class ForwardCache: Sendable {
         return min(min(soa.ttl, s.minimum), maxTTL)
     }
 
-    func store(_ message: Message, for key: Key, now: UInt64 = Uptime.nanoseconds) {
+    func store(_ message: Message, for key: Key, now: UInt64? = nil) {
+        let now = now ?? clock()
         guard let ttl = ttl(for: message), ttl > 0 else { return }
         var entry = Entry(rcode: message.rcode, answers: message.answers, authority: message.authority,
                           additional: message.additional.filter { $0.type != RRType.opt }, storedAt: now, ttl: ttl)
@@ -113,8 +117,9 @@ final class ForwardCache: Sendable {
 
     /// A fresh entry's encoded reply and its age in seconds, for the fast path; nil when the general path must
     /// answer (a miss, stale, or a TTL that would reach 0).
-    func wire(_ key: Key, now: UInt64 = Uptime.nanoseconds) -> (Wire, UInt32)? {
-        state.withLockedValue { lru -> (Wire, UInt32)? in
+    func wire(_ key: Key, now: UInt64? = nil) -> (Wire, UInt32)? {
+        let now = now ?? clock()
+        return state.withLockedValue { lru -> (Wire, UInt32)? in
             guard let (wire, storedAt, ttl) = lru.wire(key), let wire else { return nil }
             let age = UInt32(min(UInt64(UInt32.max), (now &- storedAt) / 1_000_000_000))
             guard age < ttl, age < wire.minTTL else { return nil }
@@ -122,7 +127,8 @@ final class ForwardCache: Sendable {
         }
     }
 
-    func lookup(_ key: Key, now: UInt64 = Uptime.nanoseconds) -> Lookup {
+    func lookup(_ key: Key, now: UInt64? = nil) -> Lookup {
+        let now = now ?? clock()
         guard let entry = state.withLockedValue({ $0.get(key) }) else { return .miss }
         let age = UInt32(min(UInt64(UInt32.max), (now - entry.storedAt) / 1_000_000_000))
         if age < entry.ttl {

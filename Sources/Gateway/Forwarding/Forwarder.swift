@@ -50,10 +50,12 @@ public final class Forwarder: Sendable {
     private let upstreamMetrics: [(duration: Timer, timeout: Counter, error: Counter, servfail: Counter, refused: Counter,
                                    connectionRefused: Counter)]
 
-    public init(configuration: Configuration, group: any EventLoopGroup, logger: Logger) {
+    /// `clock`: the cache's now, in `Uptime` nanoseconds (tests drive it).
+    public init(configuration: Configuration, group: any EventLoopGroup, logger: Logger,
+                clock: @escaping @Sendable () -> UInt64 = { Uptime.nanoseconds }) {
         self.configuration = configuration
         self.cache = ForwardCache(capacity: configuration.cacheSize, minTTL: configuration.cacheMinTTL,
-                                  maxTTL: configuration.cacheMaxTTL, staleTTL: configuration.staleTTL)
+                                  maxTTL: configuration.cacheMaxTTL, staleTTL: configuration.staleTTL, clock: clock)
         self.client = UpstreamClient(group: group, timeout: configuration.timeout)
         self.logger = logger
         self.failures = NIOLockedValueBox(Array(repeating: 0, count: configuration.upstreams.count))

@@ -3,8 +3,10 @@
 
 --mode mismatch:  answers every query three times: with a wrong ID, then with the right ID but another
                   question, then correctly (A 192.0.2.99). Only the last may be accepted (RFC 5452).
---mode blackhole: reads queries and never answers.
---mode slow:      answers correctly after --delay seconds, printing "query" for each query it gets.
+--mode blackhole: reads queries and never answers, printing "query NAME" for each one it gets.
+--mode hold:      prints "query NAME" for each query it gets and holds the answers (A 192.0.2.99) until a
+                  datagram "release" arrives; then sends them, and answers every later query at once. The
+                  test decides when the answer comes, instead of a delay it hopes is long enough.
 --mode tcp:       answers every UDP query with TC set and no records; over TCP (same port) answers correctly,
                   any number of queries per connection, printing "connection" for each one accepted.
 """
@@ -12,8 +14,7 @@ import argparse, socket, struct, sys, threading, time
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--port", type=int, default=0)
-ap.add_argument("--mode", choices=["mismatch", "blackhole", "slow", "tcp"], required=True)
-ap.add_argument("--delay", type=float, default=0.5)
+ap.add_argument("--mode", choices=["mismatch", "blackhole", "hold", "tcp"], required=True)
 args = ap.parse_args()
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 s.bind(("127.0.0.1", args.port))
@@ -65,9 +66,27 @@ def question_end(q):
     return i + 5
 
 
+def qname(q):
+    labels, i = [], 12
+    while i < len(q) and q[i] != 0:
+        labels.append(q[i + 1:i + 1 + q[i]].decode("ascii", "replace"))
+        i += q[i] + 1
+    return ".".join(labels) + "."
+
+
+held = []  # (reply, address) waiting for "release" in hold mode; None once released
 while True:
     q, addr = s.recvfrom(4096)
-    if args.mode == "blackhole" or len(q) < 12:
+    if args.mode == "hold" and q == b"release":
+        for r, a in held or []:
+            s.sendto(r, a)
+        held = None
+        print("released", flush=True)
+        continue
+    if len(q) < 12:
+        continue
+    if args.mode == "blackhole":
+        print("query", qname(q), flush=True)
         continue
     qid = struct.unpack(">H", q[:2])[0]
     end = question_end(q)
@@ -79,9 +98,12 @@ while True:
         end = question_end(q)
         s.sendto(struct.pack(">HHHHHH", qid, 0x8380, 1, 0, 0, 0) + q[12:end], addr)
         continue
-    if args.mode == "slow":
-        print("query", flush=True)
-        threading.Timer(args.delay, lambda r=reply(qid, question), a=addr: s.sendto(r, a)).start()
+    if args.mode == "hold":
+        print("query", qname(q), flush=True)
+        if held is None:
+            s.sendto(reply(qid, question), addr)
+        else:
+            held.append((reply(qid, question), addr))
         continue
     other = b"\x05other" + question[question.index(0) - 0:][:0] + question[1 + question[0]:]
     s.sendto(reply(qid ^ 0x5A5A, question), addr)

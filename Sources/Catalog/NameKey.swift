@@ -60,18 +60,27 @@ public enum NameKey: Hashable, @unchecked Sendable, ExpressibleByStringLiteral, 
     public func hash(into hasher: inout Hasher) { hasher.combine(fnv) }
 
     public static func == (a: NameKey, b: NameKey) -> Bool {
-        if case .owned(let x) = a, case .owned(let y) = b, x == y { return true }
-        // Walk both byte streams together; a mismatch or a length difference ends it.
-        return withUnsafeTemporaryAllocation(of: UInt8.self, capacity: 256) { buffer -> Bool in
-            var n = 0
-            var overflow = false
-            a.forEachByte { if n < 256 { buffer[n] = $0; n += 1 } else { overflow = true } }
-            if overflow { return a.text.lowercased() == b.text.lowercased() }
-            var k = 0
-            var same = true
-            b.forEachByte { if same { if k < n && buffer[k] == $0 { k += 1 } else { same = false } } }
-            return same && k == n
+        switch (a, b) {
+        case (.owned(let x), .owned(let y)):
+            return x == y || x.utf8.count == y.utf8.count && x.utf8.elementsEqual(y.utf8) { asciiLower($0) == asciiLower($1) }
+        case (.owned(let x), .probe), (.probe, .owned(let x)):
+            return b.matches(x) && a.matches(x)
+        case (.probe, .probe):
+            return a.text == b.text
         }
+    }
+
+    /// Whether this key's lower-cased bytes are `text`'s, walking both once (no copy).
+    @inline(__always)
+    private func matches(_ text: String) -> Bool {
+        if case .owned = self { return true }
+        var it = text.utf8.makeIterator()
+        var same = true
+        forEachByte { b in
+            if same, let c = it.next(), asciiLower(c) == b { return }
+            same = false
+        }
+        return same && it.next() == nil
     }
 }
 

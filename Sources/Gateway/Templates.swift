@@ -66,7 +66,7 @@ extension Resolver {
         let key: TemplateKey
         switch selector {
         case .all:
-            if dc == configuration.datacenterKey {
+            if datacenter == nil || dc == configuration.datacenterKey {
                 if let e = cache.local.load() { return e }
                 return cache.local.storeIfNilThenLoad(encode(entry, .all, datacenter: configuration.datacenterKey.text, snapshot))
             }

@@ -70,17 +70,32 @@ public enum NameKey: Hashable, @unchecked Sendable, ExpressibleByStringLiteral, 
         }
     }
 
-    /// Whether this key's lower-cased bytes are `text`'s, walking both once (no copy).
+    /// Whether this key's lower-cased bytes are `text`'s (an owned key says yes: the caller compares those).
     @inline(__always)
     private func matches(_ text: String) -> Bool {
-        if case .owned = self { return true }
-        var it = text.utf8.makeIterator()
-        var same = true
-        forEachByte { b in
-            if same, let c = it.next(), asciiLower(c) == b { return }
-            same = false
+        guard case .probe(let bytes, let wire) = self else { return true }
+        var copy = text
+        return copy.withUTF8 { t -> Bool in
+            if !wire {
+                guard t.count == bytes.count else { return false }
+                for k in 0..<t.count where asciiLower(t[k]) != asciiLower(bytes[k]) { return false }
+                return true
+            }
+            // Wire labels: each label's bytes, then a dot in the text where the next label starts.
+            var p = 0, k = 0
+            while p < bytes.count {
+                let n = Int(bytes[p])
+                if p > 0 {
+                    guard k < t.count, t[k] == UInt8(ascii: ".") else { return false }
+                    k += 1
+                }
+                guard n <= bytes.count - p - 1, k + n <= t.count else { return false }
+                for j in 0..<n where asciiLower(t[k + j]) != asciiLower(bytes[p + 1 + j]) { return false }
+                k += n
+                p += 1 + n
+            }
+            return k == t.count
         }
-        return same && it.next() == nil
     }
 }
 

@@ -11,8 +11,26 @@ public final class ServiceEntry: Sendable {
     public let name: String
     public let instances: [Instance]
     private let rotation = ManagedAtomic<UInt>(0)
-    /// Whatever the gateway keeps with this entry (`EntryAttachment`).
-    public let attachment = ManagedAtomic<EntryAttachment?>(nil)
+    /// Whatever the gateway keeps with this entry (`EntryAttachment`): the first owner's in a slot that is one
+    /// plain load to read, another owner's (after a reload that changed the gateway's settings) in a replaceable one.
+    private let firstAttachment = ManagedAtomicLazyReference<EntryAttachment>()
+    private let laterAttachment = ManagedAtomic<EntryAttachment?>(nil)
+
+    /// The attachment `owner` made, if it is still here.
+    @inline(__always)
+    public func attachment(owner: Int) -> EntryAttachment? {
+        if let a = firstAttachment.load(), a.owner == owner { return a }
+        if let a = laterAttachment.load(ordering: .acquiring), a.owner == owner { return a }
+        return nil
+    }
+
+    /// Keeps `attachment` (replacing another owner's later one); returns what is kept for its owner.
+    public func attach(_ attachment: EntryAttachment) -> EntryAttachment {
+        let first = firstAttachment.storeIfNilThenLoad(attachment)
+        if first.owner == attachment.owner { return first }
+        laterAttachment.store(attachment, ordering: .releasing)
+        return attachment
+    }
 
     public init(name: String, instances: [Instance]) {
         self.name = name
@@ -103,6 +121,11 @@ public final class CatalogSnapshot: AtomicReference, Sendable {
     }
 
     public static let empty = CatalogSnapshot(services: [:], nodes: [:], datacenters: [], zones: [], generation: 0, isLoaded: false)
+
+    /// The zone file whose origin is `origin`, if any.
+    public func zone(for origin: DNSName) -> Zone? {
+        zones.isEmpty ? nil : zones.first { $0.origin == origin }
+    }
 
     /// The static zone with the longest origin that contains `name`.
     public func zone(containing name: DNSName) -> Zone? {

@@ -41,7 +41,7 @@ extension QueryHandler {
         switch plan.kind {
         case .service(let entry, let selector):
             // SRV targets name the domain: the templates are the primary domain's.
-            if query.type == RRType.srv && plan.domain != resolver.configuration.domain { return nil }
+            if query.type == RRType.srv && plan.alt { return nil }
             let encoded = resolver.templates(entry, selector, datacenter: plan.datacenter, name: name, in: snapshot)
             guard let template = encoded.template(query.type) else { return nil }
             (source, bodySize) = (.service(entry, count: encoded.count, template), template.bodySize)

@@ -49,21 +49,23 @@ public struct NamePlan: Sendable {
     }
 
     public var kind: Kind
-    /// The served domain the name is in (`--domain` or `--alt-domain`).
-    public var domain: DNSName
-    /// A zone file for that domain, if there is one.
-    public var zone: Zone?
+    /// Whether the name is in `--alt-domain` rather than `--domain` (`Resolver.domain(of:)`).
+    public var alt = false
     /// The datacenter label, when the name gives one.
-    public var datacenter: NameSpan?
+    public var datacenter: NameSpan? = nil
 }
 
 extension Resolver {
     /// The service domain, or `--alt-domain`, that holds the name in `wire` (the longer, when both do).
     public func servedDomain(wire name: UnsafeRawBufferPointer) -> DNSName? {
-        let primary = DNSName.isSubdomain(wire: name, of: configuration.domain) ? configuration.domain : nil
-        guard let alt = configuration.altDomain, DNSName.isSubdomain(wire: name, of: alt) else { return primary }
-        guard let primary else { return alt }
-        return alt.wire.count > primary.wire.count ? alt : primary
+        servesAlt(wire: name).map { $0 ? configuration.altDomain! : configuration.domain }
+    }
+
+    /// Nil when the name is in neither domain; else whether it is in `--alt-domain` rather than `--domain`.
+    func servesAlt(wire name: UnsafeRawBufferPointer) -> Bool? {
+        let primary = DNSName.isSubdomain(wire: name, of: configuration.domain)
+        guard let alt = configuration.altDomain, DNSName.isSubdomain(wire: name, of: alt) else { return primary ? false : nil }
+        return !primary || alt.wire.count > configuration.domain.wire.count
     }
 
     public func servedDomain(containing name: DNSName) -> DNSName? {
@@ -75,21 +77,23 @@ extension Resolver {
     /// `zoneHolds` says whether a zone file for the domain has records at this name (the general path looks;
     /// the fast path, which cannot without building a name, says yes and so leaves such names alone).
     public func classify(_ name: UnsafeRawBufferPointer, in snapshot: CatalogSnapshot, zoneHolds: (Zone) -> Bool) -> NamePlan {
-        guard let domain = servedDomain(wire: name) else {
-            return NamePlan(kind: .outside, domain: configuration.domain)
-        }
-        var plan = NamePlan(kind: .notLoaded, domain: domain, zone: snapshot.zones.first { $0.origin == domain })
-        guard snapshot.isLoaded else { return plan }
+        guard let alt = servesAlt(wire: name) else { return NamePlan(kind: .outside) }
+        let domain = alt ? configuration.altDomain! : configuration.domain
+        guard snapshot.isLoaded else { return NamePlan(kind: .notLoaded, alt: alt) }
         return withUnsafeTemporaryAllocation(of: Int.self, capacity: 128) { offsets -> NamePlan in
             // offsets[i]: where label i starts; offsets[count]: the root label.
             var count = 0, p = 0
             while name[p] != 0 { offsets[count] = p; count += 1; p += Int(name[p]) + 1 }
             offsets[count] = p
             let labels = Labels(name: name, offsets: offsets, count: count - domain.labelCount)
-            plan.kind = domainKind(labels, &plan, snapshot, zoneHolds)
-            return plan
+            var datacenter: NameSpan? = nil
+            let kind = domainKind(labels, &datacenter, snapshot, zone: snapshot.zone(for: domain), zoneHolds)
+            return NamePlan(kind: kind, alt: alt, datacenter: datacenter)
         }
     }
+
+    /// The served domain a plan's name is in.
+    public func domain(of plan: NamePlan) -> DNSName { plan.alt ? configuration.altDomain! : configuration.domain }
 
     /// The labels in front of the domain, read in place.
     struct Labels {
@@ -129,30 +133,31 @@ extension Resolver {
     }
 
     /// `[rest].<service|node|addr>[.<dc>].<domain>`: the kind label is found from the right, as Consul does.
-    private func domainKind(_ l: Labels, _ plan: inout NamePlan, _ snapshot: CatalogSnapshot, _ zoneHolds: (Zone) -> Bool) -> NamePlan.Kind {
+    private func domainKind(_ l: Labels, _ datacenter: inout NameSpan?, _ snapshot: CatalogSnapshot, zone: Zone?,
+                            _ zoneHolds: (Zone) -> Bool) -> NamePlan.Kind {
         // Records a zone file gives for the domain take precedence at their own names.
-        if let zone = plan.zone, l.count > 0, zoneHolds(zone) { return .domainZone }
+        if let zone, l.count > 0, zoneHolds(zone) { return .domainZone }
         if l.count == 0 { return .apex }
-        if plan.zone == nil, l.count == 1, l.label(0, is: "ns") { return .nameserver }
+        if zone == nil, l.count == 1, l.label(0, is: "ns") { return .nameserver }
         let branch: Branch
         let restEnd: Int
         if let b = Self.branch(l.label(l.count - 1)) {
             (branch, restEnd) = (b, l.count - 1)
         } else if l.count >= 2, let b = Self.branch(l.label(l.count - 2)) {
             (branch, restEnd) = (b, l.count - 2)
-            plan.datacenter = l.text(l.count - 1)
+            datacenter = l.text(l.count - 1)
         } else {
             // `<dc>.<domain>` is an empty non-terminal: NODATA, not NXDOMAIN (RFC 8020).
             return l.count == 1 && snapshot.datacenters.contains(l.key(l.text(0))) ? .nodata : .nxdomain
         }
-        if let dc = plan.datacenter, !snapshot.datacenters.contains(l.key(dc)) { return .nxdomain }
+        if let dc = datacenter, !snapshot.datacenters.contains(l.key(dc)) { return .nxdomain }
         // `service.<domain>`, `node.dc1.<domain>` …: empty non-terminals too.
         if restEnd == 0 { return .nodata }
         switch branch {
         case .service:
             return serviceKind(l, restEnd, snapshot)
         case .node:
-            let dc = plan.datacenter.map(l.key) ?? configuration.datacenterKey
+            let dc = datacenter.map(l.key) ?? configuration.datacenterKey
             let key = CatalogSnapshot.NodeKey(name: l.key(l.span(0, restEnd)), datacenter: dc)
             guard let node = snapshot.nodes[key], !node.name.isEmpty else { return .nxdomain }
             return .node(node)

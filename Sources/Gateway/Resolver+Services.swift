@@ -33,7 +33,7 @@ extension Resolver {
             let records = addressRecords(Self.answerAddresses(ordered, type), owner: name, type: type, ttl: ttl)
             return records.isEmpty ? negative(RCode.noError, snapshot, plan) : Answer(rcode: RCode.noError, authoritative: true, answers: records)
         case RRType.srv:
-            let (answers, glue) = srvRecords(ordered, owner: name, selector: selector, ttl: ttl, domain: plan.domain, snapshot, depth: depth)
+            let (answers, glue) = srvRecords(ordered, owner: name, selector: selector, ttl: ttl, domain: domain(of: plan), snapshot, depth: depth)
             return Answer(rcode: RCode.noError, authoritative: true, answers: answers, glue: glue)
         default:
             return negative(RCode.noError, snapshot, plan)

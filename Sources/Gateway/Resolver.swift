@@ -68,7 +68,7 @@ public struct Resolver: Sendable {
 
     private func answer(_ plan: NamePlan, _ name: DNSName, _ wire: UnsafeRawBufferPointer, _ type: UInt16,
                         _ snapshot: CatalogSnapshot, depth: Int) -> Answer {
-        let domain = plan.domain
+        let domain = self.domain(of: plan)
         switch plan.kind {
         case .outside:
             if let zone = snapshot.zone(containing: name) { return resolveStatic(name, type, zone: zone, in: snapshot, depth: depth) }
@@ -76,9 +76,9 @@ public struct Resolver: Sendable {
         case .notLoaded:
             return Answer(rcode: RCode.servFail, authoritative: false)
         case .domainZone:
-            return resolveStatic(name, type, zone: plan.zone!, in: snapshot, depth: depth)
+            return resolveStatic(name, type, zone: snapshot.zone(for: domain)!, in: snapshot, depth: depth)
         case .apex:
-            return apex(name, type, snapshot, zone: plan.zone, domain: domain)
+            return apex(name, type, snapshot, zone: snapshot.zone(for: domain), domain: domain)
         case .nameserver:
             let records = addressRecords(configuration.nameserverAddresses, owner: name, type: type, ttl: configuration.nodeTTL)
             return records.isEmpty ? negative(RCode.noError, snapshot, plan) : Answer(rcode: RCode.noError, authoritative: true, answers: records)
@@ -122,7 +122,8 @@ public struct Resolver: Sendable {
 
     /// NXDOMAIN or NODATA in the served domain, with its SOA (RFC 2308).
     func negative(_ rcode: UInt16, _ snapshot: CatalogSnapshot, _ plan: NamePlan) -> Answer {
-        Answer(rcode: rcode, authoritative: true, authority: [soa(snapshot, zone: plan.zone, domain: plan.domain).record])
+        let domain = self.domain(of: plan)
+        return Answer(rcode: rcode, authoritative: true, authority: [soa(snapshot, zone: snapshot.zone(for: domain), domain: domain).record])
     }
 
 }

@@ -89,12 +89,8 @@ extension Resolver {
     /// This resolver's templates for the entry; another resolver's (before a reload that changed the
     /// configuration) are replaced.
     private func entryTemplates(_ entry: ServiceEntry) -> EntryTemplates {
-        if let a = entry.attachment.load(ordering: .acquiring), a.owner == identity {
-            return unsafeDowncast(a.object, to: EntryTemplates.self)
-        }
-        let fresh = EntryTemplates()
-        entry.attachment.store(EntryAttachment(owner: identity, object: fresh), ordering: .releasing)
-        return fresh
+        let attached = entry.attachment(owner: identity) ?? entry.attach(EntryAttachment(owner: identity, object: EntryTemplates()))
+        return unsafeDowncast(attached.object, to: EntryTemplates.self)
     }
 
     /// The same records `service(…)` gives for the selection, in base order, one per instance `selected` keeps.

@@ -160,19 +160,27 @@ struct FastPathTests {
         #expect(Self.takesFastPath(first, q, .udp))
         _ = first.respond(to: q, transport: .udp, allocator: ByteBufferAllocator())
         let entry = try #require(store.snapshot.services["web"])
-        let attached = entry.attachment.load(ordering: .acquiring)
-        let encoded = try #require(attached)
+        let encoded = try #require(entry.attachment(owner: resolver.identity))
         // A new handler around the same resolver (a reload that left the resolver's settings alone) keeps them.
         let kept = QueryHandler(resolver: resolver, store: store, logger: Logger(label: "test"), maxStale: .seconds(5))
         #expect(Self.takesFastPath(kept, q, .udp))
-        #expect(entry.attachment.load(ordering: .acquiring) === encoded)
+        #expect(entry.attachment(owner: resolver.identity) === encoded)
         // Another configuration encodes its own, with its own TTL, on the fast path still.
         let second = QueryHandler(resolver: Fixture.resolver { $0.serviceTTL = TTLPolicy(defaultTTL: 99) }, store: store,
                                   logger: Logger(label: "test"))
         #expect(Self.takesFastPath(second, q, .udp))
         let answer = try? Message(from: #require(second.respond(to: q, transport: .udp, allocator: ByteBufferAllocator())))
         #expect(answer?.answers.count == 3 && answer?.answers.allSatisfy { $0.ttl == 99 } == true)
-        #expect(entry.attachment.load(ordering: .acquiring) !== encoded)
+        #expect(entry.attachment(owner: second.resolver.identity) != nil && entry.attachment(owner: resolver.identity) === encoded,
+                "the first resolver's stay in their slot")
+        // A third configuration replaces the second's, and the second encodes again when it next asks.
+        let third = QueryHandler(resolver: Fixture.resolver { $0.nodeTTL = 3 }, store: store, logger: Logger(label: "test"))
+        _ = third.respond(to: q, transport: .udp, allocator: ByteBufferAllocator())
+        #expect(entry.attachment(owner: second.resolver.identity) == nil && entry.attachment(owner: third.resolver.identity) != nil)
+        #expect(Self.takesFastPath(second, q, .udp))
+        let again = try? Message(from: #require(second.respond(to: q, transport: .udp, allocator: ByteBufferAllocator())))
+        #expect(again?.answers.count == 3 && again?.answers.allSatisfy { $0.ttl == 99 } == true)
+        #expect(entry.attachment(owner: second.resolver.identity) != nil)
     }
 
     @Test("Random tags do not grow an entry's templates without bound")
@@ -183,8 +191,7 @@ struct FastPathTests {
             Self.compare(pair, q, .udp, rounds: 1)
         }
         let entry = try #require(pair.fast.store.snapshot.services["web"])
-        let loaded = entry.attachment.load(ordering: .acquiring)
-        let attached = try #require(loaded)
+        let attached = try #require(entry.attachment(owner: pair.fast.resolver.identity))
         let templates = unsafeDowncast(attached.object, to: EntryTemplates.self)
         #expect(templates.others.load(ordering: .acquiring).map.isEmpty, "tags no instance has are never kept")
         for tag in ["v2", "primary", "canary"] { _ = pair.fast.respond(to: Self.query("\(tag).web.service.consul", RRType.a), transport: .udp, allocator: ByteBufferAllocator()) }

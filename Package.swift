@@ -90,19 +90,21 @@ let package = Package(
                 .product(name: "UnixSignals", package: "swift-service-lifecycle"),
             ]
         ),
+        // The seeded random generator every test target draws from.
+        .target(name: "TestSupport", path: "Tests/TestSupport"),
         .testTarget(
             name: "DNSWireTests",
-            dependencies: ["DNSWire", "CLDNS", "FuzzChecks", .product(name: "NIOCore", package: "swift-nio")]
+            dependencies: ["DNSWire", "CLDNS", "FuzzChecks", "TestSupport", .product(name: "NIOCore", package: "swift-nio")]
         ),
         .testTarget(
             name: "CatalogTests",
-            dependencies: ["Catalog", "DNSWire", .product(name: "Logging", package: "swift-log")],
+            dependencies: ["Catalog", "DNSWire", "TestSupport", .product(name: "Logging", package: "swift-log")],
             resources: [.copy("Resources")]
         ),
         .testTarget(
             name: "GatewayTests",
             dependencies: [
-                "Gateway", "Catalog", "DNSWire",
+                "Gateway", "Catalog", "DNSWire", "TestSupport",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOEmbedded", package: "swift-nio"),
@@ -112,7 +114,7 @@ let package = Package(
         .testTarget(
             name: "EndToEndTests",
             dependencies: [
-                "DNSWire", "Catalog", "Gateway", "signpost",
+                "DNSWire", "Catalog", "Gateway", "signpost", "TestSupport",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),

@@ -68,6 +68,27 @@ public actor CatalogAssembler {
         publish()
     }
 
+    /// A registry's data from its state file, confirmed at `confirmed` (seconds since the epoch): served, stale from
+    /// that moment, until the registry answers (`setContact(inContact: true)` or a `replace`).
+    public func restore(source index: Int, with catalog: SourceCatalog, confirmed: Double) {
+        replace(source: index, with: catalog)
+        let age = max(0, Date().timeIntervalSince1970 - confirmed)
+        let nanoseconds = min(UInt64(age * 1e9), Uptime.nanoseconds)
+        staleSince[index] = Uptime.nanoseconds - nanoseconds
+        fromState[index] = confirmed
+        store.setStale(since: staleSince.values.min())
+        publishStatus()
+        logger.warning("registry data from the state file; stale until the registry answers",
+                       metadata: ["registry": "\(names[index])", "age": "\(Int(age))s"])
+    }
+
+    /// Registries serving their state file's data, with its confirmation time.
+    private var fromState: [Int: Double] = [:]
+
+    private func publishStatus() {
+        store.setFromState(fromState.keys.sorted().map { (names[$0], fromState[$0]!) })
+    }
+
     public func setZones(_ zones: [Zone]) {
         self.zones = zones
         publish()
@@ -96,6 +117,7 @@ public actor CatalogAssembler {
     /// Records whether a registry is in contact; the store exposes the oldest loss of contact.
     public func setContact(source index: Int, inContact: Bool) {
         if inContact {
+            if fromState.removeValue(forKey: index) != nil { publishStatus() }
             if staleSince.removeValue(forKey: index) != nil {
                 logger.info("registry in contact again", metadata: ["registry": "\(names[index])"])
             }

@@ -35,6 +35,10 @@ public actor ConsulWatcher {
         public var churnInterval: Duration = .seconds(1)
         /// Service reads in flight at once (each holds one connection to the agent).
         public var readConcurrency = 16
+        /// `--state-dir`: the last-good data and the indexes, loaded at start-up and written on change.
+        public var state: StateKeeper? = nil
+        /// `--max-stale`: a state file confirmed longer ago than this is not served.
+        public var maxStale: Duration? = nil
         public var backoff = Backoff()
 
         public init(address: String, datacenter: String? = nil, token: String? = nil, stale: Bool = true, localDatacenter: String = "dc1") {
@@ -93,11 +97,15 @@ public actor ConsulWatcher {
         http.connectionPool = .init(idleTimeout: .seconds(60),
                                     concurrentHTTP1ConnectionsPerHostSoftLimit: configuration.readConcurrency + 4)
         client = HTTPClient(eventLoopGroupProvider: .singleton, configuration: http)
+        if let keeper = configuration.state, let state = keeper.load(maxStale: configuration.maxStale) { await restore(state) }
+        let writer = configuration.state.map { keeper in Task { await keeper.run(source: self) } }
         await withTaskGroup(of: Void.self) { group in
             group.addTask { await self.watchCatalog() }
             group.addTask { await self.watchChecks() }
             await group.waitForAll()
         }
+        writer?.cancel()
+        await writer?.value
         for task in later.values { task.cancel() }
         try? await client.shutdown()
     }
@@ -106,12 +114,16 @@ public actor ConsulWatcher {
     /// table. New services are read, services that went are removed, and, since any instance may have changed,
     /// the others are read again (only changed ones are published).
     private func watchCatalog() async {
-        var index: UInt64 = 0
+        var index = catalogIndex
+        // Resumed from a state file: the first query blocks only briefly, so an unchanged Consul is confirmed at once
+        // (a changed one answers at once anyway).
+        var firstWait: Duration? = index > 0 ? .milliseconds(20) : nil
         var failures = 0
         while !Task.isCancelled {
             let started = ContinuousClock.now
             do {
-                let (services, returned, leader) = try await getJSON("/v1/catalog/services", index: index, as: [String: Any].self)
+                let (services, returned, leader) = try await getJSON("/v1/catalog/services", index: index, wait: firstWait, as: [String: Any].self)
+                firstWait = nil
                 let filtered = Self.filteredByACLs(services: services.keys, token: configuration.token, header: leader.filteredByACLs)
                 await reportACLFiltering(filtered)
                 let names = servable(services.keys)
@@ -131,13 +143,16 @@ public actor ConsulWatcher {
                     await assembler.setContact(source: sourceIndex, inContact: true)
                 }
                 failures = 0
+                configuration.state?.confirmed()
                 if next == index { try await pace(since: started) }
                 index = next
+                catalogIndex = next
             } catch {
                 if Task.isCancelled { break }
                 failures += 1
                 restarts.increment()
                 logger.warning("consul unreachable", metadata: ["consul.address": "\(configuration.address)", "error": "\(error)"])
+                configuration.state?.lostContact()
                 await assembler.setContact(source: sourceIndex, inContact: false)
                 index = 0
                 do { try await Task.sleep(for: configuration.backoff.delay(afterFailures: failures)) } catch { break }
@@ -150,7 +165,7 @@ public actor ConsulWatcher {
     /// token bucket (the blocking-query docs' advice): past its burst, its next read waits for a token, and the
     /// changes meanwhile fold into that read, so a flapping check costs one read a second and delays no other.
     private func watchChecks() async {
-        var index: UInt64 = 0
+        var index = checksIndex
         var failures = 0
         while !Task.isCancelled {
             let started = ContinuousClock.now
@@ -170,6 +185,7 @@ public actor ConsulWatcher {
                 failures = 0
                 if next == index { try await pace(since: started) }
                 index = next
+                checksIndex = next
             } catch {
                 if Task.isCancelled { break }
                 failures += 1
@@ -179,6 +195,10 @@ public actor ConsulWatcher {
             }
         }
     }
+
+    /// The blocking queries' indexes, kept in the state file so a restart resumes where they were.
+    private var catalogIndex: UInt64 = 0
+    private var checksIndex: UInt64 = 0
 
     /// Every check's ModifyIndex, by node and check ID, with its service; nil until the first read.
     private var checkIndexes: [String: (index: UInt64, service: String, node: String)]? = nil
@@ -304,6 +324,7 @@ public actor ConsulWatcher {
         }
         catalog.nodes = nodeRefs.nodes
         await assembler.replace(source: sourceIndex, with: catalog)
+        configuration.state?.changed()
         loaded = true
         logger.info("consul loaded", metadata: ["consul.address": "\(configuration.address)", "consul.services": "\(names.count)"])
         if !changedDuringLoad.isEmpty {
@@ -328,6 +349,7 @@ public actor ConsulWatcher {
                 nodes.merge(setNodes(for: name, [])) { $1 }
             }
             await assembler.update(source: sourceIndex, services: services, nodes: nodes)
+            configuration.state?.changed()
         }
         await readAndPublish(names)
     }
@@ -342,7 +364,10 @@ public actor ConsulWatcher {
             services[name] = instances
             nodes.merge(setNodes(for: name, instances)) { $1 }
         }
-        if !services.isEmpty { await assembler.update(source: sourceIndex, services: services, nodes: nodes) }
+        if !services.isEmpty {
+            await assembler.update(source: sourceIndex, services: services, nodes: nodes)
+            configuration.state?.changed()
+        }
     }
 
     /// `/v1/health/service/<name>` for each, at most `readConcurrency` at once. Failures are logged, and retried.
@@ -505,8 +530,8 @@ public actor ConsulWatcher {
     }
 
     /// `get`, with the body decoded as the JSON shape the endpoint documents.
-    private func getJSON<T>(_ path: String, index: UInt64, as type: T.Type) async throws -> (T, UInt64?, LeaderContact) {
-        let (body, returned, leader) = try await get(path, index: index)
+    private func getJSON<T>(_ path: String, index: UInt64, wait: Duration? = nil, as type: T.Type) async throws -> (T, UInt64?, LeaderContact) {
+        let (body, returned, leader) = try await get(path, index: index, wait: wait ?? configuration.wait)
         guard let value = try JSONSerialization.jsonObject(with: body) as? T else {
             throw HTTPError(description: "\(path): not a JSON \(T.self == [String: Any].self ? "object" : "array")")
         }
@@ -514,11 +539,11 @@ public actor ConsulWatcher {
     }
 
     /// A GET, blocking when `index` > 0; returns the body, `X-Consul-Index` and the leader headers.
-    private func get(_ path: String, index: UInt64) async throws -> (Data, UInt64?, LeaderContact) {
+    private func get(_ path: String, index: UInt64, wait: Duration) async throws -> (Data, UInt64?, LeaderContact) {
         var query: [String] = []
         if let dc = configuration.datacenter { query.append("dc=\(dc)") }
         if configuration.stale { query.append("stale") }
-        let waitSeconds = Double(configuration.wait.components.seconds)
+        let waitSeconds = Double(wait.components.seconds) + Double(wait.components.attoseconds) / 1e18
         if index > 0 {
             // Jitter on top of the wait, so watches started together do not all return together.
             let jittered = waitSeconds + Double.random(in: 0...(waitSeconds / 16))
@@ -537,5 +562,42 @@ public actor ConsulWatcher {
                                    lastContact: response.headers.first(name: "X-Consul-LastContact"))
         leader.filteredByACLs = response.headers.first(name: "X-Consul-Results-Filtered-By-ACLs") == "true"
         return (Data(body.readableBytesView), returned, leader)
+    }
+}
+
+extension ConsulWatcher: StateSource {
+    /// The services as published, and the indexes (the checks' too) to resume the blocking queries from.
+    public func currentState() -> (entries: [String: [Instance]], resume: [String: String]) {
+        var checks: [String: [Any]] = [:]
+        for (key, c) in checkIndexes ?? [:] { checks[key] = [String(c.index), c.service, c.node] }
+        let text = (try? JSONSerialization.data(withJSONObject: checks)).map { String(decoding: $0, as: UTF8.self) } ?? "{}"
+        return (published, ["catalogIndex": String(catalogIndex), "checksIndex": String(checksIndex), "checks": text])
+    }
+
+    /// The state file's services, served until Consul answers. The blocking queries resume from its indexes:
+    /// Consul answers at once if they moved meanwhile, and only what changed is read again (every service, if the
+    /// service set moved, as after any catalog change).
+    func restore(_ state: RegistryState) async {
+        var catalog = SourceCatalog()
+        for (name, instances) in state.entries where !instances.isEmpty {
+            published[name] = instances
+            catalog.services[name] = instances
+            setNodes(for: name, instances)
+        }
+        catalog.nodes = nodeRefs.nodes
+        known = Set(published.keys)
+        loaded = true
+        catalogIndex = UInt64(state.resume["catalogIndex"] ?? "") ?? 0
+        checksIndex = UInt64(state.resume["checksIndex"] ?? "") ?? 0
+        if let text = state.resume["checks"], let object = try? JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: [String]] {
+            var checks: [String: (index: UInt64, service: String, node: String)] = [:]
+            for (key, v) in object where v.count == 3 { checks[key] = (UInt64(v[0]) ?? 0, v[1], v[2]) }
+            checkIndexes = checks
+        } else {
+            checksIndex = 0
+        }
+        await assembler.restore(source: sourceIndex, with: catalog, confirmed: state.confirmed)
+        logger.info("serving the state file until Consul answers", metadata: ["path": "\(configuration.state!.path)",
+                                                                            "consul.services": "\(known.count)", "consul.index": "\(catalogIndex)"])
     }
 }

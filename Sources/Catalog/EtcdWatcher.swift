@@ -21,7 +21,13 @@ public actor EtcdWatcher {
         public var endpoints: [String]
         public var prefix: String
         public var localDatacenter: String
-        public var backoff = Backoff()
+        /// Retries walk the endpoints with at most a second between tries: a member that is back (or a quorum that
+        /// is) is found within a second, and a second per try costs a down cluster nothing.
+        public var backoff = Backoff(base: .milliseconds(100), cap: .seconds(1))
+        /// `--state-dir`: the last-good data, loaded at start-up and written on change; nil without one.
+        public var state: StateKeeper? = nil
+        /// `--max-stale`: a state file confirmed longer ago than this is not served.
+        public var maxStale: Duration? = nil
 
         public init(endpoints: [String], prefix: String = "/services/", localDatacenter: String = "dc1") {
             self.endpoints = endpoints
@@ -65,6 +71,8 @@ public actor EtcdWatcher {
         var http = HTTPClient.Configuration()
         http.timeout = .init(connect: .seconds(1))
         client = HTTPClient(eventLoopGroupProvider: .singleton, configuration: http)
+        if let keeper = configuration.state, let state = keeper.load(maxStale: configuration.maxStale) { await restore(state) }
+        let writer = configuration.state.map { keeper in Task { await keeper.run(source: self) } }
         var failures = 0
         while !Task.isCancelled {
             let endpoint = configuration.endpoints[endpointIndex % configuration.endpoints.count]
@@ -80,12 +88,31 @@ public actor EtcdWatcher {
                 failures += 1
                 restarts.increment()
                 logger.warning("etcd unreachable", metadata: ["etcd.endpoint": "\(endpoint)", "error": "\(error)"])
+                configuration.state?.lostContact()
                 await assembler.setContact(source: sourceIndex, inContact: false)
                 endpointIndex += 1
                 do { try await Task.sleep(for: configuration.backoff.delay(afterFailures: failures)) } catch { break }
             }
         }
+        writer?.cancel()
+        await writer?.value
         try? await client.shutdown()
+    }
+
+    /// The state file's data, served until etcd answers; the watch resumes from its revision (a re-list follows
+    /// only if that revision was compacted meanwhile).
+    private func restore(_ state: RegistryState) async {
+        var entries: [String: Entry] = [:]
+        for (key, instances) in state.entries {
+            guard let first = instances.first else { continue }
+            entries[key] = (ServiceName.key(first.service), instances)
+        }
+        let catalog = adopt(entries)
+        revision = Int64(state.resume["revision"] ?? "") ?? 0
+        listed = revision > 0
+        await assembler.restore(source: sourceIndex, with: catalog, confirmed: state.confirmed)
+        logger.info("serving the state file until etcd answers", metadata: ["path": "\(configuration.state!.path)", "etcd.revision": "\(revision)",
+                                                                          "etcd.keys": "\(keys.count)"])
     }
 
 
@@ -110,6 +137,10 @@ public actor EtcdWatcher {
         var request = HTTPClientRequest(url: endpoint + path)
         request.method = .POST
         request.headers.add(name: "Content-Type", value: "application/json")
+        // etcd's require-leader (clientv3.WithRequireLeader, through the gateway's gRPC metadata): a member that has
+        // lost its leader (no quorum) ends the watch with "no leader" instead of keeping it open and silent, so
+        // Signpost sees the outage, serves the cache as stale, and moves to another member.
+        request.headers.add(name: "Grpc-Metadata-hasleader", value: "true")
         request.body = .bytes(ByteBuffer(bytes: try JSONSerialization.data(withJSONObject: body)))
         let response = try await client.execute(request, deadline: deadline, logger: logger)
         guard response.status == .ok else {
@@ -156,7 +187,18 @@ public actor EtcdWatcher {
             body["key"] = Data(lastKey + [0]).base64EncodedString()
         }
         revision = pinned ?? 0
-        keys = fresh
+        let catalog = adopt(fresh)
+        await assembler.replace(source: sourceIndex, with: catalog)
+        await assembler.setContact(source: sourceIndex, inContact: true)
+        configuration.state?.confirmed()
+        configuration.state?.changed()
+        listed = true
+        logger.info("etcd listed", metadata: ["etcd.endpoint": "\(endpoint)", "etcd.revision": "\(revision)", "etcd.keys": "\(keys.count)"])
+    }
+
+    /// Takes `entries` as the whole set of keys (a listing, or a state file), and returns the catalog they make.
+    private func adopt(_ entries: [String: Entry]) -> SourceCatalog {
+        keys = entries
         keysByService = [:]
         for (key, entry) in keys { keysByService[entry.service, default: []].insert(key) }
         nodeRefs.removeAll()
@@ -166,10 +208,7 @@ public actor EtcdWatcher {
             for inst in entry.instances { nodeRefs.retain(inst.node) }
         }
         catalog.nodes = nodeRefs.nodes
-        await assembler.replace(source: sourceIndex, with: catalog)
-        await assembler.setContact(source: sourceIndex, inContact: true)
-        listed = true
-        logger.info("etcd listed", metadata: ["etcd.endpoint": "\(endpoint)", "etcd.revision": "\(revision)", "etcd.keys": "\(keys.count)"])
+        return catalog
     }
 
     private func watch(_ endpoint: String, onCreated: () -> Void) async throws {
@@ -193,6 +232,7 @@ public actor EtcdWatcher {
         if let error = json["error"] as? [String: Any] { throw GatewayError(description: "watch: \(error)") }
         guard let result = json["result"] as? [String: Any] else { return }
         if result["created"] as? Bool == true {
+            configuration.state?.confirmed()
             await assembler.setContact(source: sourceIndex, inContact: true)
             onCreated()
         }
@@ -239,6 +279,7 @@ public actor EtcdWatcher {
         var nodes: [CatalogSnapshot.NodeKey: Node?] = [:]
         for key in changedNodes { nodes[key] = .some(nodeRefs.node(key)) }
         await assembler.update(source: sourceIndex, services: services, nodes: nodes)
+        configuration.state?.changed()
     }
 
     enum Parsed {
@@ -272,5 +313,11 @@ public actor EtcdWatcher {
 
     static func decode(_ any: Any?) -> String? {
         decodeBytes(any).map { String(decoding: $0, as: UTF8.self) }
+    }
+}
+
+extension EtcdWatcher: StateSource {
+    public func currentState() -> (entries: [String: [Instance]], resume: [String: String]) {
+        (keys.mapValues(\.instances), ["revision": String(revision)])
     }
 }

@@ -165,6 +165,12 @@ public final class RegistryProblems: AtomicReference, Sendable {
     public init(_ reasons: [String]) { self.reasons = reasons }
 }
 
+/// Registries serving their state file (an immutable list, swapped whole).
+final class RegistryOrigins: AtomicReference, Sendable {
+    let list: [(registry: String, confirmed: Double)]
+    init(_ list: [(String, Double)]) { self.list = list.map { (registry: $0.0, confirmed: $0.1) } }
+}
+
 /// The one place readers get the current snapshot: a lock-free atomic load.
 public final class SnapshotStore: Sendable {
     private let problemList = ManagedAtomic<RegistryProblems>(RegistryProblems([]))
@@ -173,6 +179,14 @@ public final class SnapshotStore: Sendable {
     public var problems: [String] { problemList.load(ordering: .acquiring).reasons }
 
     public func setProblems(_ reasons: [String]) { problemList.store(RegistryProblems(reasons), ordering: .releasing) }
+
+    private let stateOrigins = ManagedAtomic<RegistryOrigins>(RegistryOrigins([]))
+
+    /// Registries whose data came from `--state-dir` and that have not answered since: name and confirmation time
+    /// (seconds since the epoch), for `/ready`.
+    public var fromState: [(registry: String, confirmed: Double)] { stateOrigins.load(ordering: .acquiring).list }
+
+    public func setFromState(_ list: [(String, Double)]) { stateOrigins.store(RegistryOrigins(list), ordering: .releasing) }
 
     private let current: ManagedAtomic<CatalogSnapshot>
 

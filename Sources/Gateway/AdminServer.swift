@@ -1,4 +1,5 @@
 import Catalog
+import Foundation
 import Logging
 import NIOConcurrencyHelpers
 import NIOCore
@@ -37,6 +38,19 @@ public final class AdminServer: Service, Sendable {
             return "registry data is \(age.components.seconds)s old, over --max-stale"
         }
         return nil
+    }
+
+    /// `ready`, and a line for each registry that serves stale data: from its state file (with the age of its last
+    /// confirmation), or cached since it lost contact.
+    static func readyText(store: SnapshotStore, now: Double = Date().timeIntervalSince1970) -> String {
+        var lines = ["ready"]
+        for (registry, confirmed) in store.fromState {
+            lines.append("\(registry): stale (from state, age \(Int(max(0, now - confirmed)))s)")
+        }
+        if lines.count == 1, let age = store.staleness() {
+            lines.append("stale (a registry is out of contact; data age \(age.components.seconds)s)")
+        }
+        return lines.joined(separator: "\n") + "\n"
     }
 
     @discardableResult
@@ -101,7 +115,7 @@ final class AdminHandler: ChannelInboundHandler, Sendable {
                 if let reason = AdminServer.notReady(store: store, maxStale: maxStale) {
                     (status, contentType, body) = (.serviceUnavailable, "text/plain", Array("not ready: \(reason)\n".utf8))
                 } else {
-                    (status, contentType, body) = (.ok, "text/plain", Array("ready\n".utf8))
+                    (status, contentType, body) = (.ok, "text/plain", Array(AdminServer.readyText(store: store).utf8))
                 }
             case "/metrics":
                 (status, contentType, body) = (.ok, "text/plain; version=0.0.4", metrics())

@@ -27,7 +27,9 @@ extension Serve {
         config.resolver.datacenter = dc
         let assembler = CatalogAssembler(sources: restart.registries.map(\.description), expectsZones: restart.zones != nil,
                                          localDatacenter: dc, store: store, logger: logger)
-        var (fileWatchers, services) = try makeWatchers(restart.registries, zonesDir: restart.zones, assembler: assembler, logger: logger)
+        let stateDir = restart.stateDir.flatMap { StateKeeper.usable(directory: $0, logger: logger) ? $0 : nil }
+        var (fileWatchers, services) = try makeWatchers(restart.registries, zonesDir: restart.zones, stateDir: stateDir, maxStale: config.maxStale,
+                                                        assembler: assembler, logger: logger)
         for w in fileWatchers { services.append(TaskService { await w.run() }) }
         let monitor = StalenessMonitor(store: store, logger: logger)
         services.append(TaskService { await monitor.run() })

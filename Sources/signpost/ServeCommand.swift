@@ -115,6 +115,9 @@ struct Serve: AsyncParsableCommand {
     @Option(name: .long, help: ArgumentHelp("Clients allowed to have other names forwarded. Repeatable. Default: loopback, RFC 1918, RFC 6598, link-local, ULA.", valueName: "CIDR"))
     var allowRecursion: [String] = []
 
+    @Option(name: .long, help: ArgumentHelp("Keep each registry's last-good catalog here, and serve it after a restart while the registry is unreachable (within --max-stale). Off by default.", valueName: "DIR"))
+    var stateDir: String?
+
     /// The command line's settings over the `--config` file's.
     func settings() throws(StartupError) -> Settings {
         let flags = Settings(
@@ -125,7 +128,8 @@ struct Serve: AsyncParsableCommand {
             tcpMaxInflight: tcpMaxInflight, logLevel: logLevel, threads: threads, udpEngine: udpEngine, admin: admin, rrlRate: rrlRate,
             rrlSlip: rrlSlip, rrlExempt: list(rrlExempt), user: user, queryLog: queryLog, upstream: list(upstream), forward: forward,
             upstreamPolicy: upstreamPolicy, upstreamTimeout: upstreamTimeout, maxConcurrent: maxConcurrent, cacheSize: cacheSize,
-            cacheMinTtl: cacheMinTTL, cacheMaxTtl: cacheMaxTTL, staleTtl: staleTTL, allowRecursion: list(allowRecursion))
+            cacheMinTtl: cacheMinTTL, cacheMaxTtl: cacheMaxTTL, staleTtl: staleTTL, allowRecursion: list(allowRecursion),
+            stateDir: stateDir)
         guard let path = catalogOptions.config else { return flags }
         do { return try Settings.decode(file: path).overlaid(with: flags) } catch let problem as CatalogProblem {
             throw StartupError(message: problem.description, code: 64)

@@ -32,6 +32,8 @@ struct ServeConfiguration: Sendable, Equatable {
         var datacenter: String?
         var logLevel: Logger.Level
         var user: String?
+        /// `--state-dir`: where each registry's last-good catalog is kept.
+        var stateDir: String?
 
         /// The names of the fields that differ from `old`, for the log line a reload writes.
         func changes(from old: RestartOnly) -> [String] {
@@ -97,7 +99,7 @@ struct ServeConfiguration: Sendable, Equatable {
         }
         if registries.isEmpty { registries = [.file(directory: "zones/catalog")] }
         return RestartOnly(server: server, threads: threads, admin: admin, registries: registries, zones: CatalogOptions.zonesDirectory(s.zones),
-                           datacenter: s.datacenter, logLevel: level, user: s.user)
+                           datacenter: s.datacenter, logLevel: level, user: s.user, stateDir: s.stateDir)
     }
 
     private static func resolver(_ s: Settings, listen: [ListenAddress]) throws(ConfigurationError) -> ResolverConfiguration {

@@ -79,6 +79,7 @@ struct Settings: Sendable, Equatable, Codable {
     var cacheMaxTtl: DurationSetting?
     var staleTtl: DurationSetting?
     var allowRecursion: [String]?
+    var stateDir: String?
 
     /// The file's keys are the flag names; the JSON names are the same with `_` for `-` (`only_passing`).
     enum CodingKeys: String, CodingKey, CaseIterable {
@@ -90,6 +91,7 @@ struct Settings: Sendable, Equatable, Codable {
         case rrlSlip = "rrl_slip", rrlExempt = "rrl_exempt", queryLog = "query_log", upstreamPolicy = "upstream_policy"
         case upstreamTimeout = "upstream_timeout", maxConcurrent = "max_concurrent", cacheSize = "cache_size"
         case cacheMinTtl = "cache_min_ttl", cacheMaxTtl = "cache_max_ttl", staleTtl = "stale_ttl", allowRecursion = "allow_recursion"
+        case stateDir = "state_dir"
     }
 
     /// `self` with every setting `top` gives replaced by `top`'s: the command line over the file. A list given on

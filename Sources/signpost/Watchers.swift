@@ -3,10 +3,12 @@ import Logging
 import ServiceLifecycle
 
 /// One watcher per registry, plus one for the zone files. File watchers are returned separately,
-/// because they load once before serving starts.
-func makeWatchers(_ specs: [RegistrySpec], zonesDir: String?, assembler: CatalogAssembler, logger: Logger)
-    throws -> ([CatalogWatcher], [any Service])
+/// because they load once before serving starts. With `stateDir`, etcd and Consul watchers keep their last-good
+/// data there (catalog and zone files are on disk already).
+func makeWatchers(_ specs: [RegistrySpec], zonesDir: String?, stateDir: String? = nil, maxStale: Duration? = nil,
+                  assembler: CatalogAssembler, logger: Logger) throws -> ([CatalogWatcher], [any Service])
 {
+    let keeper = { (spec: RegistrySpec) in stateDir.map { StateKeeper(directory: $0, registry: spec.description, logger: logger) } }
     let dc = assembler.localDatacenterName
     var fileWatchers: [CatalogWatcher] = []
     var services: [any Service] = []
@@ -23,13 +25,15 @@ func makeWatchers(_ specs: [RegistrySpec], zonesDir: String?, assembler: Catalog
         case .file(let directory):
             fileWatchers.append(try file(directory, nil, index))
         case .etcd(let endpoints, let prefixes):
-            let watcher = EtcdWatcher(configuration: .init(endpoints: endpoints, prefix: prefixes[0], localDatacenter: dc),
-                                      assembler: assembler, sourceIndex: index, logger: logger)
+            var config = EtcdWatcher.Configuration(endpoints: endpoints, prefix: prefixes[0], localDatacenter: dc)
+            (config.state, config.maxStale) = (keeper(spec), maxStale)
+            let watcher = EtcdWatcher(configuration: config, assembler: assembler, sourceIndex: index, logger: logger)
             services.append(TaskService { await watcher.run() })
         case .consul(let address, let datacenter, let token, let stale, let wait):
             var config = ConsulWatcher.Configuration(address: address, datacenter: datacenter, token: token, stale: stale,
                                                      localDatacenter: dc)
             if let wait { config.wait = wait }
+            (config.state, config.maxStale) = (keeper(spec), maxStale)
             let watcher = ConsulWatcher(configuration: config, assembler: assembler, sourceIndex: index, logger: logger)
             services.append(TaskService { await watcher.run() })
         }

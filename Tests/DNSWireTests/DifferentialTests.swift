@@ -2,6 +2,7 @@ import DNSWire
 import Foundation
 import FuzzChecks
 import NIOCore
+import TestSupport
 import Testing
 
 /// Our codec against libldns, in both directions.

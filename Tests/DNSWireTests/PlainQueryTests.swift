@@ -1,5 +1,6 @@
 import DNSWire
 import NIOCore
+import TestSupport
 import Testing
 
 /// `PlainQuery` is the allocation-free reader of the fast path. Whatever it accepts, `Query.parse` must accept

@@ -1,5 +1,6 @@
 import DNSWire
 import Foundation
+import TestSupport
 import Testing
 
 #if canImport(Glibc)

@@ -1,6 +1,7 @@
 import DNSWire
 import Foundation
 import NIOCore
+import TestSupport
 import Testing
 
 #if canImport(Glibc)

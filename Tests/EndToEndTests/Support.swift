@@ -4,6 +4,7 @@ import Foundation
 import FoundationNetworking
 #endif
 import NIOCore
+import TestSupport
 import Testing
 
 #if canImport(Glibc)
@@ -305,14 +306,60 @@ func registration(node: String, address: String, service: String, port: Int = 80
 
 /// A plain HTTP GET on loopback: status and body.
 func httpGet(_ url: String) -> (status: Int, body: String) {
-    let done = DispatchSemaphore(value: 0)
-    nonisolated(unsafe) var result = (0, "")
-    URLSession.shared.dataTask(with: URL(string: url)!) { data, response, _ in
-        result = ((response as? HTTPURLResponse)?.statusCode ?? 0, String(decoding: data ?? Data(), as: UTF8.self))
-        done.signal()
-    }.resume()
-    done.wait()
-    return result
+    let r = http("GET", url)
+    return (r.status, String(decoding: r.body, as: UTF8.self))
+}
+
+/// One HTTP/1.1 exchange over a plain TCP socket from this process (`Connection: close`, the body read to EOF),
+/// bounded by `timeout`; status 0 when there was no complete response. FoundationNetworking's URLSession traps
+/// ("Transfer completed, but there's no response") when a peer dies mid-request, which the failure tests make
+/// happen on purpose.
+func http(_ method: String, _ url: String, body: [UInt8] = [], timeout: TimeInterval = 2) -> (status: Int, body: [UInt8]) {
+    guard let u = URL(string: url), let host = u.host, let port = u.port else { return (0, []) }
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    guard fd >= 0 else { return (0, []) }
+    defer { close(fd) }
+    var tv = timeval(tv_sec: Int(timeout), tv_usec: Int((timeout - floor(timeout)) * 1e6))
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+    var a = sockaddr_in()
+    a.sin_family = sa_family_t(AF_INET)
+    a.sin_port = in_port_t(UInt16(port).bigEndian)
+    inet_pton(AF_INET, host, &a.sin_addr)
+    let connected = withUnsafePointer(to: &a) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+    guard connected == 0 else { return (0, []) }
+    let path = u.path.isEmpty ? "/" : u.path + (u.query.map { "?" + $0 } ?? "")
+    let request = Array("\(method) \(path) HTTP/1.1\r\nHost: \(host):\(port)\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: \(body.count)\r\n\r\n".utf8) + body
+    guard request.withUnsafeBytes({ Glibc.send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }) == request.count else { return (0, []) }
+    var response: [UInt8] = []
+    var buffer = [UInt8](repeating: 0, count: 65536)
+    let deadline = Date().addingTimeInterval(timeout)
+    while Date() < deadline {
+        let n = recv(fd, &buffer, buffer.count, 0)
+        if n <= 0 { break }
+        response += buffer[0..<n]
+    }
+    guard let end = response.firstIndex(of: UInt8(ascii: "\r")), let headerEnd = (0..<max(0, response.count - 3)).first(where: {
+        response[$0] == 13 && response[$0 + 1] == 10 && response[$0 + 2] == 13 && response[$0 + 3] == 10 }) else { return (0, []) }
+    let statusLine = String(decoding: response[..<end], as: UTF8.self).split(separator: " ")
+    guard statusLine.count >= 2, let status = Int(statusLine[1]) else { return (0, []) }
+    let headers = String(decoding: response[..<headerEnd], as: UTF8.self).lowercased()
+    var payload = Array(response[(headerEnd + 4)...])
+    if headers.contains("transfer-encoding: chunked") { payload = unchunked(payload) }
+    return (status, payload)
+}
+
+/// A chunked body's data.
+private func unchunked(_ bytes: [UInt8]) -> [UInt8] {
+    var out: [UInt8] = [], i = 0
+    while let lineEnd = bytes[i...].firstIndex(of: 13), let size = Int(String(decoding: bytes[i..<lineEnd], as: UTF8.self).split(separator: ";")[0], radix: 16), size > 0 {
+        let start = lineEnd + 2
+        guard start + size <= bytes.count else { break }
+        out += bytes[start..<(start + size)]
+        i = start + size + 2
+        guard i < bytes.count else { break }
+    }
+    return out
 }
 
 /// One series' value in Prometheus text, by its whole name and labels: `sample(m, #"x_total{a="b"}"#)`.

@@ -4,6 +4,7 @@ import DNSWire
 import Logging
 import NIOCore
 import NIOPosix
+import TestSupport
 import Testing
 
 /// A fresh forwarding-cache hit answered from encoded bytes must be byte for byte what the general path encodes,

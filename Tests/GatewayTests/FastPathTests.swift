@@ -3,6 +3,7 @@ import DNSWire
 @testable import Gateway
 import Logging
 import NIOCore
+import TestSupport
 import Testing
 
 /// The pre-encoded fast path must answer byte for byte as the general path does, rotation by rotation,

@@ -4,6 +4,7 @@ import DNSWire
 import Logging
 import NIOCore
 import NIOEmbedded
+import TestSupport
 import Testing
 
 @Suite("Query handler and front ends")

@@ -1,0 +1,139 @@
+import Atomics
+import Foundation
+import Logging
+
+/// A watcher whose last-good data `StateKeeper` can write: its entries and where it would resume.
+public protocol StateSource: Actor {
+    func currentState() -> (entries: [String: [Instance]], resume: [String: String])
+}
+
+/// Keeps one registry's `RegistryState` in `--state-dir`.
+/// - The watcher says when its data changed (`changed`) and whether the registry is in contact (`confirmed`,
+///   `lostContact`); both are a few atomic stores.
+/// - `run` writes the data at most once a second (and no more often than five times the last write took), through
+///   `RegistryState.writeAtomically`. While the registry stays in contact with nothing to write, it rewrites the
+///   small `.confirmed` file beside it, so the confirmation time is never more than about a second behind.
+/// - `load` reads the file back at start-up, and says why when it cannot.
+public final class StateKeeper: Sendable {
+    public let path: String
+    let registry: String
+    private let logger: Logger
+    private let version = ManagedAtomic<Int>(0)
+    private let inContact = ManagedAtomic<Bool>(false)
+    /// Milliseconds since the epoch at which the registry last confirmed the data (0: never).
+    private let confirmedAt = ManagedAtomic<Int64>(0)
+
+    /// A keeper for the registry `registry` (its description) in `directory`.
+    public init(directory: String, registry: String, logger: Logger) {
+        // The name stays the same while the registry's URL does, whatever its position in --registry.
+        let kind = registry.prefix { $0 != ":" }
+        self.path = "\(directory)/\(kind)-\(String(RegistryState.checksum(registry.utf8), radix: 16)).state"
+        self.registry = registry
+        self.logger = logger
+    }
+
+    var confirmedPath: String { path + ".confirmed" }
+
+    public func changed() { version.wrappingIncrement(ordering: .relaxed) }
+
+    public func confirmed() {
+        inContact.store(true, ordering: .relaxed)
+        confirmedAt.store(Self.nowMilliseconds, ordering: .relaxed)
+    }
+
+    public func lostContact() {
+        if inContact.exchange(false, ordering: .relaxed) { confirmedAt.store(Self.nowMilliseconds, ordering: .relaxed) }
+    }
+
+    static var nowMilliseconds: Int64 { Int64(Date().timeIntervalSince1970 * 1000) }
+
+    /// The confirmation time a write stamps: now while in contact, else the last moment of contact.
+    private var stamp: Double {
+        inContact.load(ordering: .relaxed) ? Date().timeIntervalSince1970 : Double(confirmedAt.load(ordering: .relaxed)) / 1000
+    }
+
+    // MARK: Start-up
+
+    /// Whether the directory can hold state; a warning says why not (Signpost then runs without state).
+    public static func usable(directory: String, logger: Logger) -> Bool {
+        let probe = "\(directory)/.signpost-probe-\(getpid())"
+        do {
+            try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+            try RegistryState.writeAtomically([], to: probe, sync: false)
+            unlink(probe)
+            return true
+        } catch {
+            logger.warning("--state-dir cannot be written; running without state", metadata: ["path": "\(directory)", "reason": "\(error)"])
+            return false
+        }
+    }
+
+    /// The registry's last-good state, or nil: no file, a file that cannot be used (logged with its path and
+    /// why), or data already older than `maxStale` when it was last confirmed.
+    public func load(maxStale: Duration?) -> RegistryState? {
+        guard let data = FileManager.default.contents(atPath: path) else { return nil }
+        var state: RegistryState
+        do { state = try RegistryState.decode([UInt8](data), path: path) } catch {
+            logger.error("state file ignored", metadata: ["path": "\(error.path)", "reason": "\(error.reason)"])
+            return nil
+        }
+        guard state.registry == registry else {
+            logger.error("state file ignored", metadata: ["path": "\(path)", "reason": "it holds \(state.registry), not \(registry)"])
+            return nil
+        }
+        // A later confirmation of this very data, if the small file beside it says so.
+        if let text = FileManager.default.contents(atPath: confirmedPath).map({ String(decoding: $0, as: UTF8.self) }) {
+            let parts = text.split(separator: " ")
+            if parts.count == 2, UInt64(parts[0], radix: 16) == RegistryState.checksum(data), let t = Double(parts[1]) {
+                state.confirmed = max(state.confirmed, t)
+            }
+        }
+        let age = Date().timeIntervalSince1970 - state.confirmed
+        if let maxStale, age > Double(maxStale.components.seconds) + Double(maxStale.components.attoseconds) / 1e18 {
+            logger.warning("state file too old to serve (over --max-stale)", metadata: ["path": "\(path)", "age": "\(Int(age))s"])
+            return nil
+        }
+        confirmedAt.store(Int64(state.confirmed * 1000), ordering: .relaxed)
+        return state
+    }
+
+    // MARK: Writing
+
+    /// Writes on change until cancelled; a last write on the way out.
+    public func run(source: some StateSource) async {
+        var written = version.load(ordering: .relaxed)
+        var writtenSum: UInt64? = nil
+        var pause = Duration.seconds(1)
+        var confirmedWritten = 0.0
+        while !Task.isCancelled {
+            do { try await Task.sleep(for: pause) } catch { break }
+            let now = version.load(ordering: .relaxed)
+            if now != written {
+                let started = ContinuousClock.now
+                if let sum = await write(source) { (written, writtenSum) = (now, sum) }
+                pause = max(.seconds(1), (ContinuousClock.now - started) * 5)
+            } else if let sum = writtenSum, inContact.load(ordering: .relaxed), stamp - confirmedWritten >= 1 {
+                confirmedWritten = stamp
+                // Not fsynced: losing it only makes the data look older than it is.
+                try? RegistryState.writeAtomically(Array("\(String(sum, radix: 16)) \(confirmedWritten)".utf8), to: confirmedPath, sync: false)
+            }
+        }
+        if version.load(ordering: .relaxed) != written { _ = await write(source) }
+    }
+
+    /// Writes the source's state now; returns the file's checksum, or nil (logged) when it could not.
+    @discardableResult
+    public func write(_ source: some StateSource) async -> UInt64? {
+        let (entries, resume) = await source.currentState()
+        let state = RegistryState(registry: registry, confirmed: stamp, resume: resume, entries: entries)
+        do {
+            let bytes = try state.encoded()
+            try RegistryState.writeAtomically(bytes, to: path)
+            unlink(confirmedPath)
+            return RegistryState.checksum(bytes)
+        } catch {
+            logger.error("state file not written", metadata: ["path": "\(path)", "reason": "\(error)"])
+            return nil
+        }
+    }
+}

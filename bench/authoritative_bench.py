@@ -20,6 +20,8 @@ from benchlib import free_port, wait_up, user_sys_us, split, dnsperf, stop
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIGNPOST = os.path.join(ROOT, ".build", "release", "signpost")
 RATE = int(os.environ.get("BENCH_RATE", "50000"))
+# BENCH_PARTS=forms,reload runs only those parts (main: the servers' table, forms, reload, scaling).
+PARTS = set((os.environ.get("BENCH_PARTS") or "main,forms,reload,scaling").split(","))
 FIXED_S, SAT_S = int(os.environ.get("BENCH_SECONDS", "5")), 5
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
 IPS = ["192.0.2.11", "192.0.2.12", "192.0.2.13"]
@@ -120,24 +122,33 @@ def scaling(work, only):
 
 
 def fixed_cpu(port, proc, qfile):
-    """CPU per answered query (µs) at the fixed rate, and how many were lost."""
+    """CPU per answered query (µs) at the fixed rate, its user part, and how many were lost."""
     before = user_sys_us(proc.pid)
     r = dnsperf(port, qfile, FIXED_S, rate=RATE)
     user, sys_ = split(before, user_sys_us(proc.pid))
-    return (user + sys_) / max(r["completed"], 1), r["lost"]
+    n = max(r["completed"], 1)
+    return (user + sys_) / n, user / n, r["lost"]
+
+
+FORM_ROUNDS = int(os.environ.get("BENCH_FORM_ROUNDS", "5"))
 
 
 def forms(work, started):
-    """(c) CPU per query for each name form, Signpost against Knot, ROUNDS times round both; medians."""
+    """(c) CPU per query for each name form, Signpost against Knot, FORM_ROUNDS times round both, the two taking
+    turns at going first (the second run of a pair ran on a warmer machine); medians of total and of user CPU."""
     out = {}
-    for _ in range(ROUNDS):
+    for r in range(FORM_ROUNDS):
         for label, name, qtype in FORMS:
             qfile = f"{work}/q-form"
             open(qfile, "w").write(f"{name} {qtype}\n")
-            for server in ["Signpost", "Knot"]:
+            for server in (["Signpost", "Knot"] if r % 2 == 0 else ["Knot", "Signpost"]):
                 if server in started:
-                    out.setdefault((label, server), []).append(fixed_cpu(*started[server], qfile)[0])
-    return [(label, name, qtype, *(sorted(out.get((label, s), [0]))[len(out.get((label, s), [0])) // 2] for s in ["Signpost", "Knot"]))
+                    cpu, user, _ = fixed_cpu(*started[server], qfile)
+                    out.setdefault((label, server), []).append((cpu, user))
+    def median(label, server, k):
+        runs = sorted(x[k] for x in out.get((label, server), [(0, 0)]))
+        return runs[len(runs) // 2]
+    return [(label, name, qtype, median(label, "Signpost", 0), median(label, "Knot", 0), median(label, "Signpost", 1), median(label, "Knot", 1))
             for label, name, qtype in FORMS]
 
 
@@ -153,13 +164,13 @@ def reload_row(work):
         if not wait_up(port, "web.service.consul"):
             return None
         qfile = f"{work}/q-A"
-        before = sorted(fixed_cpu(port, proc, qfile)[0] for _ in range(ROUNDS))[ROUNDS // 2]
+        before = sorted(fixed_cpu(port, proc, qfile)[0] for _ in range(FORM_ROUNDS))[FORM_ROUNDS // 2]
         proc.send_signal(1)
         deadline = time.time() + 10
         while "] reloaded" not in open(f"{work}/reload.log").read() and time.time() < deadline:
             time.sleep(0.05)
         kept = "resolver=kept" in open(f"{work}/reload.log").read()
-        after = sorted(fixed_cpu(port, proc, qfile)[0] for _ in range(ROUNDS))[ROUNDS // 2]
+        after = sorted(fixed_cpu(port, proc, qfile)[0] for _ in range(FORM_ROUNDS))[FORM_ROUNDS // 2]
         return before, after, kept
     finally:
         stop([proc])
@@ -188,7 +199,7 @@ def main():
             qfiles[qtype] = f"{work}/q-{qtype}"
             open(qfiles[qtype], "w").write(f"web.service.consul {qtype}\n")
         samples = {}
-        for _ in range(ROUNDS):
+        for _ in range(ROUNDS if "main" in PARTS else 0):
             for name, (port, proc) in started.items():
                 for qtype in ["A", "SRV"]:
                     before = user_sys_us(proc.pid)
@@ -201,7 +212,7 @@ def main():
                            "sat_qps": sat["qps"], "sat_gen": sat["gen_cpu"]}
                     samples.setdefault((name, qtype), []).append(run)
                     print(json.dumps({"server": name, "qtype": qtype, **run}), flush=True)
-        for name, (port, proc) in started.items():
+        for name, (port, proc) in started.items() if "main" in PARTS else []:
             for qtype in ["A", "SRV"]:
                 runs = samples[(name, qtype)]
                 median = sorted(runs, key=lambda r: r["cpu_us"])[len(runs) // 2]
@@ -209,18 +220,18 @@ def main():
                 rows.append({"server": name, "qtype": qtype, **median, "runs": [r["cpu_us"] for r in runs],
                              "lost": sum(r["lost"] for r in runs), "sent": sum(r["sent"] for r in runs),
                              "p99_ms": max(r["p99_ms"] for r in runs), "sat_qps": sat["sat_qps"], "sat_gen": sat["sat_gen"]})
-        form_rows = forms(work, started)
+        form_rows = forms(work, started) if "forms" in PARTS else []
     finally:
         stop(procs)
-    reload = reload_row(work) if not only or "Signpost" in only else None
-    scale = scaling(work, only)
+    reload = reload_row(work) if "reload" in PARTS and (not only or "Signpost" in only) else None
+    scale = scaling(work, only) if "scaling" in PARTS else []
     lines = [f"# Authoritative benchmark, {date.today()}", "",
              f"`make bench` on {os.cpu_count()} cores: the servers on core 0, dnsperf on core 1. (a) {RATE // 1000}k qps for {FIXED_S} s, {ROUNDS} times",
              "round all the servers; the table shows each server's median run (all runs in the last column), and the highest p99 and",
              f"the total lost across its runs. CPU is the server's user + system time per answered query, from /proc.",
              f"(b) Saturation for {SAT_S} s with dnsperf's 4 clients, in the same rounds; the median run's qps;",
              "the dnsperf CPU column is dnsperf's own CPU in cores: at 0.9 or more, the load generator was the bottleneck.", ""]
-    for qtype in ["A", "SRV"]:
+    for qtype in (["A", "SRV"] if rows else []):
         knot = next((r for r in rows if r["server"] == "Knot" and r["qtype"] == qtype), None)
         lines += [f"## {qtype}", "", "| server | CPU/query | user | sys | vs Knot | avg | p99 | lost | saturation qps | vs Knot | dnsperf CPU | runs |",
                   "|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -232,15 +243,16 @@ def main():
                          f"| {', '.join(f'{x:.1f}' for x in r['runs'])} µs |")
         lines.append("")
     lines += ["## Every name form, against Knot", "",
-              f"{RATE // 1000}k qps for {FIXED_S} s per form, {ROUNDS} rounds; medians. Knot serves the same records from its zone.", "",
-              "| form | name | Signpost CPU/query | Knot CPU/query | vs Knot |", "|---|---|---|---|---|"]
-    for label, name, qtype, mine, knot in form_rows:
+              f"{RATE // 1000}k qps for {FIXED_S} s per form, {FORM_ROUNDS} rounds, the two servers taking turns at going first; medians.",
+              "Knot serves the same records from its zone. User CPU is each server's own work; the rest is the kernel's.", "",
+              "| form | name | Signpost CPU/query | Knot CPU/query | vs Knot | Signpost user | Knot user |", "|---|---|---|---|---|---|---|"]
+    for label, name, qtype, mine, knot, mine_user, knot_user in form_rows:
         ratio = f"{mine / knot:.2f}×" if knot else "–"
-        lines.append(f"| {label} | `{name} {qtype}` | {mine:.2f} µs | {knot:.2f} µs | {ratio} |")
+        lines.append(f"| {label} | `{name} {qtype}` | {mine:.2f} µs | {knot:.2f} µs | {ratio} | {mine_user:.2f} µs | {knot_user:.2f} µs |")
     lines.append("")
     if reload:
         before, after, kept = reload
-        lines += ["## Reload", "", f"Plain A, {RATE // 1000}k qps, {ROUNDS} runs each side of a SIGHUP that leaves the settings alone "
+        lines += ["## Reload", "", f"Plain A, {RATE // 1000}k qps, {FORM_ROUNDS} runs each side of a SIGHUP that leaves the settings alone "
                   f"(resolver {'kept' if kept else 'NOT kept'}).", "",
                   "| before SIGHUP | after SIGHUP | after / before |", "|---|---|---|",
                   f"| {before:.2f} µs | {after:.2f} µs | {after / before:.2f} |", ""]
@@ -254,7 +266,7 @@ def main():
             lines.append(f"| {name} | {one['qps']:,.0f} | {two['qps']:,.0f} | {two['qps'] / one['qps']:.2f}× "
                          f"| {one['cpu_us']:.1f} → {two['cpu_us']:.1f} µs | {one['gen_cpu']:.2f} → {two['gen_cpu']:.2f} |")
         lines.append("")
-    out = os.path.join(ROOT, "bench", "results", f"{date.today()}.md")
+    out = os.path.join(ROOT, "bench", "results", f"{date.today()}{'' if PARTS >= {'main', 'forms', 'reload', 'scaling'} else '-' + '-'.join(sorted(PARTS))}.md")
     open(out, "w").write("\n".join(lines))
     print("\n".join(lines))
     print(f"written to {os.path.relpath(out, ROOT)}")

@@ -28,7 +28,7 @@ public actor CatalogAssembler {
     private var datacenterCounts: [String: Int] = [:]
     private var generation: UInt32 = 0
     /// Uptime (ns) at which each registry lost contact, if it has.
-    private var staleSince: [Int: UInt64] = [:]
+    private var staleSince: [Int: Int64] = [:]
 
     /// - Parameters:
     ///   - sources: a name per registry, for logs.
@@ -72,9 +72,9 @@ public actor CatalogAssembler {
     /// that moment, until the registry answers (`setContact(inContact: true)` or a `replace`).
     public func restore(source index: Int, with catalog: SourceCatalog, confirmed: Double) {
         replace(source: index, with: catalog)
-        let age = max(0, Date().timeIntervalSince1970 - confirmed)
-        let nanoseconds = min(UInt64(age * 1e9), Uptime.nanoseconds)
-        staleSince[index] = Uptime.nanoseconds - nanoseconds
+        // Wall-clock age, as the uptime clock cannot look before this boot; bounded (100 years) for the arithmetic.
+        let age = min(max(0, Date().timeIntervalSince1970 - confirmed), 3.2e9)
+        staleSince[index] = Uptime.signed - Int64(age * 1e9)
         fromState[index] = confirmed
         store.setStale(since: staleSince.values.min())
         publishStatus()
@@ -97,8 +97,9 @@ public actor CatalogAssembler {
     /// A registry that answers, but with data that may be `age` old (a Consul follower without a leader): its
     /// staleness counts from that long ago, so `--max-stale` and the staleness metric see it.
     public func setContact(source index: Int, dataAge age: Duration) {
-        let nanoseconds = UInt64(max(0, age.components.seconds)) * 1_000_000_000 + UInt64(max(0, age.components.attoseconds / 1_000_000_000))
-        let since = Uptime.nanoseconds &- min(nanoseconds, Uptime.nanoseconds)
+        let seconds = min(max(0, age.components.seconds), 3_200_000_000)
+        let since = Uptime.signed - seconds * 1_000_000_000 - max(0, age.components.attoseconds / 1_000_000_000)
+        if fromState.removeValue(forKey: index) != nil { publishStatus() }
         if staleSince[index] == nil {
             logger.warning("registry data is old; serving it as stale", metadata: ["registry": "\(names[index])", "age": "\(age)"])
         }
@@ -122,7 +123,7 @@ public actor CatalogAssembler {
                 logger.info("registry in contact again", metadata: ["registry": "\(names[index])"])
             }
         } else if staleSince[index] == nil {
-            staleSince[index] = Uptime.nanoseconds
+            staleSince[index] = Uptime.signed
             logger.warning("registry unreachable; serving the cached catalog", metadata: ["registry": "\(names[index])"])
         }
         store.setStale(since: staleSince.values.min())

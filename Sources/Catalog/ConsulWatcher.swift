@@ -128,22 +128,30 @@ public actor ConsulWatcher {
                 await reportACLFiltering(filtered)
                 let names = servable(services.keys)
                 let next = Self.nextIndex(previous: index, returned: returned)
-                if filtered && names.isEmpty && !loaded {
-                    // Everything was filtered away: not loaded (SERVFAIL), rather than an empty catalog (NXDOMAIN
-                    // for every name). The blocking query goes on, and loads once the token can read.
-                    await assembler.setContact(source: sourceIndex, inContact: true)
+                // Everything filtered away: not loaded (SERVFAIL) if nothing was; if something was (a cache, a state
+                // file), it is kept, unconfirmed, rather than an empty catalog (NXDOMAIN for every name). The problem is
+                // on /ready; the blocking query goes on, and loads once the token can read.
+                let blind = filtered && names.isEmpty
+                if blind {
+                    if !loaded { await assembler.setContact(source: sourceIndex, inContact: true) }
                 } else if !loaded {
                     await loadAll(names)
                 } else if next != index {
                     await reconcile(names)
                 }
-                if let age = leader.dataAge {
+                if let age = leader.dataAge, !blind {
                     await assembler.setContact(source: sourceIndex, dataAge: age)
-                } else if loaded || !(filtered && names.isEmpty) {
+                    configuration.state?.confirmed(lag: age)
+                } else if !blind {
                     await assembler.setContact(source: sourceIndex, inContact: true)
+                    configuration.state?.confirmed()
                 }
                 failures = 0
-                configuration.state?.confirmed()
+                if !unreadAfterRestore.isEmpty {
+                    let unread = unreadAfterRestore
+                    unreadAfterRestore = []
+                    await readAndPublish(unread.intersection(known))
+                }
                 if next == index { try await pace(since: started) }
                 index = next
                 catalogIndex = next
@@ -199,6 +207,10 @@ public actor ConsulWatcher {
     /// The blocking queries' indexes, kept in the state file so a restart resumes where they were.
     private var catalogIndex: UInt64 = 0
     private var checksIndex: UInt64 = 0
+    /// Reads under way; while any is, or one is scheduled, the checks' baseline is ahead of the data.
+    private var readsInFlight = 0
+    /// Services the state file says were followed but had no data (a read that failed): read once Consul answers.
+    private var unreadAfterRestore: Set<String> = []
 
     /// Every check's ModifyIndex, by node and check ID, with its service; nil until the first read.
     private var checkIndexes: [String: (index: UInt64, service: String, node: String)]? = nil
@@ -372,6 +384,8 @@ public actor ConsulWatcher {
 
     /// `/v1/health/service/<name>` for each, at most `readConcurrency` at once. Failures are logged, and retried.
     private func read(_ names: Set<String>) async -> [String: [Instance]] {
+        readsInFlight += 1
+        defer { readsInFlight -= 1 }
         var results: [String: [Instance]] = [:]
         await withTaskGroup(of: (String, Result<[Instance], any Error>).self) { group in
             var pending = names.sorted().makeIterator()
@@ -567,11 +581,17 @@ public actor ConsulWatcher {
 
 extension ConsulWatcher: StateSource {
     /// The services as published, and the indexes (the checks' too) to resume the blocking queries from.
+    /// While reads are under way or scheduled, the checks' baseline already counts changes whose data is not here
+    /// yet: then no baseline is kept, and the catalog index is 0, so a restart reads every service again.
     public func currentState() -> (entries: [String: [Instance]], resume: [String: String]) {
+        let knownText = (try? JSONSerialization.data(withJSONObject: known.sorted())).map { String(decoding: $0, as: UTF8.self) } ?? "[]"
+        guard readsInFlight == 0, later.isEmpty, changedDuringLoad.isEmpty, let baseline = checkIndexes else {
+            return (published, ["catalogIndex": "0", "checksIndex": "0", "known": knownText])
+        }
         var checks: [String: [Any]] = [:]
-        for (key, c) in checkIndexes ?? [:] { checks[key] = [String(c.index), c.service, c.node] }
+        for (key, c) in baseline { checks[key] = [String(c.index), c.service, c.node] }
         let text = (try? JSONSerialization.data(withJSONObject: checks)).map { String(decoding: $0, as: UTF8.self) } ?? "{}"
-        return (published, ["catalogIndex": String(catalogIndex), "checksIndex": String(checksIndex), "checks": text])
+        return (published, ["catalogIndex": String(catalogIndex), "checksIndex": String(checksIndex), "checks": text, "known": knownText])
     }
 
     /// The state file's services, served until Consul answers. The blocking queries resume from its indexes:
@@ -585,7 +605,9 @@ extension ConsulWatcher: StateSource {
             setNodes(for: name, instances)
         }
         catalog.nodes = nodeRefs.nodes
-        known = Set(published.keys)
+        let stored = state.resume["known"].flatMap { try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String] } ?? []
+        known = Set(published.keys).union(stored)
+        unreadAfterRestore = known.subtracting(published.keys)
         loaded = true
         catalogIndex = UInt64(state.resume["catalogIndex"] ?? "") ?? 0
         checksIndex = UInt64(state.resume["checksIndex"] ?? "") ?? 0

@@ -36,7 +36,8 @@ public actor EtcdWatcher {
         }
     }
 
-    struct Compacted: Error {}
+    /// The watch cannot resume where it was: list again.
+    struct Compacted: Error { var reason = "etcd watch revision compacted; listing again" }
     struct GatewayError: Error, CustomStringConvertible { var description: String }
 
     public let configuration: Configuration
@@ -53,7 +54,10 @@ public actor EtcdWatcher {
     /// Keys per service, so an update rebuilds one service's list without scanning every key.
     private var keysByService: [String: Set<String>] = [:]
     private var nodeRefs = NodeReferences()
+    /// Every event up to here has been applied (a listing's revision, events' mod_revision, progress notifications).
     private var revision: Int64 = 0
+    /// The cluster the data came from; a state file from another cluster (or a rebuilt one) is listed again.
+    private var clusterID: String? = nil
     private var listed = false
     private var endpointIndex = 0
 
@@ -80,8 +84,8 @@ public actor EtcdWatcher {
                 if !listed { try await list(endpoint) }
                 try await watch(endpoint) { failures = 0 }
                 throw GatewayError(description: "watch stream ended")
-            } catch is Compacted {
-                logger.info("etcd watch revision compacted; listing again", metadata: ["etcd.endpoint": "\(endpoint)"])
+            } catch let relist as Compacted {
+                logger.info("\(relist.reason)", metadata: ["etcd.endpoint": "\(endpoint)"])
                 listed = false
             } catch {
                 if Task.isCancelled { break }
@@ -109,6 +113,7 @@ public actor EtcdWatcher {
         }
         let catalog = adopt(entries)
         revision = Int64(state.resume["revision"] ?? "") ?? 0
+        clusterID = state.resume["cluster"]
         listed = revision > 0
         await assembler.restore(source: sourceIndex, with: catalog, confirmed: state.confirmed)
         logger.info("serving the state file until etcd answers", metadata: ["path": "\(configuration.state!.path)", "etcd.revision": "\(revision)",
@@ -169,6 +174,7 @@ public actor EtcdWatcher {
             if pinned == nil {
                 let header = json["header"] as? [String: Any]
                 pinned = Int64(header?["revision"] as? String ?? "0") ?? 0
+                clusterID = header?["cluster_id"] as? String
             }
             let kvs = json["kvs"] as? [[String: Any]] ?? []
             var lastKey: [UInt8]? = nil
@@ -231,19 +237,7 @@ public actor EtcdWatcher {
         guard let json = try? JSONSerialization.jsonObject(with: line) as? [String: Any] else { return }
         if let error = json["error"] as? [String: Any] { throw GatewayError(description: "watch: \(error)") }
         guard let result = json["result"] as? [String: Any] else { return }
-        if result["created"] as? Bool == true {
-            configuration.state?.confirmed()
-            await assembler.setContact(source: sourceIndex, inContact: true)
-            onCreated()
-        }
-        if result["canceled"] as? Bool == true {
-            if let compacted = result["compact_revision"] as? String, compacted != "0" { throw Compacted() }
-            throw GatewayError(description: "watch cancelled: \(result["cancel_reason"] ?? "")")
-        }
-        if let header = result["header"] as? [String: Any], let r = Int64(header["revision"] as? String ?? "") {
-            revision = max(revision, r)
-        }
-        guard let events = result["events"] as? [[String: Any]], !events.isEmpty else { return }
+        guard let events = try await control(result, onCreated: onCreated) else { return }
         var changedServices: Set<String> = []
         var changedNodes: Set<CatalogSnapshot.NodeKey> = []
         for event in events {
@@ -282,6 +276,36 @@ public actor EtcdWatcher {
         configuration.state?.changed()
     }
 
+    /// A watch response's control part: creation (where a restored revision is checked against the cluster),
+    /// cancellation, progress. Returns its events, or nil when it has none.
+    private func control(_ result: [String: Any], onCreated: () -> Void) async throws -> [[String: Any]]? {
+        let header = result["header"] as? [String: Any]
+        let headerRevision = Int64(header?["revision"] as? String ?? "")
+        let created = result["created"] as? Bool == true
+        if created {
+            // A cluster behind the revision we hold, or another cluster, cannot resume our watch: list again.
+            if let h = headerRevision, h < revision { throw Compacted(reason: "etcd is behind the stored revision \(revision) (restored or rebuilt); listing again") }
+            if let id = header?["cluster_id"] as? String {
+                if let known = clusterID, known != id { throw Compacted(reason: "etcd cluster \(id) is not \(known); listing again") }
+                clusterID = id
+            }
+            configuration.state?.confirmed()
+            await assembler.setContact(source: sourceIndex, inContact: true)
+            onCreated()
+        }
+        if result["canceled"] as? Bool == true {
+            if let compacted = result["compact_revision"] as? String, compacted != "0" { throw Compacted() }
+            throw GatewayError(description: "watch cancelled: \(result["cancel_reason"] ?? "")")
+        }
+        guard let events = result["events"] as? [[String: Any]], !events.isEmpty else {
+            // A progress notification: every event up to its revision has been sent. (The `created` response's
+            // revision is the cluster's, not how far this watch has got.)
+            if !created, let h = headerRevision { revision = max(revision, h) }
+            return nil
+        }
+        return events
+    }
+
     enum Parsed {
         case instances(Entry)
         /// A gRPC naming "delete" op: the key stands for nothing.
@@ -318,6 +342,8 @@ public actor EtcdWatcher {
 
 extension EtcdWatcher: StateSource {
     public func currentState() -> (entries: [String: [Instance]], resume: [String: String]) {
-        (keys.mapValues(\.instances), ["revision": String(revision)])
+        var resume = ["revision": String(revision)]
+        resume["cluster"] = clusterID
+        return (keys.mapValues(\.instances), resume)
     }
 }

@@ -3,27 +3,41 @@
 /// A bare `0` is zero, and a bare integer is seconds (TTLs are usually written so). Parsed exactly, to the
 /// nanosecond: `1.5s` is 1500 ms, and `500ms` is not rounded away. The one parser every duration setting uses.
 public enum GoDuration {
+    /// The longest duration parsed: what Int64 nanoseconds hold (about 292 years).
+    static let maxSeconds: Int64 = Int64.max / 1_000_000_000 - 1
+
     public static func parse(_ text: String) -> Duration? {
-        if let seconds = Int64(text), seconds >= 0 { return .seconds(seconds) }
+        if let seconds = Int64(text) { return seconds >= 0 && seconds <= maxSeconds ? .seconds(seconds) : nil }
         var rest = Substring(text)
         guard !rest.isEmpty else { return nil }
-        var nanoseconds: Double = 0
+        var total: Int64 = 0
         while !rest.isEmpty {
             let number = rest.prefix { $0.isASCII && ($0.isNumber || $0 == ".") }
-            guard !number.isEmpty, let value = Double(number) else { return nil }
+            guard !number.isEmpty else { return nil }
             rest = rest.dropFirst(number.count)
             let unit = rest.prefix { !($0.isASCII && ($0.isNumber || $0 == ".")) }
             rest = rest.dropFirst(unit.count)
-            guard let scale = units[String(unit)] else { return nil }
-            nanoseconds += value * scale
+            guard let scale = units[String(unit)], let part = nanoseconds(String(number), scale) else { return nil }
+            let (sum, overflow) = total.addingReportingOverflow(part)
+            guard !overflow, sum <= maxSeconds * 1_000_000_000 else { return nil }
+            total = sum
         }
-        // Int64 nanoseconds hold about 292 years; a TTL's UInt32 seconds are 136.
-        guard nanoseconds < 9.2e18 else { return nil }
-        return .nanoseconds(Int64(nanoseconds.rounded()))
+        return .nanoseconds(total)
     }
 
-    private static let units: [String: Double] = [
-        "ns": 1, "us": 1e3, "µs": 1e3, "μs": 1e3, "ms": 1e6, "s": 1e9, "m": 60e9, "h": 3600e9, "d": 86400e9,
+    /// `number` × `scale` nanoseconds: exact for whole numbers, rounded to the nanosecond for fractions.
+    private static func nanoseconds(_ number: String, _ scale: Int64) -> Int64? {
+        if let whole = Int64(number) {
+            let (ns, overflow) = whole.multipliedReportingOverflow(by: scale)
+            return overflow ? nil : ns
+        }
+        guard let value = Double(number), case let ns = value * Double(scale), ns.isFinite, ns < 9.2e18 else { return nil }
+        return Int64(ns.rounded())
+    }
+
+    private static let units: [String: Int64] = [
+        "ns": 1, "us": 1000, "µs": 1000, "μs": 1000, "ms": 1_000_000, "s": 1_000_000_000, "m": 60_000_000_000,
+        "h": 3_600_000_000_000, "d": 86_400_000_000_000,
     ]
 
     /// Whole seconds of a parsed duration, rounded down, for TTLs (DNS counts TTLs in seconds).
@@ -36,6 +50,7 @@ public enum GoDuration {
     /// The shortest text that parses back to `d`: `1.5s`, `500ms`, `1h30m` (for logs and `signpost config`).
     public static func format(_ d: Duration) -> String {
         let (s, atto) = d.components
+        guard s >= 0, s <= maxSeconds else { return "\(s)s" }
         let ns = s * 1_000_000_000 + atto / 1_000_000_000
         if ns == 0 { return "0s" }
         if ns % 1_000_000_000 != 0 {

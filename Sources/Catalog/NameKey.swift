@@ -52,21 +52,25 @@ public enum NameKey: Hashable, @unchecked Sendable, ExpressibleByStringLiteral, 
     /// FNV-1a over the lower-cased bytes: the same for a key and a probe that are equal.
     @inline(__always)
     var fnv: UInt64 {
-        var h: UInt64 = 0xcbf2_9ce4_8422_2325
-        forEachByte { h = (h ^ UInt64($0)) &* 0x100_0000_01b3 }
-        return h
+        var h = FNV1a()
+        forEachByte { h.add($0) }
+        return h.value
     }
 
     public func hash(into hasher: inout Hasher) { hasher.combine(fnv) }
 
+    /// Byte for byte, ASCII case folded (as `hash` sees them; Unicode equivalence would break the pairing).
     public static func == (a: NameKey, b: NameKey) -> Bool {
         switch (a, b) {
         case (.owned(let x), .owned(let y)):
-            return x == y || x.utf8.count == y.utf8.count && x.utf8.elementsEqual(y.utf8) { asciiLower($0) == asciiLower($1) }
+            return x.utf8.count == y.utf8.count && x.utf8.elementsEqual(y.utf8) { asciiLower($0) == asciiLower($1) }
         case (.owned(let x), .probe), (.probe, .owned(let x)):
             return b.matches(x) && a.matches(x)
         case (.probe, .probe):
-            return a.text == b.text
+            var x: [UInt8] = [], y: [UInt8] = []
+            a.forEachByte { x.append($0) }
+            b.forEachByte { y.append($0) }
+            return x == y
         }
     }
 
@@ -105,4 +109,12 @@ extension TreeDictionary where Key == NameKey {
         get { self[NameKey.owned(name)] }
         set { self[NameKey.owned(name)] = newValue }
     }
+}
+
+/// FNV-1a, 64 bits: the name keys' hash and the state file's checksum.
+public struct FNV1a {
+    public private(set) var value: UInt64 = 0xcbf2_9ce4_8422_2325
+    public init() {}
+    @inline(__always)
+    public mutating func add(_ byte: UInt8) { value = (value ^ UInt64(byte)) &* 0x100_0000_01b3 }
 }

@@ -56,7 +56,12 @@ public struct RegistryState: Sendable, Equatable {
         guard body.count == length else { throw fail("truncated or extended: \(body.count) bytes of \(length)") }
         guard checksum(body) == sum else { throw fail("corrupt: checksum mismatch") }
         do {
-            return try JSONDecoder().decode(Body.self, from: Data(body)).state()
+            let state = try JSONDecoder().decode(Body.self, from: Data(body)).state()
+            guard plausible(state.confirmed) else { throw fail("corrupt: confirmation time \(state.confirmed)") }
+            if let r = state.resume["revision"], Int64(r).map({ $0 >= 0 && $0 < Int64.max / 2 }) != true {
+                throw fail("corrupt: revision \(r)")
+            }
+            return state
         } catch let problem as Problem {
             throw Problem(path: path, reason: problem.reason)
         } catch {
@@ -64,10 +69,15 @@ public struct RegistryState: Sendable, Equatable {
         }
     }
 
+    /// A confirmation time that can be real: after 2000, and not more than a day ahead of this clock.
+    public static func plausible(_ t: Double) -> Bool {
+        t.isFinite && t > 946_684_800 && t < Date().timeIntervalSince1970 + 86_400
+    }
+
     public static func checksum(_ bytes: some Sequence<UInt8>) -> UInt64 {
-        var h: UInt64 = 0xcbf2_9ce4_8422_2325
-        for b in bytes { h = (h ^ UInt64(b)) &* 0x100_0000_01b3 }
-        return h
+        var h = FNV1a()
+        for b in bytes { h.add(b) }
+        return h.value
     }
 
     /// Writes `bytes` to `path` so that a crash leaves the old file or the new one, never a mix: a temporary file,

@@ -200,23 +200,27 @@ public final class SnapshotStore: Sendable {
         current.store(snapshot, ordering: .releasing)
     }
 
-    /// Uptime in nanoseconds at which the oldest registry lost contact; 0 while all are in contact.
-    private let staleSince = ManagedAtomic<UInt64>(0)
+    /// Uptime in nanoseconds at which the oldest registry's data was last confirmed; negative for data confirmed
+    /// before this boot (a state file); `Int64.min` while every registry is in contact.
+    private let staleSince = ManagedAtomic<Int64>(Int64.min)
 
-    public func setStale(since uptimeNanoseconds: UInt64?) {
-        staleSince.store(uptimeNanoseconds ?? 0, ordering: .relaxed)
+    public func setStale(since uptimeNanoseconds: Int64?) {
+        staleSince.store(uptimeNanoseconds ?? Int64.min, ordering: .relaxed)
     }
 
     /// How long the data has been without a registry's confirmation; nil while every registry is in contact.
     public func staleness(now: UInt64 = Uptime.nanoseconds) -> Duration? {
         let since = staleSince.load(ordering: .relaxed)
-        guard since != 0, now >= since else { return nil }
-        return .nanoseconds(Int64(now - since))
+        guard since != Int64.min, Int64(now) >= since else { return nil }
+        return .nanoseconds(Int64(now) - since)
     }
 }
 
 /// A monotonic clock reading that fits in an atomic.
 public enum Uptime {
+    /// `nanoseconds` as a signed value, for instants that may lie before this boot.
+    public static var signed: Int64 { Int64(nanoseconds) }
+
     public static var nanoseconds: UInt64 {
         var ts = timespec()
         clock_gettime(CLOCK_MONOTONIC, &ts)

@@ -22,6 +22,10 @@ public final class StateKeeper: Sendable {
     private let inContact = ManagedAtomic<Bool>(false)
     /// Milliseconds since the epoch at which the registry last confirmed the data (0: never).
     private let confirmedAt = ManagedAtomic<Int64>(0)
+    /// While in contact: how old the registry itself says its data is (a Consul follower without a leader), in ms.
+    private let lagMilliseconds = ManagedAtomic<Int64>(0)
+    /// The checksum of the file `load` read, so its confirmation is kept current from the start.
+    private let loadedSum = ManagedAtomic<UInt64>(0)
 
     /// A keeper for the registry `registry` (its description) in `directory`.
     public init(directory: String, registry: String, logger: Logger) {
@@ -36,9 +40,12 @@ public final class StateKeeper: Sendable {
 
     public func changed() { version.wrappingIncrement(ordering: .relaxed) }
 
-    public func confirmed() {
+    /// The registry answered; `lag` is how old it says the data is.
+    public func confirmed(lag: Duration = .zero) {
+        let lag = min(lag.components.seconds, 3_200_000_000) * 1000 + lag.components.attoseconds / 1_000_000_000_000_000
+        lagMilliseconds.store(max(0, lag), ordering: .relaxed)
         inContact.store(true, ordering: .relaxed)
-        confirmedAt.store(Self.nowMilliseconds, ordering: .relaxed)
+        confirmedAt.store(Self.nowMilliseconds - max(0, lag), ordering: .relaxed)
     }
 
     public func lostContact() {
@@ -47,9 +54,12 @@ public final class StateKeeper: Sendable {
 
     static var nowMilliseconds: Int64 { Int64(Date().timeIntervalSince1970 * 1000) }
 
-    /// The confirmation time a write stamps: now while in contact, else the last moment of contact.
+    /// The confirmation time a write stamps: now (less the registry's own lag) while in contact, else the last
+    /// moment of contact.
     private var stamp: Double {
-        inContact.load(ordering: .relaxed) ? Date().timeIntervalSince1970 : Double(confirmedAt.load(ordering: .relaxed)) / 1000
+        inContact.load(ordering: .relaxed)
+            ? Date().timeIntervalSince1970 - Double(lagMilliseconds.load(ordering: .relaxed)) / 1000
+            : Double(confirmedAt.load(ordering: .relaxed)) / 1000
     }
 
     // MARK: Start-up
@@ -84,7 +94,8 @@ public final class StateKeeper: Sendable {
         // A later confirmation of this very data, if the small file beside it says so.
         if let text = FileManager.default.contents(atPath: confirmedPath).map({ String(decoding: $0, as: UTF8.self) }) {
             let parts = text.split(separator: " ")
-            if parts.count == 2, UInt64(parts[0], radix: 16) == RegistryState.checksum(data), let t = Double(parts[1]) {
+            if parts.count == 2, UInt64(parts[0], radix: 16) == RegistryState.checksum(data), let t = Double(parts[1]),
+               RegistryState.plausible(t) {
                 state.confirmed = max(state.confirmed, t)
             }
         }
@@ -94,6 +105,7 @@ public final class StateKeeper: Sendable {
             return nil
         }
         confirmedAt.store(Int64(state.confirmed * 1000), ordering: .relaxed)
+        loadedSum.store(RegistryState.checksum(data), ordering: .relaxed)
         return state
     }
 
@@ -102,7 +114,7 @@ public final class StateKeeper: Sendable {
     /// Writes on change until cancelled; a last write on the way out.
     public func run(source: some StateSource) async {
         var written = version.load(ordering: .relaxed)
-        var writtenSum: UInt64? = nil
+        var writtenSum: UInt64? = loadedSum.load(ordering: .relaxed) == 0 ? nil : loadedSum.load(ordering: .relaxed)
         var pause = Duration.seconds(1)
         var confirmedWritten = 0.0
         while !Task.isCancelled {

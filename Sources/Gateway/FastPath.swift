@@ -64,15 +64,9 @@ extension QueryHandler {
     /// `nodeAnswer` lists them); 0 when any is a hostname, which the general path follows as a CNAME.
     static func nodeAddresses(_ node: Node, _ type: UInt16, write: ((Int, Address) -> Void)? = nil) -> Int {
         if case .hostname = node.address { return 0 }
-        func at(_ k: Int) -> Address { k == 0 ? node.address : node.lanAddresses[k - 1] }
         var n = 0
-        next: for k in 0...node.lanAddresses.count {
-            let a = at(k)
-            switch (a, type) {
-            case (.v4, RRType.a), (.v6, RRType.aaaa): break
-            default: continue
-            }
-            for j in 0..<k where at(j) == a { continue next }
+        Resolver.eachDistinctAddress(count: 1 + node.lanAddresses.count, { $0 == 0 ? node.address : node.lanAddresses[$0 - 1] },
+                                     type: type) { a in
             write?(n, a)
             n += 1
         }

@@ -161,19 +161,35 @@ extension Resolver {
 
     /// A/AAAA records for the addresses of the asked family, without duplicates, in order.
     func addressRecords(_ addresses: [Address], owner: DNSName, type: UInt16, ttl: UInt32) -> [ResourceRecord] {
-        var seen = Set<Address>()
         var out: [ResourceRecord] = []
-        for a in addresses where seen.insert(a).inserted {
+        Self.eachDistinctAddress(count: addresses.count, { addresses[$0] }, type: type) { a in
             switch a {
-            case .v4(let v4) where type == RRType.a || type == RRType.any:
-                out.append(ResourceRecord(name: owner, ttl: ttl, rdata: .a(v4)))
-            case .v6(let v6) where type == RRType.aaaa || type == RRType.any:
-                out.append(ResourceRecord(name: owner, ttl: ttl, rdata: .aaaa(v6)))
-            default:
-                break
+            case .v4(let v4): out.append(ResourceRecord(name: owner, ttl: ttl, rdata: .a(v4)))
+            case .v6(let v6): out.append(ResourceRecord(name: owner, ttl: ttl, rdata: .aaaa(v6)))
+            case .hostname: break
             }
         }
         return out
+    }
+
+    /// The addresses of the asked family (A: IPv4, AAAA: IPv6, ANY: both), each once, in order: the one rule for
+    /// address answers, which the fast path (a node's addresses, written in place) calls too. Allocates only for
+    /// long lists, where a set beats comparing each address with those before it.
+    static func eachDistinctAddress(count: Int, _ address: (Int) -> Address, type: UInt16, _ body: (Address) -> Void) {
+        var seen: Set<Address>? = count > 16 ? [] : nil
+        next: for k in 0..<count {
+            let a = address(k)
+            switch (a, type) {
+            case (.v4, RRType.a), (.v6, RRType.aaaa), (.v4, RRType.any), (.v6, RRType.any): break
+            default: continue
+            }
+            if seen != nil {
+                guard seen!.insert(a).inserted else { continue }
+            } else {
+                for j in 0..<k where address(j) == a { continue next }
+            }
+            body(a)
+        }
     }
 
     /// TXT strings hold at most 255 bytes each.

@@ -41,7 +41,7 @@ final class Reloader: Sendable {
     func reload() async {
         logger.info("SIGHUP: reloading the configuration, catalog and zones")
         let new: ServeConfiguration
-        do { new = try ServeConfiguration.load(arguments: Array(CommandLine.arguments.dropFirst())) } catch {
+        do { new = try ServeConfiguration.load(arguments: Array(CommandLine.arguments.dropFirst()), running: started.restartOnly.server.listen) } catch {
             let reason = (error as? StartupError)?.message ?? "\(error)"
             logger.error("reload failed; still serving the previous configuration", metadata: ["reason": "\(reason)"])
             return

@@ -35,42 +35,48 @@ struct ServeConfiguration: Sendable, Equatable {
         /// `--state-dir`: where each registry's last-good catalog is kept.
         var stateDir: String?
 
-        /// The names of the fields that differ from `old`, for the log line a reload writes.
+        /// The names of the fields that differ from `old`, for the log line a reload writes (compared as values:
+        /// a registry's token or wait counts, though its description leaves them out).
         func changes(from old: RestartOnly) -> [String] {
-            var out = zip(Mirror(reflecting: self).children, Mirror(reflecting: old).children).compactMap { new, previous in
-                String(describing: new.value) == String(describing: previous.value) ? nil : new.label
-            }
-            if let i = out.firstIndex(of: "server") {
-                out.remove(at: i)
-                out += zip(Mirror(reflecting: server).children, Mirror(reflecting: old.server).children).compactMap { new, previous in
-                    String(describing: new.value) == String(describing: previous.value) ? nil : new.label
-                }
-            }
-            return out.sorted()
+            let s = server, o = old.server
+            let fields: [(String, Bool)] = [
+                ("listen", s.listen != o.listen), ("tcpIdleTimeout", s.tcpIdleTimeout != o.tcpIdleTimeout),
+                ("udpEngine", s.udpEngine != o.udpEngine), ("udpWorkers", s.udpWorkers != o.udpWorkers),
+                ("tcpMaxConnections", s.tcpMaxConnections != o.tcpMaxConnections), ("tcpMaxInflight", s.tcpMaxInflight != o.tcpMaxInflight),
+                ("threads", threads != old.threads), ("admin", admin != old.admin), ("registries", registries != old.registries),
+                ("zones", zones != old.zones), ("datacenter", datacenter != old.datacenter), ("logLevel", logLevel != old.logLevel),
+                ("user", user != old.user), ("stateDir", stateDir != old.stateDir),
+            ]
+            return fields.filter(\.1).map(\.0).sorted()
         }
     }
 
     /// The configuration `arguments` (without the program name) and their `--config` file give.
+    /// `running`: the addresses the sockets are bound to, when reloading; the resolver's `ns` glue and the
+    /// forwarder's "never forward to ourselves" use them, not a `--listen` that waits for a restart.
     static func load(arguments: [String], environment: [String: String] = ProcessInfo.processInfo.environment,
-                     resolvConf: () -> String = { (try? String(contentsOfFile: "/etc/resolv.conf", encoding: .utf8)) ?? "" })
-        throws -> ServeConfiguration
+                     resolvConf: () -> String = { (try? String(contentsOfFile: "/etc/resolv.conf", encoding: .utf8)) ?? "" },
+                     running: [ListenAddress]? = nil) throws -> ServeConfiguration
     {
         let command: ParsableCommand
         do { command = try Signpost.parseAsRoot(arguments) } catch {
             throw StartupError(message: Signpost.message(for: error).split(separator: "\n").first.map(String.init) ?? "\(error)", code: 64)
         }
         guard let serve = command as? Serve else { throw StartupError(message: "not a serve command", code: 64) }
-        return try ServeConfiguration(serve.settings(), environment: environment, resolvConf: resolvConf)
+        return try ServeConfiguration(serve.settings(), environment: environment, resolvConf: resolvConf, running: running)
     }
 
     /// Defaults applied and every value checked. The one place a setting's default and meaning live.
-    init(_ s: Settings, environment: [String: String] = [:], resolvConf: () -> String = { "" }) throws(StartupError) {
+    init(_ s: Settings, environment: [String: String] = [:], resolvConf: () -> String = { "" }, running: [ListenAddress]? = nil)
+        throws(StartupError)
+    {
         do {
             restartOnly = try Self.restartOnly(s, environment: environment)
-            resolver = try Self.resolver(s, listen: restartOnly.server.listen)
+            let listen = running ?? restartOnly.server.listen
+            resolver = try Self.resolver(s, listen: listen)
             let limits = try Self.handlerLimits(s)
             (maxStale, rateLimit, queryLog) = (limits.maxStale, limits.rateLimit, s.queryLog ?? false)
-            (forwarding, access) = try Self.forwarding(s, listen: restartOnly.server.listen, resolvConf: resolvConf)
+            (forwarding, access) = try Self.forwarding(s, listen: listen, resolvConf: resolvConf)
         } catch {
             throw StartupError(message: error.description, code: 64)
         }

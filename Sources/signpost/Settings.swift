@@ -16,11 +16,8 @@ struct DurationSetting: Sendable, Equatable, Codable, ExpressibleByArgument, Cus
 
     init(from decoder: any Decoder) throws {
         let c = try decoder.singleValueContainer()
-        if let seconds = try? c.decode(Int64.self), seconds >= 0 {
-            value = .seconds(seconds)
-            return
-        }
-        let text = try c.decode(String.self)
+        // A bare number is seconds, as on the command line: one parser for both.
+        let text = try (try? c.decode(Int64.self)).map(String.init) ?? c.decode(String.self)
         guard let d = GoDuration.parse(text) else {
             throw DecodingError.dataCorruptedError(in: c, debugDescription: "expected a duration such as 500ms, 30s or 1h30m, got \"\(text)\"")
         }

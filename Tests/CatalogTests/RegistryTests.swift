@@ -145,6 +145,11 @@ struct RegistrySpecTests {
         }
         #expect(GoDuration.format(.seconds(5400)) == "1h30m")
         #expect(GoDuration.seconds("2.9s") == 2)
+        // Past what Int64 nanoseconds hold: refused, not a crash later.
+        #expect(GoDuration.parse("10000000000") == nil && GoDuration.parse("9223372035") != nil)
+        #expect(GoDuration.parse(GoDuration.format(.seconds(9_223_372_035))) == .seconds(9_223_372_035))
+        // Name keys compare bytes, ASCII case folded, as they hash: no Unicode equivalence.
+        #expect(NameKey("caf\u{E9}") != NameKey("cafe\u{301}") && NameKey("WEB") == NameKey("web"))
     }
 
     @Test(arguments: ["zones/catalog", "zk:http://x", "etcd:127.0.0.1:2379", "etcd:http://x?prefx=/a", "consul:", "file:", "consul:http://x?wait=11m", "consul:http://x?wait=0s"])

@@ -67,6 +67,59 @@ struct StateTests {
         }
     }
 
+    @Test func implausibleValuesAreRefused() throws {
+        for (confirmed, revision) in [(1e300, "42"), (-1e12, "42"), (Date().timeIntervalSince1970, "9223372036854775807")] {
+            var s = Self.state(services: 1, confirmed: confirmed)
+            s.resume["revision"] = revision
+            #expect(throws: RegistryState.Problem.self, "\(confirmed) \(revision)") { try RegistryState.decode(s.encoded(), path: "x") }
+        }
+    }
+
+    @Test func dataConfirmedBeforeThisBootCountsItsWholeAge() async throws {
+        let store = SnapshotStore()
+        let a = CatalogAssembler(sources: ["etcd"], expectsZones: false, localDatacenter: "dc1", store: store, logger: Logger(label: "t"))
+        // Older than this machine's uptime: the age must not be cut at boot.
+        let age = Double(Uptime.nanoseconds / 1_000_000_000) + 3600
+        await a.restore(source: 0, with: SourceCatalog(services: ["web": [AssemblerTests.inst("n1", "192.0.2.1")]]),
+                        confirmed: Date().timeIntervalSince1970 - age)
+        let staleness = try #require(store.staleness())
+        #expect(staleness >= .seconds(Int64(age) - 1), "\(staleness)")
+        #expect(store.snapshot.isLoaded && store.fromState.count == 1)
+        await a.setContact(source: 0, inContact: true)
+        #expect(store.staleness() == nil && store.fromState.isEmpty)
+    }
+
+    actor Source: StateSource {
+        var entries: [String: [Instance]] = [:]
+        func currentState() -> (entries: [String: [Instance]], resume: [String: String]) { (entries, ["revision": "7"]) }
+    }
+
+    @Test func aRestoredFileKeepsItsConfirmationCurrent() async throws {
+        let dir = NSTemporaryDirectory() + "signpost-state-\(UUID().uuidString)"
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let keeper = StateKeeper(directory: dir, registry: "etcd:http://127.0.0.1:2379?prefix=/services/", logger: Logger(label: "t"))
+        #expect(StateKeeper.usable(directory: dir, logger: Logger(label: "t")))
+        let old = Date().timeIntervalSince1970 - 600
+        try RegistryState.writeAtomically(Self.state(confirmed: old).encoded(), to: keeper.path)
+        #expect(keeper.load(maxStale: nil)?.confirmed == old)
+        // The registry answers and nothing changes: the file is not rewritten, but its confirmation moves on.
+        keeper.confirmed()
+        let writer = Task { await keeper.run(source: Source()) }
+        defer { writer.cancel() }
+        // Generous: the 100k test beside it can hold the cooperative threads for seconds.
+        let moved = await waitUntil(seconds: 30) { (keeper.load(maxStale: .seconds(60))?.confirmed ?? 0) > old + 500 }
+        #expect(moved, "\(String(describing: FileManager.default.contents(atPath: keeper.path + ".confirmed").map { String(decoding: $0, as: UTF8.self) }))")
+    }
+
+    func waitUntil(seconds: Double, _ condition: () -> Bool) async -> Bool {
+        let deadline = ContinuousClock.now + .milliseconds(Int(seconds * 1000))
+        while ContinuousClock.now < deadline {
+            if condition() { return true }
+            try? await Task.sleep(for: .milliseconds(50))
+        }
+        return condition()
+    }
+
     @Test func theKeeperLoadsOnlyItsOwnFreshData() throws {
         let dir = NSTemporaryDirectory() + "signpost-state-\(UUID().uuidString)"
         defer { try? FileManager.default.removeItem(atPath: dir) }

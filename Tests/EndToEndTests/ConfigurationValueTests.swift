@@ -73,6 +73,15 @@ struct ConfigurationValueTests {
                           "--only-passing"])
         #expect(b.restartOnly.changes(from: a.restartOnly) == ["admin", "logLevel", "tcpMaxConnections", "threads", "udpWorkers"])
         #expect(a.restartOnly.changes(from: a.restartOnly).isEmpty)
+        // A registry's token or wait is a change too, though its description leaves them out.
+        let token = try load(["--registry", "consul:http://127.0.0.1:8500?token=a"]), other = try load(["--registry", "consul:http://127.0.0.1:8500?token=b"])
+        #expect(other.restartOnly.changes(from: token.restartOnly) == ["registries"])
+        // A reload keeps the bound addresses for the ns glue and the forwarder's "not ourselves" rule.
+        let reloaded = try ServeConfiguration.load(arguments: ["serve", "--listen", "127.0.0.2:53"], environment: [:],
+                                                   resolvConf: { "nameserver 127.0.0.1\nnameserver 192.0.2.53\n" },
+                                                   running: [try ListenAddress(parsing: "127.0.0.1:53")])
+        #expect(reloaded.resolver.nameserverAddresses == [Address("127.0.0.1")!])
+        #expect(reloaded.forwarding?.upstreams == [try SocketAddress(ipAddress: "192.0.2.53", port: 53)])
     }
 
     @Test func aReloadKeepsTheResolverWhenItsPartIsUnchanged() throws {

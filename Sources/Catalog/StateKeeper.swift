@@ -111,26 +111,46 @@ public final class StateKeeper: Sendable {
 
     // MARK: Writing
 
+    /// Where the writer is: what it last wrote, and the confirmation it last stamped.
+    public struct Progress: Sendable {
+        var written: Int
+        var writtenSum: UInt64?
+        var confirmedWritten = 0.0
+    }
+
+    /// The writer's starting point: nothing written by this process, or the file `load` read.
+    public func start() -> Progress {
+        let sum = loadedSum.load(ordering: .relaxed)
+        return Progress(written: version.load(ordering: .relaxed), writtenSum: sum == 0 ? nil : sum)
+    }
+
     /// Writes on change until cancelled; a last write on the way out.
     public func run(source: some StateSource) async {
-        var written = version.load(ordering: .relaxed)
-        var writtenSum: UInt64? = loadedSum.load(ordering: .relaxed) == 0 ? nil : loadedSum.load(ordering: .relaxed)
+        var progress = start()
         var pause = Duration.seconds(1)
-        var confirmedWritten = 0.0
         while !Task.isCancelled {
             do { try await Task.sleep(for: pause) } catch { break }
-            let now = version.load(ordering: .relaxed)
-            if now != written {
-                let started = ContinuousClock.now
-                if let sum = await write(source) { (written, writtenSum) = (now, sum) }
-                pause = max(.seconds(1), (ContinuousClock.now - started) * 5)
-            } else if let sum = writtenSum, inContact.load(ordering: .relaxed), stamp - confirmedWritten >= 1 {
-                confirmedWritten = stamp
-                // Not fsynced: losing it only makes the data look older than it is.
-                try? RegistryState.writeAtomically(Array("\(String(sum, radix: 16)) \(confirmedWritten)".utf8), to: confirmedPath, sync: false)
-            }
+            pause = await step(source, &progress)
         }
-        if version.load(ordering: .relaxed) != written { _ = await write(source) }
+        if version.load(ordering: .relaxed) != progress.written { _ = await write(source) }
+    }
+
+    /// One turn of the writer: the data if it changed, else the confirmation stamp if the registry is in contact.
+    /// Returns how long to wait before the next turn.
+    public func step(_ source: some StateSource, _ progress: inout Progress) async -> Duration {
+        let now = version.load(ordering: .relaxed)
+        if now != progress.written {
+            let started = ContinuousClock.now
+            if let sum = await write(source) { (progress.written, progress.writtenSum) = (now, sum) }
+            return max(.seconds(1), (ContinuousClock.now - started) * 5)
+        }
+        if let sum = progress.writtenSum, inContact.load(ordering: .relaxed), stamp - progress.confirmedWritten >= 1 {
+            progress.confirmedWritten = stamp
+            // Not fsynced: losing it only makes the data look older than it is.
+            try? RegistryState.writeAtomically(Array("\(String(sum, radix: 16)) \(progress.confirmedWritten)".utf8), to: confirmedPath,
+                                               sync: false)
+        }
+        return .seconds(1)
     }
 
     /// Writes the source's state now; returns the file's checksum, or nil (logged) when it could not.

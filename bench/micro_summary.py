@@ -29,7 +29,7 @@ lines = [f"# Microbenchmarks, {date.today()}", "",
          "× 3 instances (and as many dotted `go.micro.svc<N>` ones); the query is what `dig svc500.service.consul` sends (RD, EDNS 1232).", "",
          "| benchmark | ns/op | mallocs/op |", "|---|---|---|"]
 lines += [f"| {r['name']} | {r.get('ns', '?')} | {r.get('mallocs', '?')} |" for r in sorted(rows, key=order)]
-lines += ["", "## Full output", "", out.stdout]
+lines += ["", "## Full output", "", out.stdout.replace(ROOT + "/", "")]
 path = os.path.join(ROOT, "bench", "results", f"micro-{date.today()}.md")
 open(path, "w").write("\n".join(lines))
 print("\n".join(lines[:len(rows) + 7]))

@@ -192,6 +192,8 @@ public actor ConsulWatcher {
                 }
                 failures = 0
                 if next == index { try await pace(since: started) }
+                // A new resume point (the baseline and its index) is worth writing even when no data changed.
+                if next != checksIndex { configuration.state?.changed() }
                 index = next
                 checksIndex = next
             } catch {

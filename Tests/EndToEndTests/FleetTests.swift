@@ -119,10 +119,15 @@ final class Checker: @unchecked Sendable {
     private var results = [FleetTests.Tally(), FleetTests.Tally()]
     private(set) var longestStale = 0.0
     private let thread: Thread
+    /// Signalled when the thread's loop has ended.
+    private let finished: DispatchSemaphore
 
     init(slots: Slots, truth: FleetTests.Truth) {
         let box = Box()
+        let done = DispatchSemaphore(value: 0)
+        finished = done
         thread = Thread {
+            defer { done.signal() }
             var lastMetrics = Date.distantPast
             while box.checker?.isRunning ?? false {
                 let round = Date()
@@ -147,7 +152,11 @@ final class Checker: @unchecked Sendable {
 
     var isRunning: Bool { lock.withLock { running } }
     var tallies: [FleetTests.Tally] { lock.withLock { results } }
-    func stop() { lock.withLock { running = false }; usleep(200_000) }
+    /// Ends the loop and waits until it has (its last round counted).
+    func stop() {
+        lock.withLock { running = false }
+        _ = finished.wait(timeout: .now() + 10)
+    }
     func count(_ k: Int, _ change: (inout FleetTests.Tally) -> Void) { lock.withLock { change(&results[k]) } }
     private(set) var staleSamples = 0
     func noteStale(_ age: Double?) { lock.withLock { staleSamples += 1; longestStale = max(longestStale, age ?? -1) } }
@@ -179,11 +188,15 @@ final class Churn: @unchecked Sendable {
     private var paused = true
     private(set) var acknowledged = 0, failed = 0
     private let thread: Thread
+    private let finished: DispatchSemaphore
 
     init(endpoints: [String], truth: FleetTests.Truth) {
         final class Me: @unchecked Sendable { weak var churn: Churn? }
         let me = Me()
+        let done = DispatchSemaphore(value: 0)
+        finished = done
         thread = Thread {
+            defer { done.signal() }
             var n = 0
             var pending: Set<Int> = []
             while let churn = me.churn, churn.isRunning {
@@ -227,7 +240,11 @@ final class Churn: @unchecked Sendable {
     var isRunning: Bool { lock.withLock { running } }
     var isPaused: Bool { lock.withLock { paused } }
     func resume() { lock.withLock { paused = false } }
-    func stop() { lock.withLock { running = false }; usleep(200_000) }
+    /// Ends the loop and waits until it has (no write left in flight).
+    func stop() {
+        lock.withLock { running = false }
+        _ = finished.wait(timeout: .now() + 10)
+    }
     func tally(ok: Bool) { lock.withLock { if ok { acknowledged += 1 } else { failed += 1 } } }
 }
 

@@ -121,35 +121,52 @@ def scaling(work, only):
     return out
 
 
-def fixed_cpu(port, proc, qfile):
-    """CPU per answered query (µs) at the fixed rate, its user part, and how many were lost."""
+def fixed_cpu(port, proc, qfile, seconds=FIXED_S):
+    """CPU per answered query (µs) at the fixed rate, its user part, and how many were lost; then the totals
+    (CPU µs, user µs, answered) for averaging over runs."""
     before = user_sys_us(proc.pid)
-    r = dnsperf(port, qfile, FIXED_S, rate=RATE)
+    r = dnsperf(port, qfile, seconds, rate=RATE)
     user, sys_ = split(before, user_sys_us(proc.pid))
     n = max(r["completed"], 1)
-    return (user + sys_) / n, user / n, r["lost"]
+    return (user + sys_) / n, user / n, r["lost"], (user + sys_, user, n)
 
 
-FORM_ROUNDS = int(os.environ.get("BENCH_FORM_ROUNDS", "5"))
+# Single 5 s runs of the same server move by about ±5% here, more than the forms differ by. So the forms are
+# measured in many short runs, Signpost and Knot back to back (taking turns at going first), and each server's
+# CPU per query is its total CPU over its total answered queries across all rounds; the spread of the per-round
+# ratios is shown beside it.
+FORM_ROUNDS = int(os.environ.get("BENCH_FORM_ROUNDS", "12"))
+FORM_SECONDS = int(os.environ.get("BENCH_FORM_SECONDS", "3"))
 
 
 def forms(work, started):
-    """(c) CPU per query for each name form, Signpost against Knot, FORM_ROUNDS times round both, the two taking
-    turns at going first (the second run of a pair ran on a warmer machine); medians of total and of user CPU."""
-    out = {}
+    """(c) CPU per query for each name form, Signpost against Knot, FORM_ROUNDS rounds of FORM_SECONDS runs."""
+    totals, ratios = {}, {}
     for r in range(FORM_ROUNDS):
         for label, name, qtype in FORMS:
             qfile = f"{work}/q-form"
             open(qfile, "w").write(f"{name} {qtype}\n")
+            pair = {}
             for server in (["Signpost", "Knot"] if r % 2 == 0 else ["Knot", "Signpost"]):
                 if server in started:
-                    cpu, user, _ = fixed_cpu(*started[server], qfile)
-                    out.setdefault((label, server), []).append((cpu, user))
-    def median(label, server, k):
-        runs = sorted(x[k] for x in out.get((label, server), [(0, 0)]))
-        return runs[len(runs) // 2]
-    return [(label, name, qtype, median(label, "Signpost", 0), median(label, "Knot", 0), median(label, "Signpost", 1), median(label, "Knot", 1))
-            for label, name, qtype in FORMS]
+                    cpu, _, _, (c, u, n) = fixed_cpu(*started[server], qfile, FORM_SECONDS)
+                    t = totals.setdefault((label, server), [0, 0, 0])
+                    t[0] += c; t[1] += u; t[2] += n
+                    pair[server] = cpu
+            if len(pair) == 2:
+                ratios.setdefault(label, []).append(pair["Signpost"] / pair["Knot"])
+        print(json.dumps({"forms_round": r + 1, "of": FORM_ROUNDS}), flush=True)
+    def mean(label, server, k):
+        t = totals.get((label, server))
+        return t[k] / t[2] if t and t[2] else 0
+    def spread(label):
+        rs = sorted(ratios.get(label, [0]))
+        return rs[len(rs) // 4], rs[len(rs) // 2], rs[(3 * len(rs)) // 4]
+    return [(label, name, qtype, mean(label, "Signpost", 0), mean(label, "Knot", 0), mean(label, "Signpost", 1),
+             mean(label, "Knot", 1), spread(label)) for label, name, qtype in FORMS]
+
+
+RELOAD_RUNS = int(os.environ.get("BENCH_RELOAD_RUNS", "5"))
 
 
 def reload_row(work):
@@ -164,13 +181,13 @@ def reload_row(work):
         if not wait_up(port, "web.service.consul"):
             return None
         qfile = f"{work}/q-A"
-        before = sorted(fixed_cpu(port, proc, qfile)[0] for _ in range(FORM_ROUNDS))[FORM_ROUNDS // 2]
+        before = sorted(fixed_cpu(port, proc, qfile)[0] for _ in range(RELOAD_RUNS))[RELOAD_RUNS // 2]
         proc.send_signal(1)
         deadline = time.time() + 10
         while "] reloaded" not in open(f"{work}/reload.log").read() and time.time() < deadline:
             time.sleep(0.05)
         kept = "resolver=kept" in open(f"{work}/reload.log").read()
-        after = sorted(fixed_cpu(port, proc, qfile)[0] for _ in range(FORM_ROUNDS))[FORM_ROUNDS // 2]
+        after = sorted(fixed_cpu(port, proc, qfile)[0] for _ in range(RELOAD_RUNS))[RELOAD_RUNS // 2]
         return before, after, kept
     finally:
         stop([proc])
@@ -243,16 +260,20 @@ def main():
                          f"| {', '.join(f'{x:.1f}' for x in r['runs'])} µs |")
         lines.append("")
     lines += ["## Every name form, against Knot", "",
-              f"{RATE // 1000}k qps for {FIXED_S} s per form, {FORM_ROUNDS} rounds, the two servers taking turns at going first; medians.",
-              "Knot serves the same records from its zone. User CPU is each server's own work; the rest is the kernel's.", "",
-              "| form | name | Signpost CPU/query | Knot CPU/query | vs Knot | Signpost user | Knot user |", "|---|---|---|---|---|---|---|"]
-    for label, name, qtype, mine, knot, mine_user, knot_user in form_rows:
+              f"{RATE // 1000}k qps, {FORM_ROUNDS} rounds of {FORM_SECONDS} s runs per form, Signpost and Knot back to back (taking turns",
+              "at going first). CPU per query is each server's total CPU over its total answered queries in all rounds; the",
+              "per-round ratios' quartiles show the noise. Knot serves the same records from its zone. User CPU is each server's",
+              "own work; the rest is the kernel's.", "",
+              "| form | name | Signpost CPU/query | Knot CPU/query | vs Knot | per-round ratio (quartiles) | Signpost user | Knot user |",
+              "|---|---|---|---|---|---|---|---|"]
+    for label, name, qtype, mine, knot, mine_user, knot_user, (q1, q2, q3) in form_rows:
         ratio = f"{mine / knot:.2f}×" if knot else "–"
-        lines.append(f"| {label} | `{name} {qtype}` | {mine:.2f} µs | {knot:.2f} µs | {ratio} | {mine_user:.2f} µs | {knot_user:.2f} µs |")
+        lines.append(f"| {label} | `{name} {qtype}` | {mine:.2f} µs | {knot:.2f} µs | {ratio} | {q1:.2f} / {q2:.2f} / {q3:.2f} "
+                     f"| {mine_user:.2f} µs | {knot_user:.2f} µs |")
     lines.append("")
     if reload:
         before, after, kept = reload
-        lines += ["## Reload", "", f"Plain A, {RATE // 1000}k qps, {FORM_ROUNDS} runs each side of a SIGHUP that leaves the settings alone "
+        lines += ["## Reload", "", f"Plain A, {RATE // 1000}k qps, {RELOAD_RUNS} runs each side of a SIGHUP that leaves the settings alone "
                   f"(resolver {'kept' if kept else 'NOT kept'}).", "",
                   "| before SIGHUP | after SIGHUP | after / before |", "|---|---|---|",
                   f"| {before:.2f} µs | {after:.2f} µs | {after / before:.2f} |", ""]

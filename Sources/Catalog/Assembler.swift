@@ -41,6 +41,7 @@ public actor CatalogAssembler {
         self.localDatacenterName = localDatacenter
         self.store = store
         self.logger = logger
+        store.activity.setRegistries(sources)
     }
 
     /// A registry's whole catalog (initial load, re-list, or a file change).
@@ -53,7 +54,8 @@ public actor CatalogAssembler {
             serviceNames.formUnion(old.services.keys)
             nodeKeys.formUnion(old.nodes.keys)
         }
-        remerge(services: serviceNames, nodes: nodeKeys)
+        remerge(services: serviceNames, nodes: nodeKeys, from: index)
+        store.activity.updateRegistry(index) { $0.loaded = true }
         publish()
     }
 
@@ -64,7 +66,8 @@ public actor CatalogAssembler {
         if sources[index] == nil { sources[index] = SourceCatalog() }
         for (name, list) in changed { sources[index]!.services[name] = list.isEmpty ? nil : list }
         for (key, node) in changedNodes { sources[index]!.nodes[key] = node }
-        remerge(services: Set(changed.keys), nodes: Set(changedNodes.keys))
+        remerge(services: Set(changed.keys), nodes: Set(changedNodes.keys), from: index)
+        store.activity.updateRegistry(index) { $0.loaded = true }
         publish()
     }
 
@@ -76,6 +79,7 @@ public actor CatalogAssembler {
         let age = min(max(0, Date().timeIntervalSince1970 - confirmed), 3.2e9)
         staleSince[index] = Uptime.signed - Int64(age * 1e9)
         fromState[index] = confirmed
+        store.activity.updateRegistry(index) { $0.fromState = confirmed }
         store.setStale(since: staleSince.values.min())
         publishStatus()
         logger.warning("registry data from the state file; stale until the registry answers",
@@ -104,6 +108,7 @@ public actor CatalogAssembler {
             logger.warning("registry data is old; serving it as stale", metadata: ["registry": "\(names[index])", "age": "\(age)"])
         }
         staleSince[index] = since
+        store.activity.updateRegistry(index) { ($0.fromState, $0.staleSince) = (nil, Date().timeIntervalSince1970 - Double(seconds)) }
         store.setStale(since: staleSince.values.min())
     }
 
@@ -112,6 +117,7 @@ public actor CatalogAssembler {
     /// A registry's problem that makes the gateway not ready (nil clears it); `/ready` says it.
     public func setProblem(source index: Int, _ reason: String?) {
         problems[index] = reason
+        store.activity.updateRegistry(index) { $0.problem = reason }
         store.setProblems(problems.keys.sorted().map { "\(names[$0]): \(problems[$0]!)" })
     }
 
@@ -126,13 +132,31 @@ public actor CatalogAssembler {
             staleSince[index] = Uptime.signed
             logger.warning("registry unreachable; serving the cached catalog", metadata: ["registry": "\(names[index])"])
         }
+        let since = staleSince[index].map { Date().timeIntervalSince1970 - Double(Uptime.signed - $0) / 1e9 }
+        store.activity.updateRegistry(index) { r in
+            r.staleSince = since
+            if inContact { r.fromState = nil }
+        }
         store.setStale(since: staleSince.values.min())
     }
 
-    private func remerge(services serviceNames: Set<String>, nodes nodeKeys: Set<CatalogSnapshot.NodeKey>) {
+    /// Merges the registries' lists again for these services and nodes, after a change `from` one registry
+    /// (whose name the recorded instance changes carry).
+    private func remerge(services serviceNames: Set<String>, nodes nodeKeys: Set<CatalogSnapshot.NodeKey>, from index: Int) {
+        let now = Date().timeIntervalSince1970
+        var changes: [Activity.Change] = [], keys: [String] = []
+        defer {
+            store.activity.record(changes, keys: keys)
+            if !changes.isEmpty { store.activity.updateRegistry(index) { $0.lastChange = now } }
+        }
+        let registry = names.indices.contains(index) ? names[index] : "zones"
         for name in serviceNames {
             let lists = sources.compactMap { $0?.services[name] }
             let merged = ServiceEntry.merged(name: name, lists)
+            let (c, k) = Activity.changes(service: name, before: services[name]?.instances ?? [], after: merged?.instances ?? [],
+                                          registry: registry, now: now)
+            changes += c
+            keys += k
             count(services[name]?.instances, -1)
             count(merged?.instances, +1)
             reverse.replace(service: services[name], with: merged)

@@ -82,6 +82,7 @@ public actor CatalogWatcher {
         for s in skipped {
             logger.warning("\(s)", metadata: ["registry": "file", "file.path": "\(s.location)", "reason": "\(s.reason.rawValue)"])
             skips.count(s.reason)
+            assembler.store.activity.noteSkipped(registry: "file", location: s.location, name: s.name, reason: s.reason.description)
         }
         if let z = configuration.zonesDirectory {
             zonesChanged = sync(&zoneFiles, directory: z, suffix: ".zone", problems: &problems) { path, _ throws(CatalogProblem) in

@@ -159,6 +159,7 @@ public actor ConsulWatcher {
                 if Task.isCancelled { break }
                 failures += 1
                 restarts.increment()
+                assembler.store.activity.noteRestart(registry: sourceIndex)
                 logger.warning("consul unreachable", metadata: ["consul.address": "\(configuration.address)", "error": "\(error)"])
                 configuration.state?.lostContact()
                 await assembler.setContact(source: sourceIndex, inContact: false)
@@ -287,6 +288,7 @@ public actor ConsulWatcher {
                 let skip = SkippedName(location: "\(configuration.address)/v1/catalog/services", name: name, reason: reason)
                 logger.error("\(skip)", metadata: ["registry": "consul", "consul.service": "\(name)", "reason": "\(reason.rawValue)"])
                 skips.count(reason)
+                assembler.store.activity.noteSkipped(registry: "consul", location: skip.location, name: name, reason: reason.description)
             }
         }
         return out
@@ -455,6 +457,8 @@ public actor ConsulWatcher {
             do { out.append(try Self.instance(from: entry, localDatacenter: configuration.localDatacenter)) } catch {
                 logger.error("consul entry skipped", metadata: ["registry": "consul", "consul.service": "\(name)", "reason": "\(error)"])
                 skips.count(.unknownFormat)
+                assembler.store.activity.noteSkipped(registry: "consul", location: "/v1/health/service/\(name)", name: name,
+                                                     reason: "\(error)")
             }
         }
         return (out, returned, leader)
@@ -526,16 +530,21 @@ public actor ConsulWatcher {
         let id = (service["ID"] as? String).flatMap { $0.isEmpty ? nil : $0 } ?? serviceName
         let weights = service["Weights"] as? [String: Any]
         var health = Health.passing
+        var checks: [CheckState] = []
         for check in entry["Checks"] as? [[String: Any]] ?? [] {
             let sid = check["ServiceID"] as? String ?? ""
             guard sid.isEmpty || sid == id else { continue }
-            health = max(health, Health(registered: check["Status"] as? String))
+            let status = Health(registered: check["Status"] as? String)
+            health = max(health, status)
+            let name = check["Name"] as? String ?? ""
+            checks.append(CheckState(id: (check["CheckID"] as? String).flatMap { $0.isEmpty ? nil : $0 } ?? name, name: name,
+                                     status: status, output: check["Output"] as? String ?? "", nodeLevel: sid.isEmpty))
         }
         let port = (service["Port"] as? NSNumber)?.intValue ?? 0
         let serviceTagged = service["TaggedAddresses"] as? [String: [String: Any]]
         let (passing, warning) = Instance.weights(passing: (weights?["Passing"] as? NSNumber)?.intValue,
                                                   warning: (weights?["Warning"] as? NSNumber)?.intValue)
-        return Instance(id: id, service: serviceName, node: n, serviceAddress: serviceAddress,
+        var inst = Instance(id: id, service: serviceName, node: n, serviceAddress: serviceAddress,
                         port: UInt16(clamping: max(0, port)), tags: service["Tags"] as? [String] ?? [],
                         meta: (service["Meta"] as? [String: String]) ?? [:],
                         weightPassing: passing, weightWarning: warning,
@@ -543,6 +552,10 @@ public actor ConsulWatcher {
                         serviceLanAddresses: Address.lanAddresses(ipv4: serviceTagged?["lan_ipv4"]?["Address"] as? String,
                                                                   ipv6: serviceTagged?["lan_ipv6"]?["Address"] as? String,
                                                                   besides: serviceAddress))
+        inst.checks = checks
+        inst.origin = Origin(registry: "consul", location: "service \(id) on node \(nodeName)",
+                             revision: (service["ModifyIndex"] as? NSNumber)?.int64Value)
+        return inst
     }
 
     /// `get`, with the body decoded as the JSON shape the endpoint documents.

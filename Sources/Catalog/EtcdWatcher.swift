@@ -91,6 +91,7 @@ public actor EtcdWatcher {
                 if Task.isCancelled { break }
                 failures += 1
                 restarts.increment()
+                assembler.store.activity.noteRestart(registry: sourceIndex)
                 logger.warning("etcd unreachable", metadata: ["etcd.endpoint": "\(endpoint)", "error": "\(error)"])
                 configuration.state?.lostContact()
                 await assembler.setContact(source: sourceIndex, inContact: false)
@@ -182,7 +183,7 @@ public actor EtcdWatcher {
                 guard let keyBytes = Self.decodeBytes(kv["key"]), let value = Self.decodeBytes(kv["value"]) else { continue }
                 let key = String(decoding: keyBytes, as: UTF8.self)
                 lastKey = keyBytes
-                switch parse(key: key, value: value) {
+                switch parse(key: key, value: value, revision: Int64(kv["mod_revision"] as? String ?? "")) {
                 case .instances(let entry): fresh[key] = entry
                 case .deleted: break
                 case .invalid: fresh[key] = keys[key]
@@ -247,7 +248,7 @@ public actor EtcdWatcher {
             var new: Entry? = nil
             if (event["type"] as? String) != "DELETE" {
                 guard let value = Self.decodeBytes(kv["value"]) else { continue }
-                switch parse(key: key, value: value) {
+                switch parse(key: key, value: value, revision: Int64(kv["mod_revision"] as? String ?? "")) {
                 case .instances(let entry): new = entry
                 case .deleted: new = nil
                 case .invalid: new = old
@@ -314,15 +315,18 @@ public actor EtcdWatcher {
         case invalid
     }
 
-    private func parse(key: String, value: [UInt8]) -> Parsed {
+    /// A key's value as instances, each knowing its key and `revision` (the key's `mod_revision`).
+    private func parse(key: String, value: [UInt8], revision: Int64?) -> Parsed {
         do {
-            guard let instances = try EtcdValue.parse(key: key, value: value, prefix: configuration.prefix,
+            guard var instances = try EtcdValue.parse(key: key, value: value, prefix: configuration.prefix,
                                                       localDatacenter: configuration.localDatacenter),
                   let first = instances.first else { return .deleted }
+            for i in instances.indices { instances[i].origin = Origin(registry: "etcd", location: key, revision: revision) }
             return .instances((ServiceName.key(first.service), instances))
         } catch {
             logger.error("etcd value skipped", metadata: ["registry": "etcd", "etcd.key": "\(key)", "reason": "\(error)"])
             skips.count(error.reason)
+            assembler.store.activity.noteSkipped(registry: "etcd", location: key, name: key, reason: "\(error)")
             return .invalid
         }
     }

@@ -140,6 +140,10 @@ public struct Instance: Sendable, Hashable {
 
     /// The service's `TaggedAddresses` `lan_ipv4`/`lan_ipv6` that differ from its own address.
     public var serviceLanAddresses: [Address] = []
+    /// The checks `health` was folded from: the node's and the instance's own (empty for registries without checks).
+    public var checks: [CheckState] = []
+    /// Where the registry holds it (a catalog file's line, an etcd key and revision, a Consul service's index).
+    public var origin = Origin()
 
     /// The address clients should use (the SRV target's).
     public var address: Address { serviceAddress ?? node.address }
@@ -192,7 +196,51 @@ public struct Check: Sendable, Hashable {
     public var name: String
     public var status: Health
     public var serviceID: String
+    public var output: String = ""
 }
+
+/// A check as an instance carries it, for the operator: what it is, its status and output, and whether it is the
+/// node's (it then applies to every instance on the node, as Consul's `serfHealth` does) or the instance's own.
+public struct CheckState: Sendable, Hashable, Codable {
+    public var id: String
+    public var name: String
+    public var status: Health
+    public var output: String
+    public var nodeLevel: Bool
+
+    public init(id: String, name: String, status: Health, output: String, nodeLevel: Bool) {
+        (self.id, self.name, self.status, self.output, self.nodeLevel) = (id, name, status, output, nodeLevel)
+    }
+
+    public init(_ check: Check) {
+        self.init(id: check.id, name: check.name, status: check.status, output: check.output, nodeLevel: check.serviceID.isEmpty)
+    }
+}
+
+/// Where a registry holds an instance: a catalog file and line, an etcd key and its `mod_revision`, or a Consul
+/// service ID and its `ModifyIndex`.
+public struct Origin: Sendable, Hashable, Codable {
+    /// `file`, `etcd` or `consul`.
+    public var registry: String
+    public var location: String
+    /// etcd's `mod_revision`, Consul's `ModifyIndex`.
+    public var revision: Int64?
+
+    public init(registry: String = "", location: String = "", revision: Int64? = nil) {
+        (self.registry, self.location, self.revision) = (registry, location, revision)
+    }
+
+    public var description: String {
+        switch registry {
+        case "file": return location
+        case "etcd": return "etcd key \(location)" + (revision.map { ", revision \($0)" } ?? "")
+        case "consul": return "consul \(location)" + (revision.map { ", index \($0)" } ?? "")
+        default: return location
+        }
+    }
+}
+
+extension Health: Codable {}
 
 /// One `/v1/catalog/register` body.
 public struct Registration: Sendable, Hashable {

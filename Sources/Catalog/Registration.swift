@@ -159,7 +159,8 @@ public enum RegistrationDecoder {
             guard !id.isEmpty else { throw SchemaError(line: co.line, reason: "\(co.path)CheckID: a check needs a CheckID or a Name") }
             // As Consul stores it: no status is critical, a status it does not know is served (see Health(registered:)).
             let status = Health(registered: try co.string("Status"))
-            checks.append(Check(id: id, name: name, status: status, serviceID: try co.string("ServiceID") ?? ""))
+            checks.append(Check(id: id, name: name, status: status, serviceID: try co.string("ServiceID") ?? "",
+                                output: try co.string("Output") ?? ""))
         }
 
         var instance: Instance? = nil
@@ -172,6 +173,7 @@ public enum RegistrationDecoder {
                 skippedID = id
             } else {
                 instance = try service(s, name: name, id: id, node: node, checks: checks)
+                instance?.origin = Origin(registry: "file", location: "\(file):\(s.line)")
             }
         }
         // A check may name a service another body registers on the same node, as in Consul; the catalog folds it in

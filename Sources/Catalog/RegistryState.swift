@@ -162,6 +162,8 @@ extension RegistryState {
     struct InstanceRecord: Codable {
         var id: String, s: String, n: Int, p: UInt16
         var sa: String?, np: [String: UInt16]?, t: [String]?, m: [String: String]?, w: [UInt16]?, h: Int?, sl: [String]?
+        /// The checks and the origin, for the operator view (absent in files written before they were kept).
+        var c: [CheckState]?, o: Origin?
 
         init(_ i: Instance, node: Int) {
             (id, s, n, p) = (i.id, i.service, node, i.port)
@@ -172,6 +174,8 @@ extension RegistryState {
             w = i.weightPassing == 1 && i.weightWarning == 1 ? nil : [i.weightPassing, i.weightWarning]
             h = i.health == .passing ? nil : i.health.rawValue
             sl = i.serviceLanAddresses.isEmpty ? nil : i.serviceLanAddresses.map(\.description)
+            c = i.checks.isEmpty ? nil : i.checks
+            o = i.origin == Origin() ? nil : i.origin
         }
 
         func instance(node: Node) throws -> Instance {
@@ -180,6 +184,8 @@ extension RegistryState {
                                 meta: m ?? [:], weightPassing: w?[0] ?? 1, weightWarning: w?[1] ?? 1, health: health)
             inst.namedPorts = np ?? [:]
             inst.serviceLanAddresses = try (sl ?? []).map(RegistryState.address)
+            inst.checks = c ?? []
+            inst.origin = o ?? Origin()
             return inst
         }
     }

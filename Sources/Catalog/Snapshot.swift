@@ -173,6 +173,9 @@ final class RegistryOrigins: AtomicReference, Sendable {
 
 /// The one place readers get the current snapshot: a lock-free atomic load.
 public final class SnapshotStore: Sendable {
+    /// Registries' states, recent changes and skips, for the operator view.
+    public let activity = Activity()
+
     private let problemList = ManagedAtomic<RegistryProblems>(RegistryProblems([]))
 
     /// Registry problems that make the gateway not ready (an ACL that filters the catalog, say).

@@ -15,18 +15,20 @@ public struct SourceCatalog: Sendable {
     /// from any registration (a check may name a service another body registered, as in Consul).
     public init(registrations: [Registration]) {
         var nodes: [CatalogSnapshot.NodeKey: Node] = [:]
-        var health: [CatalogSnapshot.NodeKey: [String: Health]] = [:]  // "" for node-level checks
+        var checks: [CatalogSnapshot.NodeKey: [String: [Check]]] = [:]  // "" for node-level checks
         for r in registrations {
             let key = CatalogSnapshot.NodeKey(name: r.node.name, datacenter: r.node.datacenter)
             if nodes[key] == nil { nodes[key] = r.node }
-            for c in r.checks { health[key, default: [:]][c.serviceID] = max(health[key]?[c.serviceID] ?? .passing, c.status) }
+            for c in r.checks { checks[key, default: [:]][c.serviceID, default: []].append(c) }
         }
         var services: [String: [Instance]] = [:]
         for r in registrations {
             guard var inst = r.service else { continue }
             let key = CatalogSnapshot.NodeKey(name: r.node.name, datacenter: r.node.datacenter)
             inst.node = nodes[key]!
-            inst.health = max(inst.health, health[key]?[""] ?? .passing, health[key]?[inst.id] ?? .passing)
+            let own = (checks[key]?[""] ?? []) + (checks[key]?[inst.id] ?? [])
+            inst.checks = own.map(CheckState.init)
+            inst.health = own.reduce(inst.health) { max($0, $1.status) }
             services[ServiceName.key(inst.service), default: []].append(inst)
         }
         self.init(services: services, nodes: nodes)

@@ -8,7 +8,9 @@ import NIOPosix
 import ServiceLifecycle
 
 /// The admin endpoint: `/health` (200 while the process runs), `/ready` (503 until every registry has
-/// loaded, and while the data is older than `--max-stale`), and `/metrics` (Prometheus text).
+/// loaded, and while the data is older than `--max-stale`), `/metrics` (Prometheus text), and the operator view:
+/// `/ui` and its read-only JSON (`/v1/explain`, `/v1/registries`, `/v1/services`, `/v1/changes`, `/v1/traffic`).
+/// Only GET is answered.
 public final class AdminServer: Service, Sendable {
     public typealias Metrics = @Sendable () -> [UInt8]
 
@@ -19,15 +21,17 @@ public final class AdminServer: Service, Sendable {
     private let metrics: Metrics
     private let logger: Logger
     private let channel = NIOLockedValueBox<(any Channel)?>(nil)
+    private let view: OperatorView
 
     public init(address: ListenAddress, group: any EventLoopGroup, store: SnapshotStore, maxStale: Duration?,
-                metrics: @escaping Metrics, logger: Logger) {
+                metrics: @escaping Metrics, handler: QueryHandlerSlot, logger: Logger) {
         self.address = address
         self.group = group
         self.store = store
         self.maxStale = maxStale
         self.metrics = metrics
         self.logger = logger
+        self.view = OperatorView(slot: handler, metrics: metrics)
     }
 
     /// Why the gateway is not ready, or nil when it is.
@@ -55,13 +59,13 @@ public final class AdminServer: Service, Sendable {
 
     @discardableResult
     public func start() async throws -> ListenAddress {
-        let store = self.store, maxStale = self.maxStale, metrics = self.metrics
+        let store = self.store, maxStale = self.maxStale, metrics = self.metrics, view = self.view
         let bootstrap = ServerBootstrap(group: group)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.configureHTTPServerPipeline()
-                    try channel.pipeline.syncOperations.addHandler(AdminHandler(store: store, maxStale: maxStale, metrics: metrics))
+                    try channel.pipeline.syncOperations.addHandler(AdminHandler(store: store, maxStale: maxStale, metrics: metrics, view: view))
                 }
             }
         do {
@@ -75,6 +79,12 @@ public final class AdminServer: Service, Sendable {
 
     public func run() async throws {
         guard let ch = channel.withLockedValue({ $0 }) else { return }
+        // The traffic chart's samples: every `OperatorView.sampleInterval`, from the counters `/metrics` exports.
+        let view = self.view
+        let sampler = group.next().scheduleRepeatedTask(initialDelay: .zero, delay: .seconds(Int64(OperatorView.sampleInterval))) { _ in
+            view.sample()
+        }
+        defer { sampler.cancel() }
         logger.info("admin listening on \(ListenAddress(host: address.host, port: ch.localAddress?.port ?? address.port)) (http)")
         await withGracefulShutdownHandler {
             try? await ch.closeFuture.get()
@@ -91,22 +101,31 @@ final class AdminHandler: ChannelInboundHandler, Sendable {
     let store: SnapshotStore
     let maxStale: Duration?
     let metrics: AdminServer.Metrics
-    private let uri = NIOLockedValueBox<String>("")
+    let view: OperatorView
+    private let uri = NIOLockedValueBox<String?>(nil)
 
-    init(store: SnapshotStore, maxStale: Duration?, metrics: @escaping AdminServer.Metrics) {
+    init(store: SnapshotStore, maxStale: Duration?, metrics: @escaping AdminServer.Metrics, view: OperatorView) {
         self.store = store
         self.maxStale = maxStale
         self.metrics = metrics
+        self.view = view
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         switch unwrapInboundIn(data) {
         case .head(let head):
-            uri.withLockedValue { $0 = head.method == .GET ? head.uri : "" }
+            uri.withLockedValue { $0 = head.method == .GET ? head.uri : nil }
         case .body:
             break
         case .end:
-            let path = uri.withLockedValue { $0 }.split(separator: "?").first.map(String.init) ?? ""
+            guard let target = uri.withLockedValue({ $0 }) else {
+                respond(context, .methodNotAllowed, "text/plain", Array("read-only: GET only\n".utf8))
+                return
+            }
+            let components = URLComponents(string: target)
+            let path = components?.path ?? ""
+            var query: [String: String] = [:]
+            for item in components?.queryItems ?? [] { query[item.name] = item.value ?? "" }
             let (status, contentType, body): (HTTPResponseStatus, String, [UInt8])
             switch path {
             case "/health":
@@ -120,17 +139,30 @@ final class AdminHandler: ChannelInboundHandler, Sendable {
             case "/metrics":
                 (status, contentType, body) = (.ok, "text/plain; version=0.0.4", metrics())
             default:
-                (status, contentType, body) = (.notFound, "text/plain", Array("not found\n".utf8))
+                if let page = view.page(path, query) {
+                    (status, contentType, body) = page
+                } else {
+                    (status, contentType, body) = (.notFound, "text/plain", Array("not found\n".utf8))
+                }
             }
-            var headers = HTTPHeaders()
-            headers.add(name: "Content-Type", value: contentType)
-            headers.add(name: "Content-Length", value: "\(body.count)")
-            headers.add(name: "Connection", value: "close")
-            context.write(wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: status, headers: headers))), promise: nil)
-            context.write(wrapOutboundOut(.body(.byteBuffer(ByteBuffer(bytes: body)))), promise: nil)
-            let channel = context.channel
-            context.writeAndFlush(wrapOutboundOut(.end(nil))).whenComplete { _ in channel.close(promise: nil) }
+            respond(context, status, contentType, body)
         }
+    }
+
+    private func respond(_ context: ChannelHandlerContext, _ status: HTTPResponseStatus, _ contentType: String, _ body: [UInt8]) {
+        var headers = HTTPHeaders()
+        headers.add(name: "Content-Type", value: contentType)
+        headers.add(name: "Cache-Control", value: "no-store")
+        headers.add(name: "X-Content-Type-Options", value: "nosniff")
+        // The status page is one document with its own script and style; it loads nothing else, from anywhere.
+        headers.add(name: "Content-Security-Policy",
+                    value: "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; img-src data:")
+        headers.add(name: "Content-Length", value: "\(body.count)")
+        headers.add(name: "Connection", value: "close")
+        context.write(wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: status, headers: headers))), promise: nil)
+        context.write(wrapOutboundOut(.body(.byteBuffer(ByteBuffer(bytes: body)))), promise: nil)
+        let channel = context.channel
+        context.writeAndFlush(wrapOutboundOut(.end(nil))).whenComplete { _ in channel.close(promise: nil) }
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {

@@ -1,6 +1,17 @@
 import Catalog
 import DNSWire
 
+/// What leaves an instance out of a service's answers (besides `--answer-limit`).
+struct Exclusions: OptionSet {
+    let rawValue: UInt8
+    /// Critical or in maintenance; or warning, with `--only-passing`.
+    static let health = Exclusions(rawValue: 1)
+    /// In another datacenter than the one asked for (the local one, when the name gives none).
+    static let datacenter = Exclusions(rawValue: 2)
+    /// Without the tag, or the named port, that the name asks for.
+    static let selector = Exclusions(rawValue: 4)
+}
+
 /// Answers for services: address and SRV records, CNAMEs for hostname instances, the gRPC service config.
 extension Resolver {
     /// The instances a service plan selects, healthy and in the datacenter, as A, AAAA or SRV records.
@@ -41,13 +52,18 @@ extension Resolver {
     }
 
     /// The instances an answer may hold: served by health (`--only-passing`), in the datacenter, and selected.
-    /// The one health rule both paths use.
+    /// The one health rule both paths use (and `explain`, through `exclusions`).
     func selected(_ entry: ServiceEntry, _ selector: ServiceSelector, datacenter: String) -> [Instance] {
-        let onlyPassing = configuration.onlyPassing
-        return entry.instances.filter { inst in
-            inst.health.isServed(onlyPassing: onlyPassing) && inst.node.datacenter.equalsIgnoringASCIICase(datacenter)
-                && selector.matches(inst)
-        }
+        entry.instances.filter { exclusions($0, selector, datacenter: datacenter).isEmpty }
+    }
+
+    /// Why an answer for `selector` in `datacenter` leaves `inst` out; empty when it may hold it.
+    func exclusions(_ inst: Instance, _ selector: ServiceSelector, datacenter: String) -> Exclusions {
+        var out: Exclusions = []
+        if !inst.health.isServed(onlyPassing: configuration.onlyPassing) { out.insert(.health) }
+        if !inst.node.datacenter.equalsIgnoringASCIICase(datacenter) { out.insert(.datacenter) }
+        if !selector.matches(inst) { out.insert(.selector) }
+        return out
     }
 
     /// SRV records in the given order, with each target's glue.

@@ -1,3 +1,4 @@
+import Atomics
 import Catalog
 import CUDPBatch
 import Foundation
@@ -20,7 +21,8 @@ final class UDPBatchServer: @unchecked Sendable {
     private let eventLoop: any EventLoopGroup
     private let logger: Logger
     private var sockets: [Int32] = []
-    private let stopping = NIOLockedValueBox(false)
+    /// Read once per batch: an atomic load, not a lock.
+    private let stopping = ManagedAtomic(false)
     private var threads: [Thread] = []
 
     init(handler: QueryHandlerSlot, eventLoop: any EventLoopGroup, logger: Logger) {
@@ -76,7 +78,7 @@ final class UDPBatchServer: @unchecked Sendable {
 
     /// The threads notice within one receive timeout (200 ms) and return; the process closes the sockets.
     func requestStop() {
-        stopping.withLockedValue { $0 = true }
+        stopping.store(true, ordering: .relaxed)
     }
 
     /// For a bind that is abandoned before `start()`.
@@ -100,7 +102,7 @@ final class UDPBatchServer: @unchecked Sendable {
         }
         let waitForOne = sp_msg_waitforone()
         let loop = eventLoop.next()
-        while !stopping.withLockedValue({ $0 }) {
+        while !stopping.load(ordering: .relaxed) {
             for i in 0..<n {
                 inVec[i] = iovec(iov_base: inData + i * size, iov_len: size)
                 inMsgs[i] = sp_mmsghdr()

@@ -47,7 +47,8 @@ extension Serve {
         })
         services.append(TaskService { await InstanceCounter(store: store).run() })
         let adminServer = restart.admin.map {
-            AdminServer(address: $0, group: group, store: store, maxStale: config.maxStale, metrics: { prometheus.emitToBuffer() }, logger: logger)
+            AdminServer(address: $0, group: group, store: store, maxStale: config.maxStale, metrics: { prometheus.emitToBuffer() },
+                        handler: slot, logger: logger)
         }
         try await start(server, adminServer, group: group, user: restart.user, logger: logger)
         datacenterNote(logger)
@@ -131,7 +132,7 @@ extension Serve {
 extension QueryHandler {
     /// The handler a configuration describes, around `resolver`; `rrl` is a limiter to keep (its buckets), or nil
     /// for a fresh one when the configuration asks for one.
-    init(configuration c: ServeConfiguration, resolver: Gateway.Resolver, store: SnapshotStore, logger: Logger, forwarder: Forwarder?,
+    convenience init(configuration c: ServeConfiguration, resolver: Gateway.Resolver, store: SnapshotStore, logger: Logger, forwarder: Forwarder?,
          rrl: ResponseRateLimiter?) {
         let limiter = rrl.flatMap { $0.configuration == c.rateLimit ? $0 : nil } ?? c.rateLimit.map { ResponseRateLimiter(configuration: $0) }
         self.init(resolver: resolver, store: store, logger: logger, maxStale: c.maxStale, forwarder: forwarder, access: c.access,

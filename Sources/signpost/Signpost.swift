@@ -21,7 +21,7 @@ struct Signpost: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "signpost",
         abstract: "A DNS gateway for service discovery: Consul-style names from a watched registry.",
-        subcommands: [Serve.self, Check.self],
+        subcommands: [Serve.self, Check.self, Explain.self],
         defaultSubcommand: Serve.self)
 
     /// Every failure is one line on stderr and a non-zero exit; never a stack trace.

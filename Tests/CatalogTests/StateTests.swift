@@ -17,6 +17,10 @@ struct StateTests {
             a.meta = ["version": "1.\(s)"]
             a.namedPorts = ["grpc": 9000]
             a.health = .warning
+            // The operator view's checks and origin survive a restart too.
+            a.checks = [CheckState(id: "service:svc\(s)-a", name: "TTL", status: .warning, output: "slow <b>\u{1F600}", nodeLevel: false),
+                        CheckState(id: "serfHealth", name: "Serf Health Status", status: .passing, output: "", nodeLevel: true)]
+            a.origin = Origin(registry: "etcd", location: "/services/svc\(s)/a", revision: Int64(40 + s))
             var b = AssemblerTests.inst("node-\(s)-b", "2001:db8::\(String(s + 1, radix: 16))", service: "svc\(s)", id: "svc\(s)-b")
             b.serviceAddress = Address("db.example.internal")
             b.node.lanAddresses = [Address("10.\(s / 250).\(s % 250).2")!]

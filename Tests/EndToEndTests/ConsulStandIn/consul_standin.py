@@ -380,7 +380,9 @@ class Handler(BaseHTTPRequestHandler):
                     cid = c.get("checkid") or c.get("name")
                     csid = c.get("serviceid") or ""
                     state["checks"][(node, cid)] = {"Node": node, "CheckID": cid, "Name": c.get("name", cid),
-                                                    "Status": c.get("status") or "critical", "Notes": "", "Output": "",
+                                                    "Status": c.get("status") or "critical", "Notes": c.get("notes") or "",
+                                                    # The catalog endpoint stores the check as sent, Output included.
+                                                    "Output": c.get("output") or "",
                                                     "ServiceID": csid,
                                                     "ServiceName": state["services"].get((node, csid), {}).get("Service", ""),
                                                     "ModifyIndex": state["index"] + 1}

@@ -90,7 +90,10 @@ extension Serve {
                        logger: Logger) async throws {
         do {
             try await server.start()
-            try await admin?.start()
+            if let bound = try await admin?.start(), !["127.0.0.1", "::1", "localhost"].contains(bound.host) {
+                logger.warning("the admin endpoint is not on loopback: /ui and /v1/* show every service, check output and registry address to whoever reaches it",
+                               metadata: ["admin": "\(bound)"])
+            }
         } catch let error as DNSServer.BindError {
             try? await group.shutdownGracefully()
             throw StartupError(message: error.description)

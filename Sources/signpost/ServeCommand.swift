@@ -67,7 +67,7 @@ struct Serve: AsyncParsableCommand {
     @Option(name: .long, help: "UDP front end: mmsg (recvmmsg/sendmmsg threads, the default) or nio (a NIO channel per event loop).")
     var udpEngine: DNSServer.UDPEngine?
 
-    @Option(name: .long, help: ArgumentHelp("Serve /health, /ready and /metrics over HTTP here. Off by default.", valueName: "HOST:PORT"))
+    @Option(name: .long, help: ArgumentHelp("Serve /health, /ready, /metrics, the status page /ui and /v1/* (read-only) over HTTP here; a bare PORT is 127.0.0.1:PORT. Off by default.", valueName: "HOST:PORT"))
     var admin: String?
 
     @Option(name: .long, help: ArgumentHelp("UDP responses per second per client network (/24, /56); 0 (the default) turns rate limiting off.", valueName: "N"))

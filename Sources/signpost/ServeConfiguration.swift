@@ -96,7 +96,10 @@ struct ServeConfiguration: Sendable, Equatable {
         guard let level = Logger.Level(rawValue: s.logLevel ?? "info") else { throw ConfigurationError("invalid --log-level \"\(s.logLevel!)\"") }
         var admin: ListenAddress? = nil
         if let text = s.admin {
-            do { admin = try ListenAddress(parsing: text, defaultPort: 8080) } catch { throw ConfigurationError("invalid --admin: \(error.description)") }
+            // A bare port (`8080`, `:8080`) is on loopback: the status page shows every service, check output and
+            // registry address, so reaching it from elsewhere must be asked for by naming the host.
+            let local = text.allSatisfy(\.isNumber) ? "127.0.0.1:" + text : text.hasPrefix(":") ? "127.0.0.1" + text : text
+            do { admin = try ListenAddress(parsing: local, defaultPort: 8080) } catch { throw ConfigurationError("invalid --admin: \(error.description)") }
         }
         var registries: [RegistrySpec] = []
         if let c = s.catalog { registries.append(.file(directory: c)) }

@@ -67,6 +67,13 @@ struct ConfigurationValueTests {
         }
     }
 
+    @Test func aBareAdminPortIsOnLoopback() throws {
+        #expect(try load(["--admin", "9000"]).restartOnly.admin?.description == "127.0.0.1:9000")
+        #expect(try load(["--admin", ":9000"]).restartOnly.admin?.description == "127.0.0.1:9000")
+        #expect(try load(["--admin", "0.0.0.0:9000"]).restartOnly.admin?.description == "0.0.0.0:9000")
+        #expect(try load(["--admin", "[::1]:9000"]).restartOnly.admin?.description == "[::1]:9000")
+    }
+
     @Test func restartOnlyChangesAreNamedFieldByField() throws {
         let a = try load(["--threads", "2"])
         let b = try load(["--threads", "3", "--tcp-max-connections", "9", "--log-level", "debug", "--admin", "127.0.0.1:9000",

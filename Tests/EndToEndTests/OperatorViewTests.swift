@@ -295,4 +295,35 @@ struct StatusPageBrowserTests {
         try FileManager.default.createDirectory(atPath: "bench/results", withIntermediateDirectories: true)
         try browser.screenshot(FileManager.default.currentDirectoryPath + "/bench/results/ui.png", width: 1280, height: 1250)
     }
+
+    @Test("/ui pages 10k services, searches them, and is read-only")
+    func tenThousandServices() throws {
+        let chromium = try #require(HeadlessBrowser.chromium, "chromium is not installed (make test installs it)")
+        let dir = TempDir()
+        let registrations = (0..<10_000).map { i in
+            #"{"Node": "n\#(i)", "Address": "10.\#(i / 250).\#(i % 250).1", "Service": {"ID": "s\#(i)", "Service": "svc\#(String(format: "%05d", i))", "Port": 80}}"#
+        }
+        dir.write("catalog/many.json", "[\n" + registrations.joined(separator: ",\n") + "\n]")
+        let server = try Server(dir: dir, extra: ["--admin", "127.0.0.1:0"])
+        defer { server.stop() }
+        #expect(eventually(within: 30) { server.adminPort != nil && server.socketRCode("svc09999.service.consul") == RCode.noError } != nil)
+        let admin = try #require(server.adminPort)
+        // Read-only: anything but GET is refused.
+        #expect(http("POST", "http://127.0.0.1:\(admin)/v1/services").status == 405)
+        #expect(http("DELETE", "http://127.0.0.1:\(admin)/ui").status == 405)
+
+        let browser = try HeadlessBrowser(chromium: chromium)
+        try browser.navigate("http://127.0.0.1:\(admin)/ui")
+        #expect(try browser.until("document.getElementById('page').textContent === '1–100 of 10000'", within: 20) != nil)
+        #expect(try browser.eval("document.querySelectorAll('#services tbody tr').length") as? Int == 100)
+        _ = try browser.eval("document.getElementById('next').click()")
+        #expect(try browser.until("document.getElementById('page').textContent === '101–200 of 10000'", within: 10) != nil)
+        #expect(try browser.eval("document.querySelector('#services tbody td.name').textContent") as? String == "svc00100")
+        _ = try browser.eval("const s = document.getElementById('search'); s.value = 'svc0999'; s.dispatchEvent(new Event('input'))")
+        #expect(try browser.until("document.getElementById('page').textContent === '1–10 of 10'", within: 10) != nil)
+        // Still 10 rows after the next refresh (the search and page survive it): the next tick stamps "updated".
+        _ = try browser.eval("window.__stamp = document.getElementById('updated').textContent; true")
+        #expect(try browser.until("document.getElementById('updated').textContent !== window.__stamp", within: 10) != nil)
+        #expect(try browser.eval("document.querySelectorAll('#services tbody tr').length") as? Int == 10)
+    }
 }

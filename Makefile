@@ -3,6 +3,8 @@ SWIFT    ?= swift
 LISTEN   ?= 127.0.0.1:8600
 # The demo answers its own names only; RUN_FLAGS= forwards other names to resolv.conf's nameservers.
 RUN_FLAGS ?= --no-forward
+# The admin endpoint: /ui, /v1/*, /metrics, /health, /ready (and what `signpost explain` asks by default).
+ADMIN    ?= 127.0.0.1:8080
 SUDO     := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 # System packages: what building and serving needs, and what the test suite adds.
@@ -31,9 +33,9 @@ test-deps:
 build: deps
 	$(SWIFT) build -c release --product signpost
 
-# Serves the demo catalog in zones/ on $(LISTEN), over UDP and TCP.
+# Serves the demo catalog in zones/ on $(LISTEN), over UDP and TCP, with the status page on http://$(ADMIN)/ui.
 run: build
-	.build/release/signpost serve --listen $(LISTEN) --catalog zones/catalog --zones zones $(RUN_FLAGS)
+	.build/release/signpost serve --listen $(LISTEN) --admin $(ADMIN) --catalog zones/catalog --zones zones $(RUN_FLAGS)
 
 # Validates the demo catalog and zones.
 check: build

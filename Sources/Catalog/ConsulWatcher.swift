@@ -538,7 +538,8 @@ public actor ConsulWatcher {
             health = max(health, status)
             let name = check["Name"] as? String ?? ""
             checks.append(CheckState(id: (check["CheckID"] as? String).flatMap { $0.isEmpty ? nil : $0 } ?? name, name: name,
-                                     status: status, output: check["Output"] as? String ?? "", nodeLevel: sid.isEmpty))
+                                     status: status, output: CheckState.text(output: check["Output"] as? String, notes: check["Notes"] as? String),
+                                     nodeLevel: sid.isEmpty))
         }
         let port = (service["Port"] as? NSNumber)?.intValue ?? 0
         let serviceTagged = service["TaggedAddresses"] as? [String: [String: Any]]

@@ -205,11 +205,18 @@ public struct CheckState: Sendable, Hashable, Codable {
     public var id: String
     public var name: String
     public var status: Health
+    /// Its output, or its notes when it has none (`text(output:notes:)`).
     public var output: String
     public var nodeLevel: Bool
 
     public init(id: String, name: String, status: Health, output: String, nodeLevel: Bool) {
         (self.id, self.name, self.status, self.output, self.nodeLevel) = (id, name, status, output, nodeLevel)
+    }
+
+    /// What a check says: its output, or its notes when it has none (a maintenance check's reason is in its notes).
+    public static func text(output: String?, notes: String?) -> String {
+        if let output, !output.isEmpty { return output }
+        return notes ?? ""
     }
 
     public init(_ check: Check) {

@@ -160,7 +160,7 @@ public enum RegistrationDecoder {
             // As Consul stores it: no status is critical, a status it does not know is served (see Health(registered:)).
             let status = Health(registered: try co.string("Status"))
             checks.append(Check(id: id, name: name, status: status, serviceID: try co.string("ServiceID") ?? "",
-                                output: try co.string("Output") ?? ""))
+                                output: CheckState.text(output: try co.string("Output"), notes: try co.string("Notes"))))
         }
 
         var instance: Instance? = nil

@@ -64,6 +64,9 @@ struct OperatorViewTests {
         #expect(web.contains("from \(dir.path)/catalog/web.json:2;"), "web-1's file and line: \(web)")
         #expect(web.contains("file  \(dir.path)/catalog  connected"), "\(web)")
         #expect(!web.contains("\u{1B}["), "no colour in a pipe")
+        let admin = try #require(server.adminPort)
+        let coloured = try run([signpostBinary, "explain", "web", "--server", "127.0.0.1:\(admin)", "--color"]).out
+        #expect(coloured.contains("\u{1B}[31mcheck service:web-2"), "--color paints the reasons red: \(coloured)")
 
         let many = try Self.explain(server, "many")
         #expect(many.contains("answer      NOERROR, 2 records"), "\(many)")
@@ -123,19 +126,25 @@ struct OperatorViewTests {
         #expect(code == 200)
         try consul.register(node: "g2", address: "192.0.2.22", service: "greeter", id: "greeter-2", port: 50051, nodeStatus: "critical")
         try consul.register(node: "g3", address: "192.0.2.23", service: "greeter", id: "greeter-3", port: 50051)
+        let (other, _) = try consul.call("PUT", "/v1/agent/service/register",
+                                         ["Name": "greeter", "ID": "greeter-4", "Port": 50052, "Check": ["TTL": "30s", "Status": "passing"]])
+        #expect(other == 200)
         let server = try Server(dir: TempDir(), catalog: false, extra: ["--registry", "consul:\(consul.url)?wait=2s", "--admin", "127.0.0.1:0"])
         defer { server.stop() }
         #expect(eventually(within: 10) { server.socketRCode("greeter.service.consul") == RCode.noError } != nil, "\(server.log_())")
         let (failed, _) = try consul.call("PUT", "/v1/agent/check/fail/service:greeter-1?note=rpc%20error:%20connection%20refused")
         #expect(failed == 200)
+        let (maintenance, _) = try consul.call("PUT", "/v1/agent/service/maintenance/greeter-4?enable=true&reason=kernel%20upgrade")
+        #expect(maintenance == 200)
         var text = ""
         #expect(eventually(within: 5) {
             text = (try? Self.explain(server, "greeter", "SRV")) ?? ""
-            return Self.line(text, "greeter-1").contains("critical")
+            return Self.line(text, "greeter-1").contains("critical") && Self.line(text, "greeter-4").contains("critical")
         } != nil, "\(text)")
         #expect(Self.line(text, "greeter-1").contains("is critical at service level: rpc error: connection refused"), "\(text)")
         #expect(Self.line(text, "greeter-2").contains("check serfHealth (Serf) is critical at node level"), "\(text)")
         #expect(Self.line(text, "greeter-3").contains("answered"), "\(text)")
+        #expect(Self.line(text, "greeter-4").contains("check _service_maintenance:greeter-4 (Service Maintenance Mode) is critical at service level: kernel upgrade"), "\(text)")
         #expect(text.contains("from consul service greeter-3 on node g3, index "), "\(text)")
         #expect(text.contains("consul  \(consul.url)"), "\(text)")
 

@@ -12,6 +12,7 @@ The agent endpoints that registrars (grpc-go tutorials, go-micro, python-consul)
                                         DeregisterCriticalServiceAfter); keys in any case, as Consul's decoder
   PUT  /v1/agent/service/deregister/<id>
   PUT  /v1/agent/check/pass|warn|fail/<id>[?note=], PUT /v1/agent/check/update/<id> {"Status", "Output"}
+  PUT  /v1/agent/service/maintenance/<id>?enable=true|false[&reason=]  (a critical _service_maintenance:<id> check)
 A TTL check starts critical unless Status says otherwise (Consul's default), goes critical ("TTL expired") when
 its TTL lapses without an update, and a service whose check stays critical past DeregisterCriticalServiceAfter is
 deregistered. Consul reaps every 30 s; the stand-in checks every 50 ms, so tests can use short TTLs.
@@ -333,6 +334,25 @@ class Handler(BaseHTTPRequestHandler):
                     return self.reply(404, f'Unknown service ID "{sid}". Ensure that the service ID is passed, not the service name.')
                 remove_service(AGENT_NODE, sid)
                 bump("services", "checks")
+                return self.reply(200, None)
+            m = re.fullmatch(r"/v1/agent/service/maintenance/(.+)", url.path)
+            if m:
+                # As Consul's agent: a critical check _service_maintenance:<id>, "Service Maintenance Mode", with the
+                # reason (or Consul's default text) in its Notes; enable=false removes it.
+                sid = unquote(m.group(1))
+                if (AGENT_NODE, sid) not in state["services"]:
+                    return self.reply(404, f'Unknown service ID "{sid}"')
+                key = (AGENT_NODE, f"_service_maintenance:{sid}")
+                if (query.get("enable") or [""])[0] == "true":
+                    reason = (query.get("reason") or [""])[0] or ("Maintenance mode is enabled for this service, "
+                                                                  "but no reason was provided. This is a default message.")
+                    state["checks"][key] = {"Node": AGENT_NODE, "CheckID": key[1], "Name": "Service Maintenance Mode",
+                                            "Status": "critical", "Notes": reason, "Output": "", "ServiceID": sid,
+                                            "ServiceName": state["services"][(AGENT_NODE, sid)]["Service"], "Type": "maintenance",
+                                            "ModifyIndex": state["index"] + 1}
+                else:
+                    state["checks"].pop(key, None)
+                bump("checks")
                 return self.reply(200, None)
             m = re.fullmatch(r"/v1/agent/check/(pass|warn|fail|update)/(.+)", url.path)
             if m:

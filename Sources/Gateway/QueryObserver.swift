@@ -11,6 +11,10 @@ public final class QueryObserver: Sendable {
     static let types: [(UInt16, String)] = [(RRType.a, "A"), (RRType.aaaa, "AAAA"), (RRType.srv, "SRV"), (RRType.any, "ANY"),
                                             (RRType.txt, "TXT"), (RRType.ptr, "PTR"), (RRType.mx, "MX"), (RRType.ns, "NS"),
                                             (RRType.soa, "SOA"), (RRType.cname, "CNAME")]
+    public static let durationLabel = "signpost_dns_request_duration_seconds"
+    /// The duration histogram's buckets: answers take microseconds; forwarded ones, milliseconds.
+    public static let durationBuckets: [Duration] = [10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10_000, 25_000, 100_000, 500_000,
+                                                     2_000_000].map { Duration.microseconds($0) }
     static let rcodes = ["NOERROR", "FORMERR", "SERVFAIL", "NXDOMAIN", "NOTIMP", "REFUSED"]
     /// Rows: the types above, then "other"; columns: the rcodes above, then BADVERS, "other" and "dropped".
     static let typeCount = types.count + 1
@@ -32,7 +36,7 @@ public final class QueryObserver: Sendable {
             }
         }
         self.requests = requests
-        self.durations = ["udp", "tcp"].map { Timer(label: "signpost_dns_request_duration_seconds", dimensions: [("protocol", $0)]) }
+        self.durations = ["udp", "tcp"].map { Timer(label: Self.durationLabel, dimensions: [("protocol", $0)]) }
         self.queryLog = queryLog
     }
 

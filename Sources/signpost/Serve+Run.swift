@@ -75,9 +75,7 @@ extension Serve {
         }
         let prometheus = PrometheusCollectorRegistry()
         var factory = PrometheusMetricsFactory(registry: prometheus)
-        // Answers take microseconds; forwarded ones, milliseconds.
-        factory.durationHistogramBuckets["signpost_dns_request_duration_seconds"] =
-            [10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10_000, 25_000, 100_000, 500_000, 2_000_000].map { Duration.microseconds($0) }
+        factory.durationHistogramBuckets[QueryObserver.durationLabel] = QueryObserver.durationBuckets
         factory.durationHistogramBuckets["signpost_upstream_duration_seconds"] =
             [100, 250, 500, 1000, 2500, 5000, 10_000, 25_000, 100_000, 500_000, 2_000_000].map { Duration.microseconds($0) }
         MetricsSystem.bootstrap(factory)

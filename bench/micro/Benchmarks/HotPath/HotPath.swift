@@ -37,8 +37,10 @@ func query(_ type: UInt16, name: String = "svc500.service.consul") -> [UInt8] {
 }
 
 let benchmarks: @Sendable () -> Void = {
-    // Metrics go to Prometheus, as in the server, so the observer's cost is the real one.
-    MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: PrometheusCollectorRegistry()))
+    // Metrics go to Prometheus with the server's buckets, so the observer's cost is the real one.
+    var factory = PrometheusMetricsFactory(registry: PrometheusCollectorRegistry())
+    factory.durationHistogramBuckets[QueryObserver.durationLabel] = QueryObserver.durationBuckets
+    MetricsSystem.bootstrap(factory)
     Benchmark.defaultConfiguration = .init(metrics: [.wallClock, .mallocCountTotal, .throughput], scalingFactor: .kilo,
                                            maxDuration: .seconds(2), maxIterations: 1_000)
 

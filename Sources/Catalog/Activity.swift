@@ -105,7 +105,14 @@ public final class Activity: Sendable {
     /// A registration left out (already logged and counted by the watcher).
     public func noteSkipped(registry: String, location: String, name: String, reason: String) {
         let skip = Skip(time: Date().timeIntervalSince1970, registry: registry, location: location, name: name, reason: reason)
-        state.withLock { Self.push(skip, into: &$0.skips, next: &$0.nextSkip, capacity: capacity) }
+        state.withLock { s in
+            // The same skip again (a bad value read on every poll) only moves its time, so it cannot push others out.
+            if let i = s.skips.firstIndex(where: { ($0.registry, $0.location, $0.name, $0.reason) == (registry, location, name, reason) }) {
+                s.skips[i].time = skip.time
+            } else {
+                Self.push(skip, into: &s.skips, next: &s.nextSkip, capacity: capacity)
+            }
+        }
     }
 
     private static func push<T>(_ item: T, into ring: inout [T], next: inout Int, capacity: Int) {
@@ -180,11 +187,11 @@ extension Activity {
                 add(inst, "appeared (\(inst.health))")
                 continue
             }
+            let fields = differences(was, inst)
             if was.health != inst.health {
-                add(inst, "health \(was.health) → \(inst.health)")
-            } else {
-                let fields = differences(was, inst)
-                if !fields.isEmpty { add(inst, "changed: " + fields.joined(separator: ", ")) }
+                add(inst, "health \(was.health) → \(inst.health)" + (fields.isEmpty ? "" : "; changed: " + fields.joined(separator: ", ")))
+            } else if !fields.isEmpty {
+                add(inst, "changed: " + fields.joined(separator: ", "))
             }
         }
         for inst in before where old[key(inst)] != nil { add(inst, "removed") }

@@ -375,7 +375,9 @@ public actor ConsulWatcher {
         let results = await read(names)
         var services: [String: [Instance]] = [:]
         var nodes: [CatalogSnapshot.NodeKey: Node?] = [:]
-        for (name, instances) in results where known.contains(name) && published[name] != instances {
+        // A check whose output alone changed (Consul writes output every check_update_interval) is not a change to
+        // publish: the answers are the same, and the explain view shows that output once something else changes.
+        for (name, instances) in results where known.contains(name) && !Instance.sameServing(published[name], instances) {
             published[name] = instances
             services[name] = instances
             nodes.merge(setNodes(for: name, instances)) { $1 }

@@ -169,6 +169,21 @@ public struct Instance: Sendable, Hashable {
     /// The SRV weight that matches the instance's health.
     public var weight: UInt16 { health == .warning ? weightWarning : weightPassing }
 
+    /// Equal but for the checks' output and where the registry holds the instance: what decides whether a
+    /// registry's new list is worth publishing.
+    public static func sameServing(_ a: [Instance]?, _ b: [Instance]) -> Bool {
+        guard let a, a.count == b.count else { return false }
+        return zip(a, b).allSatisfy { x, y in x.withoutNotes == y.withoutNotes }
+    }
+
+    /// The instance with its checks' output and its origin cleared.
+    var withoutNotes: Instance {
+        var out = self
+        for i in out.checks.indices { out.checks[i].output = "" }
+        out.origin = Origin()
+        return out
+    }
+
     public func hasTag(_ tag: String) -> Bool {
         tags.contains { $0.equalsIgnoringASCIICase(tag) }
     }

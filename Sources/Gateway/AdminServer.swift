@@ -1,4 +1,5 @@
 import Catalog
+import DNSWire
 import Foundation
 import Logging
 import NIOConcurrencyHelpers
@@ -59,13 +60,13 @@ public final class AdminServer: Service, Sendable {
 
     @discardableResult
     public func start() async throws -> ListenAddress {
-        let store = self.store, maxStale = self.maxStale, metrics = self.metrics, view = self.view
+        let store = self.store, maxStale = self.maxStale, metrics = self.metrics, view = self.view, named = address.host.lowercased()
         let bootstrap = ServerBootstrap(group: group)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.configureHTTPServerPipeline()
-                    try channel.pipeline.syncOperations.addHandler(AdminHandler(store: store, maxStale: maxStale, metrics: metrics, view: view))
+                    try channel.pipeline.syncOperations.addHandler(AdminHandler(store: store, maxStale: maxStale, metrics: metrics, view: view, named: named))
                 }
             }
         do {
@@ -103,8 +104,13 @@ final class AdminHandler: ChannelInboundHandler, Sendable {
     let metrics: AdminServer.Metrics
     let view: OperatorView
     private let uri = NIOLockedValueBox<String?>(nil)
+    private let host = NIOLockedValueBox<String?>(nil)
 
-    init(store: SnapshotStore, maxStale: Duration?, metrics: @escaping AdminServer.Metrics, view: OperatorView) {
+    /// The host `--admin` names, which a `Host` header may name too.
+    let named: String
+
+    init(store: SnapshotStore, maxStale: Duration?, metrics: @escaping AdminServer.Metrics, view: OperatorView, named: String) {
+        self.named = named
         self.store = store
         self.maxStale = maxStale
         self.metrics = metrics
@@ -115,11 +121,16 @@ final class AdminHandler: ChannelInboundHandler, Sendable {
         switch unwrapInboundIn(data) {
         case .head(let head):
             uri.withLockedValue { $0 = head.method == .GET ? head.uri : nil }
+            host.withLockedValue { $0 = head.headers.first(name: "Host") }
         case .body:
             break
         case .end:
             guard let target = uri.withLockedValue({ $0 }) else {
                 respond(context, .methodNotAllowed, "text/plain", Array("read-only: GET only\n".utf8))
+                return
+            }
+            guard Self.trusted(host: host.withLockedValue { $0 }, named: named) else {
+                respond(context, .forbidden, "text/plain", Array("Host must be an IP address, localhost or the --admin host\n".utf8))
                 return
             }
             let components = URLComponents(string: target)
@@ -147,6 +158,15 @@ final class AdminHandler: ChannelInboundHandler, Sendable {
             }
             respond(context, status, contentType, body)
         }
+    }
+
+    /// A `Host` that is an IP literal, `localhost` or the `--admin` host (with any port), or none (HTTP/1.0). A page
+    /// on another origin that re-points its own name at 127.0.0.1 (DNS rebinding) sends its own name, and is refused.
+    static func trusted(host: String?, named: String) -> Bool {
+        guard var h = host?.lowercased() else { return true }
+        if h.hasPrefix("["), let close = h.firstIndex(of: "]") { return IPv6(String(h[h.index(after: h.startIndex)..<close])) != nil }
+        if let colon = h.lastIndex(of: ":") { h = String(h[..<colon]) }
+        return h == "localhost" || h == named || IPv4(h) != nil
     }
 
     private func respond(_ context: ChannelHandlerContext, _ status: HTTPResponseStatus, _ contentType: String, _ body: [UInt8]) {

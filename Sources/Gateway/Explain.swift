@@ -108,8 +108,9 @@ extension QueryHandler {
         if case .service(let entry, let selector) = plan.kind {
             let datacenter = name.wire.withUnsafeBytes { plan.datacenter?.text($0) } ?? config.datacenter
             let chosen = name.wire.withUnsafeBytes { selector.selector($0) }
+            let held = Held(answer)
             explanation.instances = entry.instances.map {
-                report($0, selector: chosen, datacenter: datacenter, asked: plan.datacenter != nil, answer: answer, type: type)
+                report($0, selector: chosen, datacenter: datacenter, asked: plan.datacenter != nil, answer: answer, held: held, type: type)
             }
         }
         if answer.rcode == RCode.nxDomain || explanation.instances.isEmpty {
@@ -165,7 +166,7 @@ extension QueryHandler {
 
     /// One instance of the service, with why it is out of the answer.
     private func report(_ inst: Catalog.Instance, selector: ServiceSelector, datacenter: String, asked: Bool, answer: Answer,
-                        type: UInt16) -> Explanation.Instance {
+                        held: Held, type: UInt16) -> Explanation.Instance {
         let why = resolver.exclusions(inst, selector, datacenter: datacenter)
         let onlyPassing = resolver.configuration.onlyPassing
         var reasons: [String] = []
@@ -194,35 +195,54 @@ extension QueryHandler {
             case .all: break
             }
         }
-        let answered = why.isEmpty && Self.holds(answer, inst, type: type)
-        if why.isEmpty && !answered {
-            let limit = resolver.configuration.answerLimit
-            reasons.append(limit > 0 ? "answer limit (\(limit) per answer; answers rotate through the rest)"
-                : "no \(Self.typeName(type)) record for its address \(inst.address)")
-        }
+        let answered = why.isEmpty && held.holds(inst, type: type)
+        if why.isEmpty && !answered { reasons.append(notHeld(inst, answer: answer, held: held, type: type)) }
         return Explanation.Instance(
             service: inst.service, id: inst.id, node: inst.node.name, datacenter: inst.node.datacenter, address: inst.address.description,
             port: inst.port, tags: inst.tags, health: inst.health.description, answered: answered, reasons: reasons, checks: checks,
             registry: inst.origin.registry, origin: inst.origin.description, changed: store.activity.changedAt(inst))
     }
 
-    /// Whether the answer holds the instance: its address (or hostname) among the records, and for SRV its port.
-    static func holds(_ answer: Answer, _ inst: Catalog.Instance, type: UInt16) -> Bool {
-        let records = answer.answers + answer.glue.flatMap { $0 } + answer.additional
-        let addresses = [inst.address(v6: false), inst.address(v6: true), inst.address].compactMap { $0 }
-        let hasAddress = records.contains { rr in
-            switch rr.rdata {
-            case .a(let a): return addresses.contains(.v4(a))
-            case .aaaa(let a): return addresses.contains(.v6(a))
-            case .cname(let n): return addresses.contains(.hostname(n))
-            case .srv(_, _, _, let target): return addresses.contains(.hostname(target))
-            default: return false
+    /// Why an instance that every rule lets in is not in the answer.
+    private func notHeld(_ inst: Catalog.Instance, answer: Answer, held: Held, type: UInt16) -> String {
+        if answer.rcode != RCode.noError {
+            return "the answer is \(Self.rcodeName(answer.rcode))" + (answer.rcode == RCode.servFail ? " (registry data older than --max-stale)" : "")
+        }
+        guard [RRType.a, RRType.aaaa, RRType.srv, RRType.any, RRType.cname].contains(type) else {
+            return "a \(Self.typeName(type)) question gets no instance records"
+        }
+        if case .hostname = inst.address, held.hasCNAME {
+            return "a name holds one CNAME: to the first hostname instance in answer order"
+        }
+        let limit = resolver.configuration.answerLimit
+        if limit > 0 { return "answer limit (\(limit) per answer; answers rotate through the rest)" }
+        return "no \(Self.typeName(type)) record for its address \(inst.address)"
+    }
+
+    /// What an answer holds, gathered once: the addresses (and hostnames) among its records, and its SRV ports.
+    struct Held {
+        var addresses: Set<Address> = []
+        var ports: Set<UInt16> = []
+        var hasCNAME = false
+
+        init(_ answer: Answer) {
+            for rr in answer.answers + answer.glue.flatMap({ $0 }) + answer.additional {
+                switch rr.rdata {
+                case .a(let a): addresses.insert(.v4(a))
+                case .aaaa(let a): addresses.insert(.v6(a))
+                case .cname(let n): addresses.insert(.hostname(n)); hasCNAME = true
+                case .srv(_, _, let port, let target): addresses.insert(.hostname(target)); ports.insert(port)
+                default: break
+                }
             }
         }
-        guard type == RRType.srv else { return hasAddress }
-        return hasAddress && answer.answers.contains { rr in
-            if case .srv(_, _, let port, _) = rr.rdata { return port == inst.port || inst.namedPorts.values.contains(port) }
-            return false
+
+        /// Its address (or hostname) among the records, and for SRV its port. Instances that share an address are
+        /// all held when it is.
+        func holds(_ inst: Catalog.Instance, type: UInt16) -> Bool {
+            let mine = [inst.address(v6: false), inst.address(v6: true), inst.address].compactMap { $0 }
+            guard mine.contains(where: addresses.contains) else { return false }
+            return type != RRType.srv || ports.contains(inst.port) || inst.namedPorts.values.contains(where: ports.contains)
         }
     }
 

@@ -90,25 +90,26 @@ public final class OperatorView: Sendable {
         var services: [ServiceRow]
     }
 
-    /// A page of services whose name contains `q` (case-insensitive), in name order. Healthy: passing; warning:
-    /// answered while warning; excluded: left out by its health (critical, maintenance, or warning with
-    /// `--only-passing`).
+    /// A page of services whose name contains `q` (case-insensitive), in name order. Excluded: what a plain
+    /// query for the service leaves out (`Resolver.exclusions`: health, or another datacenter); healthy and warning:
+    /// the rest, by health.
     func services(_ query: [String: String]) -> Services {
         let handler = slot.handler
         let snapshot = handler.store.snapshot
         let needle = (query["q"] ?? "").lowercased()
         let offset = max(0, Int(query["offset"] ?? "") ?? 0)
         let limit = min(max(1, Int(query["limit"] ?? "") ?? 100), 1000)
-        var names: [(String, ServiceEntry)] = []
-        for (_, entry) in snapshot.services where needle.isEmpty || entry.name.lowercased().contains(needle) {
-            names.append((entry.name, entry))
+        // The snapshot's keys are the lower-cased names already: filter and sort on them.
+        var names: [(key: String, entry: ServiceEntry)] = []
+        for (key, entry) in snapshot.services where needle.isEmpty || key.text.contains(needle) {
+            names.append((key.text, entry))
         }
-        names.sort { $0.0.lowercased() < $1.0.lowercased() }
-        let onlyPassing = handler.resolver.configuration.onlyPassing
-        let rows = names.dropFirst(offset).prefix(limit).map { name, entry in
-            var row = ServiceRow(name: name, instances: entry.instances.count, healthy: 0, warning: 0, excluded: 0)
+        names.sort { $0.key < $1.key }
+        let resolver = handler.resolver
+        let rows = names.dropFirst(offset).prefix(limit).map { _, entry in
+            var row = ServiceRow(name: entry.name, instances: entry.instances.count, healthy: 0, warning: 0, excluded: 0)
             for inst in entry.instances {
-                if !inst.health.isServed(onlyPassing: onlyPassing) { row.excluded += 1 }
+                if !resolver.exclusions(inst, .all, datacenter: resolver.configuration.datacenter).isEmpty { row.excluded += 1 }
                 else if inst.health == .passing { row.healthy += 1 }
                 else { row.warning += 1 }
             }

@@ -83,7 +83,7 @@ enum StatusPage {
 const PAGE = 100;
 const COLORS = { NOERROR: "#12805c", NXDOMAIN: "#b54708", SERVFAIL: "#b42318", REFUSED: "#7a5af8", FORMERR: "#667085",
                  NOTIMP: "#0e9384", BADVERS: "#c11574", other: "#98a2b3", dropped: "#344054" };
-const state = { offset: 0, query: "", selected: null, domain: "consul", matching: 0 };
+const state = { offset: 0, query: "", selected: null, domain: "consul", matching: 0, servicesSeq: 0, explainSeq: 0 };
 
 // Builds an element; every string child becomes a text node, so nothing from a registry is ever parsed as HTML.
 function el(tag, attrs, ...children) {
@@ -125,7 +125,9 @@ async function refreshRegistries() {
 
 async function refreshServices() {
   const q = encodeURIComponent(state.query);
+  const seq = ++state.servicesSeq;
   const d = await get("/v1/services?q=" + q + "&offset=" + state.offset + "&limit=" + PAGE);
+  if (seq !== state.servicesSeq) return;  // a newer search or page was asked for meanwhile
   state.matching = d.matching;
   replaceRows(document.querySelector("#services tbody"), d.services.map(s => {
     const row = el("tr", { "data-service": s.name, class: s.name === state.selected ? "selected" : "" },
@@ -200,7 +202,9 @@ function select(name) {
 async function refreshExplain() {
   if (!state.selected) return;
   const name = state.selected + ".service." + state.domain;
+  const seq = ++state.explainSeq;
   const d = await get("/v1/explain?name=" + encodeURIComponent(name) + "&type=SRV");
+  if (seq !== state.explainSeq) return;  // another service was clicked meanwhile
   const box = document.getElementById("explain");
   const parse = d.parse;
   const records = d.answer.answers.map(r => r.name + " " + r.ttl + " " + r.type + " " + r.data).join("\n");
@@ -232,7 +236,7 @@ document.getElementById("search").addEventListener("input", e => { state.query =
 document.getElementById("prev").addEventListener("click", () => { state.offset = Math.max(0, state.offset - PAGE); refreshServices(); });
 document.getElementById("next").addEventListener("click", () => { if (state.offset + PAGE < state.matching) { state.offset += PAGE; refreshServices(); } });
 const m = /explain=([^&]+)/.exec(location.hash);
-if (m) state.selected = decodeURIComponent(m[1]);
+try { if (m) state.selected = decodeURIComponent(m[1]); } catch (e) { state.selected = null; }
 tick();
 setInterval(tick, 2000);
 </script>

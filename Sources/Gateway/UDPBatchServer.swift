@@ -102,16 +102,24 @@ final class UDPBatchServer: @unchecked Sendable {
         }
         let waitForOne = sp_msg_waitforone()
         let loop = eventLoop.next()
+        for i in 0..<n {
+            inVec[i] = iovec(iov_base: inData + i * size, iov_len: size)
+            inMsgs[i] = sp_mmsghdr()
+            inMsgs[i].msg_hdr.msg_name = UnsafeMutableRawPointer(names + i)
+            inMsgs[i].msg_hdr.msg_iov = inVec + i
+            inMsgs[i].msg_hdr.msg_iovlen = 1
+        }
+        // What the kernel wrote into a header (the address length, flags) is reset for the headers it used, not
+        // for all 32: at moderate rates a wake-up brings one datagram.
+        var used = n
         while !stopping.load(ordering: .relaxed) {
-            for i in 0..<n {
-                inVec[i] = iovec(iov_base: inData + i * size, iov_len: size)
-                inMsgs[i] = sp_mmsghdr()
-                inMsgs[i].msg_hdr.msg_name = UnsafeMutableRawPointer(names + i)
+            for i in 0..<used {
                 inMsgs[i].msg_hdr.msg_namelen = socklen_t(MemoryLayout<sockaddr_storage>.size)
-                inMsgs[i].msg_hdr.msg_iov = inVec + i
-                inMsgs[i].msg_hdr.msg_iovlen = 1
+                inMsgs[i].msg_hdr.msg_flags = 0
+                inMsgs[i].msg_len = 0
             }
             let received = sp_recvmmsg(fd, inMsgs, UInt32(n), waitForOne, nil)
+            used = max(1, Int(received))  // a failed call may still have written the first header
             if received <= 0 { continue }  // timeout (shutdown check) or a transient error
             var out = 0
             let handler = slot.handler  // one handler for the whole batch, even across a reload

@@ -47,7 +47,7 @@ struct Explain: AsyncParsableCommand {
             throw StartupError(message: "\(server): not an explanation: \(error)")
         }
         let colour = color ?? (isatty(STDOUT_FILENO) == 1 && ProcessInfo.processInfo.environment["NO_COLOR"] == nil)
-        print(ExplainText(colour: colour).render(explanation), terminator: "")
+        print(ExplainText(colour: colour).render(explanation.printable), terminator: "")
     }
 
     static func get(_ url: String) async throws -> (Int, [UInt8]) {
@@ -63,6 +63,29 @@ struct Explain: AsyncParsableCommand {
             try? await client.shutdown()
             throw StartupError(message: "cannot reach the admin endpoint at \(url.components(separatedBy: "/v1/").first ?? url): \(error) (is the server running with --admin?)")
         }
+    }
+}
+
+extension Explanation {
+    /// With every control character in its text (check output, names, reasons come from registries) shown as `�`,
+    /// so a service cannot send escape sequences to the operator's terminal.
+    var printable: Explanation {
+        guard let data = try? JSONEncoder().encode(self), var object = try? JSONSerialization.jsonObject(with: data) else { return self }
+        func clean(_ value: Any) -> Any {
+            switch value {
+            case let s as String:
+                return String(String.UnicodeScalarView(s.unicodeScalars.map {
+                    ($0.value < 0x20 && $0 != "\t") || (0x7F...0x9F).contains($0.value) ? "\u{FFFD}" : $0
+                }))
+            case let a as [Any]: return a.map(clean)
+            case let d as [String: Any]: return d.mapValues(clean)
+            default: return value
+            }
+        }
+        object = clean(object)
+        guard let cleaned = try? JSONSerialization.data(withJSONObject: object),
+              let out = try? JSONDecoder().decode(Explanation.self, from: cleaned) else { return self }
+        return out
     }
 }
 

@@ -34,6 +34,33 @@ struct ActivityTests {
         #expect(store.activity.changedAt(b) == nil, "a removed instance is forgotten")
     }
 
+    @Test("A health change that comes with another change says both; a skip seen again is not a second entry")
+    func combinedAndRepeated() async {
+        let (assembler, store) = Self.assembler()
+        var a = AssemblerTests.inst("n1", "10.0.0.1", service: "web", id: "web-1")
+        await assembler.update(source: 0, services: ["web": [a]], nodes: [:])
+        a.health = .critical
+        a.port = 81
+        await assembler.update(source: 0, services: ["web": [a]], nodes: [:])
+        #expect(store.activity.recentChanges().first?.what == "health passing → critical; changed: port 80 → 81")
+        for _ in 0..<3 { store.activity.noteSkipped(registry: "consul", location: "/v1/health/service/x", name: "x", reason: "bad") }
+        store.activity.noteSkipped(registry: "consul", location: "/v1/health/service/y", name: "y", reason: "bad")
+        #expect(store.activity.recentSkips().map(\.name) == ["y", "x"])
+    }
+
+    @Test("A registry's list is worth publishing only when more than check output or origin changed")
+    func sameServing() {
+        var a = AssemblerTests.inst("n1", "10.0.0.1", service: "web", id: "web-1")
+        a.checks = [CheckState(id: "c", name: "c", status: .passing, output: "HTTP 200 at 12:00:01", nodeLevel: false)]
+        var b = a
+        b.checks[0].output = "HTTP 200 at 12:00:31"
+        b.origin = Origin(registry: "consul", location: "service web-1 on node n1", revision: 42)
+        #expect(Instance.sameServing([a], [b]))
+        b.checks[0].status = .critical
+        #expect(!Instance.sameServing([a], [b]))
+        #expect(!Instance.sameServing(nil, [a]) && !Instance.sameServing([a], [a, a]))
+    }
+
     @Test("The ring keeps the last 200 changes")
     func bounded() async {
         let (assembler, store) = Self.assembler()

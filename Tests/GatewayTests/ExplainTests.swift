@@ -82,12 +82,36 @@ struct ExplainTests {
         #expect(h.explain(name: "web.service.consul", type: "BOGUS") == nil)
     }
 
+    @Test("Only an IP, localhost or the --admin host may be the Host: a rebound name is refused")
+    func hostHeader() {
+        for ok in ["127.0.0.1:8080", "localhost:8080", "LOCALHOST", "[::1]:8080", "10.0.0.5", "admin.internal:9000", nil] {
+            #expect(AdminHandler.trusted(host: ok, named: "admin.internal"), "\(String(describing: ok))")
+        }
+        for bad in ["evil.example:8080", "127.0.0.1.evil.example", "[not-an-ip]:80", "localhost.evil.example"] {
+            #expect(!AdminHandler.trusted(host: bad, named: "admin.internal"), "\(bad)")
+        }
+    }
+
+    @Test("An instance the answer leaves out for the answer's own reason says so: SERVFAIL, a type services do not answer")
+    func notHeldReasons() throws {
+        let h = Self.handler()
+        let txt = try #require(h.explain(name: "web.service.consul", type: "MX"))
+        #expect(Self.instance(txt, "web-web-1")?.reasons == ["a MX question gets no instance records"])
+        let store = SnapshotStore(Fixture.snapshot(Fixture.standard))
+        store.setStale(since: Int64(Uptime.nanoseconds) - 10_000_000_000)
+        let stale = QueryHandler(resolver: Fixture.resolver(), store: store, logger: Logger(label: "test"), maxStale: .seconds(1))
+        let e = try #require(stale.explain(name: "web.service.consul", type: "A"))
+        #expect(e.answer.rcode == "SERVFAIL")
+        #expect(Self.instance(e, "web-web-1")?.reasons == ["the answer is SERVFAIL (registry data older than --max-stale)"])
+    }
+
     @Test("The services page counts healthy, warning and excluded instances, filters and pages")
     func servicesPage() throws {
         let h = Self.handler(instances: Fixture.standard + (0..<250).map { Fixture.I(node: "n\($0)", address: "192.0.2.1", service: String(format: "svc%03d", $0)) })
         let view = OperatorView(slot: QueryHandlerSlot(h), metrics: { [] })
         let web = try #require(view.services(["q": "WEB"]).services.first)
-        #expect(web.name == "web" && web.instances == 7 && web.healthy == 3 && web.warning == 1 && web.excluded == 3)
+        // far-1 (dc2) counts as excluded, as a plain query for web leaves it out.
+        #expect(web.name == "web" && web.instances == 7 && web.healthy == 2 && web.warning == 1 && web.excluded == 4)
         let first = view.services(["q": "svc", "limit": "100"])
         #expect(first.matching == 250 && first.services.count == 100 && first.services.first?.name == "svc000")
         let last = view.services(["q": "svc", "offset": "200", "limit": "100"])

@@ -114,6 +114,15 @@ struct OperatorViewTests {
 
         let broken = try Self.explain(server, "broken")
         #expect(broken.contains("etcd  /services/broken/1: \"/services/broken/1\""), "\(broken)")
+
+        // The registry out of contact: still answered from the cache, and the registry shown stale with its age.
+        etcd.kill(0)
+        var stale = ""
+        #expect(eventually(within: 15) {
+            stale = (try? Self.explain(server, "api")) ?? ""
+            return stale.contains("stale (age ")
+        } != nil, "\(stale)")
+        #expect(stale.contains("answer      NOERROR"), "\(stale)")
     }
 
     @Test("explain against Consul (the stand-in): a TTL check's note, serfHealth at node level, the Consul index")

@@ -47,7 +47,6 @@ public final class Activity: Sendable {
     struct RegistryRecord {
         var description: String
         var loaded = false
-        var inContactSince: Double? = nil
         var staleSince: Double? = nil
         var fromState: Double? = nil
         var lastChange: Double? = nil
@@ -71,7 +70,7 @@ public final class Activity: Sendable {
 
     /// The key `changedAt` uses for an instance.
     public static func key(_ inst: Instance) -> String {
-        "\(ServiceName.key(inst.service))\u{0}\(inst.node.name.lowercased())\u{0}\(inst.node.datacenter.lowercased())\u{0}\(inst.id)"
+        "\(ServiceName.key(inst.service))\u{0}" + inst.identity.joined(separator: "\u{0}")
     }
 
     // MARK: Written by the assembler and the watchers

@@ -169,6 +169,10 @@ public struct Instance: Sendable, Hashable {
     /// The SRV weight that matches the instance's health.
     public var weight: UInt16 { health == .warning ? weightWarning : weightPassing }
 
+    /// What makes two registrations the same instance: node and datacenter (ASCII case-insensitive) and ID, as the
+    /// catalog merges them and the operator view tracks them.
+    public var identity: [String] { [node.name.lowercased(), node.datacenter.lowercased(), id] }
+
     /// Equal but for the checks' output and where the registry holds the instance: what decides whether a
     /// registry's new list is worth publishing.
     public static func sameServing(_ a: [Instance]?, _ b: [Instance]) -> Bool {

@@ -43,7 +43,7 @@ public final class ServiceEntry: Sendable {
         var seen: Set<[String]> = []
         var all: [Instance] = []
         for list in lists {
-            for inst in list where seen.insert([inst.node.name.lowercased(), inst.node.datacenter.lowercased(), inst.id]).inserted {
+            for inst in list where seen.insert(inst.identity).inserted {
                 all.append(inst)
             }
         }

@@ -135,10 +135,12 @@ struct OperatorViewTests {
         #expect(code == 200)
         try consul.register(node: "g2", address: "192.0.2.22", service: "greeter", id: "greeter-2", port: 50051, nodeStatus: "critical")
         try consul.register(node: "g3", address: "192.0.2.23", service: "greeter", id: "greeter-3", port: 50051)
+        try consul.register(node: "g5", address: "192.0.2.25", service: "greeter", id: "greeter-5", port: 50051)
         let (other, _) = try consul.call("PUT", "/v1/agent/service/register",
                                          ["Name": "greeter", "ID": "greeter-4", "Port": 50052, "Check": ["TTL": "30s", "Status": "passing"]])
         #expect(other == 200)
-        let server = try Server(dir: TempDir(), catalog: false, extra: ["--registry", "consul:\(consul.url)?wait=2s", "--admin", "127.0.0.1:0"])
+        let server = try Server(dir: TempDir(), catalog: false,
+                                extra: ["--registry", "consul:\(consul.url)?wait=2s", "--admin", "127.0.0.1:0", "--answer-limit", "1"])
         defer { server.stop() }
         #expect(eventually(within: 10) { server.socketRCode("greeter.service.consul") == RCode.noError } != nil, "\(server.log_())")
         let (failed, _) = try consul.call("PUT", "/v1/agent/check/fail/service:greeter-1?note=rpc%20error:%20connection%20refused")
@@ -152,13 +154,17 @@ struct OperatorViewTests {
         } != nil, "\(text)")
         #expect(Self.line(text, "greeter-1").contains("is critical at service level: rpc error: connection refused"), "\(text)")
         #expect(Self.line(text, "greeter-2").contains("check serfHealth (Serf) is critical at node level"), "\(text)")
-        #expect(Self.line(text, "greeter-3").contains("answered"), "\(text)")
+        // Two healthy instances, one per answer: one answered, the other left out by the limit.
+        let healthy = [Self.line(text, "greeter-3"), Self.line(text, "greeter-5")]
+        #expect(healthy.filter { $0.contains("answered") }.count == 1, "\(text)")
+        #expect(healthy.filter { $0.contains("answer limit (1 per answer") }.count == 1, "\(text)")
         #expect(Self.line(text, "greeter-4").contains("check _service_maintenance:greeter-4 (Service Maintenance Mode) is critical at service level: kernel upgrade"), "\(text)")
         #expect(text.contains("from consul service greeter-3 on node g3, index "), "\(text)")
         #expect(text.contains("consul  \(consul.url)"), "\(text)")
 
         let tag = try Self.explain(server, "grpc.greeter.service.consul", "A")
         #expect(Self.line(tag, "greeter-3").contains("tag grpc not present"), "\(tag)")
+        #expect(Self.line(tag, "greeter-5").contains("tag grpc not present"), "\(tag)")
     }
 }
 

@@ -10,7 +10,8 @@ SUDO     := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # System packages: what building and serving needs, and what the test suite adds.
 RUN_PACKAGES  := libldns-dev libssl-dev pkg-config
 TEST_PACKAGES := $(RUN_PACKAGES) bind9-dnsutils knot-dnsutils ldnsutils iproute2 etcd-server etcd-client knot dnsperf \
-                 golang-go golang-google-grpc-dev dnsviz zonemaster-cli musl-tools python3-consul chromium fonts-dejavu-core
+                 golang-go golang-google-grpc-dev dnsviz zonemaster-cli musl-tools python3-consul chromium fonts-dejavu-core \
+                 openssl python3-cryptography
 
 .PHONY: run test build deps test-deps check clean grpc-probe bench bench-registry bench-forward bench-micro fuzz fuzz-build
 

@@ -33,6 +33,9 @@ public final class Activity: Sendable {
         public var lastChange: Double?
         public var restarts: Int
         public var problem: String?
+        /// The last connection failure, while it lasts.
+        public var lastError: String? = nil
+        public var warnings: [String]? = nil
     }
 
     /// A registration left out of the snapshot, when and why.
@@ -52,6 +55,8 @@ public final class Activity: Sendable {
         var lastChange: Double? = nil
         var restarts = 0
         var problem: String? = nil
+        var lastError: String? = nil
+        var warnings: [String] = []
     }
 
     struct State {
@@ -156,7 +161,8 @@ public final class Activity: Sendable {
                     stateName = r.loaded ? "connected" : "loading"
                 }
                 return Registry(kind: kind, target: target, state: stateName, staleness: staleness, fromState: r.fromState,
-                                lastChange: r.lastChange, restarts: r.restarts, problem: r.problem)
+                                lastChange: r.lastChange, restarts: r.restarts, problem: r.problem, lastError: r.lastError,
+                                warnings: r.warnings.isEmpty ? nil : r.warnings)
             }
         }
     }

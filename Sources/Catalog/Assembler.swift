@@ -121,6 +121,31 @@ public actor CatalogAssembler {
         store.setProblems(problems.keys.sorted().map { "\(names[$0]): \(problems[$0]!)" })
     }
 
+    private var connectionErrors: [Int: String] = [:]
+    private var warnings: [Int: [String]] = [:]
+
+    /// A registry's last connection failure (nil once it answers again), for `/ready` and the operator view.
+    public func setConnectionError(source index: Int, _ reason: String?) {
+        connectionErrors[index] = reason
+        store.activity.updateRegistry(index) { $0.lastError = reason }
+        publishNotices()
+    }
+
+    /// Standing warnings about a registry's connection (verification off, a secret on the command line, a TLS
+    /// or credential file that cannot be used).
+    public func setWarnings(source index: Int, _ lines: [String]) {
+        warnings[index] = lines.isEmpty ? nil : lines
+        store.activity.updateRegistry(index) { $0.warnings = lines }
+        publishNotices()
+    }
+
+    private func publishNotices() {
+        let indexes = Set(connectionErrors.keys).union(warnings.keys).sorted()
+        store.setNotices(indexes.flatMap { i in
+            (connectionErrors[i].map { ["\(names[i]): \($0)"] } ?? []) + (warnings[i] ?? []).map { "\(names[i]): warning: \($0)" }
+        })
+    }
+
     /// Records whether a registry is in contact; the store exposes the oldest loss of contact.
     public func setContact(source index: Int, inContact: Bool) {
         if inContact {

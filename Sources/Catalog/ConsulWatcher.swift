@@ -20,9 +20,10 @@ import NIOCore
 /// - the wait has jitter added, so many watchers do not wake in step.
 public actor ConsulWatcher {
     public struct Configuration: Sendable {
-        public var address: String
+        /// The agent's address (`http://`, `https://` or `unix://`), TLS and credentials.
+        public var connection: ConnectionSettings
+        public var address: String { connection.endpoints[0] }
         public var datacenter: String?
-        public var token: String?
         public var stale: Bool
         public var localDatacenter: String
         /// The `?wait=` of each blocking query (Consul's default is 5m).
@@ -41,24 +42,20 @@ public actor ConsulWatcher {
         public var maxStale: Duration? = nil
         public var backoff = Backoff()
 
-        public init(address: String, datacenter: String? = nil, token: String? = nil, stale: Bool = true, localDatacenter: String = "dc1") {
-            self.address = address
+        public init(connection: ConnectionSettings, datacenter: String? = nil, stale: Bool = true, localDatacenter: String = "dc1") {
+            self.connection = connection
             self.datacenter = datacenter
-            self.token = token
             self.stale = stale
             self.localDatacenter = localDatacenter
         }
     }
 
-    struct HTTPError: Error, CustomStringConvertible { var description: String }
-
     public let configuration: Configuration
     private let assembler: CatalogAssembler
     private let sourceIndex: Int
     private let logger: Logger
-    private let restarts: Counter
-    /// Exists only while `run()` runs, which shuts it down; a client is never left without an owner.
-    private var client: HTTPClient!
+    public nonisolated let connection: RegistryConnection
+    private let loop: RegistryLoop
     /// Nodes each service's instances name, so a node stays while any service names it.
     private var nodesByService: [String: [CatalogSnapshot.NodeKey: Node]] = [:]
     private var nodeRefs = NodeReferences()
@@ -70,12 +67,19 @@ public actor ConsulWatcher {
     /// Updates held back by a service's churn limit (each folds one or more changes into the next read).
     private let delayed: Counter
 
-    public init(configuration: Configuration, assembler: CatalogAssembler, sourceIndex: Int, logger: Logger) {
+    public init(configuration: Configuration, assembler: CatalogAssembler, sourceIndex: Int, logger: Logger,
+                connection: RegistryConnection? = nil) {
         self.configuration = configuration
         self.assembler = assembler
         self.sourceIndex = sourceIndex
         self.logger = logger
-        self.restarts = Counter(label: "signpost_registry_watch_restarts_total", dimensions: [("registry", "consul")])
+        // Two blocking queries and at most `readConcurrency` reads: far under Consul's 200 connections per client.
+        let connection = connection ?? RegistryConnection(settings: configuration.connection, registry: .consul,
+                                                          name: "consul:" + configuration.address, logger: logger,
+                                                          poolSize: configuration.readConcurrency + 4)
+        self.connection = connection
+        self.loop = RegistryLoop(connection: connection, assembler: assembler, sourceIndex: sourceIndex, state: configuration.state,
+                                 backoff: configuration.backoff, logger: logger)
         self.skips = SkipCounters(registry: "consul")
         self.filteredGauge = Gauge(label: "signpost_registry_acl_filtered", dimensions: [("registry", "consul")])
         self.delayed = Counter(label: "signpost_registry_updates_delayed_total", dimensions: [("registry", "consul")])
@@ -91,12 +95,9 @@ public actor ConsulWatcher {
 
     /// Runs until cancelled: the two aggregate watches, side by side.
     public func run() async {
-        var http = HTTPClient.Configuration()
-        http.timeout = .init(connect: .seconds(2))
-        // Two blocking queries and at most `readConcurrency` reads: far under Consul's 200 connections per client.
-        http.connectionPool = .init(idleTimeout: .seconds(60),
-                                    concurrentHTTP1ConnectionsPerHostSoftLimit: configuration.readConcurrency + 4)
-        client = HTTPClient(eventLoopGroupProvider: .singleton, configuration: http)
+        let files = Task { [connection] in await connection.watchFiles() }
+        await assembler.setWarnings(source: sourceIndex, connection.settings.warnings)
+        for warning in connection.settings.warnings { logger.warning("\(warning)", metadata: ["registry": "\(connection.name)"]) }
         if let keeper = configuration.state, let state = keeper.load(maxStale: configuration.maxStale) { await restore(state) }
         let writer = configuration.state.map { keeper in Task { await keeper.run(source: self) } }
         await withTaskGroup(of: Void.self) { group in
@@ -107,7 +108,8 @@ public actor ConsulWatcher {
         writer?.cancel()
         await writer?.value
         for task in later.values { task.cancel() }
-        try? await client.shutdown()
+        files.cancel()
+        await connection.shutdown()
     }
 
     /// The service set: a blocking query on `/v1/catalog/services`, whose index moves on writes to the service
@@ -118,55 +120,41 @@ public actor ConsulWatcher {
         // Resumed from a state file: the first query blocks only briefly, so an unchanged Consul is confirmed at once
         // (a changed one answers at once anyway).
         var firstWait: Duration? = index > 0 ? .milliseconds(20) : nil
-        var failures = 0
-        while !Task.isCancelled {
+        await loop.run({ _, _ in
             let started = ContinuousClock.now
-            do {
-                let (services, returned, leader) = try await getJSON("/v1/catalog/services", index: index, wait: firstWait, as: [String: Any].self)
-                firstWait = nil
-                let filtered = Self.filteredByACLs(services: services.keys, token: configuration.token, header: leader.filteredByACLs)
-                await reportACLFiltering(filtered)
-                let names = servable(services.keys)
-                let next = Self.nextIndex(previous: index, returned: returned)
-                // Everything filtered away: not loaded (SERVFAIL) if nothing was; if something was (a cache, a state
-                // file), it is kept, unconfirmed, rather than an empty catalog (NXDOMAIN for every name). The problem is
-                // on /ready; the blocking query goes on, and loads once the token can read.
-                let blind = filtered && names.isEmpty
-                if blind {
-                    if !loaded { await assembler.setContact(source: sourceIndex, inContact: true) }
-                } else if !loaded {
-                    await loadAll(names)
-                } else if next != index {
-                    await reconcile(names)
-                }
-                if let age = leader.dataAge, !blind {
-                    await assembler.setContact(source: sourceIndex, dataAge: age)
-                    configuration.state?.confirmed(lag: age)
-                } else if !blind {
-                    await assembler.setContact(source: sourceIndex, inContact: true)
-                    configuration.state?.confirmed()
-                }
-                failures = 0
-                if !unreadAfterRestore.isEmpty {
-                    let unread = unreadAfterRestore
-                    unreadAfterRestore = []
-                    await readAndPublish(unread.intersection(known))
-                }
-                if next == index { try await pace(since: started) }
-                index = next
-                catalogIndex = next
-            } catch {
-                if Task.isCancelled { break }
-                failures += 1
-                restarts.increment()
-                assembler.store.activity.noteRestart(registry: sourceIndex)
-                logger.warning("consul unreachable", metadata: ["consul.address": "\(configuration.address)", "error": "\(error)"])
-                configuration.state?.lostContact()
-                await assembler.setContact(source: sourceIndex, inContact: false)
-                index = 0
-                do { try await Task.sleep(for: configuration.backoff.delay(afterFailures: failures)) } catch { break }
+            let (services, returned, leader) = try await getJSON("/v1/catalog/services", index: index, wait: firstWait, as: [String: Any].self)
+            firstWait = nil
+            let filtered = Self.filteredByACLs(services: services.keys, token: connection.hasToken, header: leader.filteredByACLs)
+            await reportACLFiltering(filtered)
+            let names = servable(services.keys)
+            let next = Self.nextIndex(previous: index, returned: returned)
+            // Everything filtered away: not loaded (SERVFAIL) if nothing was; if something was (a cache, a state
+            // file), it is kept, unconfirmed, rather than an empty catalog (NXDOMAIN for every name). The problem is
+            // on /ready; the blocking query goes on, and loads once the token can read.
+            let blind = filtered && names.isEmpty
+            if blind {
+                if !loaded { await assembler.setContact(source: sourceIndex, inContact: true) }
+            } else if !loaded {
+                await loadAll(names)
+            } else if next != index {
+                await reconcile(names)
             }
-        }
+            if let age = leader.dataAge, !blind {
+                await assembler.setContact(source: sourceIndex, dataAge: age)
+                configuration.state?.confirmed(lag: age)
+            } else if !blind {
+                await assembler.setContact(source: sourceIndex, inContact: true)
+                configuration.state?.confirmed()
+            }
+            if !unreadAfterRestore.isEmpty {
+                let unread = unreadAfterRestore
+                unreadAfterRestore = []
+                await readAndPublish(unread.intersection(known))
+            }
+            if next == index { try await pace(since: started) }
+            index = next
+            catalogIndex = next
+        }, onFailure: { index = 0 })
     }
 
     /// Health: a blocking query on `/v1/health/state/any`, whose index moves on every check write. The services
@@ -175,36 +163,29 @@ public actor ConsulWatcher {
     /// changes meanwhile fold into that read, so a flapping check costs one read a second and delays no other.
     private func watchChecks() async {
         var index = checksIndex
-        var failures = 0
-        while !Task.isCancelled {
+        await loop.run(reportsContact: false, { _, _ in
             let started = ContinuousClock.now
-            do {
-                let (checks, returned, _) = try await getJSON("/v1/health/state/any", index: index, as: [[String: Any]].self)
-                let next = Self.nextIndex(previous: index, returned: returned)
-                let changed = checkChanges(checks)
-                if !loaded { changedDuringLoad.formUnion(changed) }
-                if loaded, !changed.isEmpty {
-                    var now: Set<String> = []
-                    for name in changed {
-                        let wait = buckets[name, default: TokenBucket(burst: configuration.churnBurst, interval: configuration.churnInterval)].take()
-                        if wait == .zero { now.insert(name) } else { deferRead(name, by: wait) }
-                    }
-                    if !now.isEmpty { await readAndPublish(now) }
+            let (checks, returned, _) = try await getJSON("/v1/health/state/any", index: index, as: [[String: Any]].self)
+            let next = Self.nextIndex(previous: index, returned: returned)
+            let changed = checkChanges(checks)
+            if !loaded { changedDuringLoad.formUnion(changed) }
+            if loaded, !changed.isEmpty {
+                var now: Set<String> = []
+                for name in changed {
+                    let wait = buckets[name, default: TokenBucket(burst: configuration.churnBurst, interval: configuration.churnInterval)].take()
+                    if wait == .zero { now.insert(name) } else { deferRead(name, by: wait) }
                 }
-                failures = 0
-                if next == index { try await pace(since: started) }
-                // A new resume point (the baseline and its index) is worth writing even when no data changed.
-                if next != checksIndex { configuration.state?.changed() }
-                index = next
-                checksIndex = next
-            } catch {
-                if Task.isCancelled { break }
-                failures += 1
-                index = 0
-                checkIndexes = nil
-                do { try await Task.sleep(for: configuration.backoff.delay(afterFailures: failures)) } catch { break }
+                if !now.isEmpty { await readAndPublish(now) }
             }
-        }
+            if next == index { try await pace(since: started) }
+            // A new resume point (the baseline and its index) is worth writing even when no data changed.
+            if next != checksIndex { configuration.state?.changed() }
+            index = next
+            checksIndex = next
+        }, onFailure: {
+            index = 0
+            self.checkIndexes = nil
+        })
     }
 
     /// The blocking queries' indexes, kept in the state file so a restart resumes where they were.
@@ -255,8 +236,8 @@ public actor ConsulWatcher {
     /// Whether Consul's ACLs hid part of the catalog. Consul answers 200 with the results it may show, and sets
     /// `X-Consul-Results-Filtered-By-ACLs` only for a request that carries a token; so with a token the header
     /// tells, and without one a catalog that lacks the `consul` service (every real catalog lists it) does.
-    static func filteredByACLs(services: some Collection<String>, token: String?, header: Bool) -> Bool {
-        if token != nil { return header }
+    static func filteredByACLs(services: some Collection<String>, token: Bool, header: Bool) -> Bool {
+        if token { return header }
         return !services.contains { $0.equalsIgnoringASCIICase("consul") }
     }
 
@@ -268,8 +249,8 @@ public actor ConsulWatcher {
         aclFiltered = filtered
         filteredGauge.record(filtered ? 1 : 0)
         if filtered {
-            let who = configuration.token == nil ? "the anonymous token" : "the watcher's token"
-            let reason = "Consul's ACLs filter the catalog for \(who); give Signpost a token with service:read and node:read (?token= or CONSUL_HTTP_TOKEN)"
+            let who = connection.hasToken ? "the watcher's token" : "the anonymous token"
+            let reason = "Consul's ACLs filter the catalog for \(who); give Signpost a token with service:read and node:read (token-file= or CONSUL_HTTP_TOKEN_FILE)"
             logger.error("\(reason)", metadata: ["consul.address": "\(configuration.address)"])
             await assembler.setProblem(source: sourceIndex, reason)
         } else {
@@ -467,35 +448,14 @@ public actor ConsulWatcher {
     }
 
     /// The agent's own datacenter, `Config.Datacenter` of `/v1/agent/self` (which needs `agent:read`).
-    public static func agentDatacenter(address: String, token: String?, logger: Logger) async throws -> String {
-        var http = HTTPClient.Configuration()
-        http.timeout = .init(connect: .seconds(2), read: .seconds(2))
-        let client = HTTPClient(eventLoopGroupProvider: .singleton, configuration: http)
-        do {
-            let dc = try await agentDatacenter(client, address: address, token: token, logger: logger)
-            try? await client.shutdown()
-            return dc
-        } catch {
-            try? await client.shutdown()
-            throw error
-        }
+    public static func agentDatacenter(connection settings: ConnectionSettings, logger: Logger) async throws -> String {
+        let connection = RegistryConnection(settings: settings, registry: .consul, name: "consul:" + settings.endpoints[0], logger: logger)
+        defer { Task { await connection.shutdown() } }
+        return try await connection.agentDatacenter()
     }
 
-    private static func agentDatacenter(_ client: HTTPClient, address: String, token: String?, logger: Logger) async throws -> String {
-        var request = HTTPClientRequest(url: address + "/v1/agent/self")
-        if let token { request.headers.add(name: "X-Consul-Token", value: token) }
-        let response = try await client.execute(request, timeout: .seconds(3), logger: logger)
-        let body = try await response.body.collect(upTo: 16 << 20)
-        guard response.status == .ok else {
-            throw HTTPError(description: "/v1/agent/self: HTTP \(response.status.code) \(String(buffer: body))")
-        }
-        guard let json = try JSONSerialization.jsonObject(with: Data(body.readableBytesView)) as? [String: Any],
-              let config = json["Config"] as? [String: Any], let dc = config["Datacenter"] as? String, !dc.isEmpty else {
-            throw HTTPError(description: "/v1/agent/self: no Config.Datacenter")
-        }
-        return dc
-    }
-
+    /// A health entry that cannot be an instance.
+    struct EntryError: Error, CustomStringConvertible { var description: String }
 
     /// What a stale read says of the leader: `X-Consul-KnownLeader` and `X-Consul-LastContact` (milliseconds).
     struct LeaderContact {
@@ -517,7 +477,7 @@ public actor ConsulWatcher {
         guard let node = entry["Node"] as? [String: Any], let service = entry["Service"] as? [String: Any],
               let nodeName = node["Node"] as? String, let nodeAddressText = node["Address"] as? String,
               let nodeAddress = Address(nodeAddressText), let serviceName = service["Service"] as? String else {
-            throw HTTPError(description: "entry without Node, Node.Address or Service")
+            throw EntryError(description: "entry without Node, Node.Address or Service")
         }
         let dc = (node["Datacenter"] as? String).flatMap { $0.isEmpty ? nil : $0 } ?? localDatacenter
         let nodeTagged = node["TaggedAddresses"] as? [String: String]
@@ -525,7 +485,7 @@ public actor ConsulWatcher {
                      lanAddresses: Address.lanAddresses(ipv4: nodeTagged?["lan_ipv4"], ipv6: nodeTagged?["lan_ipv6"], besides: nodeAddress))
         var serviceAddress: Address? = nil
         if let a = service["Address"] as? String, !a.isEmpty {
-            guard let parsed = Address(a) else { throw HTTPError(description: "Service.Address \"\(a)\" is not an address") }
+            guard let parsed = Address(a) else { throw EntryError(description: "Service.Address \"\(a)\" is not an address") }
             // Kept even when it equals the node's: Consul's DNS then names the SRV target <hex>.addr, not the node.
             serviceAddress = parsed
         }
@@ -562,16 +522,22 @@ public actor ConsulWatcher {
     }
 
     /// `get`, with the body decoded as the JSON shape the endpoint documents.
-    private func getJSON<T>(_ path: String, index: UInt64, wait: Duration? = nil, as type: T.Type) async throws -> (T, UInt64?, LeaderContact) {
+    private func getJSON<T>(_ path: String, index: UInt64, wait: Duration? = nil, as type: T.Type) async throws(RegistryFailure) -> (T, UInt64?, LeaderContact) {
         let (body, returned, leader) = try await get(path, index: index, wait: wait ?? configuration.wait)
-        guard let value = try JSONSerialization.jsonObject(with: body) as? T else {
-            throw HTTPError(description: "\(path): not a JSON \(T.self == [String: Any].self ? "object" : "array")")
+        let endpoint = configuration.address
+        do {
+            guard let value = try JSONSerialization.jsonObject(with: Data(body.readableBytesView)) as? T else {
+                throw RegistryFailure(.badResponse, endpoint: endpoint,
+                                      "\(path) returned JSON of the wrong shape: expected \(T.self == [String: Any].self ? "an object" : "an array")")
+            }
+            return (value, returned, leader)
+        } catch let failure as RegistryFailure { throw failure } catch {
+            throw RegistryConnection.badJSON(path, endpoint: endpoint, error)
         }
-        return (value, returned, leader)
     }
 
     /// A GET, blocking when `index` > 0; returns the body, `X-Consul-Index` and the leader headers.
-    private func get(_ path: String, index: UInt64, wait: Duration) async throws -> (Data, UInt64?, LeaderContact) {
+    private func get(_ path: String, index: UInt64, wait: Duration) async throws(RegistryFailure) -> (ByteBuffer, UInt64?, LeaderContact) {
         var query: [String] = []
         if let dc = configuration.datacenter { query.append("dc=\(dc)") }
         if configuration.stale { query.append("stale") }
@@ -582,18 +548,16 @@ public actor ConsulWatcher {
             query.append("index=\(index)")
             query.append("wait=\(Int(jittered * 1000))ms")
         }
-        var request = HTTPClientRequest(url: configuration.address + path + (query.isEmpty ? "" : "?" + query.joined(separator: "&")))
-        if let token = configuration.token { request.headers.add(name: "X-Consul-Token", value: token) }
-        let response = try await client.execute(request, timeout: .seconds(Int64(waitSeconds * 1.1) + 30), logger: logger)
-        let body = try await response.body.collect(upTo: 256 << 20)
-        guard response.status == .ok else {
-            throw HTTPError(description: "\(path): HTTP \(response.status.code) \(String(buffer: body))")
+        let endpoint = configuration.address
+        let request = connection.request(endpoint, path + (query.isEmpty ? "" : "?" + query.joined(separator: "&")))
+        return try await connection.execute(request, endpoint: endpoint, deadline: .now() + .seconds(Int64(waitSeconds * 1.1) + 30)) { response in
+            let body = try await connection.jsonBody(response, path: path, endpoint: endpoint)
+            let returned = response.headers.first(name: "X-Consul-Index").flatMap { UInt64($0) }
+            var leader = LeaderContact(knownLeader: response.headers.first(name: "X-Consul-KnownLeader"),
+                                       lastContact: response.headers.first(name: "X-Consul-LastContact"))
+            leader.filteredByACLs = response.headers.first(name: "X-Consul-Results-Filtered-By-ACLs") == "true"
+            return (body, returned, leader)
         }
-        let returned = response.headers.first(name: "X-Consul-Index").flatMap { UInt64($0) }
-        var leader = LeaderContact(knownLeader: response.headers.first(name: "X-Consul-KnownLeader"),
-                                   lastContact: response.headers.first(name: "X-Consul-LastContact"))
-        leader.filteredByACLs = response.headers.first(name: "X-Consul-Results-Filtered-By-ACLs") == "true"
-        return (Data(body.readableBytesView), returned, leader)
     }
 }
 
@@ -639,5 +603,23 @@ extension ConsulWatcher: StateSource {
         await assembler.restore(source: sourceIndex, with: catalog, confirmed: state.confirmed)
         logger.info("serving the state file until Consul answers", metadata: ["path": "\(configuration.state!.path)",
                                                                             "consul.services": "\(known.count)", "consul.index": "\(catalogIndex)"])
+    }
+}
+
+extension RegistryConnection {
+    /// `Config.Datacenter` of `/v1/agent/self`.
+    func agentDatacenter() async throws(RegistryFailure) -> String {
+        struct Agent: Decodable { struct Config: Decodable { var Datacenter: String }; var Config: Config }
+        let endpoint = settings.endpoints[0], path = "/v1/agent/self"
+        let body = try await execute(request(endpoint, path), endpoint: endpoint, deadline: .now() + .seconds(3)) { response in
+            try await jsonBody(response, path: path, endpoint: endpoint)
+        }
+        do {
+            let dc = try JSONDecoder().decode(Agent.self, from: Data(body.readableBytesView)).Config.Datacenter
+            guard !dc.isEmpty else { throw RegistryFailure(.badResponse, endpoint: endpoint, "\(path): Config.Datacenter is empty") }
+            return dc
+        } catch let failure as RegistryFailure { throw failure } catch {
+            throw Self.badJSON(path, endpoint: endpoint, error)
+        }
     }
 }

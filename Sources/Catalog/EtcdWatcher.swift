@@ -10,15 +10,20 @@ import NIOCore
 ///
 /// - A compacted start revision (the watch is cancelled with `compact_revision`) forces a re-list.
 /// - Any other failure moves to the next endpoint after a capped exponential backoff with full jitter;
-///   the watch resumes from the last revision seen, so changes made meanwhile are replayed.
+///   the watch resumes from the last revision seen, so changes made meanwhile are replayed. TLS, credentials,
+///   backoff and the lost contact are `RegistryConnection`'s and `RegistryLoop`'s, as for every registry.
+/// - With a user, it logs in through `/v3/auth/authenticate` and sends the token with each request; a token etcd
+///   no longer knows (expired, or etcd restarted) means logging in again and resuming the watch where it was:
+///   no gap, no re-list.
 /// - While no endpoint answers, the assembler keeps serving the last snapshot and the store reports
 ///   how stale it is.
 /// - A value that parses as none of the formats is logged with its key and skipped; an earlier good value
 ///   of that key keeps serving (as with catalog files).
 public actor EtcdWatcher {
     public struct Configuration: Sendable {
-        /// Base URLs, e.g. `http://127.0.0.1:2379`.
-        public var endpoints: [String]
+        /// Endpoints (`http://127.0.0.1:2379`, `https://…`), TLS and credentials.
+        public var connection: ConnectionSettings
+        public var endpoints: [String] { connection.endpoints }
         public var prefix: String
         public var localDatacenter: String
         /// Retries walk the endpoints with at most a second between tries: a member that is back (or a quorum that
@@ -29,8 +34,8 @@ public actor EtcdWatcher {
         /// `--max-stale`: a state file confirmed longer ago than this is not served.
         public var maxStale: Duration? = nil
 
-        public init(endpoints: [String], prefix: String = "/services/", localDatacenter: String = "dc1") {
-            self.endpoints = endpoints
+        public init(connection: ConnectionSettings, prefix: String = "/services/", localDatacenter: String = "dc1") {
+            self.connection = connection
             self.prefix = prefix
             self.localDatacenter = localDatacenter
         }
@@ -38,16 +43,16 @@ public actor EtcdWatcher {
 
     /// The watch cannot resume where it was: list again.
     struct Compacted: Error { var reason = "etcd watch revision compacted; listing again" }
-    struct GatewayError: Error, CustomStringConvertible { var description: String }
 
     public let configuration: Configuration
     private let assembler: CatalogAssembler
     private let sourceIndex: Int
     private let logger: Logger
-    private let restarts: Counter
     private let skips: SkipCounters
-    /// Exists only while `run()` runs, which shuts it down; a client is never left without an owner.
-    private var client: HTTPClient!
+    public nonisolated let connection: RegistryConnection
+    private let loop: RegistryLoop
+    /// When the token was last renewed after etcd refused it; a second refusal within a second is a failure.
+    private var lastRelogin: ContinuousClock.Instant? = nil
     /// Current instances per key (a go-micro value may hold several nodes).
     private var keys: [String: Entry] = [:]
     typealias Entry = (service: String, instances: [Instance])
@@ -61,47 +66,74 @@ public actor EtcdWatcher {
     private var listed = false
     private var endpointIndex = 0
 
-    public init(configuration: Configuration, assembler: CatalogAssembler, sourceIndex: Int, logger: Logger) {
+    public init(configuration: Configuration, assembler: CatalogAssembler, sourceIndex: Int, logger: Logger,
+                connection: RegistryConnection? = nil) {
         self.configuration = configuration
         self.assembler = assembler
         self.sourceIndex = sourceIndex
         self.logger = logger
-        self.restarts = Counter(label: "signpost_registry_watch_restarts_total", dimensions: [("registry", "etcd")])
         self.skips = SkipCounters(registry: "etcd")
+        let connection = connection ?? RegistryConnection(settings: configuration.connection, registry: .etcd,
+                                                          name: "etcd:" + configuration.endpoints.joined(separator: ","), logger: logger,
+                                                          connectTimeout: .seconds(1))
+        self.connection = connection
+        self.loop = RegistryLoop(connection: connection, assembler: assembler, sourceIndex: sourceIndex, state: configuration.state,
+                                 backoff: configuration.backoff, logger: logger)
     }
 
     /// Runs until cancelled.
     public func run() async {
-        var http = HTTPClient.Configuration()
-        http.timeout = .init(connect: .seconds(1))
-        client = HTTPClient(eventLoopGroupProvider: .singleton, configuration: http)
         if let keeper = configuration.state, let state = keeper.load(maxStale: configuration.maxStale) { await restore(state) }
         let writer = configuration.state.map { keeper in Task { await keeper.run(source: self) } }
-        var failures = 0
-        while !Task.isCancelled {
-            let endpoint = configuration.endpoints[endpointIndex % configuration.endpoints.count]
-            do {
-                if !listed { try await list(endpoint) }
-                try await watch(endpoint) { failures = 0 }
-                throw GatewayError(description: "watch stream ended")
-            } catch let relist as Compacted {
-                logger.info("\(relist.reason)", metadata: ["etcd.endpoint": "\(endpoint)"])
-                listed = false
-            } catch {
-                if Task.isCancelled { break }
-                failures += 1
-                restarts.increment()
-                assembler.store.activity.noteRestart(registry: sourceIndex)
-                logger.warning("etcd unreachable", metadata: ["etcd.endpoint": "\(endpoint)", "error": "\(error)"])
-                configuration.state?.lostContact()
-                await assembler.setContact(source: sourceIndex, inContact: false)
-                endpointIndex += 1
-                do { try await Task.sleep(for: configuration.backoff.delay(afterFailures: failures)) } catch { break }
-            }
-        }
+        let files = Task { [connection] in await connection.watchFiles() }
+        await assembler.setWarnings(source: sourceIndex, connection.settings.warnings)
+        for warning in connection.settings.warnings { logger.warning("\(warning)", metadata: ["registry": "\(connection.name)"]) }
+        await loop.run({ endpoint, connected in
+            try await self.logIn(endpoint)
+            if !self.listed { try await self.list(endpoint); await connected() }
+            try await self.watch(endpoint, onCreated: connected)
+            throw RegistryFailure(.unreachable, endpoint: endpoint, "the watch stream ended")
+        }, recover: { error, endpoint in self.recover(error, endpoint) })
+        files.cancel()
         writer?.cancel()
         await writer?.value
-        try? await client.shutdown()
+        await connection.shutdown()
+    }
+
+    /// Errors that are no failure: a compacted revision (list again), a token etcd no longer takes (log in again;
+    /// the watch resumes from its revision).
+    private func recover(_ error: any Error, _ endpoint: String) -> Bool {
+        if let relist = error as? Compacted {
+            logger.info("\(relist.reason)", metadata: ["etcd.endpoint": "\(endpoint)"])
+            listed = false
+            return true
+        }
+        guard let failure = error as? RegistryFailure, configuration.connection.user != nil else { return false }
+        // etcd before 3.4.22 cancels a watch made with an expired token as "permission denied": one fresh login tells.
+        guard failure.kind == .tokenExpired || failure.kind == .permissionDenied else { return false }
+        let now = ContinuousClock.now
+        if let last = lastRelogin, now - last < .seconds(1) { return false }
+        lastRelogin = now
+        connection.setSessionToken(nil)
+        logger.debug("etcd refused the token; logging in again", metadata: ["etcd.endpoint": "\(endpoint)"])
+        return true
+    }
+
+    /// With a user and no token yet: `/v3/auth/authenticate`.
+    private func logIn(_ endpoint: String) async throws(RegistryFailure) {
+        guard let user = configuration.connection.user, connection.sessionToken == nil else { return }
+        guard let password = connection.password else { return }
+        struct Token: Decodable { var token: String? }
+        let body: ByteBuffer
+        do { body = try await post(endpoint, "/v3/auth/authenticate", ["name": user, "password": password], deadline: .now() + .seconds(10)) } catch {
+            guard error.kind == .authNotEnabled else { throw error }
+            connection.setSessionToken("")
+            return
+        }
+        guard let token = try? JSONDecoder().decode(Token.self, from: Data(body.readableBytesView)).token, !token.isEmpty else {
+            throw RegistryFailure(.badResponse, endpoint: endpoint, "/v3/auth/authenticate returned no token")
+        }
+        connection.setSessionToken(token)
     }
 
     /// The state file's data, served until etcd answers; the watch resumes from its revision (a re-list follows
@@ -139,20 +171,34 @@ public actor EtcdWatcher {
         return [0]
     }
 
-    private func post(_ endpoint: String, _ path: String, _ body: [String: Any], deadline: NIODeadline) async throws -> HTTPClientResponse {
-        var request = HTTPClientRequest(url: endpoint + path)
-        request.method = .POST
+    private func request(_ endpoint: String, _ path: String, _ body: [String: Any]) -> HTTPClientRequest {
+        var request = connection.request(endpoint, path, method: .POST)
         request.headers.add(name: "Content-Type", value: "application/json")
         // etcd's require-leader (clientv3.WithRequireLeader, through the gateway's gRPC metadata): a member that has
         // lost its leader (no quorum) ends the watch with "no leader" instead of keeping it open and silent, so
         // Signpost sees the outage, serves the cache as stale, and moves to another member.
         request.headers.add(name: "Grpc-Metadata-hasleader", value: "true")
-        request.body = .bytes(ByteBuffer(bytes: try JSONSerialization.data(withJSONObject: body)))
-        let response = try await client.execute(request, deadline: deadline, logger: logger)
-        guard response.status == .ok else {
-            throw GatewayError(description: "\(path): HTTP \(response.status.code)")
+        request.body = .bytes(ByteBuffer(bytes: (try? JSONSerialization.data(withJSONObject: body)) ?? Data()))
+        return request
+    }
+
+    /// A unary call: its checked JSON body.
+    private func post(_ endpoint: String, _ path: String, _ body: [String: Any], deadline: NIODeadline) async throws(RegistryFailure) -> ByteBuffer {
+        try await connection.execute(request(endpoint, path, body), endpoint: endpoint, deadline: deadline) { response in
+            try await connection.jsonBody(response, path: path, endpoint: endpoint)
         }
-        return response
+    }
+
+    /// A body's JSON object, or a failure that says what came instead.
+    private func object(_ body: ByteBuffer, _ path: String, _ endpoint: String) throws(RegistryFailure) -> [String: Any] {
+        do {
+            guard let json = try JSONSerialization.jsonObject(with: Data(body.readableBytesView)) as? [String: Any] else {
+                throw RegistryFailure(.badResponse, endpoint: endpoint, "\(path) returned JSON that is not an object")
+            }
+            return json
+        } catch let failure as RegistryFailure { throw failure } catch {
+            throw RegistryConnection.badJSON(path, endpoint: endpoint, error)
+        }
     }
 
     /// Keys per range request while listing; pages keep the memory peak of a large listing small.
@@ -167,11 +213,8 @@ public actor EtcdWatcher {
         var pinned: Int64? = nil
         while true {
             if let pinned { body["revision"] = String(pinned) }
-            let response = try await post(endpoint, "/v3/kv/range", body, deadline: .now() + .seconds(30))
-            let bytes = try await response.body.collect(upTo: 1 << 30)
-            guard let json = try JSONSerialization.jsonObject(with: Data(bytes.readableBytesView)) as? [String: Any] else {
-                throw GatewayError(description: "range: not a JSON object")
-            }
+            let bytes = try await post(endpoint, "/v3/kv/range", body, deadline: .now() + .seconds(30))
+            let json = try object(bytes, "/v3/kv/range", endpoint)
             if pinned == nil {
                 let header = json["header"] as? [String: Any]
                 pinned = Int64(header?["revision"] as? String ?? "0") ?? 0
@@ -218,27 +261,42 @@ public actor EtcdWatcher {
         return catalog
     }
 
-    private func watch(_ endpoint: String, onCreated: () -> Void) async throws {
+    private func watch(_ endpoint: String, onCreated: () async -> Void) async throws {
         var create = rangeBody as [String: Any]
         create["start_revision"] = String(revision + 1)
         create["progress_notify"] = true
-        let response = try await post(endpoint, "/v3/watch", ["create_request": create], deadline: .distantFuture)
-        var pending = ByteBuffer()
-        for try await var chunk in response.body {
-            pending.writeBuffer(&chunk)
-            while let newline = pending.readableBytesView.firstIndex(of: UInt8(ascii: "\n")) {
-                let line = pending.readSlice(length: newline - pending.readerIndex + 1)!
-                try await handle(Data(line.readableBytesView), endpoint: endpoint, onCreated: onCreated)
+        let path = "/v3/watch", limit = configuration.connection.maxResponseBytes
+        try await connection.execute(request(endpoint, path, ["create_request": create]), endpoint: endpoint, deadline: .distantFuture) { response in
+            guard response.status == .ok else {
+                _ = try await connection.jsonBody(response, path: path, endpoint: endpoint)
+                return
             }
-            pending.discardReadBytes()
+            var pending = ByteBuffer()
+            for try await var chunk in response.body {
+                pending.writeBuffer(&chunk)
+                while let newline = pending.readableBytesView.firstIndex(of: UInt8(ascii: "\n")) {
+                    let line = pending.readSlice(length: newline - pending.readerIndex + 1)!
+                    try await handle(line, endpoint: endpoint, onCreated: onCreated)
+                }
+                // One event never needs more than a response may hold; a stream that never ends a line is not etcd.
+                if pending.readableBytes > limit {
+                    throw RegistryFailure(.tooLarge, endpoint: endpoint, "\(path) sent a line over max-response (\(limit) bytes)")
+                }
+                pending.discardReadBytes()
+            }
         }
     }
 
-    private func handle(_ line: Data, endpoint: String, onCreated: () -> Void) async throws {
-        guard let json = try? JSONSerialization.jsonObject(with: line) as? [String: Any] else { return }
-        if let error = json["error"] as? [String: Any] { throw GatewayError(description: "watch: \(error)") }
+    private func handle(_ line: ByteBuffer, endpoint: String, onCreated: () async -> Void) async throws {
+        try RegistryConnection.checkJSON(line, contentType: nil, path: "/v3/watch", endpoint: endpoint)
+        let json = try object(line, "/v3/watch", endpoint)
+        if let error = json["error"] as? [String: Any] {
+            // The gateway's stream error: {"grpc_code", "http_code", "message", "http_status"}.
+            let code = (error["http_code"] as? NSNumber)?.uintValue ?? 500
+            throw RegistryFailure.status(code, message: error["message"] as? String ?? "\(error)", path: "/v3/watch", endpoint: endpoint, registry: .etcd)
+        }
         guard let result = json["result"] as? [String: Any] else { return }
-        guard let events = try await control(result, onCreated: onCreated) else { return }
+        guard let events = try await control(result, endpoint: endpoint, onCreated: onCreated) else { return }
         var changedServices: Set<String> = []
         var changedNodes: Set<CatalogSnapshot.NodeKey> = []
         for event in events {
@@ -279,7 +337,7 @@ public actor EtcdWatcher {
 
     /// A watch response's control part: creation (where a restored revision is checked against the cluster),
     /// cancellation, progress. Returns its events, or nil when it has none.
-    private func control(_ result: [String: Any], onCreated: () -> Void) async throws -> [[String: Any]]? {
+    private func control(_ result: [String: Any], endpoint: String, onCreated: () async -> Void) async throws -> [[String: Any]]? {
         let header = result["header"] as? [String: Any]
         let headerRevision = Int64(header?["revision"] as? String ?? "")
         let created = result["created"] as? Bool == true
@@ -290,13 +348,20 @@ public actor EtcdWatcher {
                 if let known = clusterID, known != id { throw Compacted(reason: "etcd cluster \(id) is not \(known); listing again") }
                 clusterID = id
             }
-            configuration.state?.confirmed()
-            await assembler.setContact(source: sourceIndex, inContact: true)
-            onCreated()
         }
         if result["canceled"] as? Bool == true {
             if let compacted = result["compact_revision"] as? String, compacted != "0" { throw Compacted() }
-            throw GatewayError(description: "watch cancelled: \(result["cancel_reason"] ?? "")")
+            // A create refused for its token or permissions comes back created and cancelled at once, with the
+            // gRPC status as its reason ("rpc error: code = PermissionDenied desc = etcdserver: permission denied").
+            let reason = result["cancel_reason"] as? String ?? ""
+            let code: UInt = reason.contains("invalid auth token") ? 401 : reason.contains("PermissionDenied") || reason.contains("permission denied") ? 403
+                : reason.contains("InvalidArgument") ? 400 : 500
+            throw RegistryFailure.status(code, message: reason.isEmpty ? "the watch was cancelled" : reason, path: "/v3/watch", endpoint: endpoint, registry: .etcd)
+        }
+        if created {
+            configuration.state?.confirmed()
+            await assembler.setContact(source: sourceIndex, inContact: true)
+            await onCreated()
         }
         guard let events = result["events"] as? [[String: Any]], !events.isEmpty else {
             // A progress notification: every event up to its revision has been sent. (The `created` response's

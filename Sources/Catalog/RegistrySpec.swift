@@ -1,15 +1,17 @@
 /// A `--registry` URL.
 /// - `file:DIR`: catalog files (`--catalog DIR` is the short form).
-/// - `etcd:http://HOST:PORT[,http://HOST2:PORT…][?prefix=/services/[,/micro/registry/…]]`; `?prefix=` (empty) is the
+/// - `etcd:http://HOST:PORT[,https://HOST2:PORT…][?prefix=/services/[,/micro/registry/…]]`; `?prefix=` (empty) is the
 ///   whole keyspace. Each prefix is watched on its own (`watchers`).
-/// - `consul:http://HOST:PORT[?dc=dc1&token=…&stale=false&wait=5m]`; the token may also come from
-///   `CONSUL_HTTP_TOKEN`. Reads are stale by default, as Consul's DNS reads (`allow_stale`); `?stale` alone or
-///   `?stale=true` keep that, `?stale=false` asks the leader. `wait` is each blocking query's `?wait=` (Consul's
-///   default, 5m, when absent; Consul caps it at 10m).
+/// - `consul:http://HOST:PORT[?dc=dc1&stale=false&wait=5m]`, `consul:https://…` or `consul:unix:///PATH`; a bare
+///   `consul:` is `CONSUL_HTTP_ADDR`, else `http://127.0.0.1:8500`, as Consul's client has it. Reads are stale by
+///   default, as Consul's DNS reads (`allow_stale`); `?stale` alone or `?stale=true` keep that, `?stale=false` asks
+///   the leader. `wait` is each blocking query's `?wait=` (Consul's default, 5m, when absent; Consul caps it at 10m).
+/// Both take the connection options of `ConnectionOption.table` (TLS, credentials), each also read from the
+/// environment the registry's own client reads; the URL wins.
 public enum RegistrySpec: Sendable, Equatable, CustomStringConvertible {
     case file(directory: String)
-    case etcd(endpoints: [String], prefixes: [String])
-    case consul(address: String, datacenter: String?, token: String?, stale: Bool, wait: Duration? = nil)
+    case etcd(connection: ConnectionSettings, prefixes: [String])
+    case consul(connection: ConnectionSettings, datacenter: String?, stale: Bool, wait: Duration? = nil)
 
     public struct Invalid: Error, CustomStringConvertible {
         public var description: String
@@ -22,10 +24,28 @@ public enum RegistrySpec: Sendable, Equatable, CustomStringConvertible {
         let scheme = text[..<colon].lowercased()
         let rest = String(text[text.index(after: colon)...])
         let (base, query) = Self.splitQuery(rest)
-        func checkURL(_ url: String) throws(Invalid) {
-            guard url.hasPrefix("http://") || url.hasPrefix("https://"), url.count > "http://".count else {
-                throw Invalid(description: "invalid --registry \"\(text)\": \"\(url)\" is not an http:// or https:// URL")
+        func checkURL(_ url: String, unix: Bool = false) throws(Invalid) {
+            let schemes = unix ? ["http://", "https://", "unix://"] : ["http://", "https://"]
+            guard let s = schemes.first(where: { url.hasPrefix($0) }), url.count > s.count else {
+                throw Invalid(description: "invalid --registry \"\(text)\": \"\(url)\" is not an \(unix ? "http://, https:// or unix://" : "http:// or https://") URL")
             }
+        }
+        func connection(_ endpoints: [String], _ registry: ConnectionOption.Registry, own: Set<String>) throws(Invalid) -> ConnectionSettings {
+            let known = Set(ConnectionOption.table.filter { $0.scope.contains(registry) }.map(\.option))
+            for key in query.keys where !own.contains(key) && !known.contains(key) {
+                throw Invalid(description: "invalid --registry \"\(text)\": unknown option \"\(key)\"")
+            }
+            var settings = ConnectionSettings(endpoints: endpoints)
+            do { try ConnectionOption.apply(to: &settings, registry: registry, options: query, environment: environment) } catch {
+                throw Invalid(description: "invalid --registry \"\(text)\": \(error.description)")
+            }
+            if (settings.user == nil) != (settings.password == nil), registry == .etcd {
+                throw Invalid(description: "invalid --registry \"\(text)\": an etcd user needs a password (password-file=, or ETCDCTL_USER=NAME:PASSWORD), and a password a user")
+            }
+            if (settings.tls.certFile == nil) != (settings.tls.keyFile == nil) {
+                throw Invalid(description: "invalid --registry \"\(text)\": a client certificate needs its key (cert= and key= together)")
+            }
+            return settings
         }
         switch scheme {
         case "file":
@@ -35,20 +55,16 @@ public enum RegistrySpec: Sendable, Equatable, CustomStringConvertible {
             let endpoints = base.split(separator: ",").map { String($0.hasSuffix("/") ? $0.dropLast() : $0) }
             guard !endpoints.isEmpty else { throw Invalid(description: "invalid --registry \"\(text)\": no endpoints") }
             for e in endpoints { try checkURL(e) }
-            for key in query.keys where key != "prefix" {
-                throw Invalid(description: "invalid --registry \"\(text)\": unknown option \"\(key)\"")
-            }
+            let settings = try connection(endpoints, .etcd, own: ["prefix"])
             // Empty stays empty (the whole keyspace); anything else names a directory.
             let prefixes = (query["prefix"] ?? "/services/").split(separator: ",", omittingEmptySubsequences: false).map { p in
                 p.isEmpty || p.hasSuffix("/") ? String(p) : p + "/"
             }
-            self = .etcd(endpoints: endpoints, prefixes: Array(Set(prefixes)).sorted())
+            self = .etcd(connection: settings, prefixes: Array(Set(prefixes)).sorted())
         case "consul":
-            let address = base.hasSuffix("/") ? String(base.dropLast()) : base
-            try checkURL(address)
-            for key in query.keys where !["dc", "token", "stale", "wait"].contains(key) {
-                throw Invalid(description: "invalid --registry \"\(text)\": unknown option \"\(key)\"")
-            }
+            var address = base.hasSuffix("/") ? String(base.dropLast()) : base
+            if address.isEmpty { address = Self.consulAddress(environment) }
+            try checkURL(address, unix: true)
             var wait: Duration? = nil
             if let given = query["wait"] {
                 guard let d = GoDuration.parse(given), d > .zero, d <= .seconds(600) else {
@@ -56,18 +72,27 @@ public enum RegistrySpec: Sendable, Equatable, CustomStringConvertible {
                 }
                 wait = d
             }
-            let token = query["token"] ?? environment["CONSUL_HTTP_TOKEN"].flatMap { $0.isEmpty ? nil : $0 }
+            let settings = try connection([address], .consul, own: ["dc", "stale", "wait"])
             let stale = query["stale"].map { $0 != "false" } ?? true
-            self = .consul(address: address, datacenter: query["dc"], token: token, stale: stale, wait: wait)
+            self = .consul(connection: settings, datacenter: query["dc"], stale: stale, wait: wait)
         default:
             throw Invalid(description: "invalid --registry \"\(text)\": unknown kind \"\(scheme)\" (file, etcd or consul)")
         }
     }
 
+    /// `CONSUL_HTTP_ADDR` as Consul's client reads it: `unix://PATH`, a URL, or HOST:PORT (https when
+    /// `CONSUL_HTTP_SSL` is true); `http://127.0.0.1:8500` when unset.
+    static func consulAddress(_ environment: [String: String]) -> String {
+        guard let addr = environment["CONSUL_HTTP_ADDR"], !addr.isEmpty else { return "http://127.0.0.1:8500" }
+        if addr.hasPrefix("unix://") || addr.hasPrefix("http://") || addr.hasPrefix("https://") { return addr }
+        let ssl = (try? ConnectionOption.parseBool(environment["CONSUL_HTTP_SSL"] ?? "false", "CONSUL_HTTP_SSL")) ?? false
+        return (ssl ? "https://" : "http://") + addr
+    }
+
     /// One spec per watcher: an etcd registry with several prefixes watches each on its own, as its own source.
     public var watchers: [RegistrySpec] {
-        guard case .etcd(let endpoints, let prefixes) = self, prefixes.count > 1 else { return [self] }
-        return prefixes.map { .etcd(endpoints: endpoints, prefixes: [$0]) }
+        guard case .etcd(let connection, let prefixes) = self, prefixes.count > 1 else { return [self] }
+        return prefixes.map { .etcd(connection: connection, prefixes: [$0]) }
     }
 
     static func splitQuery(_ text: String) -> (String, [String: String]) {
@@ -80,11 +105,21 @@ public enum RegistrySpec: Sendable, Equatable, CustomStringConvertible {
         return (String(text[..<q]), out)
     }
 
+    /// The registry as logs, `/ready` and state-file names show it: endpoints, prefix and datacenter, never a
+    /// credential.
     public var description: String {
         switch self {
         case .file(let d): return "file:\(d)"
-        case .etcd(let e, let p): return "etcd:\(e.joined(separator: ","))?prefix=\(p.joined(separator: ","))"
-        case .consul(let a, let dc, _, _, _): return "consul:\(a)" + (dc.map { "?dc=\($0)" } ?? "")
+        case .etcd(let c, let p): return "etcd:\(c.endpoints.joined(separator: ","))?prefix=\(p.joined(separator: ","))"
+        case .consul(let c, let dc, _, _): return "consul:\(c.endpoints[0])" + (dc.map { "?dc=\($0)" } ?? "")
+        }
+    }
+
+    /// The connection settings of an etcd or Consul registry.
+    public var connection: ConnectionSettings? {
+        switch self {
+        case .file: return nil
+        case .etcd(let c, _), .consul(let c, _, _, _): return c
         }
     }
 }

@@ -183,6 +183,14 @@ public final class SnapshotStore: Sendable {
 
     public func setProblems(_ reasons: [String]) { problemList.store(RegistryProblems(reasons), ordering: .releasing) }
 
+    private let noticeList = ManagedAtomic<RegistryProblems>(RegistryProblems([]))
+
+    /// What `/ready` says of registries without making the gateway unready while it serves their cached data: the
+    /// last connection failure, a TLS or credential file that cannot be used, verification turned off.
+    public var notices: [String] { noticeList.load(ordering: .acquiring).reasons }
+
+    public func setNotices(_ lines: [String]) { noticeList.store(RegistryProblems(lines), ordering: .releasing) }
+
     private let stateOrigins = ManagedAtomic<RegistryOrigins>(RegistryOrigins([]))
 
     /// Registries whose data came from `--state-dir` and that have not answered since: name and confirmation time

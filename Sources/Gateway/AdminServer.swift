@@ -38,7 +38,10 @@ public final class AdminServer: Service, Sendable {
     /// Why the gateway is not ready, or nil when it is.
     static func notReady(store: SnapshotStore, maxStale: Duration?) -> String? {
         if let problem = store.problems.first { return problem }
-        if !store.snapshot.isLoaded { return "registry data not loaded yet" }
+        if !store.snapshot.isLoaded {
+            // The registry's own failure, when there is one, says more than "not loaded".
+            return (["registry data not loaded yet"] + store.notices).joined(separator: "\n")
+        }
         if let maxStale, let age = store.staleness(), age > maxStale {
             return "registry data is \(age.components.seconds)s old, over --max-stale"
         }
@@ -55,6 +58,7 @@ public final class AdminServer: Service, Sendable {
         if lines.count == 1, let age = store.staleness() {
             lines.append("stale (a registry is out of contact; data age \(age.components.seconds)s)")
         }
+        lines += store.notices
         return lines.joined(separator: "\n") + "\n"
     }
 

@@ -24,22 +24,26 @@ final class Reloader: Sendable {
     private let started: ServeConfiguration
     private let slot: QueryHandlerSlot
     private let fileWatchers: [CatalogWatcher]
+    private let connections: [RegistryConnection]
     private let group: any EventLoopGroup
     private let logger: Logger
     private let state: NIOLockedValueBox<State>
 
     init(running: ServeConfiguration, slot: QueryHandlerSlot, forwarder: Forwarder?, fileWatchers: [CatalogWatcher],
-         group: any EventLoopGroup, logger: Logger) {
+         connections: [RegistryConnection] = [], group: any EventLoopGroup, logger: Logger) {
         self.started = running
         self.slot = slot
         self.fileWatchers = fileWatchers
+        self.connections = connections
         self.group = group
         self.logger = logger
         self.state = NIOLockedValueBox(State(running: running, forwarder: forwarder, probes: forwarder.map { f in Task { await f.runProbes() } }))
     }
 
     func reload() async {
-        logger.info("SIGHUP: reloading the configuration, catalog and zones")
+        logger.info("SIGHUP: reloading the configuration, catalog and zones, and the registries' TLS and credential files")
+        // Files first: a rotated certificate or token is picked up even when the configuration does not parse.
+        for connection in connections { connection.refresh(force: true) }
         let new: ServeConfiguration
         do { new = try ServeConfiguration.load(arguments: Array(CommandLine.arguments.dropFirst()), running: started.restartOnly.server.listen) } catch {
             let reason = (error as? StartupError)?.message ?? "\(error)"

@@ -28,7 +28,7 @@ extension Serve {
         let assembler = CatalogAssembler(sources: restart.registries.map(\.description), expectsZones: restart.zones != nil,
                                          localDatacenter: dc, store: store, logger: logger)
         let stateDir = restart.stateDir.flatMap { StateKeeper.usable(directory: $0, logger: logger) ? $0 : nil }
-        var (fileWatchers, services) = try makeWatchers(restart.registries, zonesDir: restart.zones, stateDir: stateDir, maxStale: config.maxStale,
+        var (fileWatchers, services, connections) = try makeWatchers(restart.registries, zonesDir: restart.zones, stateDir: stateDir, maxStale: config.maxStale,
                                                         assembler: assembler, logger: logger)
         for w in fileWatchers { services.append(TaskService { await w.run() }) }
         let monitor = StalenessMonitor(store: store, logger: logger)
@@ -39,7 +39,8 @@ extension Serve {
         let slot = QueryHandlerSlot(QueryHandler(configuration: config, resolver: Gateway.Resolver(configuration: config.resolver), store: store,
                                                  logger: logger, forwarder: forwarder, rrl: nil))
         let server = DNSServer(configuration: restart.server, handler: slot, group: group, logger: logger)
-        let reloader = Reloader(running: config, slot: slot, forwarder: forwarder, fileWatchers: fileWatchers, group: group, logger: logger)
+        let reloader = Reloader(running: config, slot: slot, forwarder: forwarder, fileWatchers: fileWatchers, connections: connections,
+                                group: group, logger: logger)
         // Trap SIGHUP before anything can send it: its default action would end the process.
         let hangups = await UnixSignalsSequence(trapping: .sighup)
         services.append(TaskService {
@@ -119,9 +120,10 @@ extension Serve {
     /// (an agent in `us-east-1` answers plain names from `us-east-1`); else dc1. Returns what to log about it.
     static func localDatacenter(given: String?, _ specs: [RegistrySpec]) async -> (String, (Logger) -> Void) {
         if let given { return (given, { _ in }) }
-        for case .consul(let address, _, let token, _, _) in specs {
+        for case .consul(let connection, _, _, _) in specs {
+            let address = connection.endpoints[0]
             do {
-                let dc = try await ConsulWatcher.agentDatacenter(address: address, token: token, logger: Logger(label: "signpost"))
+                let dc = try await ConsulWatcher.agentDatacenter(connection: connection, logger: Logger(label: "signpost"))
                 return (dc, { $0.info("local datacenter from the Consul agent", metadata: ["datacenter": "\(dc)", "consul.address": "\(address)"]) })
             } catch {
                 return ("dc1", { $0.warning("could not read the Consul agent's datacenter; using dc1 (set --datacenter to choose)",

@@ -4,14 +4,16 @@ import ServiceLifecycle
 
 /// One watcher per registry, plus one for the zone files. File watchers are returned separately,
 /// because they load once before serving starts. With `stateDir`, etcd and Consul watchers keep their last-good
-/// data there (catalog and zone files are on disk already).
+/// data there (catalog and zone files are on disk already). The registries' connections are returned too, for
+/// SIGHUP to read their TLS and credential files again.
 func makeWatchers(_ specs: [RegistrySpec], zonesDir: String?, stateDir: String? = nil, maxStale: Duration? = nil,
-                  assembler: CatalogAssembler, logger: Logger) throws -> ([CatalogWatcher], [any Service])
+                  assembler: CatalogAssembler, logger: Logger) throws -> ([CatalogWatcher], [any Service], [RegistryConnection])
 {
     let keeper = { (spec: RegistrySpec) in stateDir.map { StateKeeper(directory: $0, registry: spec.description, logger: logger) } }
     let dc = assembler.localDatacenterName
     var fileWatchers: [CatalogWatcher] = []
     var services: [any Service] = []
+    var connections: [RegistryConnection] = []
     func file(_ catalog: String?, _ zones: String?, _ index: Int) throws -> CatalogWatcher {
         do {
             return try CatalogWatcher(configuration: .init(catalogDirectory: catalog, zonesDirectory: zones, localDatacenter: dc),
@@ -24,22 +26,23 @@ func makeWatchers(_ specs: [RegistrySpec], zonesDir: String?, stateDir: String? 
         switch spec {
         case .file(let directory):
             fileWatchers.append(try file(directory, nil, index))
-        case .etcd(let endpoints, let prefixes):
-            var config = EtcdWatcher.Configuration(endpoints: endpoints, prefix: prefixes[0], localDatacenter: dc)
+        case .etcd(let connection, let prefixes):
+            var config = EtcdWatcher.Configuration(connection: connection, prefix: prefixes[0], localDatacenter: dc)
             (config.state, config.maxStale) = (keeper(spec), maxStale)
             let watcher = EtcdWatcher(configuration: config, assembler: assembler, sourceIndex: index, logger: logger)
+            connections.append(watcher.connection)
             services.append(TaskService { await watcher.run() })
-        case .consul(let address, let datacenter, let token, let stale, let wait):
-            var config = ConsulWatcher.Configuration(address: address, datacenter: datacenter, token: token, stale: stale,
-                                                     localDatacenter: dc)
+        case .consul(let connection, let datacenter, let stale, let wait):
+            var config = ConsulWatcher.Configuration(connection: connection, datacenter: datacenter, stale: stale, localDatacenter: dc)
             if let wait { config.wait = wait }
             (config.state, config.maxStale) = (keeper(spec), maxStale)
             let watcher = ConsulWatcher(configuration: config, assembler: assembler, sourceIndex: index, logger: logger)
+            connections.append(watcher.connection)
             services.append(TaskService { await watcher.run() })
         }
     }
     if let zonesDir { fileWatchers.append(try file(nil, zonesDir, -1)) }
-    return (fileWatchers, services)
+    return (fileWatchers, services, connections)
 }
 
 /// A loop (a watcher's poll or watch, the staleness monitor) run inside the ServiceGroup,

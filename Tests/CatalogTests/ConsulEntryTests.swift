@@ -53,12 +53,12 @@ struct ConsulEntryTests {
 
     @Test func aclFilteringIsDetected() {
         // Anonymous: no header ever comes, so a catalog without the `consul` service is the sign.
-        #expect(ConsulWatcher.filteredByACLs(services: [], token: nil, header: false))
-        #expect(ConsulWatcher.filteredByACLs(services: ["web"], token: nil, header: false))
-        #expect(!ConsulWatcher.filteredByACLs(services: ["consul", "web"], token: nil, header: false))
+        #expect(ConsulWatcher.filteredByACLs(services: [], token: false, header: false))
+        #expect(ConsulWatcher.filteredByACLs(services: ["web"], token: false, header: false))
+        #expect(!ConsulWatcher.filteredByACLs(services: ["consul", "web"], token: false, header: false))
         // With a token, the header tells (a token may rightly not see `consul`).
-        #expect(!ConsulWatcher.filteredByACLs(services: ["web"], token: "t", header: false))
-        #expect(ConsulWatcher.filteredByACLs(services: ["consul", "web"], token: "t", header: true))
+        #expect(!ConsulWatcher.filteredByACLs(services: ["web"], token: true, header: false))
+        #expect(ConsulWatcher.filteredByACLs(services: ["consul", "web"], token: true, header: true))
     }
 
     /// Consul's own documented responses (Resources/consul, from its API docs), not the stand-in's.

@@ -108,27 +108,74 @@ struct EtcdValueTests {
 
 @Suite("Registry URLs")
 struct RegistrySpecTests {
+    static func etcd(_ endpoints: [String], _ prefixes: [String]) -> RegistrySpec {
+        .etcd(connection: ConnectionSettings(endpoints: endpoints), prefixes: prefixes)
+    }
+
+    static func consul(_ address: String, dc: String? = nil, token: Secret? = nil, stale: Bool = true, wait: Duration? = nil) -> RegistrySpec {
+        var c = ConnectionSettings(endpoints: [address])
+        c.token = token
+        return .consul(connection: c, datacenter: dc, stale: stale, wait: wait)
+    }
+
     @Test func parses() throws {
         #expect(try RegistrySpec(parsing: "file:zones/catalog") == .file(directory: "zones/catalog"))
         #expect(try RegistrySpec(parsing: "etcd:http://127.0.0.1:2379,http://127.0.0.2:2379/?prefix=/svc")
-                == .etcd(endpoints: ["http://127.0.0.1:2379", "http://127.0.0.2:2379"], prefixes: ["/svc/"]))
-        #expect(try RegistrySpec(parsing: "etcd:http://127.0.0.1:2379") == .etcd(endpoints: ["http://127.0.0.1:2379"], prefixes: ["/services/"]))
+                == Self.etcd(["http://127.0.0.1:2379", "http://127.0.0.2:2379"], ["/svc/"]))
+        #expect(try RegistrySpec(parsing: "etcd:http://127.0.0.1:2379") == Self.etcd(["http://127.0.0.1:2379"], ["/services/"]))
         // An empty prefix is the whole keyspace; several are watched each on its own.
-        #expect(try RegistrySpec(parsing: "etcd:http://127.0.0.1:2379?prefix=") == .etcd(endpoints: ["http://127.0.0.1:2379"], prefixes: [""]))
+        #expect(try RegistrySpec(parsing: "etcd:http://127.0.0.1:2379?prefix=") == Self.etcd(["http://127.0.0.1:2379"], [""]))
         let two = try RegistrySpec(parsing: "etcd:http://127.0.0.1:2379?prefix=/services/,/micro/registry")
-        #expect(two == .etcd(endpoints: ["http://127.0.0.1:2379"], prefixes: ["/micro/registry/", "/services/"]))
-        #expect(two.watchers == [.etcd(endpoints: ["http://127.0.0.1:2379"], prefixes: ["/micro/registry/"]),
-                                 .etcd(endpoints: ["http://127.0.0.1:2379"], prefixes: ["/services/"])])
+        #expect(two == Self.etcd(["http://127.0.0.1:2379"], ["/micro/registry/", "/services/"]))
+        #expect(two.watchers == [Self.etcd(["http://127.0.0.1:2379"], ["/micro/registry/"]), Self.etcd(["http://127.0.0.1:2379"], ["/services/"])])
         #expect(try RegistrySpec(parsing: "consul:http://127.0.0.1:8500?dc=dc2&stale=true", environment: ["CONSUL_HTTP_TOKEN": "t0k"])
-                == .consul(address: "http://127.0.0.1:8500", datacenter: "dc2", token: "t0k", stale: true))
+                == Self.consul("http://127.0.0.1:8500", dc: "dc2", token: .inline("t0k", commandLine: false)))
         // Stale reads by default, as Consul's DNS reads; a bare ?stale keeps them, ?stale=false asks the leader.
         #expect(try RegistrySpec(parsing: "consul:http://127.0.0.1:8500?token=a%2Fb", environment: ["CONSUL_HTTP_TOKEN": "env"])
-                == .consul(address: "http://127.0.0.1:8500", datacenter: nil, token: "a/b", stale: true))
-        #expect(try RegistrySpec(parsing: "consul:http://127.0.0.1:8500?stale") == .consul(address: "http://127.0.0.1:8500", datacenter: nil, token: nil, stale: true))
-        #expect(try RegistrySpec(parsing: "consul:http://127.0.0.1:8500?stale=false") == .consul(address: "http://127.0.0.1:8500", datacenter: nil, token: nil, stale: false))
+                == Self.consul("http://127.0.0.1:8500", token: .inline("a/b", commandLine: true)))
+        #expect(try RegistrySpec(parsing: "consul:http://127.0.0.1:8500?stale") == Self.consul("http://127.0.0.1:8500"))
+        #expect(try RegistrySpec(parsing: "consul:http://127.0.0.1:8500?stale=false") == Self.consul("http://127.0.0.1:8500", stale: false))
         // The blocking queries' ?wait=, as Consul spells it; 10m is Consul's own cap.
-        #expect(try RegistrySpec(parsing: "consul:http://127.0.0.1:8500?wait=1500ms")
-                == .consul(address: "http://127.0.0.1:8500", datacenter: nil, token: nil, stale: true, wait: .milliseconds(1500)))
+        #expect(try RegistrySpec(parsing: "consul:http://127.0.0.1:8500?wait=1500ms") == Self.consul("http://127.0.0.1:8500", wait: .milliseconds(1500)))
+    }
+
+    /// The connection settings: the URL's options, the official clients' environment under them, and which wins.
+    @Test func connectionSettings() throws {
+        let e = try RegistrySpec(parsing: "etcd:https://10.0.0.1:2379,https://10.0.0.2:2379?cacert=/ca.pem&cert=/c.pem&key=/k.pem&server-name=etcd.internal&user=reader&password-file=/pw",
+                                 environment: ["ETCDCTL_CACERT": "/env-ca.pem", "ETCDCTL_USER": "root:rootpw"]).connection!
+        #expect(e.endpoints == ["https://10.0.0.1:2379", "https://10.0.0.2:2379"])
+        #expect(e.tls.caFile == "/ca.pem" && e.tls.certFile == "/c.pem" && e.tls.keyFile == "/k.pem" && e.tls.serverName == "etcd.internal")
+        #expect(e.user == "reader" && e.password == .file("/pw") && e.warnings.isEmpty)
+        // etcdctl's environment alone; ETCDCTL_USER=NAME:PASSWORD splits at the first colon.
+        let env = try RegistrySpec(parsing: "etcd:https://h:2379", environment: ["ETCDCTL_CACERT": "/ca", "ETCDCTL_CERT": "/c", "ETCDCTL_KEY": "/k",
+                                                                                  "ETCDCTL_USER": "u:p:w"]).connection!
+        #expect(env.tls.caFile == "/ca" && env.tls.certFile == "/c" && env.user == "u" && env.password == .inline("p:w", commandLine: false))
+        #expect(env.warnings.isEmpty, "the environment is not the command line")
+        // A password on the command line works, with a warning.
+        let inline = try RegistrySpec(parsing: "etcd:http://h:2379?user=u:secret").connection!
+        #expect(inline.password == .inline("secret", commandLine: true) && inline.warnings.contains { $0.contains("/proc/PID/cmdline") })
+        // Consul: the token file wins over the token, in the environment as in Consul's client; the URL over both.
+        let c = try RegistrySpec(parsing: "consul:", environment: ["CONSUL_HTTP_ADDR": "unix:///run/consul.sock", "CONSUL_HTTP_TOKEN": "t",
+                                                                   "CONSUL_HTTP_TOKEN_FILE": "/tok", "CONSUL_HTTP_AUTH": "admin:pw:x"]).connection!
+        #expect(c.endpoints == ["unix:///run/consul.sock"] && c.token == .file("/tok") && c.user == "admin" && c.password == .inline("pw:x", commandLine: false))
+        let url = try RegistrySpec(parsing: "consul:https://a:8501?token=u", environment: ["CONSUL_HTTP_TOKEN_FILE": "/tok"]).connection!
+        #expect(url.token == .inline("u", commandLine: true))
+        let ssl = try RegistrySpec(parsing: "consul:", environment: ["CONSUL_HTTP_ADDR": "a:8501", "CONSUL_HTTP_SSL": "true",
+                                                                     "CONSUL_HTTP_SSL_VERIFY": "false", "CONSUL_TLS_SERVER_NAME": "consul.dc1",
+                                                                     "CONSUL_CAPATH": "/cas", "CONSUL_CLIENT_CERT": "/c", "CONSUL_CLIENT_KEY": "/k"]).connection!
+        #expect(ssl.endpoints == ["https://a:8501"] && ssl.tls.insecureSkipVerify && ssl.tls.serverName == "consul.dc1" && ssl.tls.caPath == "/cas")
+        #expect(ssl.warnings.contains { $0.contains("verification is off") })
+        #expect(try RegistrySpec(parsing: "consul:").connection!.endpoints == ["http://127.0.0.1:8500"])
+        // No credential in the description, which names logs, /ready and state files.
+        let secretive = try RegistrySpec(parsing: "consul:http://a:8500?token=MARKER&dc=dc2")
+        #expect(!secretive.description.contains("MARKER") && !"\(secretive.connection!.token!)".contains("MARKER"))
+        #expect(try RegistrySpec(parsing: "etcd:https://h:2379?max-response=1MB").connection!.maxResponseBytes == 1 << 20)
+    }
+
+    @Test(arguments: ["etcd:https://h:2379?token=x", "consul:http://h:8500?user=u", "etcd:https://h?cert=/c", "etcd:https://h?user=u",
+                      "etcd:https://h?insecure-skip-verify=maybe", "etcd:https://h?max-response=10", "consul:ftp://h"])
+    func rejectsConnection(text: String) {
+        #expect(throws: RegistrySpec.Invalid.self) { try RegistrySpec(parsing: text) }
     }
 
     @Test func goDurations() {
@@ -152,7 +199,7 @@ struct RegistrySpecTests {
         #expect(NameKey("caf\u{E9}") != NameKey("cafe\u{301}") && NameKey("WEB") == NameKey("web"))
     }
 
-    @Test(arguments: ["zones/catalog", "zk:http://x", "etcd:127.0.0.1:2379", "etcd:http://x?prefx=/a", "consul:", "file:", "consul:http://x?wait=11m", "consul:http://x?wait=0s"])
+    @Test(arguments: ["zones/catalog", "zk:http://x", "etcd:127.0.0.1:2379", "etcd:http://x?prefx=/a", "file:", "consul:http://x?wait=11m", "consul:http://x?wait=0s"])
     func rejects(text: String) {
         #expect(throws: RegistrySpec.Invalid.self) { try RegistrySpec(parsing: text) }
     }

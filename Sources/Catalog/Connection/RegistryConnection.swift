@@ -1,0 +1,300 @@
+import AsyncHTTPClient
+import Foundation
+import Logging
+import Metrics
+import NIOCore
+import NIOHTTP1
+import NIOSSL
+import Synchronization
+
+/// How Signpost reaches a registry's HTTP API, for every registry alike: one HTTP client per endpoint, built from
+/// the TLS and credential files of `ConnectionSettings`; the credentials on each request; bounded, checked
+/// response bodies; and failures classified into `RegistryFailure`s that say what to fix.
+///
+/// Rotation: `refresh()` (every second from `run()`, and on SIGHUP) reads the files again when any of them changed.
+/// Material that loads and checks whole replaces the old: requests from then on use clients built from it, while
+/// a request already under way (a watch) finishes on the old client, which is shut down when its last request
+/// ends. Material that does not load is reported with its path and reason, on `/ready` and in
+/// `signpost_registry_credentials_ok`, and the old material keeps working until the registry refuses it.
+public final class RegistryConnection: Sendable {
+    public let settings: ConnectionSettings
+    public let registry: ConnectionOption.Registry
+    /// The registry as logs show it (no credential).
+    public let name: String
+    /// HTTP/1 connections per endpoint (Consul counts connections per client address).
+    let poolSize: Int
+    let connectTimeout: TimeAmount
+    private let logger: Logger
+    private let state: Mutex<State>
+    private let materialOK: Gauge
+    private let certificateExpiry: Gauge
+    let metricLabel: String
+
+    struct State {
+        var material: ConnectionMaterial?
+        var fingerprint: MaterialFingerprint
+        var problem: ConnectionMaterial.Problem?
+        var clients: [String: HTTPClient] = [:]
+        /// Requests under way per client; a replaced client is shut down when its count is back to 0.
+        var leases: [ObjectIdentifier: Int] = [:]
+        var retired: [ObjectIdentifier: HTTPClient] = [:]
+        /// etcd's session token, from `/v3/auth/authenticate`.
+        var sessionToken: String?
+        /// The TLS diagnosis of an endpoint's last verification failure, so the probe runs once per failure kind.
+        var diagnosed: [String: RegistryFailure] = [:]
+    }
+
+    public init(settings: ConnectionSettings, registry: ConnectionOption.Registry, name: String, logger: Logger,
+                poolSize: Int = 8, connectTimeout: TimeAmount = .seconds(2)) {
+        self.settings = settings
+        self.registry = registry
+        self.name = name
+        self.logger = logger
+        self.poolSize = poolSize
+        self.connectTimeout = connectTimeout
+        let label = registry == .etcd ? "etcd" : "consul"
+        self.metricLabel = label
+        self.materialOK = Gauge(label: "signpost_registry_credentials_ok", dimensions: [("registry", label)])
+        self.certificateExpiry = Gauge(label: "signpost_registry_client_certificate_expiry_seconds", dimensions: [("registry", label)])
+        var initial = State(fingerprint: MaterialFingerprint(settings))
+        do {
+            let material = try ConnectionMaterial.load(settings)
+            initial.material = material
+            if let expires = material.clientCertificateExpires { certificateExpiry.record(expires.timeIntervalSince1970) }
+            materialOK.record(1)
+        } catch {
+            initial.problem = error
+            materialOK.record(0)
+            logger.error("cannot use a TLS or credential file; retrying when it changes",
+                         metadata: ["registry": "\(name)", "path": "\(error.path)", "reason": "\(error.reason)", "setting": "\(error.setting)"])
+        }
+        state = Mutex(initial)
+    }
+
+    /// The problem with the connection's files, if their last reading failed.
+    public var materialProblem: String? { state.withLock { $0.problem?.description } }
+
+    /// Reads the files again when they changed (or `force`, for SIGHUP). Returns whether new material was adopted.
+    @discardableResult
+    public func refresh(force: Bool = false) -> Bool {
+        let now = MaterialFingerprint(settings)
+        let changed = state.withLock { s in
+            guard force || now != s.fingerprint else { return false }
+            s.fingerprint = now
+            return true
+        }
+        guard changed else { return false }
+        do {
+            let material = try ConnectionMaterial.load(settings)
+            let old: [HTTPClient] = state.withLock { s in
+                s.material = material
+                s.problem = nil
+                s.diagnosed = [:]
+                s.sessionToken = nil
+                let replaced = Array(s.clients.values)
+                s.clients = [:]
+                var idle: [HTTPClient] = []
+                for c in replaced {
+                    if s.leases[ObjectIdentifier(c), default: 0] == 0 { idle.append(c) } else { s.retired[ObjectIdentifier(c)] = c }
+                }
+                return idle
+            }
+            for c in old { c.shutdown { _ in } }
+            materialOK.record(1)
+            if let expires = material.clientCertificateExpires { certificateExpiry.record(expires.timeIntervalSince1970) }
+            logger.info("TLS and credential files read again; new connections use them", metadata: ["registry": "\(name)"])
+            return true
+        } catch {
+            let first = state.withLock { s in
+                defer { s.problem = error }
+                return s.problem != error
+            }
+            materialOK.record(0)
+            if first {
+                logger.error("cannot use a changed TLS or credential file; the previous ones stay in use",
+                             metadata: ["registry": "\(name)", "path": "\(error.path)", "reason": "\(error.reason)", "setting": "\(error.setting)"])
+            }
+            return false
+        }
+    }
+
+    /// Checks the files every `interval` until cancelled.
+    public func watchFiles(every interval: Duration = .seconds(1)) async {
+        guard !settings.files.isEmpty || settings.tls.caPath != nil else { return }
+        while !Task.isCancelled {
+            do { try await Task.sleep(for: interval) } catch { return }
+            refresh()
+        }
+    }
+
+    /// Shuts every client down (at the end of the watcher's run).
+    public func shutdown() async {
+        let all = state.withLock { s in
+            defer { s.clients = [:]; s.retired = [:] }
+            return Array(s.clients.values) + Array(s.retired.values)
+        }
+        for c in all { try? await c.shutdown() }
+    }
+
+    // MARK: Requests
+
+    /// A request to `path` on `endpoint`, with the credentials; for a unix socket, the socket's URL.
+    func request(_ endpoint: String, _ path: String, method: HTTPMethod = .GET) -> HTTPClientRequest {
+        var url: String
+        if endpoint.hasPrefix("unix://") {
+            url = URL(httpURLWithSocketPath: String(endpoint.dropFirst("unix://".count)), uri: path)?.absoluteString ?? endpoint + path
+        } else if let serverName = settings.tls.serverName, endpoint.hasPrefix("https://") {
+            // The server name stands in the URL (SNI and verification); `dnsOverride` connects to the real host.
+            let host = RegistryFailure.host(of: endpoint)
+            url = endpoint.replacingOccurrences(of: "://" + host, with: "://" + serverName) + path
+        } else {
+            url = endpoint + path
+        }
+        var request = HTTPClientRequest(url: url)
+        request.method = method
+        let (material, session) = state.withLock { ($0.material, $0.sessionToken) }
+        switch registry {
+        case .consul:
+            if let token = material?.token { request.headers.add(name: "X-Consul-Token", value: token) }
+            if let user = settings.user {
+                let pair = Data("\(user):\(material?.password ?? "")".utf8).base64EncodedString()
+                request.headers.add(name: "Authorization", value: "Basic \(pair)")
+            }
+        case .etcd:
+            // etcd's gateway passes the header on as gRPC metadata; its value is the bare token.
+            if let session, !session.isEmpty { request.headers.add(name: "Authorization", value: session) }
+        }
+        return request
+    }
+
+    /// Whether the material holds a Consul token (for ACL-filtering detection).
+    var hasToken: Bool { state.withLock { $0.material?.token != nil } }
+
+    var password: String? { state.withLock { $0.material?.password } }
+
+    func setSessionToken(_ token: String?) { state.withLock { $0.sessionToken = token } }
+    var sessionToken: String? { state.withLock { $0.sessionToken } }
+
+    /// Sends `request` to `endpoint` and hands the response to `body`, on a client built from the current material;
+    /// any failure comes out as a `RegistryFailure`.
+    func execute<T>(_ request: HTTPClientRequest, endpoint: String, deadline: NIODeadline,
+                    isolation: isolated (any Actor)? = #isolation,
+                    _ body: (HTTPClientResponse) async throws -> T) async throws(RegistryFailure) -> T {
+        let client: HTTPClient
+        do { client = try lease(endpoint) } catch { throw error }
+        defer { release(client) }
+        do {
+            let response = try await client.execute(request, deadline: deadline, logger: logger)
+            return try await body(response)
+        } catch {
+            throw await diagnose(error, endpoint: endpoint)
+        }
+    }
+
+    /// The body of a 200 answer, bounded by `max-response` and checked to be JSON; anything else is a failure that
+    /// says what the endpoint answered.
+    func jsonBody(_ response: HTTPClientResponse, path: String, endpoint: String) async throws(RegistryFailure) -> ByteBuffer {
+        let limit = settings.maxResponseBytes
+        if let length = response.headers.first(name: "Content-Length").flatMap(Int.init), length > limit {
+            throw RegistryFailure(.tooLarge, endpoint: endpoint, "\(path) answered \(length) bytes, over max-response (\(limit) bytes)",
+                                  fix: "raise max-response= on the --registry URL if the registry is really that large")
+        }
+        let body: ByteBuffer
+        do { body = try await response.body.collect(upTo: limit) } catch is NIOTooManyBytesError {
+            throw RegistryFailure(.tooLarge, endpoint: endpoint, "\(path) answered more than max-response (\(limit) bytes); refused unread",
+                                  fix: "raise max-response= on the --registry URL if the registry is really that large")
+        } catch {
+            throw await diagnose(error, endpoint: endpoint)
+        }
+        guard response.status == .ok else {
+            throw RegistryFailure.status(response.status.code, body: body, path: path, endpoint: endpoint, registry: registry)
+        }
+        try Self.checkJSON(body, contentType: response.headers.first(name: "Content-Type"), path: path, endpoint: endpoint)
+        return body
+    }
+
+    /// A body that is not JSON, named by what it is (an HTML page from a proxy, text, nothing).
+    static func checkJSON(_ body: ByteBuffer, contentType: String?, path: String, endpoint: String) throws(RegistryFailure) {
+        let first = body.readableBytesView.first { ![0x20, 0x09, 0x0A, 0x0D].contains($0) }
+        if first == UInt8(ascii: "{") || first == UInt8(ascii: "[") { return }
+        let type = contentType?.split(separator: ";").first.map { $0.trimmingCharacters(in: .whitespaces).lowercased() } ?? ""
+        let what: String
+        if first == nil { what = "an empty body" }
+        else if type == "text/html" || first == UInt8(ascii: "<") { what = "HTML" }
+        else { what = type.isEmpty ? "something else" : type }
+        throw RegistryFailure(.notJSON, endpoint: endpoint, "\(path) returned \(what), not JSON (a proxy or another service on this address?)",
+                              fix: "point the --registry URL at the registry's own API")
+    }
+
+    /// A JSON body of the wrong shape or cut short.
+    static func badJSON(_ path: String, endpoint: String, _ error: any Error) -> RegistryFailure {
+        RegistryFailure(.badResponse, endpoint: endpoint, "\(path) returned JSON that does not parse or has the wrong shape (\(Self.short(error)))")
+    }
+
+    private static func short(_ error: any Error) -> String {
+        let ns = error as NSError
+        if ns.domain == NSCocoaErrorDomain, let debug = ns.userInfo[NSDebugDescriptionErrorKey] as? String { return debug }
+        if let decoding = error as? DecodingError {
+            switch decoding {
+            case .dataCorrupted(let c), .keyNotFound(_, let c), .typeMismatch(_, let c), .valueNotFound(_, let c):
+                let at = c.codingPath.map(\.stringValue).joined(separator: ".")
+                return (at.isEmpty ? "" : "at \(at): ") + c.debugDescription
+            @unknown default: break
+            }
+        }
+        return "\(error)"
+    }
+
+    private func lease(_ endpoint: String) throws(RegistryFailure) -> HTTPClient {
+        let result: Result<HTTPClient, RegistryFailure> = state.withLock { s in
+            guard let material = s.material else {
+                let p = s.problem!
+                return .failure(RegistryFailure(.material, endpoint: endpoint, "\(p.setting) \(p.path): \(p.reason)",
+                                                fix: "fix the file; it is read again when it changes"))
+            }
+            let client = s.clients[endpoint] ?? makeClient(endpoint, material)
+            s.clients[endpoint] = client
+            s.leases[ObjectIdentifier(client), default: 0] += 1
+            return .success(client)
+        }
+        return try result.get()
+    }
+
+    private func release(_ client: HTTPClient) {
+        let idle: HTTPClient? = state.withLock { s in
+            let id = ObjectIdentifier(client)
+            s.leases[id, default: 1] -= 1
+            guard s.leases[id] == 0 else { return nil }
+            s.leases[id] = nil
+            return s.retired.removeValue(forKey: id)
+        }
+        idle?.shutdown { _ in }
+    }
+
+    private func makeClient(_ endpoint: String, _ material: ConnectionMaterial) -> HTTPClient {
+        var config = HTTPClient.Configuration()
+        if endpoint.hasPrefix("https://") { config.tlsConfiguration = material.tls }
+        if let serverName = settings.tls.serverName { config.dnsOverride = [serverName: RegistryFailure.host(of: endpoint)] }
+        config.timeout = .init(connect: connectTimeout)
+        config.redirectConfiguration = .disallow
+        config.connectionPool = .init(idleTimeout: .seconds(60), concurrentHTTP1ConnectionsPerHostSoftLimit: poolSize)
+        return HTTPClient(eventLoopGroupProvider: .singleton, configuration: config)
+    }
+
+    /// Classifies `error`; a certificate that did not verify is looked at once more (an expired certificate and
+    /// an unknown CA fail alike in the handshake).
+    private func diagnose(_ error: any Error, endpoint: String) async -> RegistryFailure {
+        let failure = RegistryFailure.classify(error, endpoint: endpoint, settings: settings)
+        guard failure.kind == .unknownCA else { return failure }
+        if let known = state.withLock({ $0.diagnosed[endpoint] }) { return known }
+        let material = state.withLock { $0.material }
+        let refined = await TLSProbe.diagnose(endpoint: endpoint, serverName: settings.tls.serverName, tls: material?.tls) ?? failure
+        state.withLock { $0.diagnosed[endpoint] = refined }
+        return refined
+    }
+
+    /// A success clears the endpoint's TLS diagnosis.
+    func succeeded(_ endpoint: String) {
+        state.withLock { _ = $0.diagnosed.removeValue(forKey: endpoint) }
+    }
+}

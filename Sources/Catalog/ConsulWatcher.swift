@@ -95,9 +95,7 @@ public actor ConsulWatcher {
 
     /// Runs until cancelled: the two aggregate watches, side by side.
     public func run() async {
-        let files = Task { [connection] in await connection.watchFiles() }
-        await assembler.setWarnings(source: sourceIndex, connection.settings.warnings)
-        for warning in connection.settings.warnings { logger.warning("\(warning)", metadata: ["registry": "\(connection.name)"]) }
+        let files = Task { [loop] in await loop.watchFiles() }
         if let keeper = configuration.state, let state = keeper.load(maxStale: configuration.maxStale) { await restore(state) }
         let writer = configuration.state.map { keeper in Task { await keeper.run(source: self) } }
         await withTaskGroup(of: Void.self) { group in

@@ -85,9 +85,7 @@ public actor EtcdWatcher {
     public func run() async {
         if let keeper = configuration.state, let state = keeper.load(maxStale: configuration.maxStale) { await restore(state) }
         let writer = configuration.state.map { keeper in Task { await keeper.run(source: self) } }
-        let files = Task { [connection] in await connection.watchFiles() }
-        await assembler.setWarnings(source: sourceIndex, connection.settings.warnings)
-        for warning in connection.settings.warnings { logger.warning("\(warning)", metadata: ["registry": "\(connection.name)"]) }
+        let files = Task { [loop] in await loop.watchFiles() }
         await loop.run({ endpoint, connected in
             try await self.logIn(endpoint)
             if !self.listed { try await self.list(endpoint); await connected() }

@@ -80,7 +80,26 @@ struct Check: AsyncParsableCommand {
 
     @OptionGroup var catalogOptions: CatalogOptions
 
+    @Option(name: .long, help: ArgumentHelp("Also check a registry's TLS and credential files (as --registry of serve): readable, PEM, the key matches its certificate, nothing expired.", valueName: "URL"))
+    var registry: [String] = []
+
     func run() async throws {
+        var connectionProblems = 0
+        for text in registry {
+            let spec: RegistrySpec
+            do { spec = try RegistrySpec(parsing: text, environment: ProcessInfo.processInfo.environment) } catch {
+                throw StartupError(message: error.description, code: 64)
+            }
+            guard let connection = spec.connection else { continue }
+            let (problems, warnings) = RegistryConnection.check(connection)
+            for p in problems { print("\(spec): \(p)") }
+            for w in warnings { print("\(spec): warning: \(w)") }
+            if problems.isEmpty { print("ok: \(spec) (TLS and credential files)") }
+            connectionProblems += problems.count
+        }
+        if connectionProblems > 0 {
+            throw StartupError(message: "\(connectionProblems) problem\(connectionProblems == 1 ? "" : "s") found")
+        }
         // The file's catalog, zones and datacenter count too; the command line wins.
         var settings = Settings(catalog: catalogOptions.catalog, zones: catalogOptions.zones, datacenter: catalogOptions.datacenter)
         if let path = catalogOptions.config {

@@ -17,13 +17,17 @@ final class ConsulStandIn: @unchecked Sendable {
     private(set) var port = 0
     let dir = TempDir()
 
-    init(port requested: Int = 0, token: String? = nil, limitedToken: String? = nil, datacenter: String = "dc1") throws {
+    /// `extra`: more of the stand-in's flags (`--tls-cert`, `--verify-incoming`, `--unix`, `--token-file`, …).
+    /// `scheme`: https when it serves TLS.
+    init(port requested: Int = 0, token: String? = nil, limitedToken: String? = nil, datacenter: String = "dc1",
+         extra: [String] = [], scheme: String = "http") throws {
+        self.scheme = scheme
         log = dir.path + "/standin.log"
         FileManager.default.createFile(atPath: log, contents: nil)
         let script = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("ConsulStandIn/consul_standin.py").path
         process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
         process.arguments = ["python3", script, "--port", "\(requested)", "--dc", datacenter] + (token.map { ["--token", $0] } ?? [])
-            + (limitedToken.map { ["--limited-token", $0] } ?? [])
+            + (limitedToken.map { ["--limited-token", $0] } ?? []) + extra
         process.standardOutput = FileHandle(forWritingAtPath: log)
         process.standardError = process.standardOutput
         try process.run()
@@ -31,11 +35,21 @@ final class ConsulStandIn: @unchecked Sendable {
             let text = (try? String(contentsOfFile: log, encoding: .utf8)) ?? ""
             guard let p = text.split(separator: "listening on 127.0.0.1:").last.flatMap({ Int($0.prefix { $0.isNumber }) }) else { return false }
             port = p
+            if scheme == "https" {
+                guard let c = text.split(separator: "plain on 127.0.0.1:").last.flatMap({ Int($0.prefix { $0.isNumber }) }) else { return false }
+                controlPort = c
+            } else {
+                controlPort = p
+            }
             return true
         }) else { throw Server.ServerError(message: "stand-in did not start") }
     }
 
-    var url: String { "http://127.0.0.1:\(port)" }
+    /// Where the tests' own requests go: the plain listener beside an https one.
+    private(set) var controlPort = 0
+
+    let scheme: String
+    var url: String { "\(scheme)://127.0.0.1:\(port)" }
 
     func stop() {
         guard process.isRunning else { return }
@@ -47,7 +61,7 @@ final class ConsulStandIn: @unchecked Sendable {
 
     @discardableResult
     func call(_ method: String, _ path: String, _ body: Any? = nil, token: String? = nil) throws -> (Int, Data) {
-        var request = URLRequest(url: URL(string: url + path)!)
+        var request = URLRequest(url: URL(string: "http://127.0.0.1:\(controlPort)" + path)!)
         request.httpMethod = method
         if let body { request.httpBody = try JSONSerialization.data(withJSONObject: body) }
         if let token { request.setValue(token, forHTTPHeaderField: "X-Consul-Token") }
@@ -63,7 +77,7 @@ final class ConsulStandIn: @unchecked Sendable {
 
     /// A GET's response headers.
     func headers(_ method: String, _ path: String) throws -> [String: String] {
-        var request = URLRequest(url: URL(string: url + path)!)
+        var request = URLRequest(url: URL(string: "http://127.0.0.1:\(controlPort)" + path)!)
         request.httpMethod = method
         let done = DispatchSemaphore(value: 0)
         nonisolated(unsafe) var result: [String: String] = [:]

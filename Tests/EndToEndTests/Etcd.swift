@@ -28,31 +28,65 @@ final class EtcdCluster: @unchecked Sendable {
         var clientPort: Int
         var peerPort: Int
         var process: Process?
-        var url: String { "http://127.0.0.1:\(clientPort)" }
+        var scheme = "http"
+        /// Clients of a TLS member connect by name: its certificate names it, not its address.
+        var url: String { scheme == "https" ? "https://localhost:\(clientPort)" : "http://127.0.0.1:\(clientPort)" }
+        var listenURL: String { "\(scheme)://127.0.0.1:\(clientPort)" }
+    }
+
+    /// Client TLS: the member's certificate and key, the CA its clients' certificates must chain to (with
+    /// `--client-cert-auth`), and what etcdctl presents.
+    struct TLS {
+        var cert: String
+        var key: String
+        var trustedCA: String
+        var clientCertAuth = true
+        /// etcdctl's --cacert, --cert, --key.
+        var ctlCA: String
+        var ctlCert: String
+        var ctlKey: String
     }
 
     let dir = TempDir()
     var members: [Member]
+    /// Read when a member starts: change it and restart a member to rotate its certificates or trusted CA.
+    var tls: TLS?
+    var extraArguments: [String]
+    /// `--user` for etcdctl once authentication is on.
+    var ctlUser: String? = nil
 
-    init(size: Int = 1) throws {
-        members = (0..<size).map { Member(name: "m\($0)", clientPort: freePort(), peerPort: freePort()) }
+    init(size: Int = 1, tls: TLS? = nil, extraArguments: [String] = []) throws {
+        self.tls = tls
+        self.extraArguments = extraArguments
+        members = (0..<size).map { Member(name: "m\($0)", clientPort: freePort(), peerPort: freePort(), scheme: tls == nil ? "http" : "https") }
         for i in members.indices { try start(i) }
+        try waitHealthy()
+    }
+
+    /// SIGKILL one member and start it again, with the current `tls`.
+    func restart(_ i: Int) throws {
+        kill(i)
+        try start(i, state: "existing")
         try waitHealthy()
     }
 
     var endpoints: String { members.map(\.url).joined(separator: ",") }
 
-    func start(_ i: Int) throws {
+    func start(_ i: Int, state: String = "new") throws {
         let m = members[i]
         let cluster = members.map { "\($0.name)=http://127.0.0.1:\($0.peerPort)" }.joined(separator: ",")
         let p = Process()
         p.executableURL = URL(fileURLWithPath: "/usr/bin/etcd")
         p.arguments = ["--name", m.name, "--data-dir", dir.path + "/" + m.name,
-                       "--listen-client-urls", m.url, "--advertise-client-urls", m.url,
+                       "--listen-client-urls", m.listenURL, "--advertise-client-urls", m.url,
                        "--listen-peer-urls", "http://127.0.0.1:\(m.peerPort)",
                        "--initial-advertise-peer-urls", "http://127.0.0.1:\(m.peerPort)",
-                       "--initial-cluster", cluster, "--initial-cluster-state", "new",
-                       "--initial-cluster-token", "signpost-test-\(getpid())"]
+                       "--initial-cluster", cluster, "--initial-cluster-state", state,
+                       "--initial-cluster-token", "signpost-test-\(getpid())"] + extraArguments
+        if let tls {
+            p.arguments! += ["--cert-file", tls.cert, "--key-file", tls.key, "--trusted-ca-file", tls.trustedCA]
+            if tls.clientCertAuth { p.arguments!.append("--client-cert-auth") }
+        }
         let log = FileManager.default.createFile(atPath: dir.path + "/\(m.name).log", contents: nil)
         _ = log
         p.standardOutput = FileHandle(forWritingAtPath: dir.path + "/\(m.name).log")
@@ -83,7 +117,10 @@ final class EtcdCluster: @unchecked Sendable {
     @discardableResult
     func ctl(_ args: [String], endpoints: String? = nil) throws -> (status: Int32, out: String, err: String) {
         let live = endpoints ?? members.filter { $0.process != nil }.map(\.url).joined(separator: ",")
-        return try run(["ETCDCTL_API=3", "etcdctl", "--command-timeout=5s", "--endpoints", live] + args)
+        var flags = ["--command-timeout=5s", "--endpoints", live]
+        if let tls { flags += ["--cacert", tls.ctlCA, "--cert", tls.ctlCert, "--key", tls.ctlKey] }
+        if let ctlUser { flags += ["--user", ctlUser] }
+        return try run(["ETCDCTL_API=3", "etcdctl"] + flags + args)
     }
 
     /// Writes retry for a few seconds: right after a member dies, the cluster may be electing a leader.

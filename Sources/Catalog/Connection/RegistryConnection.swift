@@ -118,15 +118,6 @@ public final class RegistryConnection: Sendable {
         }
     }
 
-    /// Checks the files every `interval` until cancelled.
-    public func watchFiles(every interval: Duration = .seconds(1)) async {
-        guard !settings.files.isEmpty || settings.tls.caPath != nil else { return }
-        while !Task.isCancelled {
-            do { try await Task.sleep(for: interval) } catch { return }
-            refresh()
-        }
-    }
-
     /// Shuts every client down (at the end of the watcher's run).
     public func shutdown() async {
         let all = state.withLock { s in
@@ -134,6 +125,14 @@ public final class RegistryConnection: Sendable {
             return Array(s.clients.values) + Array(s.retired.values)
         }
         for c in all { try? await c.shutdown() }
+    }
+
+    /// What `signpost check` says of a registry's connection settings: each file that cannot be used (unreadable,
+    /// not PEM, a key that does not match its certificate, an expired certificate), then the warnings.
+    public static func check(_ settings: ConnectionSettings, now: Date = Date()) -> (problems: [String], warnings: [String]) {
+        var problems: [String] = []
+        do { _ = try ConnectionMaterial.load(settings, now: now) } catch { problems.append(error.description) }
+        return (problems, settings.warnings)
     }
 
     // MARK: Requests
@@ -172,7 +171,10 @@ public final class RegistryConnection: Sendable {
 
     var password: String? { state.withLock { $0.material?.password } }
 
-    func setSessionToken(_ token: String?) { state.withLock { $0.sessionToken = token } }
+    func setSessionToken(_ token: String?) {
+        if token != nil { Counter(label: "signpost_registry_logins_total", dimensions: [("registry", metricLabel)]).increment() }
+        state.withLock { $0.sessionToken = token }
+    }
     var sessionToken: String? { state.withLock { $0.sessionToken } }
 
     /// Sends `request` to `endpoint` and hands the response to `body`, on a client built from the current material;

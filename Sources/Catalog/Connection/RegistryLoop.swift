@@ -69,6 +69,22 @@ struct RegistryLoop: Sendable {
         }
     }
 
+    /// Reads the connection's files again each `interval` when they changed (SIGHUP does so at once), and keeps
+    /// the registry's warnings on `/ready` current: the settings' own, and a file that cannot be used.
+    func watchFiles(every interval: Duration = .seconds(1)) async {
+        var shown: [String]? = nil
+        while !Task.isCancelled {
+            connection.refresh()
+            let lines = connection.settings.warnings + (connection.materialProblem.map { ["cannot use \($0); the previous files stay in use"] } ?? [])
+            if lines != shown {
+                if shown == nil { for w in connection.settings.warnings { logger.warning("\(w)", metadata: ["registry": "\(connection.name)"]) } }
+                shown = lines
+                await assembler.setWarnings(source: sourceIndex, lines)
+            }
+            do { try await Task.sleep(for: interval) } catch { return }
+        }
+    }
+
     /// Counts every failure; logs one only when it differs from the one before (the same failure from the next
     /// endpoint of a cluster that is down is the same news).
     private func report(_ failure: RegistryFailure, previous: RegistryFailure?) {

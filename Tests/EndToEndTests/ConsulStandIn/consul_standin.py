@@ -23,6 +23,12 @@ ACLs (with --token, default deny), as Consul answers them: the token gets everyt
 X-Consul-Results-Filtered-By-ACLs header (Consul sets it only for requests that carry a token), and 403 from
 /v1/agent/self; a --limited-token gets 200 with X-Consul-Results-Filtered-By-ACLs: true. Writes need the token.
 Like every Consul catalog, the stand-in's lists the `consul` service (on the agent's node).
+The token comes as Consul's agent takes it (`?token=`, then X-Consul-Token, then `Authorization: Bearer`);
+--token-file names a file holding the token, read on every request, so replacing it rotates the token (the old
+one is then "ACL not found", as after `consul acl token delete`).
+HTTPS as an agent with `tls { https { cert_file, key_file, ca_file, verify_incoming } }`: --tls-cert, --tls-key,
+--tls-ca and --verify-incoming (a client certificate from that CA is required). --unix PATH also serves the API on
+a unix socket (`addresses { http = "unix:///PATH" }`).
 
 Test controls, not part of Consul: POST /_test/fail-service {"name": S, "code": 500} makes one service's health
 reads fail (code 0 ends it); POST /_test/leader {"known": false, "last_contact_ms": N} sets the
@@ -32,6 +38,8 @@ backwards or to 0); POST /_test/noblock {"on": true} makes blocking queries retu
 same index (a misbehaving server, to exercise rate limiting); GET /_test/requests lists the requests seen; POST /_test/reset-requests clears them.
 """
 import argparse
+import socketserver
+import ssl
 import json
 import random
 import re
@@ -49,6 +57,7 @@ state = {"index": 10, "nodes": {}, "services": {}, "checks": {}, "noblock": Fals
 requests_seen = []
 TOKEN = None
 LIMITED = None
+TOKEN_FILE = None
 DC = "dc1"
 AGENT_NODE = "standin-agent"
 # TTL checks by (node, check ID): {"ttl": s, "expires": t, "deregister_after": s or None, "critical_since": t or None}
@@ -247,12 +256,18 @@ class Handler(BaseHTTPRequestHandler):
 
     def access(self, query):
         """"full", "limited", "anonymous" or "unknown", for the request's token."""
-        if TOKEN is None:
+        token = TOKEN
+        if TOKEN_FILE:
+            with open(TOKEN_FILE) as f:
+                token = f.read().strip()
+        if token is None:
             return "full"
-        given = self.headers.get("X-Consul-Token") or (query.get("token") or [None])[0]
+        bearer = self.headers.get("Authorization") or ""
+        bearer = bearer.split(None, 1)[1].strip() if bearer.lower().startswith("bearer ") and " " in bearer else None
+        given = (query.get("token") or [None])[0] or self.headers.get("X-Consul-Token") or bearer
         if not given:
             return "anonymous"
-        return {TOKEN: "full", LIMITED: "limited"}.get(given, "unknown")
+        return {token: "full", LIMITED: "limited"}.get(given, "unknown")
 
     def authorised(self, query):
         return self.access(query) == "full"
@@ -567,16 +582,31 @@ class CappedServer(ThreadingHTTPServer):
                 connections["current"][client_address[0]] -= 1
 
 
+class UnixServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    daemon_threads = True
+
+
+class UnixHandler(Handler):
+    def address_string(self):
+        return "unix"
+
+
 def main():
-    global TOKEN, DC, LIMITED, MAX_CONNS
+    global TOKEN, DC, LIMITED, MAX_CONNS, TOKEN_FILE
     ap = argparse.ArgumentParser()
     ap.add_argument("--port", type=int, default=0)
     ap.add_argument("--token")
     ap.add_argument("--limited-token")
     ap.add_argument("--max-conns", type=int, default=200, help="limits.http_max_conns_per_client (Consul's default 200)")
     ap.add_argument("--dc", default="dc1")
+    ap.add_argument("--token-file")
+    ap.add_argument("--tls-cert")
+    ap.add_argument("--tls-key")
+    ap.add_argument("--tls-ca")
+    ap.add_argument("--verify-incoming", action="store_true")
+    ap.add_argument("--unix")
     args = ap.parse_args()
-    TOKEN, DC, LIMITED = args.token, args.dc, args.limited_token
+    TOKEN, DC, LIMITED, TOKEN_FILE = args.token, args.dc, args.limited_token, args.token_file
     with lock:
         ensure_agent_node()
         state["services"][(AGENT_NODE, "consul")] = {"ID": "consul", "Service": "consul", "Tags": [], "Address": "",
@@ -585,6 +615,21 @@ def main():
     MAX_CONNS = args.max_conns
     server = CappedServer(("127.0.0.1", args.port), Handler)
     server.daemon_threads = True
+    if args.tls_cert:
+        # Tests write through a plain listener on the same state (an agent's http and https ports).
+        plain = CappedServer(("127.0.0.1", 0), Handler)
+        plain.daemon_threads = True
+        threading.Thread(target=plain.serve_forever, daemon=True).start()
+        print(f"plain on 127.0.0.1:{plain.server_address[1]}", flush=True)
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(args.tls_cert, args.tls_key)
+        if args.tls_ca:
+            ctx.load_verify_locations(args.tls_ca)
+        ctx.verify_mode = ssl.CERT_REQUIRED if args.verify_incoming else ssl.CERT_NONE
+        server.socket = ctx.wrap_socket(server.socket, server_side=True, do_handshake_on_connect=False)
+    if args.unix:
+        unix = UnixServer(args.unix, UnixHandler)
+        threading.Thread(target=unix.serve_forever, daemon=True).start()
     threading.Thread(target=reaper, daemon=True).start()
     print(f"listening on 127.0.0.1:{server.server_address[1]}", flush=True)
     server.serve_forever()

@@ -4,7 +4,7 @@
   make_certs.py DIR NAME [--ca CA] [--server] [--client] [--expired] [--dns NAME ...]
 
 Makes (or reuses) the CA `CA` (files CA.pem, CA.key) and issues NAME.pem / NAME.key from it: a server certificate
-for 127.0.0.1, ::1 and localhost (plus --dns names), or a client certificate. --expired issues one that ended
+for 127.0.0.1, ::1 and localhost (plus --dns names; --no-ip leaves the addresses out), or a client certificate. --expired issues one that ended
 yesterday. With NAME equal to CA only the CA is made. Keys are EC P-256 (fast to make)."""
 import argparse, datetime, ipaddress, os
 from cryptography import x509
@@ -16,6 +16,7 @@ p = argparse.ArgumentParser()
 p.add_argument("dir"); p.add_argument("name")
 p.add_argument("--ca", default="ca"); p.add_argument("--server", action="store_true"); p.add_argument("--client", action="store_true")
 p.add_argument("--expired", action="store_true"); p.add_argument("--dns", nargs="*", default=[])
+p.add_argument("--no-ip", action="store_true", help="names only: no IP address in the server certificate")
 a = p.parse_args()
 os.makedirs(a.dir, exist_ok=True)
 now = datetime.datetime.now(datetime.timezone.utc)
@@ -50,7 +51,9 @@ b = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOI
      .not_valid_before(start).not_valid_after(end))
 usages = []
 if a.server:
-    names = [x509.DNSName("localhost")] + [x509.DNSName(d) for d in a.dns] + [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.IPAddress(ipaddress.ip_address("::1"))]
+    names = [x509.DNSName("localhost")] + [x509.DNSName(d) for d in a.dns]
+    if not a.no_ip:
+        names += [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.IPAddress(ipaddress.ip_address("::1"))]
     b = b.add_extension(x509.SubjectAlternativeName(names), critical=False)
     usages.append(ExtendedKeyUsageOID.SERVER_AUTH)
 if a.client:

@@ -1,0 +1,245 @@
+import Foundation
+import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Test certificates, made by `TLS/make_certs.py` (EC keys, a few milliseconds each).
+final class TestCerts: @unchecked Sendable {
+    let dir = TempDir()
+
+    /// Issues NAME.pem/NAME.key from CA (made on first use).
+    func make(_ name: String, ca: String = "ca", server: Bool = false, client: Bool = false, expired: Bool = false, noIP: Bool = false) throws {
+        let script = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("TLS/make_certs.py").path
+        var args = ["python3", script, dir.path, name, "--ca", ca]
+        if server { args.append("--server") }
+        if client { args.append("--client") }
+        if expired { args.append("--expired") }
+        if noIP { args += ["--no-ip", "--dns", "etcd.test"] }
+        let r = try run(args)
+        #expect(r.status == 0, "make_certs: \(r.err)")
+    }
+
+    func pem(_ name: String) -> String { dir.path + "/\(name).pem" }
+    func key(_ name: String) -> String { dir.path + "/\(name).key" }
+
+    /// Replaces `to`'s certificate and key with `from`'s, each by an atomic rename, as cert-manager does.
+    func install(_ from: String, as to: String) {
+        for ext in ["pem", "key"] {
+            let tmp = dir.path + "/.\(to).\(ext).new"
+            try? FileManager.default.removeItem(atPath: tmp)
+            try? FileManager.default.copyItem(atPath: dir.path + "/\(from).\(ext)", toPath: tmp)
+            rename(tmp, dir.path + "/\(to).\(ext)")
+        }
+    }
+}
+
+extension Server {
+    var ready: (status: Int, body: String) {
+        guard let port = adminPort else { return (0, "") }
+        return httpGet("http://127.0.0.1:\(port)/ready")
+    }
+
+    /// A counter's value from /metrics (0 when absent).
+    func counter(_ series: String) -> Double { sample((try? metrics()) ?? "", series) ?? 0 }
+
+    /// `signpost_registry_errors_total` for a registry, summed over its reasons.
+    func registryErrors(_ registry: String) -> Double {
+        ((try? metrics()) ?? "").split(separator: "\n").filter { $0.hasPrefix("signpost_registry_errors_total{registry=\"\(registry)\"") }
+            .compactMap { Double($0.split(separator: " ").last ?? "") }.reduce(0, +)
+    }
+
+    /// How many log lines contain `text`.
+    func logLines(containing text: String) -> Int { log_().split(separator: "\n").filter { $0.contains(text) }.count }
+}
+
+/// Signpost against registries secured as production runs them: etcd (Debian's) with TLS, client certificates
+/// and users; the Consul stand-in with HTTPS, verify_incoming, a unix socket and a token file.
+@Suite("End to end: secured registries", .serialized, .enabled(if: etcdAvailable, "etcd-server is not installed"))
+struct SecuredRegistryTests {
+    static let web = #"{"Address": "192.0.2.1", "Port": 80}"#
+
+    func tlsCluster(_ certs: TestCerts, size: Int = 1) throws -> EtcdCluster {
+        // etcd's gateway dials its own gRPC port with the server certificate as its client certificate: it needs both uses.
+        // Names only (localhost, etcd.test), as most real certificates: an address in it would match any server-name.
+        try certs.make("server", server: true, client: true, noIP: true)
+        try certs.make("client", client: true)
+        try certs.make("ctl", client: true)
+        return try EtcdCluster(size: size, tls: .init(cert: certs.pem("server"), key: certs.key("server"), trustedCA: certs.pem("ca"),
+                                                      ctlCA: certs.pem("ca"), ctlCert: certs.pem("ctl"), ctlKey: certs.key("ctl")))
+    }
+
+    func tlsURL(_ etcd: EtcdCluster, _ certs: TestCerts, ca: String = "ca", client: String? = "client", more: String = "") -> String {
+        "etcd:\(etcd.endpoints)?cacert=\(certs.pem(ca))" + (client.map { "&cert=\(certs.pem($0))&key=\(certs.key($0))" } ?? "") + more
+    }
+
+    /// Each broken TLS setting has its own error, said once, on /ready too, while the state file's data serves.
+    @Test func etcdWithTLSAndClientCertificates() throws {
+        let certs = TestCerts()
+        let etcd = try tlsCluster(certs)
+        try certs.make("other", ca: "other")
+        try etcd.put("/services/web/1", Self.web)
+        let state = TempDir()
+        let good = try Server(dir: TempDir(), catalog: false, extra: ["--registry", tlsURL(etcd, certs), "--state-dir", state.path, "--admin", "127.0.0.1:0"])
+        #expect(eventually(within: 10) { good.socketAddresses("web.service.consul") == ["192.0.2.1"] } != nil, "\(good.log_())")
+        #expect(eventually(within: 10) { ((try? FileManager.default.contentsOfDirectory(atPath: state.path)) ?? []).contains { $0.hasSuffix(".state") } } != nil)
+        good.stop()
+
+        let cases: [(String, String, String)] = [
+            ("no client certificate", tlsURL(etcd, certs, client: nil), "client certificate"),
+            ("the wrong CA", tlsURL(etcd, certs, ca: "other"), "is not signed by a CA in cacert="),
+            ("a name mismatch", tlsURL(etcd, certs, more: "&server-name=wrong.example"), "is not valid for \"wrong.example\""),
+        ]
+        for (what, url, phrase) in cases {
+            let server = try Server(dir: TempDir(), catalog: false, extra: ["--registry", url, "--state-dir", state.path, "--admin", "127.0.0.1:0"])
+            defer { server.stop() }
+            #expect(server.socketAddresses("web.service.consul") == ["192.0.2.1"], "\(what): the state file's data serves")
+            #expect(eventually(within: 10) { server.ready.body.contains(phrase) } != nil, "\(what): /ready says \(server.ready.body)")
+            // Several failed tries, one log line.
+            #expect(eventually(within: 15) { server.registryErrors("etcd") >= 3 } != nil, "\(what): retries counted")
+            #expect(server.logLines(containing: phrase) == 1, "\(what): said once, not on every try: \(server.log_())")
+            #expect(server.socketAddresses("web.service.consul") == ["192.0.2.1"])
+        }
+
+        // The server's certificate expires: the cache serves and /ready says so; a renewed one is taken at once.
+        let server = try Server(dir: TempDir(), catalog: false, extra: ["--registry", tlsURL(etcd, certs), "--admin", "127.0.0.1:0"])
+        defer { server.stop() }
+        #expect(eventually(within: 10) { server.socketAddresses("web.service.consul") == ["192.0.2.1"] } != nil)
+        try certs.make("expired", server: true, client: true, expired: true, noIP: true)
+        etcd.tls!.cert = certs.pem("expired")
+        etcd.tls!.key = certs.key("expired")
+        etcd.kill(0)
+        try etcd.start(0, state: "existing")
+        #expect(eventually(within: 15) { server.ready.body.contains("the server's certificate expired") } != nil, "\(server.ready.body)\n\(server.log_())")
+        #expect(server.socketAddresses("web.service.consul") == ["192.0.2.1"])
+        etcd.tls!.cert = certs.pem("server")
+        etcd.tls!.key = certs.key("server")
+        try etcd.restart(0)
+        try etcd.put("/services/web/2", #"{"Address": "192.0.2.2", "Port": 80}"#)
+        #expect(eventually(within: 15) { server.socketAddresses("web.service.consul") == ["192.0.2.1", "192.0.2.2"] } != nil)
+        #expect(eventually(within: 5) { !server.ready.body.contains("expired") } != nil)
+    }
+
+    /// etcd users: a role that reads only the services prefix; tokens that live two seconds; a restart that
+    /// forgets every token. The watch goes on through all of it, listing once.
+    @Test func etcdWithUsers() throws {
+        let etcd = try EtcdCluster(extraArguments: ["--auth-token", "simple", "--auth-token-ttl", "2"])
+        for args in [["user", "add", "root:rootpw", "--interactive=false"], ["user", "grant-role", "root", "root"],
+                     ["user", "add", "reader:readerpw", "--interactive=false"], ["role", "add", "reader"],
+                     ["role", "grant-permission", "reader", "read", "/services/", "--prefix=true"], ["user", "grant-role", "reader", "reader"],
+                     ["auth", "enable"]] {
+            let r = try etcd.ctl(args)
+            #expect(r.status == 0, "etcdctl \(args): \(r.err)")
+        }
+        etcd.ctlUser = "root:rootpw"
+        try etcd.put("/services/web/1", Self.web)
+        let dir = TempDir()
+        dir.write("password", "readerpw\n")
+        dir.write("wrong", "nope\n")
+        let server = try Server(dir: TempDir(), catalog: false,
+                                extra: ["--registry", "etcd:\(etcd.endpoints)?user=reader&password-file=\(dir.path)/password", "--admin", "127.0.0.1:0"])
+        defer { server.stop() }
+        #expect(eventually(within: 10) { server.socketAddresses("web.service.consul") == ["192.0.2.1"] } != nil, "\(server.log_())")
+        // Changes across several token lifetimes: each is answered.
+        let start = Date()
+        var n = 2
+        while Date().timeIntervalSince(start) < 7, n < 40 {
+            try etcd.put("/services/web/\(n)", #"{"Address": "192.0.2.\#(n)", "Port": 80}"#)
+            let want = "192.0.2.\(n)"
+            #expect(eventually(within: 5) { server.socketAddresses("web.service.consul").contains(want) } != nil, "change \(n) missed")
+            n += 1
+        }
+        // etcd restarts and forgets every token: Signpost logs in again and resumes its watch, no re-list.
+        let logins = server.counter(#"signpost_registry_logins_total{registry="etcd"}"#)
+        try etcd.restart(0)
+        try etcd.put("/services/web/99", #"{"Address": "192.0.2.99", "Port": 80}"#)
+        #expect(eventually(within: 15) { server.socketAddresses("web.service.consul").contains("192.0.2.99") } != nil, "\(server.log_())")
+        #expect(server.counter(#"signpost_registry_logins_total{registry="etcd"}"#) > logins, "logged in again")
+        #expect(server.logLines(containing: "etcd listed") == 1, "resumed, not listed again: \(server.log_())")
+        #expect(try server.dig("+tcp", "web.service.consul", "A").data("A").count == n, "every change, none missed")
+
+        // A wrong password, and a prefix outside the role: each its own clear error.
+        for (url, phrase) in [("etcd:\(etcd.endpoints)?user=reader&password-file=\(dir.path)/wrong", "etcd refused the user name or password"),
+                              ("etcd:\(etcd.endpoints)?user=reader&password-file=\(dir.path)/password&prefix=/private/", "permission denied")] {
+            let other = try Server(dir: TempDir(), catalog: false, extra: ["--registry", url, "--admin", "127.0.0.1:0"])
+            defer { other.stop() }
+            #expect(eventually(within: 10) { other.ready.body.contains(phrase) } != nil, "\(phrase): \(other.ready.body) \(other.log_())")
+            #expect(other.ready.status == 503)
+            #expect(other.log_().contains(phrase))
+        }
+    }
+
+    /// Three TLS members: the watched one dies, and Signpost goes on from the next with no wrong answer.
+    @Test func tlsClusterFailover() throws {
+        let certs = TestCerts()
+        let etcd = try tlsCluster(certs, size: 3)
+        try etcd.put("/services/web/1", Self.web)
+        // By address, with the name the certificate holds as server-name.
+        let url = tlsURL(etcd, certs, more: "&server-name=etcd.test").replacingOccurrences(of: "localhost", with: "127.0.0.1")
+        let server = try Server(dir: TempDir(), catalog: false, extra: ["--registry", url, "--admin", "127.0.0.1:0"])
+        defer { server.stop() }
+        #expect(eventually(within: 10) { server.socketAddresses("web.service.consul") == ["192.0.2.1"] } != nil, "\(server.log_())")
+        etcd.kill(0)
+        try etcd.put("/services/web/2", #"{"Address": "192.0.2.2", "Port": 80}"#)
+        var wrong: [Set<String>] = []
+        let seen = eventually(within: 15) {
+            let answer = server.socketAddresses("web.service.consul")
+            if answer != ["192.0.2.1"] && answer != ["192.0.2.1", "192.0.2.2"] { wrong.append(answer) }
+            return answer == ["192.0.2.1", "192.0.2.2"]
+        }
+        #expect(seen != nil, "\(server.log_())")
+        #expect(wrong.isEmpty, "answers during the failover: \(wrong)")
+    }
+
+    /// The client certificate is replaced by one from a new CA, and etcd restarted to trust only that CA: the cache
+    /// serves meanwhile, then the new pair connects, with no restart. A broken replacement changes nothing.
+    @Test func certificateRotation() throws {
+        let certs = TestCerts()
+        let etcd = try tlsCluster(certs)
+        try certs.make("client2", ca: "ca2", client: true)
+        try certs.make("ctl2", ca: "ca2", client: true)
+        try certs.make("server2", ca: "ca2", server: true, client: true, noIP: true)
+        try certs.make("stray", ca: "ca2", client: true)
+        try etcd.put("/services/web/1", Self.web)
+        // Signpost's CA file, which the rotation extends to the new CA.
+        let trust = certs.dir.path + "/trust.pem"
+        try FileManager.default.copyItem(atPath: certs.pem("ca"), toPath: trust)
+        let url = tlsURL(etcd, certs).replacingOccurrences(of: "cacert=\(certs.pem("ca"))", with: "cacert=\(trust)")
+        let server = try Server(dir: TempDir(), catalog: false, extra: ["--registry", url, "--admin", "127.0.0.1:0"])
+        defer { server.stop() }
+        #expect(eventually(within: 10) { server.socketAddresses("web.service.consul") == ["192.0.2.1"] } != nil, "\(server.log_())")
+        #expect(server.counter(#"signpost_registry_credentials_ok{registry="etcd"}"#) == 1)
+
+        // A key that does not match its certificate: logged with the path, on /ready and in the metric; still served.
+        let keyPath = certs.key("client")
+        let goodKey = try String(contentsOfFile: keyPath, encoding: .utf8)
+        try String(contentsOfFile: certs.key("stray"), encoding: .utf8).write(toFile: keyPath, atomically: true, encoding: .utf8)
+        #expect(eventually(within: 10) { server.ready.body.contains("does not match the certificate") } != nil, "\(server.ready.body)")
+        #expect(server.log_().contains(keyPath))
+        #expect(server.counter(#"signpost_registry_credentials_ok{registry="etcd"}"#) == 0)
+        try etcd.put("/services/web/2", #"{"Address": "192.0.2.2", "Port": 80}"#)
+        #expect(eventually(within: 10) { server.socketAddresses("web.service.consul") == ["192.0.2.1", "192.0.2.2"] } != nil, "the old material still works")
+        try goodKey.write(toFile: keyPath, atomically: true, encoding: .utf8)
+        #expect(eventually(within: 10) { server.counter(#"signpost_registry_credentials_ok{registry="etcd"}"#) == 1 } != nil)
+
+        // The real rotation: Signpost trusts ca2 too and gets a pair from it; etcd gets a certificate from ca2 and
+        // trusts only ca2.
+        let both = try String(contentsOfFile: certs.pem("ca"), encoding: .utf8) + String(contentsOfFile: certs.pem("ca2"), encoding: .utf8)
+        try both.write(toFile: trust, atomically: true, encoding: .utf8)
+        certs.install("client2", as: "client")
+        etcd.tls!.cert = certs.pem("server2")
+        etcd.tls!.key = certs.key("server2")
+        etcd.tls!.trustedCA = certs.pem("ca2")
+        etcd.tls!.ctlCA = certs.pem("ca2")
+        etcd.tls!.ctlCert = certs.pem("ctl2")
+        etcd.tls!.ctlKey = certs.key("ctl2")
+        etcd.kill(0)
+        #expect(server.socketAddresses("web.service.consul") == ["192.0.2.1", "192.0.2.2"], "the cache serves while etcd is away")
+        try etcd.start(0, state: "existing")
+        try etcd.waitHealthy()
+        try etcd.put("/services/web/3", #"{"Address": "192.0.2.3", "Port": 80}"#)
+        #expect(eventually(within: 15) { server.socketAddresses("web.service.consul") == ["192.0.2.1", "192.0.2.2", "192.0.2.3"] } != nil, "\(server.log_())")
+        #expect(server.process.isRunning)
+    }
+}

@@ -272,7 +272,7 @@ struct ConsulTests {
             #expect(addresses(server, "web.service.consul") == ["192.0.2.1"])
             usleep(200_000)
         }
-        #expect(eventually(within: 3) { server.log_().contains("consul unreachable") } != nil)
+        #expect(eventually(within: 3) { server.log_().contains("registry unreachable") } != nil)
         // Consul comes back (agents re-register), with a change made meanwhile.
         let again = try ConsulStandIn(port: port)
         try again.register(node: "n1", address: "192.0.2.1", service: "web")

@@ -268,7 +268,7 @@ struct Scenario {
         usleep(3_000_000)
         // 3. Both watch the first endpoint: kill it; both move on.
         etcd.kill(0)
-        try #require(eventually(within: 10) { slots.all.allSatisfy { $0.log_().contains("etcd unreachable") } } != nil)
+        try #require(eventually(within: 10) { slots.all.allSatisfy { $0.log_().contains("registry unreachable") } } != nil)
         usleep(3_000_000)
         // 4. A second member: quorum is lost. Both keep serving, and say they are stale.
         etcd.kill(1)

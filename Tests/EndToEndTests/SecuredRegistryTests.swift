@@ -94,7 +94,7 @@ struct SecuredRegistryTests {
         for (what, url, phrase) in cases {
             let server = try Server(dir: TempDir(), catalog: false, extra: ["--registry", url, "--state-dir", state.path, "--admin", "127.0.0.1:0"])
             defer { server.stop() }
-            #expect(server.socketAddresses("web.service.consul") == ["192.0.2.1"], "\(what): the state file's data serves")
+            #expect(eventually(within: 5) { server.socketAddresses("web.service.consul") == ["192.0.2.1"] } != nil, "\(what): the state file's data serves")
             #expect(eventually(within: 10) { server.ready.body.contains(phrase) } != nil, "\(what): /ready says \(server.ready.body)")
             // Several failed tries, one log line.
             #expect(eventually(within: 15) { server.registryErrors("etcd") >= 3 } != nil, "\(what): retries counted")
@@ -241,5 +241,99 @@ struct SecuredRegistryTests {
         try etcd.put("/services/web/3", #"{"Address": "192.0.2.3", "Port": 80}"#)
         #expect(eventually(within: 15) { server.socketAddresses("web.service.consul") == ["192.0.2.1", "192.0.2.2", "192.0.2.3"] } != nil, "\(server.log_())")
         #expect(server.process.isRunning)
+    }
+
+    /// The Consul stand-in as an agent with `verify_incoming` and a token file, over HTTPS and a unix socket: served;
+    /// no client certificate is its own error; the token rotates on both sides with no restart.
+    @Test func consulWithHTTPSClientCertificatesAndTokenFile() throws {
+        let certs = TestCerts()
+        try certs.make("agent", server: true)
+        try certs.make("client", client: true)
+        let dir = TempDir()
+        dir.write("agent-token", "tok-1\n")
+        dir.write("token", "tok-1\n")
+        let socket = dir.path + "/consul.sock"
+        let consul = try ConsulStandIn(extra: ["--token-file", dir.path + "/agent-token", "--tls-cert", certs.pem("agent"), "--tls-key", certs.key("agent"),
+                                               "--tls-ca", certs.pem("ca"), "--verify-incoming", "--unix", socket], scheme: "https")
+        try consul.register(node: "n1", address: "192.0.2.1", service: "web", token: "tok-1")
+        let tls = "cacert=\(certs.pem("ca"))&cert=\(certs.pem("client"))&key=\(certs.key("client"))"
+        let server = try Server(dir: TempDir(), catalog: false, extra: ["--registry", "consul:\(consul.url)?\(tls)&token-file=\(dir.path)/token",
+                                                                         "--admin", "127.0.0.1:0", "--datacenter", "dc1"])
+        defer { server.stop() }
+        #expect(eventually(within: 10) { server.socketAddresses("web.service.consul") == ["192.0.2.1"] } != nil, "\(server.log_())")
+
+        // The same agent over its unix socket, addressed as Consul's client takes it: CONSUL_HTTP_ADDR.
+        let unix = try Server(dir: TempDir(), catalog: false, extra: ["--registry", "consul:", "--admin", "127.0.0.1:0", "--datacenter", "dc1"],
+                              environment: ["CONSUL_HTTP_ADDR": "unix://" + socket, "CONSUL_HTTP_TOKEN_FILE": dir.path + "/token"])
+        defer { unix.stop() }
+        #expect(eventually(within: 10) { unix.socketAddresses("web.service.consul") == ["192.0.2.1"] } != nil, "\(unix.log_())")
+
+        // No client certificate: the agent refuses the handshake, and says so.
+        let bare = try Server(dir: TempDir(), catalog: false, extra: ["--registry", "consul:\(consul.url)?cacert=\(certs.pem("ca"))&token-file=\(dir.path)/token",
+                                                                       "--admin", "127.0.0.1:0", "--datacenter", "dc1"])
+        defer { bare.stop() }
+        #expect(eventually(within: 10) { bare.ready.body.contains("client certificate") } != nil, "\(bare.ready.body) \(bare.log_())")
+
+        // The token rotates: the agent first (the old token is now unknown: "ACL not found", the cache serves), then
+        // Signpost's file; both watchers go on with no restart.
+        try "tok-2\n".write(toFile: dir.path + "/agent-token", atomically: true, encoding: .utf8)
+        try consul.register(node: "n2", address: "192.0.2.2", service: "web", token: "tok-2")
+        #expect(eventually(within: 15) { server.ready.body.contains("does not know the ACL token") } != nil, "\(server.ready.body)")
+        #expect(server.socketAddresses("web.service.consul") == ["192.0.2.1"], "the cache serves")
+        try "tok-2\n".write(toFile: dir.path + "/token", atomically: true, encoding: .utf8)
+        for s in [server, unix] {
+            #expect(eventually(within: 15) { s.socketAddresses("web.service.consul") == ["192.0.2.1", "192.0.2.2"] } != nil, "\(s.log_())")
+        }
+        #expect(eventually(within: 5) { !server.ready.body.contains("ACL") } != nil)
+    }
+
+    /// No secret in anything the process writes or serves: logs, /ready, /v1/*, explain, metrics, state files.
+    @Test func secretsStayOut() throws {
+        let token = "MARKER-TOKEN-7f3a", password = "MARKER-PASS-91c2"
+        let etcd = try EtcdCluster()
+        for args in [["user", "add", "root:rootpw", "--interactive=false"], ["user", "grant-role", "root", "root"],
+                     ["user", "add", "reader:\(password)", "--interactive=false"], ["role", "add", "reader"],
+                     ["role", "grant-permission", "reader", "read", "/services/", "--prefix=true"], ["user", "grant-role", "reader", "reader"],
+                     ["auth", "enable"]] {
+            #expect(try etcd.ctl(args).status == 0)
+        }
+        etcd.ctlUser = "root:rootpw"
+        try etcd.put("/services/api/1", #"{"Address": "192.0.2.7", "Port": 80}"#)
+        let consul = try ConsulStandIn(token: token)
+        try consul.register(node: "n1", address: "192.0.2.1", service: "web", token: token)
+        let dir = TempDir(), state = TempDir()
+        dir.write("token", token + "\n")
+        // The password on the command line (warned about), the token in a file; then a wrong token for a while.
+        let server = try Server(dir: TempDir(), catalog: false,
+                                extra: ["--registry", "consul:\(consul.url)?token-file=\(dir.path)/token", "--registry", "etcd:\(etcd.endpoints)?user=reader:\(password)",
+                                        "--admin", "127.0.0.1:0", "--state-dir", state.path, "--datacenter", "dc1"])
+        defer { server.stop() }
+        #expect(eventually(within: 10) { server.socketAddresses("web.service.consul") == ["192.0.2.1"] && server.socketAddresses("api.service.consul") == ["192.0.2.7"] } != nil,
+                "\(server.log_())")
+        #expect(server.log_().contains("/proc/PID/cmdline"), "the inline password is warned about")
+        let reads = server.logLines(containing: "TLS and credential files read again")
+        dir.write("token", "MARKER-WRONG-TOKEN\n")
+        #expect(eventually(within: 10) { server.logLines(containing: "TLS and credential files read again") > reads } != nil)
+        // A change ends the blocking queries under way; the next ones carry the wrong token.
+        try consul.register(node: "n2", address: "192.0.2.2", service: "web", token: token)
+        #expect(eventually(within: 10) { server.ready.body.contains("does not know the ACL token") } != nil, "\(server.ready.body)\n\(server.log_())")
+        dir.write("token", token + "\n")
+        #expect(eventually(within: 10) { !server.ready.body.contains("ACL") && server.socketAddresses("web.service.consul").count == 2 } != nil)
+        #expect(eventually(within: 10) { ((try? FileManager.default.contentsOfDirectory(atPath: state.path)) ?? []).filter { $0.hasSuffix(".state") }.count == 2 } != nil)
+
+        let admin = "http://127.0.0.1:\(try #require(server.adminPort))"
+        var written = [server.log_(), server.ready.body, try server.metrics()]
+        for path in ["/v1/registries", "/v1/services", "/v1/changes", "/v1/explain?name=web.service.consul", "/v1/explain?name=nothing.service.consul", "/ui"] {
+            written.append(httpGet(admin + path).body)
+        }
+        written.append(try run([signpostBinary, "explain", "web", "--server", "127.0.0.1:\(try #require(server.adminPort))", "--json"]).out)
+        for name in try FileManager.default.contentsOfDirectory(atPath: state.path) {
+            written.append(name)
+            written.append((try? String(contentsOfFile: state.path + "/" + name, encoding: .utf8)) ?? "")
+        }
+        #expect(written.count > 10)
+        for (i, text) in written.enumerated() {
+            #expect(!text.contains("MARKER"), "a secret in output \(i): \(text.prefix(400))")
+        }
     }
 }

@@ -40,6 +40,8 @@ public final class RegistryConnection: Sendable {
         var retired: [ObjectIdentifier: HTTPClient] = [:]
         /// etcd's session token, from `/v3/auth/authenticate`.
         var sessionToken: String?
+        /// The last failure logged (kind and detail), so that each is said once per change.
+        var lastNews: String?
         /// The TLS diagnosis of an endpoint's last verification failure, so the probe runs once per failure kind.
         var diagnosed: [String: RegistryFailure] = [:]
     }
@@ -294,6 +296,18 @@ public final class RegistryConnection: Sendable {
         state.withLock { $0.diagnosed[endpoint] = refined }
         return refined
     }
+
+    /// Whether `failure` differs from the last one said; it becomes the last one.
+    func isNews(_ failure: RegistryFailure) -> Bool {
+        let key = failure.kind.reason + "\u{0}" + failure.detail
+        return state.withLock { s in
+            defer { s.lastNews = key }
+            return s.lastNews != key
+        }
+    }
+
+    /// After a success, the next failure is news again.
+    func resetNews() { state.withLock { $0.lastNews = nil } }
 
     /// A success clears the endpoint's TLS diagnosis.
     func succeeded(_ endpoint: String) {

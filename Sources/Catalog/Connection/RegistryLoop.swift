@@ -27,7 +27,7 @@ struct RegistryLoop: Sendable {
     /// query's turn); one that runs long (a watch) calls `connected` once it is through. A thrown error is offered
     /// to `recover` first (a compacted revision, an expired token: no failure), and otherwise fails over to the
     /// next endpoint after the backoff. `reportsContact` is false for a registry's second loop (Consul's checks),
-    /// whose contact and failures the first one reports.
+    /// whose contact the first one reports; its failures are reported all the same, and said once between them.
     func run(reportsContact: Bool = true, isolation: isolated (any Actor)? = #isolation,
              _ attempt: (_ endpoint: String, _ connected: () async -> Void) async throws -> Void,
              recover: (any Error, _ endpoint: String) async -> Bool = { _, _ in false },
@@ -40,7 +40,8 @@ struct RegistryLoop: Sendable {
             let connected = {
                 failures = 0
                 self.connection.succeeded(endpoint)
-                if reported != nil, reportsContact {
+                self.connection.resetNews()
+                if reported != nil {
                     reported = nil
                     await self.assembler.setConnectionError(source: self.sourceIndex, nil)
                 }
@@ -54,14 +55,14 @@ struct RegistryLoop: Sendable {
                 failures += 1
                 let failure = (error as? RegistryFailure) ?? RegistryFailure(.other, endpoint: endpoint, "\(error)")
                 await onFailure()
+                report(failure)
+                reported = failure
+                await assembler.setConnectionError(source: sourceIndex, failure.description)
                 if reportsContact {
-                    report(failure, previous: reported)
-                    reported = failure
                     restarts.increment()
                     assembler.store.activity.noteRestart(registry: sourceIndex)
                     state?.lostContact()
                     await assembler.setContact(source: sourceIndex, inContact: false)
-                    await assembler.setConnectionError(source: sourceIndex, failure.description)
                 }
                 index += 1
                 do { try await Task.sleep(for: backoff.delay(afterFailures: failures)) } catch { break }
@@ -85,11 +86,11 @@ struct RegistryLoop: Sendable {
         }
     }
 
-    /// Counts every failure; logs one only when it differs from the one before (the same failure from the next
-    /// endpoint of a cluster that is down is the same news).
-    private func report(_ failure: RegistryFailure, previous: RegistryFailure?) {
+    /// Counts every failure; logs one only when it differs from the registry's last one (the same failure from the
+    /// next endpoint of a cluster that is down, or from a second watch, is the same news).
+    private func report(_ failure: RegistryFailure) {
         Counter(label: "signpost_registry_errors_total", dimensions: [("registry", connection.metricLabel), ("reason", failure.kind.reason)]).increment()
-        if let previous, previous.kind == failure.kind, previous.detail == failure.detail { return }
+        guard connection.isNews(failure) else { return }
         logger.error("\(failure)", metadata: ["registry": "\(connection.name)", "reason": "\(failure.kind.reason)"])
     }
 }

@@ -104,7 +104,8 @@ let package = Package(
         ),
         .testTarget(
             name: "CatalogTests",
-            dependencies: ["Catalog", "DNSWire", "TestSupport", .product(name: "Logging", package: "swift-log")],
+            dependencies: ["Catalog", "DNSWire", "TestSupport", .product(name: "Logging", package: "swift-log"),
+                           .product(name: "NIOCore", package: "swift-nio")],
             resources: [.copy("Resources")]
         ),
         .testTarget(
@@ -125,7 +126,7 @@ let package = Package(
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
             ],
-            exclude: ["ConsulStandIn", "FakeUpstream", "GRPCProbe", "MuslProbe"]
+            exclude: ["ConsulStandIn", "FakeUpstream", "GRPCProbe", "MuslProbe", "TLS", "BadRegistry"]
         ),
     ]
 )

@@ -520,7 +520,7 @@ public actor ConsulWatcher {
     }
 
     /// `get`, with the body decoded as the JSON shape the endpoint documents.
-    private func getJSON<T>(_ path: String, index: UInt64, wait: Duration? = nil, as type: T.Type) async throws(RegistryFailure) -> (T, UInt64?, LeaderContact) {
+    private func getJSON<T>(_ path: String, index: UInt64, wait: Duration? = nil, as type: T.Type) async throws -> (T, UInt64?, LeaderContact) {
         let (body, returned, leader) = try await get(path, index: index, wait: wait ?? configuration.wait)
         let endpoint = configuration.address
         do {
@@ -535,7 +535,7 @@ public actor ConsulWatcher {
     }
 
     /// A GET, blocking when `index` > 0; returns the body, `X-Consul-Index` and the leader headers.
-    private func get(_ path: String, index: UInt64, wait: Duration) async throws(RegistryFailure) -> (ByteBuffer, UInt64?, LeaderContact) {
+    private func get(_ path: String, index: UInt64, wait: Duration) async throws -> (ByteBuffer, UInt64?, LeaderContact) {
         var query: [String] = []
         if let dc = configuration.datacenter { query.append("dc=\(dc)") }
         if configuration.stale { query.append("stale") }
@@ -606,7 +606,7 @@ extension ConsulWatcher: StateSource {
 
 extension RegistryConnection {
     /// `Config.Datacenter` of `/v1/agent/self`.
-    func agentDatacenter() async throws(RegistryFailure) -> String {
+    func agentDatacenter() async throws -> String {
         struct Agent: Decodable { struct Config: Decodable { var Datacenter: String }; var Config: Config }
         let endpoint = settings.endpoints[0], path = "/v1/agent/self"
         let body = try await execute(request(endpoint, path), endpoint: endpoint, deadline: .now() + .seconds(3)) { response in

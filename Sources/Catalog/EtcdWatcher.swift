@@ -42,7 +42,7 @@ public actor EtcdWatcher {
     }
 
     /// The watch cannot resume where it was: list again.
-    struct Compacted: Error { var reason = "etcd watch revision compacted; listing again" }
+    struct Compacted: RegistrySignal { var reason = "etcd watch revision compacted; listing again" }
 
     public let configuration: Configuration
     private let assembler: CatalogAssembler
@@ -118,13 +118,13 @@ public actor EtcdWatcher {
     }
 
     /// With a user and no token yet: `/v3/auth/authenticate`.
-    private func logIn(_ endpoint: String) async throws(RegistryFailure) {
+    private func logIn(_ endpoint: String) async throws {
         guard let user = configuration.connection.user, connection.sessionToken == nil else { return }
         guard let password = connection.password else { return }
         struct Token: Decodable { var token: String? }
         let body: ByteBuffer
         do { body = try await post(endpoint, "/v3/auth/authenticate", ["name": user, "password": password], deadline: .now() + .seconds(10)) } catch {
-            guard error.kind == .authNotEnabled else { throw error }
+            guard (error as? RegistryFailure)?.kind == .authNotEnabled else { throw error }
             connection.setSessionToken("")
             return
         }
@@ -181,7 +181,7 @@ public actor EtcdWatcher {
     }
 
     /// A unary call: its checked JSON body.
-    private func post(_ endpoint: String, _ path: String, _ body: [String: Any], deadline: NIODeadline) async throws(RegistryFailure) -> ByteBuffer {
+    private func post(_ endpoint: String, _ path: String, _ body: [String: Any], deadline: NIODeadline) async throws -> ByteBuffer {
         try await connection.execute(request(endpoint, path, body), endpoint: endpoint, deadline: deadline) { response in
             try await connection.jsonBody(response, path: path, endpoint: endpoint)
         }

@@ -2,6 +2,7 @@ import Foundation
 @testable import Catalog
 import DNSWire
 import Logging
+import NIOCore
 import Testing
 
 @Suite("etcd values")
@@ -260,5 +261,41 @@ struct BackoffTests {
         }
         // Full jitter: the delays spread out rather than repeating one value.
         #expect(Set((0..<50).map { _ in b.delay(afterFailures: 6) }).count > 10)
+    }
+}
+
+/// The registries' own refusals, as they send them, become failures that say what to fix.
+@Suite("Registry failures")
+struct RegistryFailureTests {
+    func status(_ code: UInt, _ body: String, _ registry: ConnectionOption.Registry) -> RegistryFailure {
+        RegistryFailure.status(code, body: ByteBuffer(string: body), path: "/p", endpoint: "https://r:1", registry: registry)
+    }
+
+    @Test func fromTheRegistrysMessages() {
+        // etcd's gateway: {"error","message","code"} with the gRPC status mapped to HTTP.
+        #expect(status(401, #"{"error":"etcdserver: invalid auth token","message":"etcdserver: invalid auth token","code":16}"#, .etcd).kind == .tokenExpired)
+        #expect(status(400, #"{"error":"etcdserver: authentication failed, invalid user ID or password","code":3}"#, .etcd).kind == .badCredentials)
+        #expect(status(403, #"{"error":"etcdserver: permission denied","code":7}"#, .etcd).kind == .permissionDenied)
+        let cn = status(400, #"{"error":"CommonName of client sending a request against gateway will be ignored and not used as expected","code":3}"#, .etcd)
+        #expect(cn.kind == .badCredentials && cn.fix?.contains("password-file=") == true)
+        #expect(status(400, #"{"error":"etcdserver: authentication is not enabled","code":9}"#, .etcd).kind == .authNotEnabled)
+        // Consul: plain text 403s.
+        #expect(status(403, "ACL not found", .consul).kind == .aclNotFound)
+        let denied = status(403, "Permission denied: token with AccessorID 'x' lacks permission 'service:read'", .consul)
+        #expect(denied.kind == .permissionDenied && denied.fix?.contains("service:read") == true)
+        #expect(status(500, "rpc error", .consul).kind == .httpStatus)
+        #expect(status(500, "rpc error", .consul).description == "https://r:1: /p returned HTTP 500: rpc error")
+    }
+
+    @Test func whatCameInsteadOfJSON() {
+        func check(_ body: String, _ type: String?) -> String? {
+            do { try RegistryConnection.checkJSON(ByteBuffer(string: body), contentType: type, path: "/v1/x", endpoint: "e"); return nil } catch {
+                return error.detail
+            }
+        }
+        #expect(check(" [1]", "application/json") == nil && check("{}", nil) == nil)
+        #expect(check("<html>502</html>", "text/html; charset=utf-8") == "/v1/x returned HTML, not JSON (a proxy or another service on this address?)")
+        #expect(check("", "application/json")?.hasPrefix("/v1/x returned an empty body") == true)
+        #expect(check("OK", "text/plain")?.hasPrefix("/v1/x returned text/plain") == true)
     }
 }

@@ -149,7 +149,7 @@ struct EtcdTests {
         kill(server.process.processIdentifier, SIGCONT)
 
         #expect(eventually(within: 10) { addresses(server, "db.service.consul") == ["192.0.2.31", "192.0.2.32"] } != nil,
-                "\(addresses(server, "db.service.consul"))")
+                "\(addresses(server, "db.service.consul")) \(server.log_())")
         #expect(server.log_().contains("compacted; listing again"), "\(server.log_())")
     }
 

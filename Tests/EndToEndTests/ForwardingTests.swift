@@ -80,11 +80,11 @@ final class Knot: @unchecked Sendable {
 
 /// A Python upstream that misbehaves on purpose (Tests/EndToEndTests/FakeUpstream).
 final class FakeUpstream: @unchecked Sendable {
-    let process = Process()
+    let process: Process
     let dir = TempDir()
-    private(set) var port = 0
+    let port: Int
 
-    var log: String { (try? String(contentsOfFile: dir.path + "/log", encoding: .utf8)) ?? "" }
+    var log: String { (try? String(contentsOfFile: dir.path + "/helper.log", encoding: .utf8)) ?? "" }
 
     /// The names of the queries it has received (modes blackhole and hold), in order.
     var queries: [String] {
@@ -97,19 +97,7 @@ final class FakeUpstream: @unchecked Sendable {
     }
 
     init(mode: String) throws {
-        let log = dir.path + "/log"
-        FileManager.default.createFile(atPath: log, contents: nil)
-        let script = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("FakeUpstream/fake_upstream.py").path
-        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        process.arguments = ["python3", script, "--mode", mode]
-        process.standardOutput = FileHandle(forWritingAtPath: log)
-        try process.run()
-        guard eventually(within: 5, {
-            let text = (try? String(contentsOfFile: log, encoding: .utf8)) ?? ""
-            guard let p = text.split(separator: "127.0.0.1:").last.flatMap({ Int($0.prefix { $0.isNumber }) }) else { return false }
-            port = p
-            return true
-        }) != nil else { throw Server.ServerError(message: "fake upstream did not start") }
+        (process, port) = try startHelper("FakeUpstream/fake_upstream.py", ["--mode", mode], in: dir, within: 5)
     }
 
     deinit { if process.isRunning { kill(process.processIdentifier, SIGKILL); process.waitUntilExit() } }

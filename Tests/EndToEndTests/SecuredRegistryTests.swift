@@ -102,6 +102,14 @@ struct SecuredRegistryTests {
             #expect(server.socketAddresses("web.service.consul") == ["192.0.2.1"])
         }
 
+        // Verification off: served, with a warning at start-up and on /ready.
+        let insecure = try Server(dir: TempDir(), catalog: false, extra: ["--registry", tlsURL(etcd, certs, ca: "other", more: "&insecure-skip-verify=true"),
+                                                                           "--admin", "127.0.0.1:0"])
+        #expect(eventually(within: 10) { insecure.socketAddresses("web.service.consul") == ["192.0.2.1"] } != nil, "\(insecure.log_())")
+        #expect(insecure.ready.status == 200 && insecure.ready.body.contains("TLS verification is off"), "\(insecure.ready.body)")
+        #expect(insecure.log_().contains("TLS verification is off"))
+        insecure.stop()
+
         // The server's certificate expires: the cache serves and /ready says so; a renewed one is taken at once.
         let server = try Server(dir: TempDir(), catalog: false, extra: ["--registry", tlsURL(etcd, certs), "--admin", "127.0.0.1:0"])
         defer { server.stop() }
@@ -243,36 +251,52 @@ struct SecuredRegistryTests {
         #expect(server.process.isRunning)
     }
 
-    /// The Consul stand-in as an agent with `verify_incoming` and a token file, over HTTPS and a unix socket: served;
-    /// no client certificate is its own error; the token rotates on both sides with no restart.
+    /// The Consul stand-in as an agent with `verify_incoming` and a token file, over HTTPS and a unix socket: the
+    /// same matrix as etcd's (served; no client certificate, the wrong CA, a name mismatch, an expired certificate,
+    /// each its own error while the cache serves), then the token rotated on both sides with no restart.
     @Test func consulWithHTTPSClientCertificatesAndTokenFile() throws {
         let certs = TestCerts()
-        try certs.make("agent", server: true)
+        try certs.make("agent", server: true, noIP: true)
+        try certs.make("stale-agent", server: true, expired: true, noIP: true)
         try certs.make("client", client: true)
-        let dir = TempDir()
+        try certs.make("other", ca: "other")
+        let dir = TempDir(), state = TempDir()
         dir.write("agent-token", "tok-1\n")
         dir.write("token", "tok-1\n")
         let socket = dir.path + "/consul.sock"
-        let consul = try ConsulStandIn(extra: ["--token-file", dir.path + "/agent-token", "--tls-cert", certs.pem("agent"), "--tls-key", certs.key("agent"),
-                                               "--tls-ca", certs.pem("ca"), "--verify-incoming", "--unix", socket], scheme: "https")
+        func agent(_ cert: String, port: Int = 0) throws -> ConsulStandIn {
+            try ConsulStandIn(port: port, extra: ["--token-file", dir.path + "/agent-token", "--tls-cert", certs.pem(cert), "--tls-key", certs.key(cert),
+                                                  "--tls-ca", certs.pem("ca"), "--verify-incoming", "--unix", socket], scheme: "https")
+        }
+        var consul = try agent("agent")
         try consul.register(node: "n1", address: "192.0.2.1", service: "web", token: "tok-1")
-        let tls = "cacert=\(certs.pem("ca"))&cert=\(certs.pem("client"))&key=\(certs.key("client"))"
-        let server = try Server(dir: TempDir(), catalog: false, extra: ["--registry", "consul:\(consul.url)?\(tls)&token-file=\(dir.path)/token",
-                                                                         "--admin", "127.0.0.1:0", "--datacenter", "dc1"])
+        let client = "&cert=\(certs.pem("client"))&key=\(certs.key("client"))"
+        func url(ca: String = "ca", client: String = client, name: String = "&server-name=localhost") -> String {
+            "consul:\(consul.url)?cacert=\(certs.pem(ca))\(client)\(name)&token-file=\(dir.path)/token"
+        }
+        let good = try Server(dir: TempDir(), catalog: false, extra: ["--registry", url(), "--admin", "127.0.0.1:0", "--datacenter", "dc1", "--state-dir", state.path])
+        #expect(eventually(within: 10) { good.socketAddresses("web.service.consul") == ["192.0.2.1"] } != nil, "\(good.log_())")
+        #expect(eventually(within: 10) { ((try? FileManager.default.contentsOfDirectory(atPath: state.path)) ?? []).contains { $0.hasSuffix(".state") } } != nil)
+        good.stop()
+        for (what, bad, phrase) in [("no client certificate", url(client: ""), "client certificate"),
+                                    ("the wrong CA", url(ca: "other"), "is not signed by a CA in cacert="),
+                                    ("a name mismatch", url(name: ""), "is not valid for \"127.0.0.1\"")] {
+            let server = try Server(dir: TempDir(), catalog: false, extra: ["--registry", bad, "--admin", "127.0.0.1:0", "--datacenter", "dc1", "--state-dir", state.path])
+            defer { server.stop() }
+            #expect(eventually(within: 5) { server.socketAddresses("web.service.consul") == ["192.0.2.1"] } != nil, "\(what): the state file's data serves")
+            #expect(eventually(within: 10) { server.ready.body.contains(phrase) } != nil, "\(what): \(server.ready.body) \(server.log_())")
+            #expect(eventually(within: 15) { server.registryErrors("consul") >= 3 } != nil, "\(what): retries counted")
+            #expect(server.logLines(containing: phrase) == 1, "\(what): said once: \(server.log_())")
+        }
+
+        let server = try Server(dir: TempDir(), catalog: false, extra: ["--registry", url(), "--admin", "127.0.0.1:0", "--datacenter", "dc1"])
         defer { server.stop() }
         #expect(eventually(within: 10) { server.socketAddresses("web.service.consul") == ["192.0.2.1"] } != nil, "\(server.log_())")
-
         // The same agent over its unix socket, addressed as Consul's client takes it: CONSUL_HTTP_ADDR.
         let unix = try Server(dir: TempDir(), catalog: false, extra: ["--registry", "consul:", "--admin", "127.0.0.1:0", "--datacenter", "dc1"],
                               environment: ["CONSUL_HTTP_ADDR": "unix://" + socket, "CONSUL_HTTP_TOKEN_FILE": dir.path + "/token"])
         defer { unix.stop() }
         #expect(eventually(within: 10) { unix.socketAddresses("web.service.consul") == ["192.0.2.1"] } != nil, "\(unix.log_())")
-
-        // No client certificate: the agent refuses the handshake, and says so.
-        let bare = try Server(dir: TempDir(), catalog: false, extra: ["--registry", "consul:\(consul.url)?cacert=\(certs.pem("ca"))&token-file=\(dir.path)/token",
-                                                                       "--admin", "127.0.0.1:0", "--datacenter", "dc1"])
-        defer { bare.stop() }
-        #expect(eventually(within: 10) { bare.ready.body.contains("client certificate") } != nil, "\(bare.ready.body) \(bare.log_())")
 
         // The token rotates: the agent first (the old token is now unknown: "ACL not found", the cache serves), then
         // Signpost's file; both watchers go on with no restart.
@@ -285,6 +309,14 @@ struct SecuredRegistryTests {
             #expect(eventually(within: 15) { s.socketAddresses("web.service.consul") == ["192.0.2.1", "192.0.2.2"] } != nil, "\(s.log_())")
         }
         #expect(eventually(within: 5) { !server.ready.body.contains("ACL") } != nil)
+
+        // The agent comes back with an expired certificate: said as such, and the cache serves.
+        let port = consul.port
+        consul.stop()
+        try? FileManager.default.removeItem(atPath: socket)
+        consul = try agent("stale-agent", port: port)
+        #expect(eventually(within: 15) { server.ready.body.contains("the server's certificate expired") } != nil, "\(server.ready.body)")
+        #expect(server.socketAddresses("web.service.consul") == ["192.0.2.1", "192.0.2.2"])
     }
 
     /// No secret in anything the process writes or serves: logs, /ready, /v1/*, explain, metrics, state files.
@@ -335,5 +367,29 @@ struct SecuredRegistryTests {
         for (i, text) in written.enumerated() {
             #expect(!text.contains("MARKER"), "a secret in output \(i): \(text.prefix(400))")
         }
+    }
+
+    /// `signpost check --registry` reads the TLS and credential files as serve would, before a start.
+    @Test func checkValidatesTheFiles() throws {
+        let certs = TestCerts()
+        try certs.make("client", client: true)
+        try certs.make("old", client: true, expired: true)
+        try certs.make("other", client: true)
+        let empty = TempDir()
+        func check(_ query: String) throws -> (status: Int32, out: String) {
+            let r = try run([signpostBinary, "check", "--catalog", empty.path, "--zones", empty.path, "--registry", "etcd:https://127.0.0.1:2379?\(query)"])
+            return (r.status, r.out + r.err)
+        }
+        let ca = "cacert=\(certs.pem("ca"))"
+        let good = try check("\(ca)&cert=\(certs.pem("client"))&key=\(certs.key("client"))")
+        #expect(good.status == 0 && good.out.contains("ok: etcd:"), "\(good.out)")
+        let expired = try check("\(ca)&cert=\(certs.pem("old"))&key=\(certs.key("old"))")
+        #expect(expired.status != 0 && expired.out.contains("cert \(certs.pem("old")): the certificate expired at"), "\(expired.out)")
+        let mismatch = try check("\(ca)&cert=\(certs.pem("client"))&key=\(certs.key("other"))")
+        #expect(mismatch.status != 0 && mismatch.out.contains("the key does not match the certificate"), "\(mismatch.out)")
+        let missing = try check("cacert=\(certs.dir.path)/nowhere.pem")
+        #expect(missing.status != 0 && missing.out.contains("nowhere.pem: cannot read it"), "\(missing.out)")
+        let insecure = try check("insecure-skip-verify=true")
+        #expect(insecure.status == 0 && insecure.out.contains("warning: TLS verification is off"), "\(insecure.out)")
     }
 }

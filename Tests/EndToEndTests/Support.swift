@@ -404,3 +404,29 @@ extension Server {
             .flatMap { Int($0) }
     }
 }
+
+/// Starts one of the tests' Python helpers (`script` beside the test files) with its output in `dir`, and waits
+/// for it to print `<marker>127.0.0.1:PORT`; returns the process and the port.
+func startHelper(_ script: String, _ arguments: [String], in dir: TempDir, marker: String = "listening on ",
+                 environment: [String: String] = [:], within seconds: TimeInterval = 10) throws -> (Process, Int) {
+    let log = dir.path + "/helper.log"
+    FileManager.default.createFile(atPath: log, contents: nil)
+    let process = Process()
+    process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+    process.arguments = ["python3", URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent(script).path] + arguments
+    process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
+    process.standardOutput = FileHandle(forWritingAtPath: log)
+    process.standardError = process.standardOutput
+    try process.run()
+    var port = 0
+    guard eventually(within: seconds, {
+        let text = (try? String(contentsOfFile: log, encoding: .utf8)) ?? ""
+        guard let p = text.split(separator: marker + "127.0.0.1:").last.flatMap({ Int($0.prefix { $0.isNumber }) }), text.contains(marker) else { return false }
+        port = p
+        return true
+    }) != nil else {
+        if process.isRunning { kill(process.processIdentifier, SIGKILL); process.waitUntilExit() }
+        throw Server.ServerError(message: "\(script) did not start: \((try? String(contentsOfFile: log, encoding: .utf8)) ?? "")")
+    }
+    return (process, port)
+}

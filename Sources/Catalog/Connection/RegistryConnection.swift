@@ -40,8 +40,8 @@ public final class RegistryConnection: Sendable {
         var retired: [ObjectIdentifier: HTTPClient] = [:]
         /// etcd's session token, from `/v3/auth/authenticate`.
         var sessionToken: String?
-        /// The last failure logged (kind and detail), so that each is said once per change.
-        var lastNews: String?
+        /// The failures logged since the last success (kind and detail), so that each is said once.
+        var said: Set<String> = []
         /// The TLS diagnosis of an endpoint's last verification failure, so the probe runs once per failure kind.
         var diagnosed: [String: RegistryFailure] = [:]
     }
@@ -179,17 +179,19 @@ public final class RegistryConnection: Sendable {
     }
     var sessionToken: String? { state.withLock { $0.sessionToken } }
 
-    /// Sends `request` to `endpoint` and hands the response to `body`, on a client built from the current material;
-    /// any failure comes out as a `RegistryFailure`.
+    /// Sends `request` to `endpoint` and hands the response to `body`, on a client built from the current material.
+    /// A failure of the connection comes out as a `RegistryFailure`; a `RegistrySignal` that `body` throws (a
+    /// watcher's own news, such as a compacted revision) passes through as it is.
     func execute<T>(_ request: HTTPClientRequest, endpoint: String, deadline: NIODeadline,
                     isolation: isolated (any Actor)? = #isolation,
-                    _ body: (HTTPClientResponse) async throws -> T) async throws(RegistryFailure) -> T {
-        let client: HTTPClient
-        do { client = try lease(endpoint) } catch { throw error }
+                    _ body: (HTTPClientResponse) async throws -> T) async throws -> T {
+        let client = try lease(endpoint)
         defer { release(client) }
         do {
             let response = try await client.execute(request, deadline: deadline, logger: logger)
             return try await body(response)
+        } catch let signal as any RegistrySignal {
+            throw signal
         } catch {
             throw await diagnose(error, endpoint: endpoint)
         }
@@ -210,11 +212,22 @@ public final class RegistryConnection: Sendable {
         } catch {
             throw await diagnose(error, endpoint: endpoint)
         }
+        let contentType = response.headers.first(name: "Content-Type")
         guard response.status == .ok else {
+            // A proxy's error page says more as what it is than as its text.
+            if Self.isHTML(body, contentType: contentType) {
+                throw RegistryFailure(.notJSON, endpoint: endpoint, "\(path) returned HTML, not JSON (HTTP \(response.status.code): a proxy or another service on this address?)",
+                                      fix: "point the --registry URL at the registry's own API")
+            }
             throw RegistryFailure.status(response.status.code, body: body, path: path, endpoint: endpoint, registry: registry)
         }
-        try Self.checkJSON(body, contentType: response.headers.first(name: "Content-Type"), path: path, endpoint: endpoint)
+        try Self.checkJSON(body, contentType: contentType, path: path, endpoint: endpoint)
         return body
+    }
+
+    static func isHTML(_ body: ByteBuffer, contentType: String?) -> Bool {
+        let first = body.readableBytesView.first { ![0x20, 0x09, 0x0A, 0x0D].contains($0) }
+        return first == UInt8(ascii: "<") || contentType?.lowercased().hasPrefix("text/html") == true
     }
 
     /// A body that is not JSON, named by what it is (an HTML page from a proxy, text, nothing).
@@ -297,20 +310,21 @@ public final class RegistryConnection: Sendable {
         return refined
     }
 
-    /// Whether `failure` differs from the last one said; it becomes the last one.
+    /// Whether `failure` has not been said since the last success; it is then.
     func isNews(_ failure: RegistryFailure) -> Bool {
         let key = failure.kind.reason + "\u{0}" + failure.detail
-        return state.withLock { s in
-            defer { s.lastNews = key }
-            return s.lastNews != key
-        }
+        return state.withLock { $0.said.insert(key).inserted }
     }
 
-    /// After a success, the next failure is news again.
-    func resetNews() { state.withLock { $0.lastNews = nil } }
+    /// After a success, every failure is news again.
+    func resetNews() { state.withLock { $0.said = [] } }
 
     /// A success clears the endpoint's TLS diagnosis.
     func succeeded(_ endpoint: String) {
         state.withLock { _ = $0.diagnosed.removeValue(forKey: endpoint) }
     }
 }
+
+/// An error a watcher throws to itself from inside a request (a compacted etcd revision): not a connection failure,
+/// so `RegistryConnection.execute` passes it through unclassified.
+protocol RegistrySignal: Error {}

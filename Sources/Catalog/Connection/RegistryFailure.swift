@@ -135,6 +135,11 @@ extension RegistryFailure {
         case (.etcd, 400) where message.contains("invalid user ID or password"):
             return .init(.badCredentials, endpoint: endpoint, "etcd refused the user name or password",
                          fix: "check user= and password-file= (ETCDCTL_USER)")
+        case (.etcd, 400) where message.contains("CommonName of client"):
+            // etcd's gateway calls etcd over a connection of its own, so a client certificate's CN cannot be the user.
+            return .init(.badCredentials, endpoint: endpoint,
+                         "etcd takes users from client certificates, which its JSON gateway cannot pass on (\"\(message.prefix(120))\")",
+                         fix: "give Signpost an etcd user as well: user= and password-file= (ETCDCTL_USER)")
         case (.etcd, 400) where message.contains("user name is empty"):
             return .init(.badCredentials, endpoint: endpoint, "etcd has authentication enabled and no user was given",
                          fix: "set user= and password-file= (ETCDCTL_USER=NAME:PASSWORD)")
@@ -148,7 +153,7 @@ extension RegistryFailure {
                          fix: "set token-file= (CONSUL_HTTP_TOKEN_FILE) to a token Consul has")
         case (.consul, 403):
             return .init(.permissionDenied, endpoint: endpoint, "\(path): permission denied (\(message.prefix(200)))",
-                         fix: "give the token service:read and node:read")
+                         fix: "grant the token what Consul names there (Signpost reads with service:read, node:read, and agent:read for its datacenter)")
         case (.consul, 401):
             return .init(.badCredentials, endpoint: endpoint, "\(path): HTTP 401 \(message.prefix(200))",
                          fix: "check http-auth= (CONSUL_HTTP_AUTH)")

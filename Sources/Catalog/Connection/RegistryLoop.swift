@@ -86,8 +86,8 @@ struct RegistryLoop: Sendable {
         }
     }
 
-    /// Counts every failure; logs one only when it differs from the registry's last one (the same failure from the
-    /// next endpoint of a cluster that is down, or from a second watch, is the same news).
+    /// Counts every failure; logs one only when it has not been said since the registry last answered (the same
+    /// failure from the next endpoint of a cluster that is down, or from a second watch, is the same news).
     private func report(_ failure: RegistryFailure) {
         Counter(label: "signpost_registry_errors_total", dimensions: [("registry", connection.metricLabel), ("reason", failure.kind.reason)]).increment()
         guard connection.isNews(failure) else { return }

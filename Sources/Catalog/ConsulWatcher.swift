@@ -398,6 +398,7 @@ public actor ConsulWatcher {
     }
 
     private func scheduleRetry(_ name: String, _ error: any Error) {
+        guard !connection.isClosed else { return }
         let failures = (retryFailures[name] ?? 0) + 1
         retryFailures[name] = failures
         if failures == 1 {
@@ -522,16 +523,7 @@ public actor ConsulWatcher {
     /// `get`, with the body decoded as the JSON shape the endpoint documents.
     private func getJSON<T>(_ path: String, index: UInt64, wait: Duration? = nil, as type: T.Type) async throws -> (T, UInt64?, LeaderContact) {
         let (body, returned, leader) = try await get(path, index: index, wait: wait ?? configuration.wait)
-        let endpoint = configuration.address
-        do {
-            guard let value = try JSONSerialization.jsonObject(with: Data(body.readableBytesView)) as? T else {
-                throw RegistryFailure(.badResponse, endpoint: endpoint,
-                                      "\(path) returned JSON of the wrong shape: expected \(T.self == [String: Any].self ? "an object" : "an array")")
-            }
-            return (value, returned, leader)
-        } catch let failure as RegistryFailure { throw failure } catch {
-            throw RegistryConnection.badJSON(path, endpoint: endpoint, error)
-        }
+        return (try RegistryConnection.jsonValue(T.self, body, path: path, endpoint: configuration.address), returned, leader)
     }
 
     /// A GET, blocking when `index` > 0; returns the body, `X-Consul-Index` and the leader headers.
@@ -612,12 +604,8 @@ extension RegistryConnection {
         let body = try await execute(request(endpoint, path), endpoint: endpoint, deadline: .now() + .seconds(3)) { response in
             try await jsonBody(response, path: path, endpoint: endpoint)
         }
-        do {
-            let dc = try JSONDecoder().decode(Agent.self, from: Data(body.readableBytesView)).Config.Datacenter
-            guard !dc.isEmpty else { throw RegistryFailure(.badResponse, endpoint: endpoint, "\(path): Config.Datacenter is empty") }
-            return dc
-        } catch let failure as RegistryFailure { throw failure } catch {
-            throw Self.badJSON(path, endpoint: endpoint, error)
-        }
+        let dc = try decode(Agent.self, body, path: path, endpoint: endpoint).Config.Datacenter
+        guard !dc.isEmpty else { throw RegistryFailure(.badResponse, endpoint: endpoint, "\(path): Config.Datacenter is empty") }
+        return dc
     }
 }

@@ -51,8 +51,8 @@ public actor EtcdWatcher {
     private let skips: SkipCounters
     public nonisolated let connection: RegistryConnection
     private let loop: RegistryLoop
-    /// When the token was last renewed after etcd refused it; a second refusal within a second is a failure.
-    private var lastRelogin: ContinuousClock.Instant? = nil
+    /// A fresh login was tried after etcd refused the token; another refusal before the next success is a failure.
+    private var reloginTried = false
     /// Current instances per key (a go-micro value may hold several nodes).
     private var keys: [String: Entry] = [:]
     typealias Entry = (service: String, instances: [Instance])
@@ -87,9 +87,13 @@ public actor EtcdWatcher {
         let writer = configuration.state.map { keeper in Task { await keeper.run(source: self) } }
         let files = Task { [loop] in await loop.watchFiles() }
         await loop.run({ endpoint, connected in
+            func through() async {
+                self.reloginTried = false
+                await connected()
+            }
             try await self.logIn(endpoint)
-            if !self.listed { try await self.list(endpoint); await connected() }
-            try await self.watch(endpoint, onCreated: connected)
+            if !self.listed { try await self.list(endpoint); await through() }
+            try await self.watch(endpoint, onCreated: through)
             throw RegistryFailure(.unreachable, endpoint: endpoint, "the watch stream ended")
         }, recover: { error, endpoint in self.recover(error, endpoint) })
         files.cancel()
@@ -108,10 +112,10 @@ public actor EtcdWatcher {
         }
         guard let failure = error as? RegistryFailure, configuration.connection.user != nil else { return false }
         // etcd before 3.4.22 cancels a watch made with an expired token as "permission denied": one fresh login tells.
-        guard failure.kind == .tokenExpired || failure.kind == .permissionDenied else { return false }
-        let now = ContinuousClock.now
-        if let last = lastRelogin, now - last < .seconds(1) { return false }
-        lastRelogin = now
+        // "user name is empty": etcd enabled authentication after we found it off.
+        guard failure.kind == .tokenExpired || failure.kind == .permissionDenied || failure.kind == .badCredentials && failure.detail.contains("no user was given"),
+              !reloginTried else { return false }
+        reloginTried = true
         connection.setSessionToken(nil)
         logger.debug("etcd refused the token; logging in again", metadata: ["etcd.endpoint": "\(endpoint)"])
         return true
@@ -124,11 +128,11 @@ public actor EtcdWatcher {
         struct Token: Decodable { var token: String? }
         let body: ByteBuffer
         do { body = try await post(endpoint, "/v3/auth/authenticate", ["name": user, "password": password], deadline: .now() + .seconds(10)) } catch {
+            // Authentication is off: go on without a token (asked again at the next connection).
             guard (error as? RegistryFailure)?.kind == .authNotEnabled else { throw error }
-            connection.setSessionToken("")
             return
         }
-        guard let token = try? JSONDecoder().decode(Token.self, from: Data(body.readableBytesView)).token, !token.isEmpty else {
+        guard let token = try connection.decode(Token.self, body, path: "/v3/auth/authenticate", endpoint: endpoint).token, !token.isEmpty else {
             throw RegistryFailure(.badResponse, endpoint: endpoint, "/v3/auth/authenticate returned no token")
         }
         connection.setSessionToken(token)
@@ -189,14 +193,7 @@ public actor EtcdWatcher {
 
     /// A body's JSON object, or a failure that says what came instead.
     private func object(_ body: ByteBuffer, _ path: String, _ endpoint: String) throws(RegistryFailure) -> [String: Any] {
-        do {
-            guard let json = try JSONSerialization.jsonObject(with: Data(body.readableBytesView)) as? [String: Any] else {
-                throw RegistryFailure(.badResponse, endpoint: endpoint, "\(path) returned JSON that is not an object")
-            }
-            return json
-        } catch let failure as RegistryFailure { throw failure } catch {
-            throw RegistryConnection.badJSON(path, endpoint: endpoint, error)
-        }
+        try RegistryConnection.jsonValue([String: Any].self, body, path: path, endpoint: endpoint)
     }
 
     /// Keys per range request while listing; pages keep the memory peak of a large listing small.

@@ -17,17 +17,22 @@ public enum RegistrySpec: Sendable, Equatable, CustomStringConvertible {
         public var description: String
     }
 
-    public init(parsing text: String, environment: [String: String] = [:]) throws(Invalid) {
+    public init(parsing given: String, environment: [String: String] = [:]) throws(Invalid) {
+        // Every message quotes the URL with its secrets masked.
+        let text = Self.masked(given)
         guard let colon = text.firstIndex(of: ":") else {
             throw Invalid(description: "invalid --registry \"\(text)\": expected file:DIR, etcd:http://HOST:PORT or consul:http://HOST:PORT")
         }
-        let scheme = text[..<colon].lowercased()
-        let rest = String(text[text.index(after: colon)...])
+        let scheme = given[..<colon].lowercased()
+        let rest = String(given[given.index(after: colon)...])
         let (base, query) = Self.splitQuery(rest)
         func checkURL(_ url: String, unix: Bool = false) throws(Invalid) {
             let schemes = unix ? ["http://", "https://", "unix://"] : ["http://", "https://"]
             guard let s = schemes.first(where: { url.hasPrefix($0) }), url.count > s.count else {
-                throw Invalid(description: "invalid --registry \"\(text)\": \"\(url)\" is not an \(unix ? "http://, https:// or unix://" : "http:// or https://") URL")
+                throw Invalid(description: "invalid --registry \"\(text)\": \"\(Self.masked(url))\" is not an \(unix ? "http://, https:// or unix://" : "http:// or https://") URL")
+            }
+            if s != "unix://", url.dropFirst(s.count).prefix(while: { $0 != "/" }).contains("@") {
+                throw Invalid(description: "invalid --registry \"\(text)\": credentials go in user= and password-file= (etcd) or token-file= (Consul), not in the URL")
             }
         }
         func connection(_ endpoints: [String], _ registry: ConnectionOption.Registry, own: Set<String>) throws(Invalid) -> ConnectionSettings {
@@ -78,6 +83,18 @@ public enum RegistrySpec: Sendable, Equatable, CustomStringConvertible {
         default:
             throw Invalid(description: "invalid --registry \"\(text)\": unknown kind \"\(scheme)\" (file, etcd or consul)")
         }
+    }
+
+    /// `text` with the value of every secret option masked, and any `user:password@` in an endpoint.
+    static func masked(_ text: String) -> String {
+        var out = text.replacingOccurrences(of: #"://[^/@?,]*@"#, with: "://***@", options: .regularExpression)
+        for key in ["token", "password", "http-auth", "user"] {
+            // user= and http-auth= keep the name, mask what follows its colon.
+            let keep = key == "user" || key == "http-auth" ? #"([^&:]*):[^&]*"# : #"[^&]*"#
+            let replacement = key == "user" || key == "http-auth" ? "$1$2:***" : "$1***"
+            out = out.replacingOccurrences(of: #"([?&]"# + key + #"=)"# + keep, with: replacement, options: .regularExpression)
+        }
+        return out
     }
 
     /// `CONSUL_HTTP_ADDR` as Consul's client reads it: `unix://PATH`, a URL, or HOST:PORT (https when

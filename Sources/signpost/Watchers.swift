@@ -29,8 +29,10 @@ func makeWatchers(_ specs: [RegistrySpec], zonesDir: String?, stateDir: String? 
         case .etcd(let connection, let prefixes):
             var config = EtcdWatcher.Configuration(connection: connection, prefix: prefixes[0], localDatacenter: dc)
             (config.state, config.maxStale) = (keeper(spec), maxStale)
-            let watcher = EtcdWatcher(configuration: config, assembler: assembler, sourceIndex: index, logger: logger)
-            connections.append(watcher.connection)
+            // The prefixes of one registry share its connection: one login, one set of clients, one file watch.
+            let shared = connections.first { $0.registry == .etcd && $0.settings == connection }
+            let watcher = EtcdWatcher(configuration: config, assembler: assembler, sourceIndex: index, logger: logger, connection: shared)
+            if shared == nil { connections.append(watcher.connection) }
             services.append(TaskService { await watcher.run() })
         case .consul(let connection, let datacenter, let stale, let wait):
             var config = ConsulWatcher.Configuration(connection: connection, datacenter: datacenter, stale: stale, localDatacenter: dc)

@@ -173,6 +173,15 @@ struct RegistrySpecTests {
         #expect(try RegistrySpec(parsing: "etcd:https://h:2379?max-response=1MB").connection!.maxResponseBytes == 1 << 20)
     }
 
+    /// A refused URL is quoted with its secrets masked: the message reaches stderr and the reload log.
+    @Test(arguments: ["consul:http://h:8500?token=MARKER&bogus=1", "etcd:https://u:MARKER@h:2379", "etcd:https://h:2379?user=reader:MARKER&prefx=/",
+                      "consul:http://h:8500?http-auth=admin:MARKER&max-response=1", "etcd:http://h?password=MARKER&insecure-skip-verify=maybe"])
+    func refusalsMaskSecrets(text: String) {
+        do { _ = try RegistrySpec(parsing: text); Issue.record("accepted \(text)") } catch {
+            #expect(!error.description.contains("MARKER") && error.description.contains("***"), "\(error.description)")
+        }
+    }
+
     @Test(arguments: ["etcd:https://h:2379?token=x", "consul:http://h:8500?user=u", "etcd:https://h?cert=/c", "etcd:https://h?user=u",
                       "etcd:https://h?insecure-skip-verify=maybe", "etcd:https://h?max-response=10", "consul:ftp://h"])
     func rejectsConnection(text: String) {

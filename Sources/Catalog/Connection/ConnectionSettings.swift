@@ -51,7 +51,7 @@ public struct ConnectionSettings: Sendable, Equatable {
         if tls.insecureSkipVerify {
             out.append("TLS verification is off (insecure-skip-verify): anyone on the path can impersonate the registry")
         }
-        for (name, secret, fix) in [("token", token, "token-file= or CONSUL_HTTP_TOKEN_FILE"), ("password", password, "password-file=")]
+        for (name, secret, fix) in [("token", token, "token-file= or CONSUL_HTTP_TOKEN_FILE"), ("password", password, "password-file= (etcd) or CONSUL_HTTP_AUTH (Consul)")]
         where secret?.onCommandLine == true {
             out.append("the \(name) is given on the command line, where /proc/PID/cmdline shows it to every user on the host; use \(fix)")
         }

@@ -42,10 +42,7 @@ struct ConnectionMaterial: Sendable {
         if let certFile = s.tls.certFile, let keyFile = s.tls.keyFile {
             let chain = try certificates(certFile, setting: "cert")
             let leaf = chain[0]
-            let notAfter = Date(timeIntervalSince1970: TimeInterval(leaf.notValidAfter))
-            let notBefore = Date(timeIntervalSince1970: TimeInterval(leaf.notValidBefore))
-            if notAfter < now { throw Problem(path: certFile, reason: "the certificate expired at \(iso(notAfter))", setting: "cert") }
-            if notBefore > now { throw Problem(path: certFile, reason: "the certificate is not valid until \(iso(notBefore))", setting: "cert") }
+            if let outside = outOfValidity(leaf, now: now) { throw Problem(path: certFile, reason: "the certificate \(outside)", setting: "cert") }
             let key: NIOSSLPrivateKey
             do {
                 let bytes = try read(keyFile, setting: "key")
@@ -59,7 +56,7 @@ struct ConnectionMaterial: Sendable {
             do { _ = try NIOSSLContext(configuration: tls) } catch {
                 throw Problem(path: keyFile, reason: "the key does not match the certificate \(certFile)", setting: "key")
             }
-            expires = notAfter
+            expires = Date(timeIntervalSince1970: TimeInterval(leaf.notValidAfter))
         }
         var material = ConnectionMaterial(tls: tls, clientCertificateExpires: expires)
         material.token = try secret(s.token, setting: s.token.map { _ in "token-file" } ?? "")
@@ -108,6 +105,15 @@ struct ConnectionMaterial: Sendable {
     }
 
     static func iso(_ date: Date) -> String { ISO8601DateFormatter().string(from: date) }
+
+    /// "expired at …" or "is not valid until …" for a certificate outside its validity at `now`; nil inside it.
+    static func outOfValidity(_ cert: NIOSSLCertificate, now: Date) -> String? {
+        let notAfter = Date(timeIntervalSince1970: TimeInterval(cert.notValidAfter))
+        let notBefore = Date(timeIntervalSince1970: TimeInterval(cert.notValidBefore))
+        if notAfter < now { return "expired at \(iso(notAfter))" }
+        if notBefore > now { return "is not valid until \(iso(notBefore))" }
+        return nil
+    }
 }
 
 /// The state of a connection's files, to notice a rotation: each file's inode, size and modification time to the

@@ -38,6 +38,8 @@ public final class RegistryConnection: Sendable {
         /// Requests under way per client; a replaced client is shut down when its count is back to 0.
         var leases: [ObjectIdentifier: Int] = [:]
         var retired: [ObjectIdentifier: HTTPClient] = [:]
+        /// Set by `shutdown()`: no client is made after it.
+        var closed = false
         /// etcd's session token, from `/v3/auth/authenticate`.
         var sessionToken: String?
         /// The failures logged since the last success (kind and detail), so that each is said once.
@@ -65,10 +67,9 @@ public final class RegistryConnection: Sendable {
             if let expires = material.clientCertificateExpires { certificateExpiry.record(expires.timeIntervalSince1970) }
             materialOK.record(1)
         } catch {
+            // Reported by the watcher's loop, with the endpoint, as its first failure.
             initial.problem = error
             materialOK.record(0)
-            logger.error("cannot use a TLS or credential file; retrying when it changes",
-                         metadata: ["registry": "\(name)", "path": "\(error.path)", "reason": "\(error.reason)", "setting": "\(error.setting)"])
         }
         state = Mutex(initial)
     }
@@ -120,10 +121,12 @@ public final class RegistryConnection: Sendable {
         }
     }
 
+    public var isClosed: Bool { state.withLock { $0.closed } }
+
     /// Shuts every client down (at the end of the watcher's run).
     public func shutdown() async {
         let all = state.withLock { s in
-            defer { s.clients = [:]; s.retired = [:] }
+            defer { s.clients = [:]; s.retired = [:]; s.closed = true }
             return Array(s.clients.values) + Array(s.retired.values)
         }
         for c in all { try? await c.shutdown() }
@@ -147,7 +150,8 @@ public final class RegistryConnection: Sendable {
         } else if let serverName = settings.tls.serverName, endpoint.hasPrefix("https://") {
             // The server name stands in the URL (SNI and verification); `dnsOverride` connects to the real host.
             let host = RegistryFailure.host(of: endpoint)
-            url = endpoint.replacingOccurrences(of: "://" + host, with: "://" + serverName) + path
+            let written = endpoint.contains("://[") ? "[\(host)]" : host
+            url = endpoint.replacingOccurrences(of: "://" + written, with: "://" + serverName) + path
         } else {
             url = endpoint + path
         }
@@ -225,22 +229,39 @@ public final class RegistryConnection: Sendable {
         return body
     }
 
-    static func isHTML(_ body: ByteBuffer, contentType: String?) -> Bool {
+    /// What a body is: nil for JSON, else "HTML", "an empty body" or its content type.
+    static func kindOfBody(_ body: ByteBuffer, contentType: String?) -> String? {
         let first = body.readableBytesView.first { ![0x20, 0x09, 0x0A, 0x0D].contains($0) }
-        return first == UInt8(ascii: "<") || contentType?.lowercased().hasPrefix("text/html") == true
+        if first == UInt8(ascii: "{") || first == UInt8(ascii: "[") { return nil }
+        let type = contentType?.split(separator: ";").first.map { $0.trimmingCharacters(in: .whitespaces).lowercased() } ?? ""
+        if first == nil { return "an empty body" }
+        if type == "text/html" || first == UInt8(ascii: "<") { return "HTML" }
+        return type.isEmpty ? "something else" : type
     }
+
+    static func isHTML(_ body: ByteBuffer, contentType: String?) -> Bool { kindOfBody(body, contentType: contentType) == "HTML" }
 
     /// A body that is not JSON, named by what it is (an HTML page from a proxy, text, nothing).
     static func checkJSON(_ body: ByteBuffer, contentType: String?, path: String, endpoint: String) throws(RegistryFailure) {
-        let first = body.readableBytesView.first { ![0x20, 0x09, 0x0A, 0x0D].contains($0) }
-        if first == UInt8(ascii: "{") || first == UInt8(ascii: "[") { return }
-        let type = contentType?.split(separator: ";").first.map { $0.trimmingCharacters(in: .whitespaces).lowercased() } ?? ""
-        let what: String
-        if first == nil { what = "an empty body" }
-        else if type == "text/html" || first == UInt8(ascii: "<") { what = "HTML" }
-        else { what = type.isEmpty ? "something else" : type }
+        guard let what = kindOfBody(body, contentType: contentType) else { return }
         throw RegistryFailure(.notJSON, endpoint: endpoint, "\(path) returned \(what), not JSON (a proxy or another service on this address?)",
                               fix: "point the --registry URL at the registry's own API")
+    }
+
+    /// A body decoded as `T`, or a failure that says the JSON did not parse or had the wrong shape.
+    func decode<T: Decodable>(_ type: T.Type, _ body: ByteBuffer, path: String, endpoint: String) throws(RegistryFailure) -> T {
+        do { return try JSONDecoder().decode(T.self, from: Data(body.readableBytesView)) } catch { throw Self.badJSON(path, endpoint: endpoint, error) }
+    }
+
+    /// A body as a `JSONSerialization` value of the expected shape, or a failure that says what it was.
+    static func jsonValue<T>(_ type: T.Type, _ body: ByteBuffer, path: String, endpoint: String) throws(RegistryFailure) -> T {
+        let value: Any
+        do { value = try JSONSerialization.jsonObject(with: Data(body.readableBytesView)) } catch { throw badJSON(path, endpoint: endpoint, error) }
+        guard let typed = value as? T else {
+            throw RegistryFailure(.badResponse, endpoint: endpoint,
+                                  "\(path) returned JSON of the wrong shape: expected \(T.self == [String: Any].self ? "an object" : "an array")")
+        }
+        return typed
     }
 
     /// A JSON body of the wrong shape or cut short.
@@ -264,6 +285,7 @@ public final class RegistryConnection: Sendable {
 
     private func lease(_ endpoint: String) throws(RegistryFailure) -> HTTPClient {
         let result: Result<HTTPClient, RegistryFailure> = state.withLock { s in
+            if s.closed { return .failure(RegistryFailure(.other, endpoint: endpoint, "the connection is shut down")) }
             guard let material = s.material else {
                 let p = s.problem!
                 return .failure(RegistryFailure(.material, endpoint: endpoint, "\(p.setting) \(p.path): \(p.reason)",

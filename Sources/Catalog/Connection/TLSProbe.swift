@@ -11,19 +11,9 @@ enum TLSProbe {
         guard var config = tls, let (host, port) = hostPort(endpoint) else { return nil }
         config.certificateVerification = .none
         guard let leaf = await peerCertificate(host: host, port: port, serverName: serverName, config: config) else { return nil }
-        let notAfter = Date(timeIntervalSince1970: TimeInterval(leaf.notValidAfter))
-        let notBefore = Date(timeIntervalSince1970: TimeInterval(leaf.notValidBefore))
-        if notAfter < now {
-            return RegistryFailure(.expiredCertificate, endpoint: endpoint,
-                                   "the server's certificate expired at \(ConnectionMaterial.iso(notAfter))",
-                                   fix: "renew the registry's certificate (its --cert-file)")
-        }
-        if notBefore > now {
-            return RegistryFailure(.expiredCertificate, endpoint: endpoint,
-                                   "the server's certificate is not valid until \(ConnectionMaterial.iso(notBefore)) (is a clock wrong?)",
-                                   fix: "check both hosts' clocks")
-        }
-        return nil
+        guard let outside = ConnectionMaterial.outOfValidity(leaf, now: now) else { return nil }
+        return RegistryFailure(.expiredCertificate, endpoint: endpoint, "the server's certificate \(outside)",
+                               fix: outside.hasPrefix("expired") ? "renew the registry's certificate (its --cert-file)" : "check both hosts' clocks")
     }
 
     private static func hostPort(_ endpoint: String) -> (String, Int)? {
@@ -65,6 +55,9 @@ enum TLSProbe {
                 }
                 .connect(host: host, port: port).get()
             defer { channel.close(promise: nil) }
+            // A peer that accepts and then says nothing must not hold the watcher up.
+            let timeout = loop.scheduleTask(in: .seconds(2)) { handshake.fail(ChannelError.connectTimeout(.seconds(2))) }
+            defer { timeout.cancel() }
             try await handshake.futureResult.get()
             return try await channel.nioSSL_peerCertificate().get()
         } catch {

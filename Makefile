@@ -13,7 +13,7 @@ TEST_PACKAGES := $(RUN_PACKAGES) bind9-dnsutils knot-dnsutils ldnsutils iproute2
                  golang-go golang-google-grpc-dev dnsviz zonemaster-cli musl-tools python3-consul chromium fonts-dejavu-core \
                  openssl python3-cryptography
 
-.PHONY: run test build deps test-deps check clean grpc-probe bench bench-registry bench-forward bench-micro fuzz fuzz-build
+.PHONY: run test build deps test-deps check clean grpc-probe bench bench-results bench-registry bench-forward bench-micro fuzz fuzz-build
 
 # Installs only what is missing, so a second run does not touch apt.
 define apt_install
@@ -58,6 +58,13 @@ test: test-deps grpc-probe
 	@# that the timing checks elsewhere (a catalog edit seen within 1 s) do not share the cores with them.
 	$(SWIFT) test --skip-build --disable-xctest --filter OperationsTests
 	$(SWIFT) test --skip-build --disable-xctest --filter FleetTests
+
+# Results that tests produce for the repository: the status page's screenshot (README) and the fleet report, written
+# into bench/results (`make test` writes them to a temporary directory).
+bench-results: test-deps grpc-probe
+	$(SWIFT) build -c release --product signpost
+	$(SWIFT) build --build-tests
+	SIGNPOST_RESULTS_DIR=$(CURDIR)/bench/results $(SWIFT) test --skip-build --disable-xctest --filter "StatusPageBrowserTests|FleetTests"
 
 # Registry benchmarks: etcd put -> DNS answer latency, RSS and CPU per update at 1k×10 and 10k×10; the Consul
 # watcher against the stand-in (200-connection cap) at 2,000×5, with the connections it holds.

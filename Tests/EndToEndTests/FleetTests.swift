@@ -93,11 +93,11 @@ struct FleetTests {
     }
 
     static func save(_ lines: [String]) {
-        let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
         let day = ISO8601DateFormatter().string(from: Date()).prefix(10)
         let text = "# Fleet test, \(day)\n\n`make test` (FleetTests): two Signposts, a 3-member etcd cluster, 50 services × 4 instances checked "
             + "every 20 ms through both.\n\n" + lines.map { "- " + $0 }.joined(separator: "\n") + "\n"
-        try? text.write(toFile: root.path + "/bench/results/fleet-\(day).md", atomically: true, encoding: .utf8)
+        try? text.write(toFile: resultsDirectory + "/fleet-\(day).md", atomically: true, encoding: .utf8)
+        print(text)
     }
 }
 

@@ -316,8 +316,7 @@ struct StatusPageBrowserTests {
         }
         _ = try browser.eval("document.querySelector('#services tbody tr[data-service=\"web\"]').click()")
         #expect(try browser.until("!!document.querySelector('#explain tr[data-instance=\"web-4\"]')", within: 10) != nil)
-        try FileManager.default.createDirectory(atPath: "bench/results", withIntermediateDirectories: true)
-        try browser.screenshot(FileManager.default.currentDirectoryPath + "/bench/results/ui.png", width: 1280, height: 1250)
+        try browser.screenshot(resultsDirectory + "/ui.png", width: 1280, height: 1250)
     }
 
     @Test("/ui pages 10k services, searches them, and is read-only")

@@ -430,3 +430,12 @@ func startHelper(_ script: String, _ arguments: [String], in dir: TempDir, marke
     }
     return (process, port)
 }
+
+/// Where a test that produces a result for the repository writes it: `$SIGNPOST_RESULTS_DIR` (`make bench-results`
+/// sets it to bench/results), else a temporary directory, so `make test` leaves the work tree as it found it.
+let resultsDirectory: String = {
+    if let dir = ProcessInfo.processInfo.environment["SIGNPOST_RESULTS_DIR"], !dir.isEmpty { return dir }
+    let dir = NSTemporaryDirectory() + "signpost-results-\(getpid())"
+    try? FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+    return dir
+}()

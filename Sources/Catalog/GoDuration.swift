@@ -47,7 +47,7 @@ public enum GoDuration {
         return s <= Int64(Int32.max) ? UInt32(s) : nil
     }
 
-    /// The shortest text that parses back to `d`: `1.5s`, `500ms`, `1h30m` (for logs and `signpost config`).
+    /// The shortest text that parses back to `d`: `1.5s`, `500ms`, `1h30m` (for logs).
     public static func format(_ d: Duration) -> String {
         let (s, atto) = d.components
         guard s >= 0, s <= maxSeconds else { return "\(s)s" }

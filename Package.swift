@@ -111,7 +111,7 @@ let package = Package(
         .testTarget(
             name: "GatewayTests",
             dependencies: [
-                "Gateway", "Catalog", "DNSWire", "TestSupport",
+                "Gateway", "Catalog", "DNSWire", "TestSupport", "CUDPBatch",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOEmbedded", package: "swift-nio"),

@@ -3,6 +3,7 @@ import Catalog
 import CUDPBatch
 import Foundation
 import Logging
+import Metrics
 import NIOConcurrencyHelpers
 import NIOCore
 
@@ -174,13 +175,46 @@ final class UDPBatchServer: @unchecked Sendable {
                     }
                 }
             }
-            var sent = 0
-            while sent < out {
-                let r = sp_sendmmsg(fd, outMsgs + sent, UInt32(out - sent), 0)
-                if r <= 0 { break }
-                sent += Int(r)
-            }
+            Self.sendBatch(fd, outMsgs, count: out)
         }
+    }
+
+    /// `signpost_udp_send_errors_total{errno}`, one counter per errno seen.
+    private static let sendErrors = NIOLockedValueBox<[Int32: Counter]>([:])
+
+    /// Sends `count` prepared messages with sendmmsg(2). sendmmsg stops at the first message it cannot send (and
+    /// says -1 when that is the first); that message is skipped and counted by errno, and the rest are sent.
+    /// Returns how many were sent.
+    @discardableResult
+    static func sendBatch(_ fd: Int32, _ messages: UnsafeMutablePointer<sp_mmsghdr>, count: Int) -> Int {
+        var next = 0, sent = 0
+        while next < count {
+            let r = sp_sendmmsg(fd, messages + next, UInt32(count - next), 0)
+            if r > 0 {
+                next += Int(r)
+                sent += Int(r)
+                continue
+            }
+            let code = r < 0 ? errno : EIO
+            if code == EINTR { continue }
+            let counter = sendErrors.withLockedValue { counters in
+                if let c = counters[code] { return c }
+                let c = Counter(label: "signpost_udp_send_errors_total", dimensions: [("errno", Self.errnoName(code))])
+                counters[code] = c
+                return c
+            }
+            counter.increment()
+            next += 1
+        }
+        return sent
+    }
+
+    /// `EAGAIN`, `EINVAL`, … for the metric label (a fixed, small set), the number otherwise.
+    static func errnoName(_ code: Int32) -> String {
+        let names: [Int32: String] = [EAGAIN: "EAGAIN", EINVAL: "EINVAL", ENETUNREACH: "ENETUNREACH", EHOSTUNREACH: "EHOSTUNREACH",
+                                      EPERM: "EPERM", EACCES: "EACCES", ENOBUFS: "ENOBUFS", EMSGSIZE: "EMSGSIZE",
+                                      ECONNREFUSED: "ECONNREFUSED", EAFNOSUPPORT: "EAFNOSUPPORT", EIO: "EIO"]
+        return names[code] ?? String(code)
     }
 
     /// Response rate limiting on an answer already in its send slot: its length to send (the same, or that of

@@ -73,6 +73,7 @@ final class Reloader: Sendable {
             let resolver = keepResolver ? old.resolver : Resolver(configuration: new.resolver)
             if new.forwarding != state.running.forwarding {
                 state.probes?.cancel()
+                state.forwarder?.retire()
                 state.forwarder = new.forwarding.map { Forwarder(configuration: $0, group: group, logger: logger) }
                 state.probes = state.forwarder.map { f in Task { await f.runProbes() } }
             }

@@ -56,3 +56,39 @@ struct ReloadTests {
         #expect(try server.dig("web-1.node.consul", "A").answer.first?[1] == "3", "the rest applies")
     }
 }
+
+/// A reload that changes forwarding replaces the forwarder; the old one's upstream connections close when its last
+/// query ends. 100 such reloads, each after a query that opened a TCP connection upstream, leave the process's open
+/// files where they were.
+@Suite("End to end: reloads do not leak upstream connections", .serialized)
+struct ReloadLeakTests {
+    func openFiles(_ server: Server) -> Int {
+        (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(server.process.processIdentifier)/fd").count) ?? -1
+    }
+
+    @Test func aHundredReloadsLeaveTheOpenFilesFlat() throws {
+        let upstream = try FakeUpstream(mode: "tcp")
+        let dir = TempDir()
+        func config(_ i: Int) {
+            dir.write("signpost.json", #"{"upstream": ["127.0.0.1:\#(upstream.port)"], "cache_size": \#(1000 + i % 2)}"#)
+        }
+        config(0)
+        let server = try Server(dir: dir, forward: true, extra: ["--config", dir.path + "/signpost.json"])
+        defer { server.stop() }
+        var baseline = 0
+        for i in 1...100 {
+            // Over TCP upstream (the fake truncates over UDP), so this forwarder's pool holds a connection.
+            let answer = try server.dig("q\(i).example.test", "A")
+            #expect(answer.status == "NOERROR", "query \(i): \(answer)")
+            let before = server.log_().components(separatedBy: "] reloaded").count
+            config(i)
+            kill(server.process.processIdentifier, SIGHUP)
+            try #require(eventually(within: 10) { server.log_().components(separatedBy: "] reloaded").count > before } != nil, "reload \(i)")
+            if i == 10 { baseline = openFiles(server) }
+        }
+        // The retired pools close asynchronously: wait for the count to settle, bounded.
+        let settled = eventually(within: 10) { openFiles(server) <= baseline + 3 }
+        #expect(settled != nil, "open files: \(openFiles(server)) after 100 reloads, \(baseline) after 10")
+        #expect(upstream.log.components(separatedBy: "connection").count - 1 >= 100, "each forwarder opened its own connection")
+    }
+}

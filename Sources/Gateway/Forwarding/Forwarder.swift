@@ -1,3 +1,4 @@
+import Atomics
 import Catalog
 import DNSWire
 import Logging
@@ -41,6 +42,8 @@ public final class Forwarder: Sendable {
     private let logger: Logger
     private let inflight = NIOLockedValueBox<[ForwardCache.Key: Task<Outcome, Never>]>([:])
     private let running = NIOLockedValueBox(0)
+    /// Replaced by a reload: its upstream connections close when its last query ends.
+    private let retired = ManagedAtomic(false)
     private let failures: NIOLockedValueBox<[Int]>
     private let rotation = NIOLockedValueBox(0)
     private let overloaded = Counter(label: "signpost_forward_overload_total")
@@ -119,7 +122,11 @@ public final class Forwarder: Sendable {
     private func fetch(_ question: Question, dnssecOK: Bool, key: ForwardCache.Key) async -> Outcome {
         defer {
             inflight.withLockedValue { $0[key] = nil }
-            running.withLockedValue { $0 -= 1 }
+            let idle = running.withLockedValue { n -> Bool in
+                n -= 1
+                return n == 0
+            }
+            if idle, retired.load(ordering: .acquiring) { client.pool.shutdown() }
         }
         for i in order() {
             let started = Uptime.nanoseconds
@@ -144,6 +151,13 @@ public final class Forwarder: Sendable {
             }
         }
         return .failure
+    }
+
+    /// A reload replaced this forwarder: close its upstream connections once no query of its own is under way
+    /// (queries still arriving through the old handler finish, over UDP or a fresh connection that is closed too).
+    public func retire() {
+        retired.store(true, ordering: .releasing)
+        if running.withLockedValue({ $0 == 0 }) { client.pool.shutdown() }
     }
 
     /// Upstream indexes in policy order, with the ones marked down moved to the end.

@@ -72,17 +72,50 @@ struct UpstreamClient: Sendable {
     /// Over a pooled TCP connection to the upstream (RFC 7766): one connection per upstream, reused while the
     /// upstream keeps it open, with queries pipelined and replies matched by ID and question.
     private func tcp(_ query: ByteBuffer, id: UInt16, question: Question, upstream: SocketAddress) async throws -> Message {
-        let connection = try await pool.connection(to: upstream, group: group, timeout: timeout, mismatches: mismatches)
+        let connection: TCPConnection
+        do { connection = try await pool.connection(to: upstream, group: group, timeout: timeout, mismatches: mismatches) } catch is TCPPool.Closed {
+            // A query that reached a forwarder a reload has retired: a connection of its own, closed after it.
+            let own = try await TCPPool.open(upstream, group: group, timeout: timeout, mismatches: mismatches)
+            defer { own.close() }
+            return try await own.exchange(query, question: question, timeout: timeout)
+        }
         return try await connection.exchange(query, question: question, timeout: timeout)
     }
 }
 
-/// One reusable TCP connection per upstream.
+/// One reusable TCP connection per upstream. Concurrent callers share one connection attempt, so two queries that
+/// find no connection do not open two; `shutdown()` closes every connection and opens none after it.
 final class TCPPool: Sendable {
-    private let connections = NIOLockedValueBox<[SocketAddress: TCPConnection]>([:])
+    private struct State {
+        var connections: [SocketAddress: Task<TCPConnection, any Error>] = [:]
+        var closed = false
+    }
+    private let state = NIOLockedValueBox(State())
+
+    struct Closed: Error {}
 
     func connection(to upstream: SocketAddress, group: any EventLoopGroup, timeout: TimeAmount, mismatches: Counter) async throws -> TCPConnection {
-        if let c = connections.withLockedValue({ $0[upstream] }), c.isOpen { return c }
+        while true {
+            let attempt: Task<TCPConnection, any Error> = try state.withLockedValue { s in
+                if s.closed { throw Closed() }
+                if let existing = s.connections[upstream] { return existing }
+                let task = Task { try await Self.open(upstream, group: group, timeout: timeout, mismatches: mismatches) }
+                s.connections[upstream] = task
+                return task
+            }
+            do {
+                let connection = try await attempt.value
+                if connection.isOpen { return connection }
+            } catch {
+                state.withLockedValue { s in if s.connections[upstream] == attempt { s.connections[upstream] = nil } }
+                throw error
+            }
+            // Closed by the upstream since: forget it (unless someone already replaced it) and open another.
+            state.withLockedValue { s in if s.connections[upstream] == attempt { s.connections[upstream] = nil } }
+        }
+    }
+
+    static func open(_ upstream: SocketAddress, group: any EventLoopGroup, timeout: TimeAmount, mismatches: Counter) async throws -> TCPConnection {
         let connection = TCPConnection(mismatches: mismatches)
         let channel = try await ClientBootstrap(group: group)
             .connectTimeout(timeout)
@@ -95,8 +128,18 @@ final class TCPPool: Sendable {
             }
             .connect(to: upstream).get()
         connection.attach(channel)
-        connections.withLockedValue { $0[upstream] = connection }
         return connection
+    }
+
+    /// Closes every connection; the pool opens none after this.
+    func shutdown() {
+        let attempts = state.withLockedValue { s in
+            defer { s.connections = [:]; s.closed = true }
+            return Array(s.connections.values)
+        }
+        for attempt in attempts {
+            Task { (try? await attempt.value)?.close() }
+        }
     }
 }
 
@@ -111,6 +154,8 @@ final class TCPConnection: ChannelInboundHandler, Sendable {
     var isOpen: Bool { state.withLockedValue { $0.open } }
 
     func attach(_ channel: any Channel) { state.withLockedValue { $0.channel = channel } }
+
+    func close() { state.withLockedValue { $0.channel }?.close(promise: nil) }
 
     func exchange(_ query: ByteBuffer, question: Question, timeout: TimeAmount) async throws -> Message {
         guard let channel = state.withLockedValue({ $0.channel }) else { throw UpstreamClient.Malformed() }

@@ -7,6 +7,7 @@ import HashTreeCollections
 /// of wire-format labels read as dotted text (`\x02go\x05micro` is `go.micro`), so a lookup by a name of any
 /// length copies nothing and allocates nothing. Both hash the same lower-cased bytes (FNV-1a), so a probe finds
 /// the stored key that equals it. A probe must not outlive the buffer it borrows; the maps never keep one.
+// Unchecked: `.probe` holds a pointer, which lives only for one lookup on the querying thread (see above).
 public enum NameKey: Hashable, @unchecked Sendable, ExpressibleByStringLiteral, CustomStringConvertible, Comparable {
     case owned(String)
     /// Plain bytes (`wire: false`) or wire-format labels (`wire: true`).

@@ -31,6 +31,7 @@ public final class EncodedAnswers: Sendable {
 }
 
 /// A selection other than "every instance in the local datacenter": its kind, label and datacenter.
+// Unchecked: a NameKey may be a probe (a borrowed pointer); a TemplateKey is only ever built from stored keys.
 struct TemplateKey: Hashable, @unchecked Sendable {
     var kind: UInt8
     var label: NameKey
@@ -90,6 +91,8 @@ extension Resolver {
     /// configuration) are replaced.
     private func entryTemplates(_ entry: ServiceEntry) -> EntryTemplates {
         let attached = entry.attachment(owner: identity) ?? entry.attach(EntryAttachment(owner: identity, object: EntryTemplates()))
+        // Only this resolver attaches under its identity, and always an EntryTemplates; unsafeDowncast checks that
+        // in debug builds and costs nothing in release ones.
         return unsafeDowncast(attached.object, to: EntryTemplates.self)
     }
 

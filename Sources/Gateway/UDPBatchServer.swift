@@ -14,17 +14,17 @@ import Glibc
 /// The UDP front end without NIO (`--udp-engine mmsg`): one SO_REUSEPORT socket and one thread per worker, each
 /// receiving up to 32 datagrams per recvmmsg(2) and sending the answers with one sendmmsg(2). Answers that must
 /// wait (forwarded misses) are sent later with sendto(2) on the same socket. TCP stays on NIO.
-final class UDPBatchServer: @unchecked Sendable {
+final class UDPBatchServer: Sendable {
     static let batch = 32
     static let bufferSize = 4096
 
     private let slot: QueryHandlerSlot
     private let eventLoop: any EventLoopGroup
     private let logger: Logger
-    private var sockets: [Int32] = []
+    /// Bound by `bind`, served by `start`: touched only by the owner while starting and stopping, behind a lock.
+    private let sockets = NIOLockedValueBox<[Int32]>([])
     /// Read once per batch: an atomic load, not a lock.
     private let stopping = ManagedAtomic(false)
-    private var threads: [Thread] = []
 
     init(handler: QueryHandlerSlot, eventLoop: any EventLoopGroup, logger: Logger) {
         self.slot = handler
@@ -53,8 +53,10 @@ final class UDPBatchServer: @unchecked Sendable {
             guard rc == 0 else {
                 let code = errno
                 close(fd)
-                for s in sockets { close(s) }
-                sockets = []
+                sockets.withLockedValue { all in
+                    for s in all { close(s) }
+                    all = []
+                }
                 throw IOError(errnoCode: code, reason: "bind")
             }
             if port == 0 {
@@ -63,17 +65,16 @@ final class UDPBatchServer: @unchecked Sendable {
                 _ = withUnsafeMutablePointer(to: &storage) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &len) } }
                 port = Int(UInt16(bigEndian: withUnsafeBytes(of: storage) { $0.load(fromByteOffset: 2, as: UInt16.self) }))
             }
-            sockets.append(fd)
+            sockets.withLockedValue { $0.append(fd) }
         }
         return port
     }
 
     func start() {
-        for fd in sockets {
+        for fd in sockets.withLockedValue({ $0 }) {
             let thread = Thread { [self] in self.serve(fd) }
             thread.name = "signpost-udp"
             thread.start()
-            threads.append(thread)
         }
     }
 
@@ -84,8 +85,10 @@ final class UDPBatchServer: @unchecked Sendable {
 
     /// For a bind that is abandoned before `start()`.
     func closeSockets() {
-        for fd in sockets { close(fd) }
-        sockets = []
+        sockets.withLockedValue { all in
+            for fd in all { close(fd) }
+            all = []
+        }
     }
 
     private func serve(_ fd: Int32) {

@@ -25,8 +25,8 @@ enum TLSProbe {
         return port.map { (host, $0) }
     }
 
+    // Unchecked: its promise is Sendable, and the handler is touched only on its channel's event loop.
     private final class HandshakeWaiter: ChannelInboundHandler, @unchecked Sendable {
-        // Touched only on its channel's event loop.
         typealias InboundIn = NIOAny
         let promise: EventLoopPromise<Void>
         init(_ promise: EventLoopPromise<Void>) { self.promise = promise }

@@ -129,7 +129,7 @@ public struct IPv4: Hashable, Sendable, CustomStringConvertible {
         guard parts.count == 4 else { return nil }
         var out: [UInt8] = []
         for p in parts {
-            guard !p.isEmpty, p.count <= 3, p.allSatisfy(\.isASCII), let v = UInt8(p),
+            guard !p.isEmpty, p.count <= 3, p.utf8.allSatisfy({ $0 >= 0x30 && $0 <= 0x39 }), let v = UInt8(p),
                   !(p.count > 1 && p.first == "0") else { return nil }
             out.append(v)
         }
@@ -161,7 +161,7 @@ public struct IPv6: Hashable, Sendable, CustomStringConvertible {
             if part.isEmpty { return [] }
             var out: [UInt16] = []
             for g in part.split(separator: ":", omittingEmptySubsequences: false) {
-                guard !g.isEmpty, g.count <= 4, let v = UInt16(g, radix: 16) else { return nil }
+                guard !g.isEmpty, g.count <= 4, g.allSatisfy(\.isHexDigit), g.allSatisfy(\.isASCII), let v = UInt16(g, radix: 16) else { return nil }
                 out.append(v)
             }
             return out

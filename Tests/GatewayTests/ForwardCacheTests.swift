@@ -81,6 +81,11 @@ struct ForwardCacheTests {
         }
         #expect(throws: ConfigurationError.self) { try CIDR("10.0.0.0/33") }
         #expect(try CIDR("192.0.2.77/24").contains([192, 0, 2, 1]))
+        // One address parser (DNSWire's) for every address: no leading zeros, no signs, in either family.
+        for bad in ["010.1.1.1/8", "+1.2.3.4/8", "1.2.3.+4", "1.2.3", "+1::/64", "fd00::+1", "::g/64", "1.2.3.4.5"] {
+            #expect(throws: ConfigurationError.self, "\(bad)") { try CIDR(bad) }
+        }
+        #expect(try CIDR("::ffff:10.0.0.1/104").contains(try #require(IPv6("::ffff:10.9.9.9")).bytes))
     }
 
     @Test func policiesOrderUpstreams() throws {

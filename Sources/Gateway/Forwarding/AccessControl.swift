@@ -1,3 +1,4 @@
+import DNSWire
 import NIOCore
 
 #if canImport(Glibc)
@@ -13,7 +14,8 @@ public struct CIDR: Sendable, Hashable, CustomStringConvertible {
         let parts = text.split(separator: "/", maxSplits: 1)
         let addrText = String(parts[0])
         var bytes: [UInt8]
-        if let v4 = IPv4Bytes(addrText) { bytes = v4 } else if let v6 = IPv6Bytes(addrText) { bytes = v6 } else {
+        // DNSWire's parsers, the one pair for every address Signpost reads (no `010.1.1.1`, no `+1`).
+        if let v4 = IPv4(addrText) { bytes = v4.array } else if addrText.contains(":"), let v6 = IPv6(addrText) { bytes = v6.bytes } else {
             throw ConfigurationError("invalid CIDR \"\(text)\"")
         }
         let maxPrefix = bytes.count * 8
@@ -86,19 +88,6 @@ func withClientAddress<R>(_ client: SocketAddress?, _ body: (UnsafeRawBufferPoin
     case .v6(let a)?: return withUnsafeBytes(of: a.address) { withClientAddress(sockaddr: $0.baseAddress!, body) }
     default: return nil
     }
-}
-
-func IPv4Bytes(_ text: String) -> [UInt8]? {
-    let parts = text.split(separator: ".", omittingEmptySubsequences: false)
-    guard parts.count == 4 else { return nil }
-    var out: [UInt8] = []
-    for p in parts { guard let v = UInt8(p) else { return nil }; out.append(v) }
-    return out
-}
-
-func IPv6Bytes(_ text: String) -> [UInt8]? {
-    guard let a = try? SocketAddress(ipAddress: text, port: 0), case .v6(let v6) = a else { return nil }
-    return withUnsafeBytes(of: v6.address.sin6_addr) { Array($0) }
 }
 
 /// The nameservers of a resolv.conf, as upstreams, leaving out any address Signpost itself listens on,

@@ -2,8 +2,8 @@ import Logging
 import Metrics
 
 /// What every registry watcher does besides decoding: try the endpoints in turn, back off after a failure, report
-/// the lost contact (the cached catalog keeps serving, as stale), and say each failure once per change, with the
-/// repeats in `signpost_registry_errors_total{registry,reason}`.
+/// the lost contact (the cached catalog keeps serving, as stale), and say each distinct failure once until the
+/// registry answers again, with the repeats in `signpost_registry_errors_total{registry,reason}`.
 struct RegistryLoop: Sendable {
     let connection: RegistryConnection
     let assembler: CatalogAssembler

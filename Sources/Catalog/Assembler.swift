@@ -2,6 +2,7 @@ import DNSWire
 import Foundation
 import HashTreeCollections
 import Logging
+import Metrics
 
 /// Merges the registries (in `--registry` order) and the zone files into snapshots.
 ///
@@ -27,6 +28,8 @@ public actor CatalogAssembler {
     /// How many instances and nodes name each datacenter, so the set stays exact under updates.
     private var datacenterCounts: [String: Int] = [:]
     private var generation: UInt32 = 0
+    /// Snapshots published: the rate a registry's churn costs the answer path.
+    private let published = Counter(label: "signpost_snapshots_published_total")
     /// Uptime (ns) at which each registry lost contact, if it has.
     private var staleSince: [Int: Int64] = [:]
 
@@ -202,6 +205,7 @@ public actor CatalogAssembler {
     }
 
     private func publish() {
+        published.increment()
         // The default SOA serial: seconds since the epoch, but always increasing.
         generation = max(generation &+ 1, UInt32(truncatingIfNeeded: Int(Date().timeIntervalSince1970)))
         var datacenters: Set<NameKey> = [.owned(localDatacenter)]

@@ -5,18 +5,31 @@ import Logging
 import Metrics
 import NIOCore
 
-/// Follows a Consul agent through its HTTP API with two aggregate blocking queries, whatever the catalog's size:
-/// `/v1/catalog/services` for the set of services (its index moves on service-table writes), and
-/// `/v1/health/state/any` for every check (its index moves on check writes). When either moves, only the services
-/// concerned are read again with `/v1/health/service/<name>`, a bounded number at a time, and only those whose
-/// instances changed are published. So the agent sees at most `readConcurrency` + 2 connections (Consul allows
-/// 200 per client), the snapshot is always complete, and a DNS answer never waits on Consul.
+/// Follows a Consul agent through its HTTP API so that each change costs what changed, not the catalog.
+///
+/// Four blocking queries, each on a narrow wake (DESIGN.md, "Watching Consul at 10,000 services", says why these):
+/// - `/v1/health/state/critical` and `/v1/health/state/warning`: Consul wakes them only when a check enters, leaves
+///   or changes inside that status (its status index), and their bodies list only the checks not passing, which is
+///   short in a healthy datacenter. Diffed by node and check ID against the last list, they name the services whose
+///   health moved: a check that failed, came back to passing, or was deregistered while failing. A node-level check
+///   names every service on its node.
+/// - `/v1/catalog/services`, on the services table: a registration, a deregistration, a change of port, address,
+///   tags or meta, and a node's removal (which removes its services). New names are read; names that went are
+///   removed; and since the body cannot say which of the other services moved, a sweep asks each one for its own
+///   index (`X-Consul-Index` of `/v1/health/service/<name>` with a filter that matches nothing: a few hundred bytes),
+///   and reads only those whose index moved.
+/// - `/v1/catalog/nodes`, filtered to nothing, on the nodes table: a node's address or meta changed (which moves
+///   the index of every service on it, found by the same sweep).
+///
+/// A service is read with `/v1/health/service/<name>`, a bounded number at a time, and only a change in what it
+/// serves is published, at most 20 times a second. So the agent sees at most `readConcurrency` + 4 connections
+/// (Consul allows 200 per client), the snapshot is always complete, and a DNS answer never waits on Consul.
 ///
 /// Blocking-query rules, as Consul documents them:
 /// - the index returned in `X-Consul-Index` is sent back as `?index=`;
 /// - an index that goes backwards resets to 0 (a full, non-blocking read);
 /// - an index below 1 is treated as 1;
-/// - a query that returns at once without a new index is rate-limited (`minInterval`);
+/// - a query that returns at once with nothing new is rate-limited (`minInterval`);
 /// - the wait has jitter added, so many watchers do not wake in step.
 public actor ConsulWatcher {
     public struct Configuration: Sendable {
@@ -28,14 +41,16 @@ public actor ConsulWatcher {
         public var localDatacenter: String
         /// The `?wait=` of each blocking query (Consul's default is 5m).
         public var wait: Duration = .seconds(300)
-        /// The least time between two queries of one watch that return without a new index.
+        /// The least time between two queries of one watch that return with nothing new.
         public var minInterval: Duration = .milliseconds(250)
         /// Health changes: this many reads at once, then one round per `churnInterval`, so a flapping check is
         /// read at that rate and its changes in between are folded into the next read.
         public var churnBurst = 2
         public var churnInterval: Duration = .seconds(1)
-        /// Service reads in flight at once (each holds one connection to the agent).
+        /// Service reads (and index probes) in flight at once, each holding one connection to the agent.
         public var readConcurrency = 16
+        /// The least time between two snapshots this watcher publishes; changes in between go out together.
+        public var publishInterval: Duration = .milliseconds(50)
         /// `--state-dir`: the last-good data and the indexes, loaded at start-up and written on change.
         public var state: StateKeeper? = nil
         /// `--max-stale`: a state file confirmed longer ago than this is not served.
@@ -50,6 +65,16 @@ public actor ConsulWatcher {
         }
     }
 
+    /// The two check lists watched, each holding only checks not passing.
+    enum FailingStatus: String, CaseIterable, Sendable { case critical, warning }
+
+    /// A check in a failing list: its ModifyIndex, its service's key (empty for a node-level check) and its node.
+    struct CheckMark: Equatable, Sendable {
+        var index: UInt64
+        var service: String
+        var node: String
+    }
+
     public let configuration: Configuration
     private let assembler: CatalogAssembler
     private let sourceIndex: Int
@@ -58,6 +83,8 @@ public actor ConsulWatcher {
     private let loop: RegistryLoop
     /// Nodes each service's instances name, so a node stays while any service names it.
     private var nodesByService: [String: [CatalogSnapshot.NodeKey: Node]] = [:]
+    /// The services with an instance on each node (by lower-cased node name): what a node-level check touches.
+    private var servicesByNode: [String: Set<String>] = [:]
     private var nodeRefs = NodeReferences()
     /// Names already reported as skipped, so each is logged once, not on every catalog change.
     private var reportedSkips: Set<String> = []
@@ -66,6 +93,9 @@ public actor ConsulWatcher {
     private let filteredGauge: Gauge
     /// Updates held back by a service's churn limit (each folds one or more changes into the next read).
     private let delayed: Counter
+    /// Index probes sent by sweeps, and the services they found moved.
+    private let probes: Counter
+    private let sweeps: Counter
 
     public init(configuration: Configuration, assembler: CatalogAssembler, sourceIndex: Int, logger: Logger,
                 connection: RegistryConnection? = nil) {
@@ -73,16 +103,18 @@ public actor ConsulWatcher {
         self.assembler = assembler
         self.sourceIndex = sourceIndex
         self.logger = logger
-        // Two blocking queries and at most `readConcurrency` reads: far under Consul's 200 connections per client.
+        // Four blocking queries and at most `readConcurrency` reads: far under Consul's 200 connections per client.
         let connection = connection ?? RegistryConnection(settings: configuration.connection, registry: .consul,
                                                           name: "consul:" + configuration.address, logger: logger,
-                                                          poolSize: configuration.readConcurrency + 4)
+                                                          poolSize: configuration.readConcurrency + 6)
         self.connection = connection
         self.loop = RegistryLoop(connection: connection, assembler: assembler, sourceIndex: sourceIndex, state: configuration.state,
                                  backoff: configuration.backoff, logger: logger)
         self.skips = SkipCounters(registry: "consul")
         self.filteredGauge = Gauge(label: "signpost_registry_acl_filtered", dimensions: [("registry", "consul")])
         self.delayed = Counter(label: "signpost_registry_updates_delayed_total", dimensions: [("registry", "consul")])
+        self.probes = Counter(label: "signpost_consul_index_probes_total")
+        self.sweeps = Counter(label: "signpost_consul_sweeps_total")
         filteredGauge.record(0)
     }
 
@@ -93,26 +125,27 @@ public actor ConsulWatcher {
         return max(returned, 1)
     }
 
-    /// Runs until cancelled: the two aggregate watches, side by side.
+    /// Runs until cancelled: the four watches, side by side.
     public func run() async {
         let files = Task { [loop] in await loop.watchFiles() }
         if let keeper = configuration.state, let state = keeper.load(maxStale: configuration.maxStale) { await restore(state) }
         let writer = configuration.state.map { keeper in Task { await keeper.run(source: self) } }
         await withTaskGroup(of: Void.self) { group in
             group.addTask { await self.watchCatalog() }
-            group.addTask { await self.watchChecks() }
+            group.addTask { await self.watchNodes() }
+            for status in FailingStatus.allCases { group.addTask { await self.watchFailing(status) } }
             await group.waitForAll()
         }
         writer?.cancel()
         await writer?.value
         for task in later.values { task.cancel() }
+        flushTask?.cancel()
         files.cancel()
         await connection.shutdown()
     }
 
     /// The service set: a blocking query on `/v1/catalog/services`, whose index moves on writes to the service
-    /// table. New services are read, services that went are removed, and, since any instance may have changed,
-    /// the others are read again (only changed ones are published).
+    /// table. New services are read, services that went are removed, and a sweep finds which others moved.
     private func watchCatalog() async {
         var index = catalogIndex
         // Resumed from a state file: the first query blocks only briefly, so an unchanged Consul is confirmed at once
@@ -120,12 +153,14 @@ public actor ConsulWatcher {
         var firstWait: Duration? = index > 0 ? .milliseconds(20) : nil
         await loop.run({ _, _ in
             let started = ContinuousClock.now
-            let (services, returned, leader) = try await getJSON("/v1/catalog/services", index: index, wait: firstWait, as: [String: Any].self)
+            let (body, returned, leader) = try await get("/v1/catalog/services", index: index, wait: firstWait ?? configuration.wait)
             firstWait = nil
+            let services = try connection.decode([String: [String]?].self, body, path: "/v1/catalog/services", endpoint: configuration.address)
             let filtered = Self.filteredByACLs(services: services.keys, token: connection.hasToken, header: leader.filteredByACLs)
             await reportACLFiltering(filtered)
             let names = servable(services.keys)
             let next = Self.nextIndex(previous: index, returned: returned)
+            if next < index { sweptThrough = 0 }
             // Everything filtered away: not loaded (SERVFAIL) if nothing was; if something was (a cache, a state
             // file), it is kept, unconfirmed, rather than an empty catalog (NXDOMAIN for every name). The problem is
             // on /ready; the blocking query goes on, and loads once the token can read.
@@ -133,9 +168,13 @@ public actor ConsulWatcher {
             if blind {
                 if !loaded { await assembler.setContact(source: sourceIndex, inContact: true) }
             } else if !loaded {
+                await waitForBaselines()
                 await loadAll(names)
-            } else if next != index {
-                await reconcile(names)
+            } else if next != catalogIndex {
+                // Compared with the last index seen, not the one sent: after a failure (index 0) an unchanged
+                // services table costs nothing.
+                await waitForBaselines()
+                await reconcile(names, through: next)
             }
             if let age = leader.dataAge, !blind {
                 await assembler.setContact(source: sourceIndex, dataAge: age)
@@ -155,17 +194,48 @@ public actor ConsulWatcher {
         }, onFailure: { index = 0 })
     }
 
-    /// Health: a blocking query on `/v1/health/state/any`, whose index moves on every check write. The services
-    /// whose checks changed (a node-level check: every service on that node) are read again. Each service has a
-    /// token bucket (the blocking-query docs' advice): past its burst, its next read waits for a token, and the
-    /// changes meanwhile fold into that read, so a flapping check costs one read a second and delays no other.
-    private func watchChecks() async {
-        var index = checksIndex
+    /// Nodes: a blocking query on `/v1/catalog/nodes` whose filter matches no node, so its body is `[]` and it is a
+    /// pure wake on the nodes table. A node's address or meta changing moves the index of every service on it,
+    /// which the sweep finds. (A node that goes takes its services with it, which the catalog watch sees too.)
+    private func watchNodes() async {
+        var index = nodesIndex
         await loop.run(reportsContact: false, { _, _ in
             let started = ContinuousClock.now
-            let (checks, returned, _) = try await getJSON("/v1/health/state/any", index: index, as: [[String: Any]].self)
+            let (_, returned, _) = try await get("/v1/catalog/nodes", index: index, wait: configuration.wait, filter: Self.matchesNoNode)
             let next = Self.nextIndex(previous: index, returned: returned)
-            let changed = checkChanges(checks)
+            // Compared with the last index seen (kept through failures); the first one ever is only a start.
+            if loaded, nodesIndex > 0, next != nodesIndex {
+                await waitForBaselines()
+                await sweep(through: next)
+            }
+            if next == index { try await pace(since: started) }
+            if next != nodesIndex { configuration.state?.changed() }
+            index = next
+            nodesIndex = next
+        }, onFailure: { index = 0 })
+    }
+
+    /// Consul's filter language: no node and no health entry has an empty node name.
+    static let matchesNoNode = #"Node == """#
+    static let matchesNoEntry = #"Node.Node == """#
+
+    /// Health: a blocking query on `/v1/health/state/<status>`, which Consul wakes only when that status's set of
+    /// checks changes. The services whose checks entered, left or changed are read again (a node-level check:
+    /// every service on that node). Each service has a token bucket (the blocking-query docs' advice): past its
+    /// burst, its next read waits for a token, and the changes meanwhile fold into that read, so a flapping check
+    /// costs one read a second and delays no other.
+    ///
+    /// The index Consul returns is the whole checks table's, so a write elsewhere (a passing check's output) makes
+    /// the next query return at once with the same list: such a turn, with nothing changed, is paced.
+    private func watchFailing(_ status: FailingStatus) async {
+        var index = failingIndex[status] ?? 0
+        let path = "/v1/health/state/" + status.rawValue
+        await loop.run(reportsContact: false, { _, _ in
+            let started = ContinuousClock.now
+            let (body, returned, _) = try await get(path, index: index, wait: configuration.wait)
+            let checks = try connection.decode([FailingCheck].self, body, path: path, endpoint: configuration.address)
+            let next = Self.nextIndex(previous: index, returned: returned)
+            let changed = failingChanges(status, checks)
             if !loaded { changedDuringLoad.formUnion(changed) }
             if loaded, !changed.isEmpty {
                 var now: Set<String> = []
@@ -175,60 +245,76 @@ public actor ConsulWatcher {
                 }
                 if !now.isEmpty { await readAndPublish(now) }
             }
-            if next == index { try await pace(since: started) }
+            if next == index || changed.isEmpty { try await pace(since: started) }
             // A new resume point (the baseline and its index) is worth writing even when no data changed.
-            if next != checksIndex { configuration.state?.changed() }
+            if next != failingIndex[status] { configuration.state?.changed() }
             index = next
-            checksIndex = next
-        }, onFailure: {
-            index = 0
-            self.checkIndexes = nil
-        })
+            failingIndex[status] = next
+        }, onFailure: { index = 0 })
+    }
+
+    /// One entry of `/v1/health/state/<status>`: what the diff needs.
+    struct FailingCheck: Decodable {
+        var Node: String
+        var CheckID: String
+        var ServiceName: String?
+        var ModifyIndex: UInt64?
     }
 
     /// The blocking queries' indexes, kept in the state file so a restart resumes where they were.
     private var catalogIndex: UInt64 = 0
-    private var checksIndex: UInt64 = 0
+    private var nodesIndex: UInt64 = 0
+    private var failingIndex: [FailingStatus: UInt64] = [:]
+    /// Each failing list as last seen, by node and check ID; absent until its first read.
+    private var failing: [FailingStatus: [String: CheckMark]] = [:]
+    /// Each service's own index (`X-Consul-Index` of its last read): what a sweep compares against.
+    private var serviceIndexes: [String: UInt64] = [:]
     /// Reads under way; while any is, or one is scheduled, the checks' baseline is ahead of the data.
     private var readsInFlight = 0
     /// Services the state file says were followed but had no data (a read that failed): read once Consul answers.
     private var unreadAfterRestore: Set<String> = []
-
-    /// Every check's ModifyIndex, by node and check ID, with its service; nil until the first read.
-    private var checkIndexes: [String: (index: UInt64, service: String, node: String)]? = nil
     /// Services whose checks changed while the first load ran; read once it is done.
     private var changedDuringLoad: Set<String> = []
 
-    /// `/v1/health/state/any`'s checks by node and check ID: ModifyIndex, service key (empty for a node-level
-    /// check) and node key.
-    static func indexChecks(_ checks: [[String: Any]]) -> [String: (index: UInt64, service: String, node: String)] {
-        var out: [String: (index: UInt64, service: String, node: String)] = [:]
+    /// A failing list by node and check ID.
+    static func marks(_ checks: [FailingCheck]) -> [String: CheckMark] {
+        var out: [String: CheckMark] = [:]
         for c in checks {
-            let node = c["Node"] as? String ?? "", id = c["CheckID"] as? String ?? ""
-            out[node + "\u{0}" + id] = ((c["ModifyIndex"] as? NSNumber)?.uint64Value ?? 0,
-                                        ServiceName.key(c["ServiceName"] as? String ?? ""), node.lowercased())
+            out[c.Node + "\u{0}" + c.CheckID] = CheckMark(index: c.ModifyIndex ?? 0, service: ServiceName.key(c.ServiceName ?? ""),
+                                                          node: c.Node.lowercased())
         }
         return out
     }
 
-    /// The services whose checks changed since the last call (nothing on the first call, which sets the baseline).
-    private func checkChanges(_ checks: [[String: Any]]) -> Set<String> {
-        let fresh = Self.indexChecks(checks)
-        defer { checkIndexes = fresh }
-        guard let before = checkIndexes else { return [] }
-        var changedServices: Set<String> = [], changedNodes: Set<String> = []
-        for (key, now) in fresh where before[key]?.index != now.index {
-            if now.service.isEmpty { changedNodes.insert(now.node) } else { changedServices.insert(now.service) }
+    /// What differs between two failing lists: the service keys of checks that entered, left or changed, and the
+    /// nodes of node-level ones.
+    static func differences(_ before: [String: CheckMark], _ now: [String: CheckMark]) -> (services: Set<String>, nodes: Set<String>) {
+        var services: Set<String> = [], nodes: Set<String> = []
+        func note(_ mark: CheckMark) { if mark.service.isEmpty { nodes.insert(mark.node) } else { services.insert(mark.service) } }
+        for (key, mark) in now where before[key] != mark { note(mark) }
+        for (key, mark) in before where now[key] == nil { note(mark) }
+        return (services, nodes)
+    }
+
+    /// The services whose checks changed in this status's list since the last call (nothing on the first call,
+    /// which sets the baseline).
+    private func failingChanges(_ status: FailingStatus, _ checks: [FailingCheck]) -> Set<String> {
+        let fresh = Self.marks(checks)
+        defer { failing[status] = fresh }
+        guard let before = failing[status] else { return [] }
+        let (services, nodes) = Self.differences(before, fresh)
+        var changed = services
+        for node in nodes { changed.formUnion(servicesByNode[node] ?? []) }
+        return changed.intersection(known)
+    }
+
+    /// The first load waits (briefly) for both failing lists, so that a change after them is seen as one: a check
+    /// that changed before its service was read is in the read; one that changed after is in the next list.
+    private func waitForBaselines() async {
+        let deadline = ContinuousClock.now + .seconds(5)
+        while failing.count < FailingStatus.allCases.count, ContinuousClock.now < deadline {
+            do { try await Task.sleep(for: .milliseconds(5)) } catch { return }
         }
-        for (key, was) in before where fresh[key] == nil {
-            if was.service.isEmpty { changedNodes.insert(was.node) } else { changedServices.insert(was.service) }
-        }
-        if !changedNodes.isEmpty {
-            for (service, nodes) in nodesByService where nodes.keys.contains(where: { changedNodes.contains($0.name) }) {
-                changedServices.insert(service)
-            }
-        }
-        return changedServices.intersection(known)
     }
 
     /// Whether Consul's ACLs hid part of the catalog. Consul answers 200 with the results it may show, and sets
@@ -319,6 +405,7 @@ public actor ConsulWatcher {
         }
         catalog.nodes = nodeRefs.nodes
         await assembler.replace(source: sourceIndex, with: catalog)
+        lastPublish = .now
         configuration.state?.changed()
         loaded = true
         logger.info("consul loaded", metadata: ["consul.address": "\(configuration.address)", "consul.services": "\(names.count)"])
@@ -329,9 +416,11 @@ public actor ConsulWatcher {
         }
     }
 
-    /// A new service set: services that went are removed; the rest are read again.
-    private func reconcile(_ names: Set<String>) async {
+    /// A new service set at index `index`: services that went are removed, new ones are read, and a sweep finds
+    /// which of the others moved.
+    private func reconcile(_ names: Set<String>, through index: UInt64) async {
         let gone = known.subtracting(names)
+        let new = names.subtracting(known)
         known = names
         if !gone.isEmpty {
             var services: [String: [Instance]] = [:]
@@ -340,13 +429,58 @@ public actor ConsulWatcher {
                 later.removeValue(forKey: name)?.cancel()
                 buckets[name] = nil
                 published[name] = nil
+                serviceIndexes[name] = nil
                 services[name] = []
                 nodes.merge(setNodes(for: name, [])) { $1 }
             }
-            await assembler.update(source: sourceIndex, services: services, nodes: nodes)
-            configuration.state?.changed()
+            await publish(services, nodes)
         }
-        await readAndPublish(names)
+        if !new.isEmpty { await readAndPublish(new) }
+        await sweep(through: index)
+    }
+
+    /// The highest index a sweep must cover, and the highest one a sweep already started covers: a sweep that
+    /// starts after a write has been seen finds it, so two watches woken by one write (a new node with its service)
+    /// cost one sweep.
+    private var sweepWanted: UInt64 = 0
+    private var sweptThrough: UInt64 = 0
+    private var sweeping = false
+
+    /// Asks every followed service for its own index, `readConcurrency` at a time, and reads those whose index is
+    /// not the one their data came with. A probe that fails is a read (which retries on its own).
+    private func sweep(through index: UInt64) async {
+        sweepWanted = max(sweepWanted, index)
+        guard !sweeping else { return }
+        sweeping = true
+        defer { sweeping = false }
+        while sweepWanted > sweptThrough {
+            sweptThrough = sweepWanted
+            sweeps.increment()
+            let names = known.subtracting(later.keys)
+            var moved: Set<String> = []
+            readsInFlight += 1
+            await withTaskGroup(of: (String, UInt64?).self) { group in
+                var pending = names.makeIterator()
+                var started = 0
+                while started < configuration.readConcurrency, let name = pending.next() {
+                    group.addTask { await self.probe(name) }
+                    started += 1
+                }
+                while let (name, index) = await group.next() {
+                    if index == nil || index != serviceIndexes[name] { moved.insert(name) }
+                    if let next = pending.next() { group.addTask { await self.probe(next) } }
+                }
+            }
+            readsInFlight -= 1
+            probes.increment(by: Int64(names.count))
+            if !moved.isEmpty { await readAndPublish(moved) }
+        }
+    }
+
+    /// A service's own index: `/v1/health/service/<name>` filtered to nothing, so the body is `[]` and only the
+    /// `X-Consul-Index` header, which Consul takes before the filter runs, says anything.
+    private func probe(_ name: String) async -> (String, UInt64?) {
+        do { return (name, try await get(Self.healthPath(name), index: 0, wait: .zero, filter: Self.matchesNoEntry).1) } catch { return (name, nil) }
     }
 
     /// Reads these services and publishes those whose instances changed, in one update.
@@ -361,10 +495,46 @@ public actor ConsulWatcher {
             services[name] = instances
             nodes.merge(setNodes(for: name, instances)) { $1 }
         }
-        if !services.isEmpty {
-            await assembler.update(source: sourceIndex, services: services, nodes: nodes)
-            configuration.state?.changed()
+        if !services.isEmpty { await publish(services, nodes) }
+    }
+
+    /// Changes waiting for the next snapshot, and when the last one went out.
+    private var pendingServices: [String: [Instance]] = [:]
+    private var pendingNodes: [CatalogSnapshot.NodeKey: Node?] = [:]
+    private var lastPublish: ContinuousClock.Instant? = nil
+    private var flushTask: Task<Void, Never>? = nil
+
+    /// Hands changes to the assembler: at once when the last snapshot is `publishInterval` old, otherwise together
+    /// with whatever else changes until then. Under churn the snapshot is rebuilt at most 1 / `publishInterval` times
+    /// a second, and no change waits longer than that.
+    private func publish(_ services: [String: [Instance]], _ nodes: [CatalogSnapshot.NodeKey: Node?]) async {
+        pendingServices.merge(services) { $1 }
+        pendingNodes.merge(nodes) { $1 }
+        guard flushTask == nil else { return }
+        let due = (lastPublish ?? .now - configuration.publishInterval) + configuration.publishInterval
+        if ContinuousClock.now >= due {
+            await flush()
+        } else {
+            flushTask = Task { [weak self] in
+                do { try await Task.sleep(until: due) } catch { return }
+                await self?.flushScheduled()
+            }
         }
+    }
+
+    private func flushScheduled() async {
+        flushTask = nil
+        await flush()
+    }
+
+    private func flush() async {
+        guard !pendingServices.isEmpty || !pendingNodes.isEmpty else { return }
+        let services = pendingServices, nodes = pendingNodes
+        pendingServices = [:]
+        pendingNodes = [:]
+        lastPublish = .now
+        await assembler.update(source: sourceIndex, services: services, nodes: nodes)
+        configuration.state?.changed()
     }
 
     /// `/v1/health/service/<name>` for each, at most `readConcurrency` at once. Failures are logged, and retried.
@@ -372,7 +542,7 @@ public actor ConsulWatcher {
         readsInFlight += 1
         defer { readsInFlight -= 1 }
         var results: [String: [Instance]] = [:]
-        await withTaskGroup(of: (String, Result<[Instance], any Error>).self) { group in
+        await withTaskGroup(of: (String, Result<([Instance], UInt64?), any Error>).self) { group in
             var pending = names.sorted().makeIterator()
             var started = 0
             while started < configuration.readConcurrency, let name = pending.next() {
@@ -381,10 +551,12 @@ public actor ConsulWatcher {
             }
             while let (name, result) = await group.next() {
                 switch result {
-                case .success(let instances):
+                case .success(let (instances, index)):
                     results[name] = instances
+                    serviceIndexes[name] = index
                     retryFailures[name] = nil
                 case .failure(let error):
+                    serviceIndexes[name] = nil
                     scheduleRetry(name, error)
                 }
                 if let next = pending.next() { group.addTask { await self.readOne(next) } }
@@ -393,8 +565,11 @@ public actor ConsulWatcher {
         return results
     }
 
-    private func readOne(_ name: String) async -> (String, Result<[Instance], any Error>) {
-        do { return (name, .success(try await health(name, index: 0).0)) } catch { return (name, .failure(error)) }
+    private func readOne(_ name: String) async -> (String, Result<([Instance], UInt64?), any Error>) {
+        do {
+            let (instances, index, _) = try await health(name, index: 0)
+            return (name, .success((instances, index)))
+        } catch { return (name, .failure(error)) }
     }
 
     private func scheduleRetry(_ name: String, _ error: any Error) {
@@ -407,12 +582,11 @@ public actor ConsulWatcher {
         readLater(name, after: configuration.backoff.delay(afterFailures: failures), replacing: true)
     }
 
-    /// Rate limit: a query that came back without a new index waits out the rest of `minInterval`.
+    /// Rate limit: a query that came back with nothing new waits out the rest of `minInterval`.
     private func pace(since started: ContinuousClock.Instant) async throws {
         let elapsed = ContinuousClock.now - started
         if elapsed < configuration.minInterval { try await Task.sleep(for: configuration.minInterval - elapsed) }
     }
-
 
     /// Records which nodes a service names; returns the node entries that changed (nil = gone).
     @discardableResult
@@ -421,6 +595,11 @@ public actor ConsulWatcher {
         for i in instances { now[NodeReferences.key(i.node)] = i.node }
         let before = nodesByService[service] ?? [:]
         nodesByService[service] = now.isEmpty ? nil : now
+        for key in before.keys where now[key] == nil {
+            servicesByNode[key.name]?.remove(service)
+            if servicesByNode[key.name]?.isEmpty == true { servicesByNode[key.name] = nil }
+        }
+        for key in now.keys where before[key] == nil { servicesByNode[key.name, default: []].insert(service) }
         var touched: Set<CatalogSnapshot.NodeKey> = []
         // Only nodes that left, arrived or changed; an unchanged node keeps its count.
         for (key, node) in before where now[key] != node && nodeRefs.release(node) { touched.insert(key) }
@@ -430,10 +609,15 @@ public actor ConsulWatcher {
         return changed
     }
 
+    static func healthPath(_ name: String) -> String {
+        "/v1/health/service/" + (name.addingPercentEncoding(withAllowedCharacters: .urlPathAllowed.subtracting(["/"])) ?? name)
+    }
+
     /// One service's instances, with health folded in from node-level and service-level checks.
     private func health(_ name: String, index: UInt64) async throws -> ([Instance], UInt64?, LeaderContact) {
-        let path = name.addingPercentEncoding(withAllowedCharacters: .urlPathAllowed.subtracting(["/"])) ?? name
-        let (entries, returned, leader) = try await getJSON("/v1/health/service/\(path)", index: index, as: [[String: Any]].self)
+        let path = Self.healthPath(name)
+        let (body, returned, leader) = try await get(path, index: index, wait: configuration.wait)
+        let entries = try RegistryConnection.jsonValue([[String: Any]].self, body, path: path, endpoint: configuration.address)
         var out: [Instance] = []
         for entry in entries {
             do { out.append(try Self.instance(from: entry, localDatacenter: configuration.localDatacenter)) } catch {
@@ -520,17 +704,13 @@ public actor ConsulWatcher {
         return inst
     }
 
-    /// `get`, with the body decoded as the JSON shape the endpoint documents.
-    private func getJSON<T>(_ path: String, index: UInt64, wait: Duration? = nil, as type: T.Type) async throws -> (T, UInt64?, LeaderContact) {
-        let (body, returned, leader) = try await get(path, index: index, wait: wait ?? configuration.wait)
-        return (try RegistryConnection.jsonValue(T.self, body, path: path, endpoint: configuration.address), returned, leader)
-    }
-
-    /// A GET, blocking when `index` > 0; returns the body, `X-Consul-Index` and the leader headers.
-    private func get(_ path: String, index: UInt64, wait: Duration) async throws -> (ByteBuffer, UInt64?, LeaderContact) {
+    /// A GET, blocking when `index` > 0; returns the body, `X-Consul-Index` and the leader headers. `filter` is
+    /// an expression in Consul's filter language.
+    private func get(_ path: String, index: UInt64, wait: Duration, filter: String? = nil) async throws -> (ByteBuffer, UInt64?, LeaderContact) {
         var query: [String] = []
         if let dc = configuration.datacenter { query.append("dc=\(dc)") }
         if configuration.stale { query.append("stale") }
+        if let filter { query.append("filter=" + (filter.addingPercentEncoding(withAllowedCharacters: .alphanumerics) ?? filter)) }
         let waitSeconds = Double(wait.components.seconds) + Double(wait.components.attoseconds) / 1e18
         if index > 0 {
             // Jitter on top of the wait, so watches started together do not all return together.
@@ -552,23 +732,41 @@ public actor ConsulWatcher {
 }
 
 extension ConsulWatcher: StateSource {
-    /// The services as published, and the indexes (the checks' too) to resume the blocking queries from.
-    /// While reads are under way or scheduled, the checks' baseline already counts changes whose data is not here
-    /// yet: then no baseline is kept, and the catalog index is 0, so a restart reads every service again.
+    /// Where the watches stand, as the state file keeps it: the failing lists and the indexes of the watches.
+    struct WatchPoint: Codable {
+        var nodesIndex: UInt64
+        var failingIndex: [String: UInt64]
+        /// Per status, node + NUL + check ID → [ModifyIndex, service key, node].
+        var failing: [String: [String: [String]]]
+    }
+
+    /// The services as published, each service's own index, and where the watches stand. While reads or a sweep
+    /// are under way or scheduled, the failing lists already count changes whose data is not here yet: then the
+    /// watches are not kept and the catalog index is 0, so a restart sweeps (and reads only the services whose
+    /// index is not the one stored with their data).
     public func currentState() -> (entries: [String: [Instance]], resume: [String: String]) {
-        let knownText = (try? JSONSerialization.data(withJSONObject: known.sorted())).map { String(decoding: $0, as: UTF8.self) } ?? "[]"
-        guard readsInFlight == 0, later.isEmpty, changedDuringLoad.isEmpty, let baseline = checkIndexes else {
-            return (published, ["catalogIndex": "0", "checksIndex": "0", "known": knownText])
+        func text(_ value: some Encodable) -> String {
+            (try? JSONEncoder().encode(value)).map { String(decoding: $0, as: UTF8.self) } ?? "null"
         }
-        var checks: [String: [Any]] = [:]
-        for (key, c) in baseline { checks[key] = [String(c.index), c.service, c.node] }
-        let text = (try? JSONSerialization.data(withJSONObject: checks)).map { String(decoding: $0, as: UTF8.self) } ?? "{}"
-        return (published, ["catalogIndex": String(catalogIndex), "checksIndex": String(checksIndex), "checks": text, "known": knownText])
+        var resume = ["known": text(known.sorted()), "serviceIndexes": text(serviceIndexes)]
+        guard readsInFlight == 0, !sweeping, later.isEmpty, changedDuringLoad.isEmpty, failing.count == FailingStatus.allCases.count else {
+            resume["catalogIndex"] = "0"
+            return (published, resume)
+        }
+        var lists: [String: [String: [String]]] = [:]
+        for (status, marks) in failing {
+            lists[status.rawValue] = marks.mapValues { [String($0.index), $0.service, $0.node] }
+        }
+        let point = WatchPoint(nodesIndex: nodesIndex, failingIndex: Dictionary(uniqueKeysWithValues: failingIndex.map { ($0.key.rawValue, $0.value) }),
+                               failing: lists)
+        resume["catalogIndex"] = String(catalogIndex)
+        resume["watches"] = text(point)
+        return (published, resume)
     }
 
     /// The state file's services, served until Consul answers. The blocking queries resume from its indexes:
-    /// Consul answers at once if they moved meanwhile, and only what changed is read again (every service, if the
-    /// service set moved, as after any catalog change).
+    /// Consul answers at once if they moved meanwhile, and only what changed is read again. A file without the
+    /// watches' positions (written mid-change, or by an older Signpost) resumes with a sweep.
     func restore(_ state: RegistryState) async {
         var catalog = SourceCatalog()
         for (name, instances) in state.entries where !instances.isEmpty {
@@ -577,18 +775,27 @@ extension ConsulWatcher: StateSource {
             setNodes(for: name, instances)
         }
         catalog.nodes = nodeRefs.nodes
-        let stored = state.resume["known"].flatMap { try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String] } ?? []
-        known = Set(published.keys).union(stored)
+        let decoder = JSONDecoder()
+        func value<T: Decodable>(_ key: String, _ type: T.Type) -> T? { state.resume[key].flatMap { try? decoder.decode(T.self, from: Data($0.utf8)) } }
+        known = Set(published.keys).union(value("known", [String].self) ?? [])
         unreadAfterRestore = known.subtracting(published.keys)
+        serviceIndexes = value("serviceIndexes", [String: UInt64].self) ?? [:]
         loaded = true
         catalogIndex = UInt64(state.resume["catalogIndex"] ?? "") ?? 0
-        checksIndex = UInt64(state.resume["checksIndex"] ?? "") ?? 0
-        if let text = state.resume["checks"], let object = try? JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: [String]] {
-            var checks: [String: (index: UInt64, service: String, node: String)] = [:]
-            for (key, v) in object where v.count == 3 { checks[key] = (UInt64(v[0]) ?? 0, v[1], v[2]) }
-            checkIndexes = checks
-        } else {
-            checksIndex = 0
+        if let point = value("watches", WatchPoint.self) {
+            nodesIndex = point.nodesIndex
+            for status in FailingStatus.allCases {
+                guard let list = point.failing[status.rawValue], let index = point.failingIndex[status.rawValue] else { continue }
+                var marks: [String: CheckMark] = [:]
+                for (key, v) in list where v.count == 3 { marks[key] = CheckMark(index: UInt64(v[0]) ?? 0, service: v[1], node: v[2]) }
+                failing[status] = marks
+                failingIndex[status] = index
+            }
+        }
+        if failing.count < FailingStatus.allCases.count {
+            failing = [:]
+            failingIndex = [:]
+            catalogIndex = 0
         }
         await assembler.restore(source: sourceIndex, with: catalog, confirmed: state.confirmed)
         logger.info("serving the state file until Consul answers", metadata: ["path": "\(configuration.state!.path)",

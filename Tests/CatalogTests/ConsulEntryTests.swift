@@ -77,11 +77,32 @@ struct ConsulEntryTests {
         #expect(i.node.lanAddresses.isEmpty && i.serviceLanAddresses.isEmpty, "only lan_ipv4/lan_ipv6 add addresses")
     }
 
+    /// Consul's documented `/v1/health/state/<status>` body decodes into the failing-list entries (no ModifyIndex
+    /// there: it counts as 0), keyed by node and check ID, a node-level check with no service.
     @Test func documentedHealthStateResponse() throws {
-        let checks = try #require(try golden("health-state.json") as? [[String: Any]])
-        let index = ConsulWatcher.indexChecks(checks)
-        #expect(index.count == 2)
-        #expect(index["foobar\u{0}service:redis"]?.service == "redis" && index["foobar\u{0}serfHealth"]?.service == "")
-        #expect(index.values.allSatisfy { $0.node == "foobar" })
+        let url = try #require(Bundle.module.url(forResource: "Resources/consul/health-state.json", withExtension: nil))
+        let checks = try JSONDecoder().decode([ConsulWatcher.FailingCheck].self, from: Data(contentsOf: url))
+        let marks = ConsulWatcher.marks(checks)
+        #expect(marks.count == 2)
+        #expect(marks["foobar\u{0}service:redis"]?.service == "redis" && marks["foobar\u{0}serfHealth"]?.service == "")
+        #expect(marks.values.allSatisfy { $0.node == "foobar" })
+    }
+
+    /// What a change between two failing lists names: a check that entered, one that left (back to passing, or
+    /// deregistered), one whose ModifyIndex moved, and a node-level check (its node, for every service on it).
+    @Test func failingListDifferences() {
+        typealias Mark = ConsulWatcher.CheckMark
+        let before: [String: Mark] = ["n1\u{0}a": Mark(index: 5, service: "web", node: "n1"),
+                                      "n2\u{0}b": Mark(index: 6, service: "db", node: "n2"),
+                                      "n3\u{0}c": Mark(index: 7, service: "api", node: "n3"),
+                                      "n4\u{0}serfHealth": Mark(index: 8, service: "", node: "n4")]
+        var now = before
+        now["n1\u{0}a"] = nil                                      // left the list
+        now["n2\u{0}b"]!.index = 9                                  // changed inside it
+        now["n5\u{0}d"] = Mark(index: 10, service: "cache", node: "n5")  // entered it
+        now["n6\u{0}serfHealth"] = Mark(index: 11, service: "", node: "n6")
+        let (services, nodes) = ConsulWatcher.differences(before, now)
+        #expect(services == ["web", "db", "cache"] && nodes == ["n6"])
+        #expect(ConsulWatcher.differences(before, before) == ([], []))
     }
 }

@@ -52,9 +52,23 @@ from urllib.parse import parse_qs, unquote, urlparse
 
 lock = threading.Condition()
 state = {"index": 10, "nodes": {}, "services": {}, "checks": {}, "noblock": False, "known_leader": True, "last_contact_ms": 0,
-         "services_index": 10, "checks_index": 10,
+         "services_index": 10, "checks_index": 10, "nodes_index": 10, "extinction_index": None, "epoch": 0,
          "failing": {}}
+# Secondary indexes, kept current by every write as Consul's memdb indexes are, so that each read costs its result
+# and not the catalog.
+by_name = {}           # lower-cased service name -> {(node, service ID)}
+services_by_node = {}  # node -> {service ID}
+checks_by_node = {}    # node -> {check ID}
+by_status = {"passing": set(), "warning": set(), "critical": set()}  # status -> {(node, check ID)}
+# Consul's per-service index ("service.<name>" in its index table): moved by writes to the service's instances, their
+# checks, their nodes' checks and their nodes.
+service_idx = {}
+# The index of the last write inside each status's set of checks: what wakes a blocking /v1/health/state/<status>.
+status_changed = {"passing": 0, "warning": 0, "critical": 0}
+body_cache = {}        # lower-cased service name -> (its index, its /v1/health/service body)
+touched = set()        # the tables the write under way has changed
 requests_seen = []
+stats = {"bytes": 0, "requests": 0, "by_path": {}}
 TOKEN = None
 LIMITED = None
 TOKEN_FILE = None
@@ -62,6 +76,7 @@ DC = "dc1"
 AGENT_NODE = "standin-agent"
 # TTL checks by (node, check ID): {"ttl": s, "expires": t, "deregister_after": s or None, "critical_since": t or None}
 ttl_checks = {}
+CHECK_FIELDS = ("Status", "Output", "Notes", "Name", "ServiceID", "ServiceName", "Type")
 
 
 def go_duration(text):
@@ -76,34 +91,169 @@ def lower_keys(d):
     return {k.lower(): v for k, v in d.items()} if isinstance(d, dict) else {}
 
 
+def pending():
+    """The index the write under way will commit at."""
+    return state["index"] + 1
+
+
+def commit():
+    """Ends a write. As in Consul's state store, a write that changed nothing (the same node, service or check
+    registered again) moves no table's index; otherwise the index moves, and with it each changed table's."""
+    if not touched:
+        return
+    state["index"] += 1
+    for table in touched:
+        state[table + "_index"] = state["index"]
+    touched.clear()
+    lock.notify_all()
+
+
+def bump(*tables):
+    """A test control's write: the named tables (all when none is named, which also wakes every blocking query)."""
+    touched.update(tables or ("services", "checks", "nodes"))
+    if not tables:
+        state["epoch"] += 1
+    commit()
+
+
+def touch_service(name):
+    service_idx[name.lower()] = pending()
+
+
+def touch_node_services(node):
+    """updateAllServiceIndexesOfNode: a node's write, or a node-level check's, moves every service index on it."""
+    for sid in services_by_node.get(node, ()):
+        touch_service(state["services"][(node, sid)]["Service"])
+
+
+def touch_check_services(node, check):
+    if check["ServiceID"]:
+        svc = state["services"].get((node, check["ServiceID"]))
+        if svc:
+            touch_service(svc["Service"])
+    else:
+        touch_node_services(node)
+
+
+def put_node(name, address, datacenter=None, tagged=None, meta=None):
+    """ensureNodeTxn: a node the same as the stored one is not written."""
+    old = state["nodes"].get(name)
+    new = {"Address": address, "Datacenter": datacenter or DC, "TaggedAddresses": tagged or {}, "Meta": meta or {}}
+    if old and all(old.get(k) == v for k, v in new.items()):
+        return
+    new["CreateIndex"] = old["CreateIndex"] if old else pending()
+    new["ModifyIndex"] = pending()
+    state["nodes"][name] = new
+    touched.add("nodes")
+    touch_node_services(name)
+
+
+def put_service(node, svc):
+    key = (node, svc["ID"])
+    old = state["services"].get(key)
+    if old and old["Service"].lower() != svc["Service"].lower():
+        unlink_service(key, old)
+    svc["CreateIndex"] = old["CreateIndex"] if old else pending()
+    svc["ModifyIndex"] = pending()
+    state["services"][key] = svc
+    by_name.setdefault(svc["Service"].lower(), set()).add(key)
+    services_by_node.setdefault(node, set()).add(svc["ID"])
+    touch_service(svc["Service"])
+    touched.add("services")
+
+
+def unlink_service(key, svc):
+    name = svc["Service"].lower()
+    members = by_name.get(name, set())
+    members.discard(key)
+    if members:
+        touch_service(name)
+    else:
+        # The last instance: the name's index goes, and the extinction index answers for it from now on.
+        by_name.pop(name, None)
+        service_idx.pop(name, None)
+        body_cache.pop(name, None)
+        state["extinction_index"] = pending()
+    on_node = services_by_node.get(key[0], set())
+    on_node.discard(key[1])
+    if not on_node:
+        services_by_node.pop(key[0], None)
+
+
+def del_service(node, sid):
+    svc = state["services"].pop((node, sid), None)
+    if svc is None:
+        return
+    unlink_service((node, sid), svc)
+    for cid in [c for c in checks_by_node.get(node, ()) if state["checks"][(node, c)]["ServiceID"] == sid]:
+        del_check((node, cid))
+    touched.add("services")
+
+
+def put_check(key, check):
+    """ensureCheckTxn: inserts or updates a check; a check the same as the stored one is not written."""
+    old = state["checks"].get(key)
+    if old and all(old.get(f) == check.get(f) for f in CHECK_FIELDS):
+        return
+    check["CreateIndex"] = old.get("CreateIndex", pending()) if old else pending()
+    check["ModifyIndex"] = pending()
+    if old:
+        by_status.setdefault(old["Status"], set()).discard(key)
+        status_changed[old["Status"]] = pending()
+        touch_check_services(key[0], old)
+    state["checks"][key] = check
+    by_status.setdefault(check["Status"], set()).add(key)
+    status_changed[check["Status"]] = pending()
+    checks_by_node.setdefault(key[0], set()).add(key[1])
+    touch_check_services(key[0], check)
+    touched.add("checks")
+
+
+def del_check(key):
+    check = state["checks"].pop(key, None)
+    if check is None:
+        return
+    by_status.setdefault(check["Status"], set()).discard(key)
+    status_changed[check["Status"]] = pending()
+    checks_by_node.get(key[0], set()).discard(key[1])
+    ttl_checks.pop(key, None)
+    touch_check_services(key[0], check)
+    touched.add("checks")
+
+
+def del_node(name):
+    for sid in list(services_by_node.get(name, ())):
+        del_service(name, sid)
+    for cid in list(checks_by_node.get(name, ())):
+        del_check((name, cid))
+    checks_by_node.pop(name, None)
+    if state["nodes"].pop(name, None) is not None:
+        touched.add("nodes")
+
+
+def new_check(node, cid, name, status, service_id="", notes="", output="", type_=""):
+    return {"Node": node, "CheckID": cid, "Name": name, "Status": status, "Notes": notes, "Output": output,
+            "ServiceID": service_id,
+            "ServiceName": state["services"].get((node, service_id), {}).get("Service", "") if service_id else "",
+            "Type": type_}
+
+
 def ensure_agent_node():
     if AGENT_NODE not in state["nodes"]:
-        state["nodes"][AGENT_NODE] = {"Address": "127.0.0.1", "Datacenter": DC, "Meta": {},
-                                      "CreateIndex": state["index"] + 1, "ModifyIndex": state["index"] + 1}
-        state["checks"][(AGENT_NODE, "serfHealth")] = {"Node": AGENT_NODE, "CheckID": "serfHealth", "Name": "Serf Health Status",
-                                                       "Status": "passing", "Notes": "", "Output": "Agent alive and reachable",
-                                                       "ServiceID": "", "ServiceName": "", "Type": "",
-                                                       "ModifyIndex": state["index"] + 1}
+        put_node(AGENT_NODE, "127.0.0.1")
+        put_check((AGENT_NODE, "serfHealth"), new_check(AGENT_NODE, "serfHealth", "Serf Health Status", "passing",
+                                                        output="Agent alive and reachable"))
 
 
 def set_check(key, status, output):
-    """A check's new status; the index moves only when something changed, as in Consul's state store."""
+    """A check's new status (its TTL bookkeeping too); a write only when something changed."""
     check = state["checks"][key]
-    if status == "critical" and check["Status"] != "critical" and key in ttl_checks:
-        ttl_checks[key]["critical_since"] = time.time()
-    if status != "critical" and key in ttl_checks:
-        ttl_checks[key]["critical_since"] = None
-    if check["Status"] != status or check["Output"] != output:
-        check["Status"], check["Output"] = status, output
-        check["ModifyIndex"] = state["index"] + 1
-        bump("checks")
-
-
-def remove_service(node, sid):
-    state["services"].pop((node, sid), None)
-    for key in [k for k, c in state["checks"].items() if k[0] == node and c["ServiceID"] == sid]:
-        del state["checks"][key]
-        ttl_checks.pop(key, None)
+    if key in ttl_checks:
+        if status == "critical" and check["Status"] != "critical":
+            ttl_checks[key]["critical_since"] = time.time()
+        if status != "critical":
+            ttl_checks[key]["critical_since"] = None
+    put_check(key, dict(check, Status=status, Output=output))
 
 
 def reaper():
@@ -118,18 +268,8 @@ def reaper():
                     set_check(key, "critical", "TTL expired")
                 since, after = t["critical_since"], t["deregister_after"]
                 if since is not None and after is not None and now - since > after:
-                    remove_service(key[0], state["checks"][key]["ServiceID"])
-                    bump("services", "checks")
-
-
-def bump(*tables):
-    """A write: the Raft index moves, and with it the index of each table written (all when none is named).
-    Like Consul's state store, /v1/catalog/services answers with the services table's index and
-    /v1/health/state/any with the checks table's, so each blocks until its own table changes."""
-    state["index"] += 1
-    for table in tables or ("services", "checks"):
-        state[table + "_index"] = state["index"]
-    lock.notify_all()
+                    del_service(key[0], state["checks"][key]["ServiceID"])
+            commit()
 
 
 def parse_wait(text):
@@ -141,30 +281,42 @@ def parse_wait(text):
     return min(go_duration(text), 600.0)
 
 
+def compile_filter(text, fields):
+    """The subset of Consul's filter language (go-bexpr) the watcher sends: `Selector == "value"` and `!=`, where the
+    selector's first part is a field of the endpoint's result. None for anything else (Consul answers 400)."""
+    m = re.fullmatch(r'\s*([A-Za-z]\w*(?:\.\w+)*)\s*(==|!=)\s*"((?:[^"\\]|\\.)*)"\s*', text)
+    if not m or m.group(1).split(".")[0] not in fields:
+        return None
+    path, equal, value = m.group(1).split("."), m.group(2) == "==", m.group(3)
+
+    def matches(item):
+        for part in path:
+            item = item.get(part) if isinstance(item, dict) else None
+        return (item == value) == equal
+    return matches
+
+
+_table_cache = {}
+
+
+def cached(table, make):
+    """A whole-table answer, made once per change of the table's index (a read that wakes often costs nothing more)."""
+    hit = _table_cache.get(table)
+    if hit is None or hit[0] != state[table + "_index"]:
+        hit = _table_cache[table] = (state[table + "_index"], make())
+    return hit[1]
+
+
 def catalog_services():
     out = {}
-    for svc in state["services"].values():
-        tags = out.setdefault(svc["Service"], [])
-        for t in svc.get("Tags") or []:
-            if t not in tags:
-                tags.append(t)
+    for name in by_name:
+        for key in sorted(by_name[name]):
+            svc = state["services"][key]
+            tags = out.setdefault(svc["Service"], [])
+            for t in svc.get("Tags") or []:
+                if t not in tags:
+                    tags.append(t)
     return out
-
-
-_groups = {"index": None}
-
-
-def groups():
-    """Services by lower-cased name and checks by node, rebuilt once per write (a catalog of thousands of
-    services is read service by service)."""
-    if _groups["index"] != state["index"]:
-        by_name, by_node = {}, {}
-        for (node_name, sid), svc in sorted(state["services"].items()):
-            by_name.setdefault(svc["Service"].lower(), []).append((node_name, sid, svc))
-        for (n, _), c in sorted(state["checks"].items()):
-            by_node.setdefault(n, []).append(c)
-        _groups.update(index=state["index"], by_name=by_name, by_node=by_node)
-    return _groups
 
 
 def node_uuid(name):
@@ -196,12 +348,13 @@ def service_json(sid, svc):
     return out
 
 
-def check_json(c, svc):
+def check_json(c):
     """Consul's structs.HealthCheck: Type, Definition (empty fields omitted), ServiceTags (never null)."""
     out = dict(c)
+    svc = state["services"].get((c["Node"], c["ServiceID"]), {}) if c.get("ServiceID") else {}
     out.setdefault("Type", "")
     out["Definition"] = {}
-    out["ServiceTags"] = (svc.get("Tags") or []) if c.get("ServiceID") else []
+    out["ServiceTags"] = svc.get("Tags") or []
     out.setdefault("Interval", "")
     out.setdefault("Timeout", "")
     out.setdefault("ExposedPort", 0)
@@ -210,28 +363,39 @@ def check_json(c, svc):
 
 
 def service_index(name):
-    """A service's own index, as Consul keeps one per service name: the highest ModifyIndex among its instances,
-    their nodes and their checks (and the services table's, once it is gone, so a deregistration still wakes)."""
-    g = groups()
-    entries = g["by_name"].get(name.lower(), [])
-    if not entries:
-        return state["services_index"]
-    top = 1
-    for node_name, sid, svc in entries:
-        top = max(top, svc["ModifyIndex"], state["nodes"][node_name]["ModifyIndex"],
-                  *[c["ModifyIndex"] for c in g["by_node"].get(node_name, []) if c["ServiceID"] in ("", sid)])
-    return top
+    """maxIndexAndWatchChForService: the service's own index; for a name with no instances, the index at which the
+    last service went extinct, or failing that the catalog's."""
+    idx = service_idx.get(name.lower())
+    if idx is not None:
+        return idx
+    if state["extinction_index"] is not None:
+        return state["extinction_index"]
+    return max(state["services_index"], state["checks_index"], state["nodes_index"])
 
 
 def health_service(name):
+    """/v1/health/service/<name>'s entries: Consul matches names case-insensitively."""
     out = []
-    g = groups()
-    for node_name, sid, svc in g["by_name"].get(name.lower(), []):  # Consul matches names case-insensitively
-        node = state["nodes"][node_name]
-        checks = [c for c in g["by_node"].get(node_name, []) if c["ServiceID"] in ("", sid)]
+    for node_name, sid in sorted(by_name.get(name.lower(), ())):
+        svc, node = state["services"][(node_name, sid)], state["nodes"][node_name]
+        checks = [state["checks"][(node_name, cid)] for cid in sorted(checks_by_node.get(node_name, ()))]
         out.append({"Node": node_json(node_name, node), "Service": service_json(sid, svc),
-                    "Checks": [check_json(c, svc) for c in checks]})
+                    "Checks": [check_json(c) for c in checks if c["ServiceID"] in ("", sid)]})
     return out
+
+
+def health_service_body(name):
+    """The same entries as JSON, made once per change of the service's index (its only input)."""
+    key, idx = name.lower(), service_index(name)
+    hit = body_cache.get(key)
+    if hit is None or hit[0] != idx:
+        hit = body_cache[key] = (idx, json.dumps(health_service(name)).encode())
+    return hit[1]
+
+
+def checks_in_state(status):
+    keys = state["checks"].keys() if status == "any" else by_status.get(status, ())
+    return [check_json(state["checks"][k]) for k in sorted(keys)]
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -240,8 +404,9 @@ class Handler(BaseHTTPRequestHandler):
     def log_message(self, *args):
         pass
 
-    def reply(self, code, body, index=None, filtered=False):
-        data = json.dumps(body).encode()
+    def reply(self, code, body, index=None, filtered=False, raw=None):
+        """Answers; `raw` is a body already encoded. Every byte sent for /v1/ is counted (GET /_test/stats)."""
+        data = raw if raw is not None else json.dumps(body).encode()
         self.send_response(code)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
@@ -251,6 +416,16 @@ class Handler(BaseHTTPRequestHandler):
             self.send_header("X-Consul-LastContact", str(state["last_contact_ms"]))
         if filtered:
             self.send_header("X-Consul-Results-Filtered-By-ACLs", "true")
+        path = urlparse(self.path).path
+        if path.startswith("/v1/"):
+            sent = len(data) + sum(len(h) for h in getattr(self, "_headers_buffer", [])) + 2
+            kind = "/v1/health/service/" if path.startswith("/v1/health/service/") else path
+            with lock:
+                stats["bytes"] += sent
+                stats["requests"] += 1
+                entry = stats["by_path"].setdefault(kind, {"bytes": 0, "requests": 0})
+                entry["bytes"] += sent
+                entry["requests"] += 1
         self.end_headers()
         self.wfile.write(data)
 
@@ -276,15 +451,18 @@ class Handler(BaseHTTPRequestHandler):
         url = urlparse(self.path)
         query = parse_qs(url.query, keep_blank_values=True)
         with lock:
+            if len(requests_seen) >= 200_000:
+                del requests_seen[:100_000]
             requests_seen.append({"path": url.path, "query": {k: v[0] for k, v in query.items()},
                                   "token": self.headers.get("X-Consul-Token"), "time": time.time()})
         if url.path == "/_test/requests":
             with lock:
                 return self.reply(200, requests_seen)
         if url.path == "/_test/stats":
-            with conn_lock:
+            with conn_lock, lock:
                 return self.reply(200, {"peak": connections["peak"], "rejected": connections["rejected"],
-                                        "current": sum(connections["current"].values())})
+                                        "current": sum(connections["current"].values()), "bytes": stats["bytes"],
+                                        "requests": stats["requests"], "by_path": stats["by_path"]})
         if url.path.startswith("/v1/agent/check/") or url.path.startswith("/v1/agent/service/"):
             # PUT-only since Consul 1.0 (its HTTP handlers enforce the verb).
             return self.reply(405, f"method GET not allowed")
@@ -299,22 +477,48 @@ class Handler(BaseHTTPRequestHandler):
                                                "NodeID": "5e4ba1a9-7a2c-4c3b-9f0d-4f1c2a9b8e61", "Server": False,
                                                "Version": "1.17.0", "Revision": "", "BuildDate": "2023-11-01T00:00:00Z"},
                                     "Member": {"Name": AGENT_NODE, "Addr": "127.0.0.1", "Port": 8301, "Status": 1}})
-        table = None
+        # What each read answers, and the condition a blocking one waits for (Consul's watch set for it).
+        filter_text = (query.get("filter") or [None])[0]
+        fields = None
         if url.path == "/v1/catalog/services":
-            make, table = catalog_services, "services"
-        elif url.path == "/v1/health/state/any":
-            make, table = (lambda: [dict(c, ServiceTags=[]) for _, c in sorted(state["checks"].items())]), "checks"
+            make, current = (lambda: cached("services", catalog_services)), lambda: state["services_index"]
+            moved = lambda wanted: state["services_index"] > wanted
+        elif url.path == "/v1/catalog/nodes":
+            make = lambda: cached("nodes", lambda: [node_json(n, state["nodes"][n]) for n in sorted(state["nodes"])])
+            current = lambda: state["nodes_index"]
+            moved = lambda wanted: state["nodes_index"] > wanted
+            fields = {"ID", "Node", "Address", "Datacenter", "TaggedAddresses", "Meta"}
+        elif url.path.startswith("/v1/health/state/"):
+            status = url.path[len("/v1/health/state/"):]
+            if status not in ("any", "passing", "warning", "critical"):
+                return self.reply(400, "Bad check state")
+            make, current = (lambda: checks_in_state(status)), lambda: state["checks_index"]
+            fields = {"Node", "CheckID", "Name", "Status", "Notes", "Output", "ServiceID", "ServiceName", "ServiceTags", "Type"}
+            if status == "any":
+                moved = lambda wanted: state["checks_index"] > wanted
+            else:
+                # checksInStateTxn: the index is the whole checks table's, but the watch is on the status index, so
+                # a blocking query wakes only when a check enters, leaves or changes inside this status.
+                since = status_changed[status]
+                moved = lambda wanted: status_changed[status] != since
         elif url.path.startswith("/v1/health/service/"):
             name = unquote(url.path[len("/v1/health/service/"):])
             if name in state["failing"]:
                 return self.reply(state["failing"][name], "rpc error: test failure")
-            make, table = (lambda: health_service(name)), ("service", name)
+            make, current = (lambda: health_service(name)), lambda: service_index(name)
+            moved = lambda wanted: service_index(name) > wanted
+            fields = {"Node", "Service", "Checks"}
         else:
             return self.reply(404, "not found")
         if "dc" in query and query["dc"][0] != DC:
             return self.reply(500, "No path to datacenter")
         if "stale" in query and "consistent" in query:
             return self.reply(400, "Cannot specify ?stale with ?consistent, conflicting semantics.")
+        keep = None
+        if filter_text is not None and filter_text != "":
+            keep = compile_filter(filter_text, fields or set())
+            if keep is None:
+                return self.reply(400, f"Failed to create boolean expression evaluator: {filter_text}")
         try:
             wanted = int(query.get("index", ["0"])[0] or 0)
         except ValueError:
@@ -324,14 +528,26 @@ class Handler(BaseHTTPRequestHandler):
             return self.reply(400, "Invalid wait time")
         deadline = time.time() + wait + random.uniform(0, wait / 16)
         with lock:
-            current = lambda: service_index(table[1]) if isinstance(table, tuple) else state[table + "_index"] if table else state["index"]
-            if wanted > 0:
-                while not state["noblock"] and current() <= wanted and time.time() < deadline:
+            # blockingQuery: an index already past the client's answers at once; otherwise wait for the watch.
+            if wanted > 0 and current() <= wanted:
+                if url.path.startswith("/v1/health/state/") and url.path != "/v1/health/state/any":
+                    since = status_changed[status]
+                epoch = state["epoch"]
+                while (not state["noblock"] and not moved(wanted) and state["epoch"] == epoch
+                       and time.time() < deadline):
                     lock.wait(timeout=max(0.0, deadline - time.time()))
-            body, index = make(), current()
-        if access == "anonymous":
-            body = {} if isinstance(body, dict) else []
-        self.reply(200, body, index, filtered=access == "limited")
+            index = current()
+            raw = None
+            if access == "anonymous":
+                body = {} if url.path == "/v1/catalog/services" else []
+            elif keep is None and url.path.startswith("/v1/health/service/"):
+                body, raw = None, health_service_body(name)
+            else:
+                body = make()
+                # The filter runs on the result, after the index is taken: it never narrows what wakes a query.
+                if keep is not None:
+                    body = [item for item in body if keep(item)] if isinstance(body, list) else body
+        self.reply(200, body, index, filtered=access == "limited", raw=raw)
 
     def do_PUT(self):
         url = urlparse(self.path)
@@ -347,8 +563,8 @@ class Handler(BaseHTTPRequestHandler):
                 sid = unquote(url.path[len("/v1/agent/service/deregister/"):])
                 if (AGENT_NODE, sid) not in state["services"]:
                     return self.reply(404, f'Unknown service ID "{sid}". Ensure that the service ID is passed, not the service name.')
-                remove_service(AGENT_NODE, sid)
-                bump("services", "checks")
+                del_service(AGENT_NODE, sid)
+                commit()
                 return self.reply(200, None)
             m = re.fullmatch(r"/v1/agent/service/maintenance/(.+)", url.path)
             if m:
@@ -361,13 +577,11 @@ class Handler(BaseHTTPRequestHandler):
                 if (query.get("enable") or [""])[0] == "true":
                     reason = (query.get("reason") or [""])[0] or ("Maintenance mode is enabled for this service, "
                                                                   "but no reason was provided. This is a default message.")
-                    state["checks"][key] = {"Node": AGENT_NODE, "CheckID": key[1], "Name": "Service Maintenance Mode",
-                                            "Status": "critical", "Notes": reason, "Output": "", "ServiceID": sid,
-                                            "ServiceName": state["services"][(AGENT_NODE, sid)]["Service"], "Type": "maintenance",
-                                            "ModifyIndex": state["index"] + 1}
+                    put_check(key, new_check(AGENT_NODE, key[1], "Service Maintenance Mode", "critical", service_id=sid,
+                                             notes=reason, type_="maintenance"))
                 else:
-                    state["checks"].pop(key, None)
-                bump("checks")
+                    del_check(key)
+                commit()
                 return self.reply(200, None)
             m = re.fullmatch(r"/v1/agent/check/(pass|warn|fail|update)/(.+)", url.path)
             if m:
@@ -385,6 +599,7 @@ class Handler(BaseHTTPRequestHandler):
                 if key in ttl_checks:
                     ttl_checks[key]["expires"] = time.time() + ttl_checks[key]["ttl"]
                 set_check(key, status, output)
+                commit()
                 return self.reply(200, None)
             if url.path == "/v1/catalog/register":
                 # Keys match case-insensitively, as Consul's decoder does (python-consul sends lower-case ones).
@@ -398,46 +613,29 @@ class Handler(BaseHTTPRequestHandler):
                     if csid and csid != sid and (node, csid) not in state["services"]:
                         # Consul's catalog endpoint (vetRegisterWithACL) refuses a check on a service it does not know.
                         return self.reply(500, f"Unknown service ID '{csid}' for check ID '{c.get('checkid') or c.get('name')}'")
-                old = state["nodes"].get(node, {})
-                state["nodes"][node] = {"Address": b["address"], "Datacenter": b.get("datacenter") or DC,
-                                        "TaggedAddresses": b.get("taggedaddresses") or {},
-                                        "Meta": b.get("nodemeta") or {}, "CreateIndex": old.get("CreateIndex", state["index"] + 1),
-                                        "ModifyIndex": state["index"] + 1}
+                put_node(node, b["address"], b.get("datacenter"), b.get("taggedaddresses"), b.get("nodemeta"))
                 if svc_body:
-                    svc = {"ID": sid, "Service": svc_body["service"], "Tags": svc_body.get("tags") or [],
-                           "Address": svc_body.get("address") or "", "Port": svc_body.get("port") or 0,
-                           "Meta": svc_body.get("meta") or {}, "Weights": svc_body.get("weights"),
-                           "TaggedAddresses": svc_body.get("taggedaddresses")}
-                    svc["CreateIndex"] = state["services"].get((node, sid), {}).get("CreateIndex", state["index"] + 1)
-                    svc["ModifyIndex"] = state["index"] + 1
-                    state["services"][(node, sid)] = svc
+                    put_service(node, {"ID": sid, "Service": svc_body["service"], "Tags": svc_body.get("tags") or [],
+                                       "Address": svc_body.get("address") or "", "Port": svc_body.get("port") or 0,
+                                       "Meta": svc_body.get("meta") or {}, "Weights": svc_body.get("weights"),
+                                       "TaggedAddresses": svc_body.get("taggedaddresses")})
                 for c in checks:
                     cid = c.get("checkid") or c.get("name")
-                    csid = c.get("serviceid") or ""
-                    state["checks"][(node, cid)] = {"Node": node, "CheckID": cid, "Name": c.get("name", cid),
-                                                    "Status": c.get("status") or "critical", "Notes": c.get("notes") or "",
-                                                    # The catalog endpoint stores the check as sent, Output included.
-                                                    "Output": c.get("output") or "",
-                                                    "ServiceID": csid,
-                                                    "ServiceName": state["services"].get((node, csid), {}).get("Service", ""),
-                                                    "ModifyIndex": state["index"] + 1}
-                bump("services", "checks") if svc_body else bump("checks")
+                    # The catalog endpoint stores the check as sent, Output included.
+                    put_check((node, cid), new_check(node, cid, c.get("name", cid), c.get("status") or "critical",
+                                                     service_id=c.get("serviceid") or "", notes=c.get("notes") or "",
+                                                     output=c.get("output") or ""))
+                commit()
                 return self.reply(200, True)
             if url.path == "/v1/catalog/deregister":
                 node = body["Node"]
                 if body.get("ServiceID"):
-                    state["services"].pop((node, body["ServiceID"]), None)
-                    for key in [k for k, c in state["checks"].items() if k[0] == node and c["ServiceID"] == body["ServiceID"]]:
-                        del state["checks"][key]
+                    del_service(node, body["ServiceID"])
                 elif body.get("CheckID"):
-                    state["checks"].pop((node, body["CheckID"]), None)
+                    del_check((node, body["CheckID"]))
                 else:
-                    state["nodes"].pop(node, None)
-                    for key in [k for k in state["services"] if k[0] == node]:
-                        del state["services"][key]
-                    for key in [k for k in state["checks"] if k[0] == node]:
-                        del state["checks"][key]
-                bump("services", "checks")
+                    del_node(node)
+                commit()
                 return self.reply(200, True)
         self.reply(404, "not found")
 
@@ -447,27 +645,24 @@ class Handler(BaseHTTPRequestHandler):
             return self.reply(400, "Missing service name")
         sid = b.get("id") or name
         ensure_agent_node()
-        remove_service(AGENT_NODE, sid)
-        state["services"][(AGENT_NODE, sid)] = {
+        del_service(AGENT_NODE, sid)
+        put_service(AGENT_NODE, {
             "ID": sid, "Service": name, "Tags": b.get("tags") or [], "Address": b.get("address") or "",
-            "Port": b.get("port") or 0, "Meta": b.get("meta") or {}, "Weights": b.get("weights") or {"Passing": 1, "Warning": 1},
-            "CreateIndex": state["index"] + 1, "ModifyIndex": state["index"] + 1}
+            "Port": b.get("port") or 0, "Meta": b.get("meta") or {}, "Weights": b.get("weights") or {"Passing": 1, "Warning": 1}})
         checks = ([b["check"]] if b.get("check") else []) + list(b.get("checks") or [])
         for i, raw in enumerate(checks):
             c = lower_keys(raw)
             # Consul names a service's checks service:<id>, or service:<id>:<n> when there are several.
             cid = c.get("checkid") or c.get("id") or (f"service:{sid}" if len(checks) == 1 else f"service:{sid}:{i + 1}")
             key = (AGENT_NODE, cid)
-            state["checks"][key] = {"Node": AGENT_NODE, "CheckID": cid, "Name": c.get("name") or f"Service '{name}' check",
-                                    "Status": c.get("status") or "critical", "Notes": c.get("notes") or "", "Output": "",
-                                    "ServiceID": sid, "ServiceName": name, "Type": "ttl" if c.get("ttl") else "",
-                                    "ModifyIndex": state["index"] + 1}
+            put_check(key, new_check(AGENT_NODE, cid, c.get("name") or f"Service '{name}' check", c.get("status") or "critical",
+                                     service_id=sid, notes=c.get("notes") or "", type_="ttl" if c.get("ttl") else ""))
             if c.get("ttl"):
                 after = c.get("deregistercriticalserviceafter")
                 ttl_checks[key] = {"ttl": go_duration(c["ttl"]), "expires": time.time() + go_duration(c["ttl"]),
                                    "deregister_after": go_duration(after) if after else None,
                                    "critical_since": time.time() if state["checks"][key]["Status"] == "critical" else None}
-        bump("services", "checks")
+        commit()
         return self.reply(200, None)
 
     def do_POST(self):
@@ -476,7 +671,12 @@ class Handler(BaseHTTPRequestHandler):
         body = json.loads(self.rfile.read(length) or b"{}")
         with lock:
             if url.path == "/_test/index":
-                state["index"] = state["services_index"] = state["checks_index"] = int(body["index"])
+                # Every index to N (a restored snapshot, a new cluster): blocking queries wake and see it.
+                n = int(body["index"])
+                state["index"] = state["services_index"] = state["checks_index"] = state["nodes_index"] = n
+                for name in service_idx:
+                    service_idx[name] = n
+                state["epoch"] += 1
                 lock.notify_all()
                 return self.reply(200, True)
             if url.path == "/_test/bulk":
@@ -484,20 +684,15 @@ class Handler(BaseHTTPRequestHandler):
                 for i in range(int(body["services"])):
                     for j in range(int(body["instances"])):
                         node, sid = f"bulk-{i}-{j}", f"svc{i}-{j}"
-                        state["nodes"][node] = {"Address": f"10.{i // 250}.{i % 250}.{j + 1}", "Datacenter": DC, "Meta": {},
-                                                "TaggedAddresses": {}, "CreateIndex": state["index"] + 1, "ModifyIndex": state["index"] + 1}
-                        state["services"][(node, sid)] = {"ID": sid, "Service": f"svc{i}", "Tags": [], "Address": "", "Port": 8080,
-                                                          "Meta": {}, "CreateIndex": state["index"] + 1, "ModifyIndex": state["index"] + 1}
-                        state["checks"][(node, f"service:{sid}")] = {
-                            "Node": node, "CheckID": f"service:{sid}", "Name": "check", "Status": "passing", "Notes": "",
-                            "Output": "", "ServiceID": sid, "ServiceName": f"svc{i}", "Type": "", "ModifyIndex": state["index"] + 1}
+                        put_node(node, f"10.{i // 250}.{i % 250}.{j + 1}")
+                        put_service(node, {"ID": sid, "Service": f"svc{i}", "Tags": [], "Address": "", "Port": 8080, "Meta": {}})
+                        put_check((node, f"service:{sid}"), new_check(node, f"service:{sid}", "check", "passing", service_id=sid))
                 bump()
                 return self.reply(200, True)
             if url.path == "/_test/set-status":
                 key = (body["node"], body["check"])
-                state["checks"][key]["Status"] = body["status"]
-                state["checks"][key]["ModifyIndex"] = state["index"] + 1
-                bump("checks")
+                set_check(key, body["status"], state["checks"][key]["Output"])
+                commit()
                 return self.reply(200, True)
             if url.path == "/_test/flap":
                 # A flapping check: `times` status changes, `every_ms` apart, in a thread of its own; then
@@ -509,12 +704,11 @@ class Handler(BaseHTTPRequestHandler):
                     for i in range(int(body["times"])):
                         time.sleep(int(body["every_ms"]) / 1000)
                         with lock:
-                            state["checks"][key]["Status"] = "warning" if i % 2 == 0 else "passing"
-                            state["checks"][key]["ModifyIndex"] = state["index"] + 1
-                            bump("checks")
+                            set_check(key, "warning" if i % 2 == 0 else "passing", state["checks"][key]["Output"])
+                            commit()
                     with lock:
-                        state["checks"][key]["Status"] = "passing"
-                        bump("checks")
+                        set_check(key, "passing", state["checks"][key]["Output"])
+                        commit()
                         state["flaps_done"] = True
                 threading.Thread(target=flap, daemon=True).start()
                 return self.reply(200, True)
@@ -540,6 +734,9 @@ class Handler(BaseHTTPRequestHandler):
                 return self.reply(200, True)
             if url.path == "/_test/reset-requests":
                 requests_seen.clear()
+                return self.reply(200, True)
+            if url.path == "/_test/reset-stats":
+                stats.update(bytes=0, requests=0, by_path={})
                 return self.reply(200, True)
         self.reply(404, "not found")
 
@@ -609,9 +806,9 @@ def main():
     TOKEN, DC, LIMITED, TOKEN_FILE = args.token, args.dc, args.limited_token, args.token_file
     with lock:
         ensure_agent_node()
-        state["services"][(AGENT_NODE, "consul")] = {"ID": "consul", "Service": "consul", "Tags": [], "Address": "",
-                                                     "Port": 8300, "Meta": {}, "Weights": {"Passing": 1, "Warning": 1},
-                                                     "CreateIndex": 1, "ModifyIndex": 1}
+        put_service(AGENT_NODE, {"ID": "consul", "Service": "consul", "Tags": [], "Address": "", "Port": 8300, "Meta": {},
+                                 "Weights": {"Passing": 1, "Warning": 1}})
+        commit()
     MAX_CONNS = args.max_conns
     server = CappedServer(("127.0.0.1", args.port), Handler)
     server.daemon_threads = True

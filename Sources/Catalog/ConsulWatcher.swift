@@ -68,11 +68,42 @@ public actor ConsulWatcher {
     /// The two check lists watched, each holding only checks not passing.
     enum FailingStatus: String, CaseIterable, Sendable { case critical, warning }
 
-    /// A check in a failing list: its ModifyIndex, its service's key (empty for a node-level check) and its node.
+    /// A check in a failing list: its service's key (empty for a node-level check) and its node (lower-cased).
     struct CheckMark: Equatable, Sendable {
-        var index: UInt64
         var service: String
         var node: String
+    }
+
+    /// The failing checks the data holds, for one status: each check (by node and check ID) with the services
+    /// whose instances carry it (a node-level check: every service on its node). Kept from every read, so that a
+    /// failing list is compared with the data, not with the previous list: a check that failed and recovered
+    /// between two lists, while its service was read in between, still shows as a difference.
+    struct HeldChecks: Sendable {
+        private(set) var services: [String: Set<String>] = [:]
+        private var keysByService: [String: [String]] = [:]
+
+        static func key(node: String, check: String) -> String { node.lowercased() + "\u{0}" + check }
+
+        /// What `service`'s instances now carry in this status.
+        mutating func hold(_ service: String, _ keys: [String]) {
+            for key in keysByService[service] ?? [] {
+                services[key]?.remove(service)
+                if services[key]?.isEmpty == true { services[key] = nil }
+            }
+            for key in keys { services[key, default: []].insert(service) }
+            keysByService[service] = keys.isEmpty ? nil : keys
+        }
+
+        /// Where a failing list and the data disagree: the services of checks that only one of them has, and the
+        /// nodes of node-level checks in the list that the data lacks (every service on them).
+        func differences(_ list: [String: CheckMark]) -> (services: Set<String>, nodes: Set<String>) {
+            var out: Set<String> = [], nodes: Set<String> = []
+            for (key, mark) in list where services[key] == nil {
+                if mark.service.isEmpty { nodes.insert(mark.node) } else { out.insert(mark.service) }
+            }
+            for (key, holders) in services where list[key] == nil { out.formUnion(holders) }
+            return (out, nodes)
+        }
     }
 
     public let configuration: Configuration
@@ -168,12 +199,10 @@ public actor ConsulWatcher {
             if blind {
                 if !loaded { await assembler.setContact(source: sourceIndex, inContact: true) }
             } else if !loaded {
-                await waitForBaselines()
                 await loadAll(names)
             } else if next != catalogIndex {
                 // Compared with the last index seen, not the one sent: after a failure (index 0) an unchanged
                 // services table costs nothing.
-                await waitForBaselines()
                 await reconcile(names, through: next)
             }
             if let age = leader.dataAge, !blind {
@@ -201,19 +230,21 @@ public actor ConsulWatcher {
         var index = nodesIndex
         await loop.run(reportsContact: false, { _, _ in
             let started = ContinuousClock.now
-            let (_, returned, _) = try await get("/v1/catalog/nodes", index: index, wait: configuration.wait, filter: Self.matchesNoNode)
+            let (body, returned, _) = try await get("/v1/catalog/nodes", index: index, wait: configuration.wait, filter: Self.matchesNoNode)
+            // Empty, but still checked to be the list Consul sends: a proxy's answer is not a wake.
+            _ = try connection.decode([AnyEntry].self, body, path: "/v1/catalog/nodes", endpoint: configuration.address)
             let next = Self.nextIndex(previous: index, returned: returned)
             // Compared with the last index seen (kept through failures); the first one ever is only a start.
-            if loaded, nodesIndex > 0, next != nodesIndex {
-                await waitForBaselines()
-                await sweep(through: next)
-            }
+            if loaded, nodesIndex > 0, next != nodesIndex { await sweep(through: next) }
             if next == index { try await pace(since: started) }
             if next != nodesIndex { configuration.state?.changed() }
             index = next
             nodesIndex = next
         }, onFailure: { index = 0 })
     }
+
+    /// Any JSON object, unread.
+    struct AnyEntry: Decodable {}
 
     /// Consul's filter language: no node and no health entry has an empty node name.
     static let matchesNoNode = #"Node == """#
@@ -228,7 +259,8 @@ public actor ConsulWatcher {
     /// The index Consul returns is the whole checks table's, so a write elsewhere (a passing check's output) makes
     /// the next query return at once with the same list: such a turn, with nothing changed, is paced.
     private func watchFailing(_ status: FailingStatus) async {
-        var index = failingIndex[status] ?? 0
+        // From 0 at every start: one read of a short list, compared with the data (restored or loaded).
+        var index: UInt64 = 0
         let path = "/v1/health/state/" + status.rawValue
         await loop.run(reportsContact: false, { _, _ in
             let started = ContinuousClock.now
@@ -236,6 +268,8 @@ public actor ConsulWatcher {
             let checks = try connection.decode([FailingCheck].self, body, path: path, endpoint: configuration.address)
             let next = Self.nextIndex(previous: index, returned: returned)
             let changed = failingChanges(status, checks)
+            // While the first load runs, a difference may be a service not read yet, or one read before the list:
+            // either way it is read again once the load is done.
             if !loaded { changedDuringLoad.formUnion(changed) }
             if loaded, !changed.isEmpty {
                 var now: Set<String> = []
@@ -246,10 +280,7 @@ public actor ConsulWatcher {
                 if !now.isEmpty { await readAndPublish(now) }
             }
             if next == index || changed.isEmpty { try await pace(since: started) }
-            // A new resume point (the baseline and its index) is worth writing even when no data changed.
-            if next != failingIndex[status] { configuration.state?.changed() }
             index = next
-            failingIndex[status] = next
         }, onFailure: { index = 0 })
     }
 
@@ -264,12 +295,11 @@ public actor ConsulWatcher {
     /// The blocking queries' indexes, kept in the state file so a restart resumes where they were.
     private var catalogIndex: UInt64 = 0
     private var nodesIndex: UInt64 = 0
-    private var failingIndex: [FailingStatus: UInt64] = [:]
-    /// Each failing list as last seen, by node and check ID; absent until its first read.
-    private var failing: [FailingStatus: [String: CheckMark]] = [:]
+    /// The failing checks the data holds, per status.
+    private var held: [FailingStatus: HeldChecks] = [:]
     /// Each service's own index (`X-Consul-Index` of its last read): what a sweep compares against.
     private var serviceIndexes: [String: UInt64] = [:]
-    /// Reads under way; while any is, or one is scheduled, the checks' baseline is ahead of the data.
+    /// Reads under way; while any is, or one is scheduled, the data is behind what the watches have seen.
     private var readsInFlight = 0
     /// Services the state file says were followed but had no data (a read that failed): read once Consul answers.
     private var unreadAfterRestore: Set<String> = []
@@ -280,40 +310,35 @@ public actor ConsulWatcher {
     static func marks(_ checks: [FailingCheck]) -> [String: CheckMark] {
         var out: [String: CheckMark] = [:]
         for c in checks {
-            out[c.Node + "\u{0}" + c.CheckID] = CheckMark(index: c.ModifyIndex ?? 0, service: ServiceName.key(c.ServiceName ?? ""),
-                                                          node: c.Node.lowercased())
+            out[HeldChecks.key(node: c.Node, check: c.CheckID)] = CheckMark(service: ServiceName.key(c.ServiceName ?? ""), node: c.Node.lowercased())
         }
         return out
     }
 
-    /// What differs between two failing lists: the service keys of checks that entered, left or changed, and the
-    /// nodes of node-level ones.
-    static func differences(_ before: [String: CheckMark], _ now: [String: CheckMark]) -> (services: Set<String>, nodes: Set<String>) {
-        var services: Set<String> = [], nodes: Set<String> = []
-        func note(_ mark: CheckMark) { if mark.service.isEmpty { nodes.insert(mark.node) } else { services.insert(mark.service) } }
-        for (key, mark) in now where before[key] != mark { note(mark) }
-        for (key, mark) in before where now[key] == nil { note(mark) }
-        return (services, nodes)
-    }
-
-    /// The services whose checks changed in this status's list since the last call (nothing on the first call,
-    /// which sets the baseline).
+    /// The services where this status's list and the data disagree.
     private func failingChanges(_ status: FailingStatus, _ checks: [FailingCheck]) -> Set<String> {
-        let fresh = Self.marks(checks)
-        defer { failing[status] = fresh }
-        guard let before = failing[status] else { return [] }
-        let (services, nodes) = Self.differences(before, fresh)
+        let (services, nodes) = held[status, default: HeldChecks()].differences(Self.marks(checks))
         var changed = services
         for node in nodes { changed.formUnion(servicesByNode[node] ?? []) }
         return changed.intersection(known)
     }
 
-    /// The first load waits (briefly) for both failing lists, so that a change after them is seen as one: a check
-    /// that changed before its service was read is in the read; one that changed after is in the next list.
-    private func waitForBaselines() async {
-        let deadline = ContinuousClock.now + .seconds(5)
-        while failing.count < FailingStatus.allCases.count, ContinuousClock.now < deadline {
-            do { try await Task.sleep(for: .milliseconds(5)) } catch { return }
+    /// Records the failing checks a service's data now carries (none, for a service that went).
+    private func hold(_ service: String, _ instances: [Instance]) {
+        var keys: [FailingStatus: [String]] = [:]
+        for instance in instances {
+            for check in instance.checks {
+                let status: FailingStatus
+                switch check.status {
+                case .critical, .maintenance: status = .critical
+                case .warning: status = .warning
+                case .passing: continue
+                }
+                keys[status, default: []].append(HeldChecks.key(node: instance.node.name, check: check.id))
+            }
+        }
+        for status in FailingStatus.allCases where held[status] != nil || keys[status] != nil {
+            held[status, default: HeldChecks()].hold(service, keys[status] ?? [])
         }
     }
 
@@ -430,6 +455,7 @@ public actor ConsulWatcher {
                 buckets[name] = nil
                 published[name] = nil
                 serviceIndexes[name] = nil
+                hold(name, [])
                 services[name] = []
                 nodes.merge(setNodes(for: name, [])) { $1 }
             }
@@ -554,6 +580,7 @@ public actor ConsulWatcher {
                 case .success(let (instances, index)):
                     results[name] = instances
                     serviceIndexes[name] = index
+                    hold(name, instances)
                     retryFailures[name] = nil
                 case .failure(let error):
                     serviceIndexes[name] = nil
@@ -732,47 +759,29 @@ public actor ConsulWatcher {
 }
 
 extension ConsulWatcher: StateSource {
-    /// Where the watches stand, as the state file keeps it: the failing lists and the indexes of the watches.
-    struct WatchPoint: Codable {
-        var nodesIndex: UInt64
-        var failingIndex: [String: UInt64]
-        /// Per status, node + NUL + check ID → [ModifyIndex, service key, node].
-        var failing: [String: [String: [String]]]
-    }
-
-    /// The services as published, each service's own index, and where the watches stand. While reads or a sweep
-    /// are under way or scheduled, the failing lists already count changes whose data is not here yet: then the
-    /// watches are not kept and the catalog index is 0, so a restart sweeps (and reads only the services whose
-    /// index is not the one stored with their data).
+    /// The services as published, each service's own index, and the catalog and nodes indexes to resume from.
+    /// While reads or a sweep are under way or scheduled, the data is behind what the watches have seen: then the
+    /// catalog index is 0, so a restart sweeps (and reads only the services whose index is not the one stored with
+    /// their data). The failing lists need nothing stored: they are read again at start and compared with the data.
     public func currentState() -> (entries: [String: [Instance]], resume: [String: String]) {
         func text(_ value: some Encodable) -> String {
             (try? JSONEncoder().encode(value)).map { String(decoding: $0, as: UTF8.self) } ?? "null"
         }
-        var resume = ["known": text(known.sorted()), "serviceIndexes": text(serviceIndexes)]
-        guard readsInFlight == 0, !sweeping, later.isEmpty, changedDuringLoad.isEmpty, failing.count == FailingStatus.allCases.count else {
-            resume["catalogIndex"] = "0"
-            return (published, resume)
-        }
-        var lists: [String: [String: [String]]] = [:]
-        for (status, marks) in failing {
-            lists[status.rawValue] = marks.mapValues { [String($0.index), $0.service, $0.node] }
-        }
-        let point = WatchPoint(nodesIndex: nodesIndex, failingIndex: Dictionary(uniqueKeysWithValues: failingIndex.map { ($0.key.rawValue, $0.value) }),
-                               failing: lists)
-        resume["catalogIndex"] = String(catalogIndex)
-        resume["watches"] = text(point)
-        return (published, resume)
+        let settled = readsInFlight == 0 && !sweeping && later.isEmpty && changedDuringLoad.isEmpty
+        return (published, ["known": text(known.sorted()), "serviceIndexes": text(serviceIndexes),
+                            "catalogIndex": settled ? String(catalogIndex) : "0", "nodesIndex": String(nodesIndex)])
     }
 
     /// The state file's services, served until Consul answers. The blocking queries resume from its indexes:
-    /// Consul answers at once if they moved meanwhile, and only what changed is read again. A file without the
-    /// watches' positions (written mid-change, or by an older Signpost) resumes with a sweep.
+    /// Consul answers at once if they moved meanwhile, and only what changed is read again. A file written
+    /// mid-change (catalog index 0), or by an older Signpost, resumes with a sweep.
     func restore(_ state: RegistryState) async {
         var catalog = SourceCatalog()
         for (name, instances) in state.entries where !instances.isEmpty {
             published[name] = instances
             catalog.services[name] = instances
             setNodes(for: name, instances)
+            hold(name, instances)
         }
         catalog.nodes = nodeRefs.nodes
         let decoder = JSONDecoder()
@@ -782,21 +791,9 @@ extension ConsulWatcher: StateSource {
         serviceIndexes = value("serviceIndexes", [String: UInt64].self) ?? [:]
         loaded = true
         catalogIndex = UInt64(state.resume["catalogIndex"] ?? "") ?? 0
-        if let point = value("watches", WatchPoint.self) {
-            nodesIndex = point.nodesIndex
-            for status in FailingStatus.allCases {
-                guard let list = point.failing[status.rawValue], let index = point.failingIndex[status.rawValue] else { continue }
-                var marks: [String: CheckMark] = [:]
-                for (key, v) in list where v.count == 3 { marks[key] = CheckMark(index: UInt64(v[0]) ?? 0, service: v[1], node: v[2]) }
-                failing[status] = marks
-                failingIndex[status] = index
-            }
-        }
-        if failing.count < FailingStatus.allCases.count {
-            failing = [:]
-            failingIndex = [:]
-            catalogIndex = 0
-        }
+        nodesIndex = UInt64(state.resume["nodesIndex"] ?? "") ?? 0
+        // A file from before the per-service indexes: sweep (which then reads every service).
+        if state.resume["serviceIndexes"] == nil { catalogIndex = 0 }
         await assembler.restore(source: sourceIndex, with: catalog, confirmed: state.confirmed)
         logger.info("serving the state file until Consul answers", metadata: ["path": "\(configuration.state!.path)",
                                                                             "consul.services": "\(known.count)", "consul.index": "\(catalogIndex)"])

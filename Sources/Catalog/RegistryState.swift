@@ -19,7 +19,7 @@ public struct RegistryState: Sendable, Equatable {
     public var registry: String
     /// When the registry last confirmed this data, in seconds since the epoch (wall clock: it must survive a restart).
     public var confirmed: Double
-    /// Where the watcher resumes: etcd `revision`; Consul `catalogIndex`, `checksIndex`, `checks`.
+    /// Where the watcher resumes: etcd `revision`; Consul `catalogIndex`, `nodesIndex`, `serviceIndexes`, `known`.
     public var resume: [String: String]
     /// The data, by the watcher's own key: an etcd key, or a Consul service name.
     public var entries: [String: [Instance]]

@@ -88,21 +88,29 @@ struct ConsulEntryTests {
         #expect(marks.values.allSatisfy { $0.node == "foobar" })
     }
 
-    /// What a change between two failing lists names: a check that entered, one that left (back to passing, or
-    /// deregistered), one whose ModifyIndex moved, and a node-level check (its node, for every service on it).
-    @Test func failingListDifferences() {
+    /// A failing list against the data: a check the list has and the data lacks (it failed), one the data holds
+    /// and the list lacks (back to passing, or deregistered while failing), and a node-level check (its node, so
+    /// every service on it). A check that failed and recovered between two lists, while its service was read,
+    /// shows as long as the data still holds it.
+    @Test func failingListAgainstTheData() {
         typealias Mark = ConsulWatcher.CheckMark
-        let before: [String: Mark] = ["n1\u{0}a": Mark(index: 5, service: "web", node: "n1"),
-                                      "n2\u{0}b": Mark(index: 6, service: "db", node: "n2"),
-                                      "n3\u{0}c": Mark(index: 7, service: "api", node: "n3"),
-                                      "n4\u{0}serfHealth": Mark(index: 8, service: "", node: "n4")]
-        var now = before
-        now["n1\u{0}a"] = nil                                      // left the list
-        now["n2\u{0}b"]!.index = 9                                  // changed inside it
-        now["n5\u{0}d"] = Mark(index: 10, service: "cache", node: "n5")  // entered it
-        now["n6\u{0}serfHealth"] = Mark(index: 11, service: "", node: "n6")
-        let (services, nodes) = ConsulWatcher.differences(before, now)
-        #expect(services == ["web", "db", "cache"] && nodes == ["n6"])
-        #expect(ConsulWatcher.differences(before, before) == ([], []))
+        let key = ConsulWatcher.HeldChecks.key
+        var held = ConsulWatcher.HeldChecks()
+        held.hold("web", [key("N1", "a")])
+        held.hold("db", [key("n2", "b")])
+        held.hold("api", [key("n4", "serfHealth")])
+        held.hold("cache", [key("n4", "serfHealth")])
+        let list: [String: Mark] = [key("n2", "b"): Mark(service: "db", node: "n2"),
+                                    key("n5", "d"): Mark(service: "queue", node: "n5"),
+                                    key("n6", "serfHealth"): Mark(service: "", node: "n6")]
+        let (services, nodes) = held.differences(list)
+        #expect(services == ["web", "queue", "api", "cache"] && nodes == ["n6"])
+        // The data catches up: no difference left; a service that went holds nothing.
+        held.hold("web", [])
+        held.hold("api", [])
+        held.hold("cache", [])
+        held.hold("queue", [key("n5", "d")])
+        #expect(held.differences(list).services.isEmpty && held.differences(list).nodes == ["n6"])
+        #expect(held.services[key("n4", "serfHealth")] == nil)
     }
 }

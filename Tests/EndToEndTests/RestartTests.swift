@@ -131,9 +131,11 @@ struct RestartTests {
         let extra = ["--registry", "consul:\(consul.url)?wait=2s", "--state-dir", state.path, "--admin", "127.0.0.1:0"]
         let first = try Server(dir: TempDir(), catalog: false, extra: extra)
         try #require(eventually(within: 5) { first.socketAddresses("api.service.consul") == ["192.0.2.41", "192.0.2.42"] } != nil)
-        // Written once the checks' baseline is in (until then a restart would read every service again).
+        // Written once every read is done, with each service's own index and the catalog's (until then the catalog
+        // index is 0, and a restart would sweep).
         try #require(eventually(within: 10) {
-            stateFile(state).flatMap { FileManager.default.contents(atPath: $0) }.map { String(decoding: $0, as: UTF8.self).contains("\"checks\"") } == true
+            guard let text = stateFile(state).flatMap({ FileManager.default.contents(atPath: $0) }).map({ String(decoding: $0, as: UTF8.self) }) else { return false }
+            return text.contains("serviceIndexes") && !text.contains(#""catalogIndex":"0""#) && text.contains("catalogIndex")
         })
         first.stop()
         let before = try consul.requests().count

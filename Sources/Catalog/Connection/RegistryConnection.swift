@@ -250,18 +250,28 @@ public final class RegistryConnection: Sendable {
 
     /// A body decoded as `T`, or a failure that says the JSON did not parse or had the wrong shape.
     func decode<T: Decodable>(_ type: T.Type, _ body: ByteBuffer, path: String, endpoint: String) throws(RegistryFailure) -> T {
-        do { return try JSONDecoder().decode(T.self, from: Data(body.readableBytesView)) } catch { throw Self.badJSON(path, endpoint: endpoint, error) }
+        do { return try JSONDecoder().decode(T.self, from: Data(body.readableBytesView)) } catch {
+            // Valid JSON of another kind at the top (an array for an object): said as the shape it should have been.
+            if case DecodingError.typeMismatch(_, let context) = error, context.codingPath.isEmpty {
+                throw Self.wrongShape(T.self, path: path, endpoint: endpoint)
+            }
+            throw Self.badJSON(path, endpoint: endpoint, error)
+        }
     }
 
     /// A body as a `JSONSerialization` value of the expected shape, or a failure that says what it was.
     static func jsonValue<T>(_ type: T.Type, _ body: ByteBuffer, path: String, endpoint: String) throws(RegistryFailure) -> T {
         let value: Any
         do { value = try JSONSerialization.jsonObject(with: Data(body.readableBytesView)) } catch { throw badJSON(path, endpoint: endpoint, error) }
-        guard let typed = value as? T else {
-            throw RegistryFailure(.badResponse, endpoint: endpoint,
-                                  "\(path) returned JSON of the wrong shape: expected \(T.self == [String: Any].self ? "an object" : "an array")")
-        }
+        guard let typed = value as? T else { throw wrongShape(T.self, path: path, endpoint: endpoint) }
         return typed
+    }
+
+    /// Valid JSON of another kind than the endpoint's (an array where an object belongs), said as the shape it
+    /// should have had.
+    static func wrongShape<T>(_ type: T.Type, path: String, endpoint: String) -> RegistryFailure {
+        let shape = T.self is any ExpressibleByDictionaryLiteral.Type ? "an object" : T.self is any ExpressibleByArrayLiteral.Type ? "an array" : "\(T.self)"
+        return RegistryFailure(.badResponse, endpoint: endpoint, "\(path) returned JSON of the wrong shape: expected \(shape)")
     }
 
     /// A JSON body of the wrong shape or cut short.

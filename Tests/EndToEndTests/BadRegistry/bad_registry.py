@@ -23,7 +23,7 @@ class Handler(BaseHTTPRequestHandler):
             body = b'[{"Node": "n1", "CheckID": "serfHealth", "Stat'
             self.send_response(200); self.send_header("Content-Type", "application/json")
         elif MODE == "shape":
-            body = b'{"unexpected": true}' if "state/any" in self.path or "health/service" in self.path else b'["web"]'
+            body = b'["web"]' if "/v1/catalog/services" in self.path else b'{"unexpected": true}'
             self.send_response(200); self.send_header("Content-Type", "application/json")
         elif MODE == "empty":
             body = b""

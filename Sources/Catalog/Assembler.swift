@@ -3,6 +3,8 @@ import Foundation
 import HashTreeCollections
 import Logging
 import Metrics
+import NIOCore
+import NIOPosix
 
 /// Merges the registries (in `--registry` order) and the zone files into snapshots.
 ///
@@ -13,6 +15,9 @@ import Metrics
 /// - The snapshot is loaded once every registry and the zone files have loaded once; before that,
 ///   names in the domain get SERVFAIL rather than a false NXDOMAIN.
 public actor CatalogAssembler {
+    /// Runs on the registries' event loop, beside the Consul watcher and its connections: a watcher's update is
+    /// a job queued on the same thread, not a thread woken in Swift's pool and another woken to come back.
+    public nonisolated var unownedExecutor: UnownedSerialExecutor { RegistryExecution.loop.executor.asUnownedSerialExecutor() }
     public let store: SnapshotStore
     private let localDatacenter: String
     /// The local datacenter as configured (original case).
@@ -220,4 +225,9 @@ public actor CatalogAssembler {
     public var counts: (services: Int, instances: Int) {
         (services.count, services.values.reduce(0) { $0 + $1.instances.count })
     }
+}
+
+/// The event loop the registry side shares: the assembler, the Consul watcher and its connections to the agent.
+public enum RegistryExecution {
+    public static let loop: any EventLoop = MultiThreadedEventLoopGroup.singleton.next()
 }

@@ -4,6 +4,7 @@ import Foundation
 import Logging
 import Metrics
 import NIOCore
+import NIOPosix
 
 /// Follows a Consul agent through its HTTP API so that each change costs what changed, not the catalog.
 ///
@@ -127,9 +128,18 @@ public actor ConsulWatcher {
     /// Index probes sent by sweeps, and the services they found moved.
     private let probes: Counter
     private let sweeps: Counter
+    /// Services brought in line with a failing list without a read.
+    private let patches: Counter
+
+    /// The event loop this actor runs on, which is also the one its connections to the agent live on: a response
+    /// is read and decoded on the thread that received it, with no hop between NIO's threads and Swift's pool.
+    private nonisolated let eventLoop: any EventLoop
+    public nonisolated var unownedExecutor: UnownedSerialExecutor { eventLoop.executor.asUnownedSerialExecutor() }
 
     public init(configuration: Configuration, assembler: CatalogAssembler, sourceIndex: Int, logger: Logger,
                 connection: RegistryConnection? = nil) {
+        let eventLoop = connection?.eventLoop ?? RegistryExecution.loop
+        self.eventLoop = eventLoop
         self.configuration = configuration
         self.assembler = assembler
         self.sourceIndex = sourceIndex
@@ -137,7 +147,7 @@ public actor ConsulWatcher {
         // Four blocking queries and at most `readConcurrency` reads: far under Consul's 200 connections per client.
         let connection = connection ?? RegistryConnection(settings: configuration.connection, registry: .consul,
                                                           name: "consul:" + configuration.address, logger: logger,
-                                                          poolSize: configuration.readConcurrency + 6)
+                                                          poolSize: configuration.readConcurrency + 6, eventLoop: eventLoop)
         self.connection = connection
         self.loop = RegistryLoop(connection: connection, assembler: assembler, sourceIndex: sourceIndex, state: configuration.state,
                                  backoff: configuration.backoff, logger: logger)
@@ -146,6 +156,7 @@ public actor ConsulWatcher {
         self.delayed = Counter(label: "signpost_registry_updates_delayed_total", dimensions: [("registry", "consul")])
         self.probes = Counter(label: "signpost_consul_index_probes_total")
         self.sweeps = Counter(label: "signpost_consul_sweeps_total")
+        self.patches = Counter(label: "signpost_consul_patched_total")
         filteredGauge.record(0)
     }
 
@@ -267,17 +278,23 @@ public actor ConsulWatcher {
             let (body, returned, _) = try await get(path, index: index, wait: configuration.wait)
             let checks = try connection.decode([FailingCheck].self, body, path: path, endpoint: configuration.address)
             let next = Self.nextIndex(previous: index, returned: returned)
-            let changed = failingChanges(status, checks)
+            let list = Self.listed(checks)
+            let changed = failingChanges(status, list)
             // While the first load runs, a difference may be a service not read yet, or one read before the list:
             // either way it is read again once the load is done.
             if !loaded { changedDuringLoad.formUnion(changed) }
             if loaded, !changed.isEmpty {
                 var now: Set<String> = []
-                for name in changed {
+                // A service with a read scheduled is left to it: that read takes this change too. (Taking a token for
+                // it on every list while it waits would push its next turn ever later.)
+                for name in changed where later[name] == nil {
                     let wait = buckets[name, default: TokenBucket(burst: configuration.churnBurst, interval: configuration.churnInterval)].take()
                     if wait == .zero { now.insert(name) } else { deferRead(name, by: wait) }
                 }
-                if !now.isEmpty { await readAndPublish(now) }
+                if !now.isEmpty {
+                    let unpatched = await patch(status, list, services: now)
+                    if !unpatched.isEmpty { await readAndPublish(unpatched) }
+                }
             }
             if next == index || changed.isEmpty { try await pace(since: started) }
             index = next
@@ -288,8 +305,12 @@ public actor ConsulWatcher {
     struct FailingCheck: Decodable {
         var Node: String
         var CheckID: String
+        var Name: String?
+        var Status: String?
+        var Output: String?
+        var Notes: String?
+        var ServiceID: String?
         var ServiceName: String?
-        var ModifyIndex: UInt64?
     }
 
     /// The blocking queries' indexes, kept in the state file so a restart resumes where they were.
@@ -307,20 +328,92 @@ public actor ConsulWatcher {
     private var changedDuringLoad: Set<String> = []
 
     /// A failing list by node and check ID.
-    static func marks(_ checks: [FailingCheck]) -> [String: CheckMark] {
-        var out: [String: CheckMark] = [:]
-        for c in checks {
-            out[HeldChecks.key(node: c.Node, check: c.CheckID)] = CheckMark(service: ServiceName.key(c.ServiceName ?? ""), node: c.Node.lowercased())
-        }
+    static func listed(_ checks: [FailingCheck]) -> [String: FailingCheck] {
+        var out: [String: FailingCheck] = [:]
+        for c in checks { out[HeldChecks.key(node: c.Node, check: c.CheckID)] = c }
         return out
     }
 
+    /// What the diff needs of each listed check: its service's key (empty for a node-level check) and its node.
+    static func marks(_ list: [String: FailingCheck]) -> [String: CheckMark] {
+        list.mapValues { CheckMark(service: ($0.ServiceID ?? "").isEmpty ? "" : ServiceName.key($0.ServiceName ?? ""), node: $0.Node.lowercased()) }
+    }
+
     /// The services where this status's list and the data disagree.
-    private func failingChanges(_ status: FailingStatus, _ checks: [FailingCheck]) -> Set<String> {
-        let (services, nodes) = held[status, default: HeldChecks()].differences(Self.marks(checks))
+    private func failingChanges(_ status: FailingStatus, _ list: [String: FailingCheck]) -> Set<String> {
+        let (services, nodes) = held[status, default: HeldChecks()].differences(Self.marks(list))
         var changed = services
         for node in nodes { changed.formUnion(servicesByNode[node] ?? []) }
         return changed.intersection(known)
+    }
+
+    /// Brings `services` in line with a failing list without reading them: a listed check the data lacks takes the
+    /// list's status and output (a node-level one, on every instance on its node); a check the data holds in this
+    /// status that the list lacks is passing (or gone, which serves the same). The list carries all a check's DNS
+    /// answer depends on, so an isolated flip costs the list alone. A service the list names but the data cannot
+    /// place (an instance not read yet) is returned, to be read.
+    private func patch(_ status: FailingStatus, _ list: [String: FailingCheck], services: Set<String>) async -> Set<String> {
+        let heldNow = held[status, default: HeldChecks()]
+        var patched: [String: [Instance]] = [:]
+        var unread: Set<String> = []
+        func apply(_ service: String, node: String, serviceID: String?, _ change: (inout Instance) -> Bool) {
+            guard services.contains(service) else { return }
+            // Being read: that read may have left Consul before this change; it is read again when it ends.
+            if reading.contains(service) { readAgain.insert(service); return }
+            guard var instances = patched[service] ?? published[service] else { unread.insert(service); return }
+            var placed = false
+            for i in instances.indices where instances[i].node.name.lowercased() == node && (serviceID == nil || instances[i].id == serviceID) {
+                if change(&instances[i]) { placed = true }
+            }
+            if placed { patched[service] = instances } else { unread.insert(service) }
+        }
+        for (key, check) in list where heldNow.services[key] == nil {
+            let node = check.Node.lowercased(), serviceID = check.ServiceID ?? ""
+            let state = CheckState(id: check.CheckID, name: check.Name ?? "", status: Health(registered: check.Status),
+                                   output: CheckState.text(output: check.Output, notes: check.Notes), nodeLevel: serviceID.isEmpty)
+            let targets = serviceID.isEmpty ? (servicesByNode[node] ?? []) : [ServiceName.key(check.ServiceName ?? "")]
+            for service in targets {
+                apply(service, node: node, serviceID: serviceID.isEmpty ? nil : serviceID) { Self.setCheck(state, on: &$0); return true }
+            }
+        }
+        for (key, holders) in heldNow.services where list[key] == nil {
+            guard let split = key.firstIndex(of: "\u{0}") else { continue }
+            let node = String(key[..<split]), checkID = String(key[key.index(after: split)...])
+            for service in holders {
+                apply(service, node: node, serviceID: nil) { instance in
+                    guard let j = instance.checks.firstIndex(where: { $0.id == checkID }) else { return false }
+                    var check = instance.checks[j]
+                    check.status = .passing
+                    check.output = ""
+                    Self.setCheck(check, on: &instance)
+                    return true
+                }
+            }
+        }
+        var changes: [String: [Instance]] = [:]
+        for (service, instances) in patched where !unread.contains(service) {
+            hold(service, instances)
+            if !Instance.sameServing(published[service], instances) { changes[service] = instances }
+            published[service] = instances
+        }
+        patches.increment(by: Int64(patched.count - unread.intersection(patched.keys).count))
+        if !changes.isEmpty { await publish(changes, [:]) }
+        return unread
+    }
+
+    /// A check's new state on an instance (added when the instance lacks it), and the instance's health folded again.
+    static func setCheck(_ check: CheckState, on instance: inout Instance) {
+        if let j = instance.checks.firstIndex(where: { $0.id == check.id && $0.nodeLevel == check.nodeLevel }) {
+            instance.checks[j] = check
+        } else {
+            instance.checks.append(check)
+        }
+        instance.health = foldedHealth(instance.checks)
+    }
+
+    /// An instance's health in Consul: its worst check, node-level ones included.
+    static func foldedHealth(_ checks: [CheckState]) -> Health {
+        checks.reduce(.passing) { max($0, $1.status) }
     }
 
     /// Records the failing checks a service's data now carries (none, for a service that went).
@@ -563,11 +656,35 @@ public actor ConsulWatcher {
         configuration.state?.changed()
     }
 
+    /// Services being read, and those that changed again meanwhile: each is read once more when its read ends,
+    /// so an answer that left Consul before the last change never has the last word.
+    private var reading: Set<String> = []
+    private var readAgain: Set<String> = []
+
     /// `/v1/health/service/<name>` for each, at most `readConcurrency` at once. Failures are logged, and retried.
-    private func read(_ names: Set<String>) async -> [String: [Instance]] {
+    /// A service already being read is not read twice at once; it is read again after.
+    private func read(_ requested: Set<String>) async -> [String: [Instance]] {
+        let names = requested.subtracting(reading)
+        readAgain.formUnion(requested.intersection(reading))
+        reading.formUnion(names)
+        var results = await readNow(names)
+        reading.subtract(names)
+        let again = readAgain.intersection(names)
+        readAgain.subtract(again)
+        if !again.isEmpty { results.merge(await read(again)) { $1 } }
+        return results
+    }
+
+    private func readNow(_ names: Set<String>) async -> [String: [Instance]] {
         readsInFlight += 1
         defer { readsInFlight -= 1 }
         var results: [String: [Instance]] = [:]
+        // One service (an isolated change): read in place, as a child task would start on Swift's pool and hop back.
+        if names.count == 1, let name = names.first {
+            let (_, result) = await readOne(name)
+            results[name] = take(name, result)
+            return results
+        }
         await withTaskGroup(of: (String, Result<([Instance], UInt64?), any Error>).self) { group in
             var pending = names.sorted().makeIterator()
             var started = 0
@@ -576,20 +693,26 @@ public actor ConsulWatcher {
                 started += 1
             }
             while let (name, result) = await group.next() {
-                switch result {
-                case .success(let (instances, index)):
-                    results[name] = instances
-                    serviceIndexes[name] = index
-                    hold(name, instances)
-                    retryFailures[name] = nil
-                case .failure(let error):
-                    serviceIndexes[name] = nil
-                    scheduleRetry(name, error)
-                }
+                results[name] = take(name, result)
                 if let next = pending.next() { group.addTask { await self.readOne(next) } }
             }
         }
         return results
+    }
+
+    /// A read's outcome recorded: its index and failing checks, or a retry; the instances when it was read.
+    private func take(_ name: String, _ result: Result<([Instance], UInt64?), any Error>) -> [Instance]? {
+        switch result {
+        case .success(let (instances, index)):
+            serviceIndexes[name] = index
+            hold(name, instances)
+            retryFailures[name] = nil
+            return instances
+        case .failure(let error):
+            serviceIndexes[name] = nil
+            scheduleRetry(name, error)
+            return nil
+        }
     }
 
     private func readOne(_ name: String) async -> (String, Result<([Instance], UInt64?), any Error>) {
@@ -701,13 +824,11 @@ public actor ConsulWatcher {
         }
         let id = (service["ID"] as? String).flatMap { $0.isEmpty ? nil : $0 } ?? serviceName
         let weights = service["Weights"] as? [String: Any]
-        var health = Health.passing
         var checks: [CheckState] = []
         for check in entry["Checks"] as? [[String: Any]] ?? [] {
             let sid = check["ServiceID"] as? String ?? ""
             guard sid.isEmpty || sid == id else { continue }
             let status = Health(registered: check["Status"] as? String)
-            health = max(health, status)
             let name = check["Name"] as? String ?? ""
             checks.append(CheckState(id: (check["CheckID"] as? String).flatMap { $0.isEmpty ? nil : $0 } ?? name, name: name,
                                      status: status, output: CheckState.text(output: check["Output"] as? String, notes: check["Notes"] as? String),
@@ -721,7 +842,7 @@ public actor ConsulWatcher {
                         port: UInt16(clamping: max(0, port)), tags: service["Tags"] as? [String] ?? [],
                         meta: (service["Meta"] as? [String: String]) ?? [:],
                         weightPassing: passing, weightWarning: warning,
-                        health: health,
+                        health: Self.foldedHealth(checks),
                         serviceLanAddresses: Address.lanAddresses(ipv4: serviceTagged?["lan_ipv4"]?["Address"] as? String,
                                                                   ipv6: serviceTagged?["lan_ipv6"]?["Address"] as? String,
                                                                   besides: serviceAddress))
@@ -746,15 +867,13 @@ public actor ConsulWatcher {
             query.append("wait=\(Int(jittered * 1000))ms")
         }
         let endpoint = configuration.address
-        let request = connection.request(endpoint, path + (query.isEmpty ? "" : "?" + query.joined(separator: "&")))
-        return try await connection.execute(request, endpoint: endpoint, deadline: .now() + .seconds(Int64(waitSeconds * 1.1) + 30)) { response in
-            let body = try await connection.jsonBody(response, path: path, endpoint: endpoint)
-            let returned = response.headers.first(name: "X-Consul-Index").flatMap { UInt64($0) }
-            var leader = LeaderContact(knownLeader: response.headers.first(name: "X-Consul-KnownLeader"),
-                                       lastContact: response.headers.first(name: "X-Consul-LastContact"))
-            leader.filteredByACLs = response.headers.first(name: "X-Consul-Results-Filtered-By-ACLs") == "true"
-            return (body, returned, leader)
-        }
+        let (headers, body) = try await connection.fetchJSON(endpoint, path + (query.isEmpty ? "" : "?" + query.joined(separator: "&")),
+                                                             deadline: .now() + .seconds(Int64(waitSeconds * 1.1) + 30))
+        let returned = headers.first(name: "X-Consul-Index").flatMap { UInt64($0) }
+        var leader = LeaderContact(knownLeader: headers.first(name: "X-Consul-KnownLeader"),
+                                   lastContact: headers.first(name: "X-Consul-LastContact"))
+        leader.filteredByACLs = headers.first(name: "X-Consul-Results-Filtered-By-ACLs") == "true"
+        return (body, returned, leader)
     }
 }
 

@@ -414,6 +414,113 @@ struct ConsulTests {
         print("consul at 2,000 services x 5: loaded after \(loaded ?? -1) s, slowest change \(slowest) s, connections peak \(stats.peak)")
     }
 
+    /// Issue 22's watch: the failing lists, the catalog sweep and the nodes wake each notice what they must, and an
+    /// isolated flip costs the short failing list, not a read of the service (nor the catalog).
+    @Test func eachChangeIsSeenAndAFlipCostsTheListAlone() throws {
+        let consul = try ConsulStandIn()
+        try consul.register(node: "n1", address: "192.0.2.1", service: "web")
+        try consul.register(node: "n2", address: "192.0.2.2", service: "web")
+        try consul.register(node: "n2", address: "192.0.2.2", service: "db")
+        let server = try server(consul)
+        defer { server.stop() }
+        #expect(eventually(within: 5) { addresses(server, "web.service.consul") == ["192.0.2.1", "192.0.2.2"] } != nil, "\(server.log_())")
+        #expect(eventually(within: 5) { addresses(server, "db.service.consul") == ["192.0.2.2"] } != nil)
+
+        // A check fails and comes back: each seen, from the critical list alone (no service read, a few hundred bytes).
+        try consul.call("POST", "/_test/reset-stats", [:])
+        try consul.call("POST", "/_test/set-status", ["node": "n1", "check": "service:web-n1", "status": "critical"])
+        #expect(eventually(within: 3) { addresses(server, "web.service.consul") == ["192.0.2.2"] } != nil)
+        try consul.call("POST", "/_test/set-status", ["node": "n1", "check": "service:web-n1", "status": "passing"])
+        #expect(eventually(within: 3) { addresses(server, "web.service.consul") == ["192.0.2.1", "192.0.2.2"] } != nil, "back to passing")
+        let stats = try consul.stats()
+        #expect(stats.byPath["/v1/health/service/"] == nil, "no service read for a flip: \(stats.byPath)")
+        #expect(stats.bytes < 64 * 1024, "\(stats.bytes) bytes for two flips")
+        #expect(stats.byPath["/v1/health/state/critical"].map { $0.requests >= 2 } == true, "\(stats.byPath)")
+
+        // Warning is served (as Consul's DNS serves it), and leaves the warning list again.
+        try consul.call("POST", "/_test/set-status", ["node": "n1", "check": "service:web-n1", "status": "warning"])
+        try consul.call("POST", "/_test/set-status", ["node": "n1", "check": "service:web-n1", "status": "critical"])
+        #expect(eventually(within: 3) { addresses(server, "web.service.consul") == ["192.0.2.2"] } != nil, "warning, then critical")
+        // A check deregistered while critical: the instance has no failing check left, and is served.
+        try consul.call("PUT", "/v1/catalog/deregister", ["Node": "n1", "CheckID": "service:web-n1"])
+        #expect(eventually(within: 3) { addresses(server, "web.service.consul") == ["192.0.2.1", "192.0.2.2"] } != nil, "deregistered while critical")
+
+        // A node-level check takes out every service on its node, and gives them back.
+        try consul.call("PUT", "/v1/catalog/register", ["Node": "n2", "Address": "192.0.2.2",
+                                                         "Check": ["CheckID": "serfHealth", "Name": "Serf", "Status": "critical"]] as [String: Any])
+        #expect(eventually(within: 3) { addresses(server, "web.service.consul") == ["192.0.2.1"] && addresses(server, "db.service.consul").isEmpty } != nil)
+        try consul.call("PUT", "/v1/catalog/register", ["Node": "n2", "Address": "192.0.2.2",
+                                                         "Check": ["CheckID": "serfHealth", "Name": "Serf", "Status": "passing"]] as [String: Any])
+        #expect(eventually(within: 3) { addresses(server, "db.service.consul") == ["192.0.2.2"] } != nil, "node check back to passing")
+
+        // Only the services table moves (a second instance on a node already there, a port change): the sweep finds
+        // which service, by its own index, and reads that one.
+        try consul.call("POST", "/_test/reset-stats", [:])
+        try consul.register(node: "n1", address: "192.0.2.1", service: "db", id: "db-2", port: 5433)
+        #expect(eventually(within: 5) { addresses(server, "db.service.consul") == ["192.0.2.1", "192.0.2.2"] } != nil, "\(server.log_())")
+        #expect(eventually(within: 3) { (try? consul.stats().byPath["/v1/health/service/"]?.requests ?? 0) ?? 0 >= 3 } != nil)
+        #expect(try consul.requests().filter { $0.path == "/v1/health/service/web" && $0.query["filter"] == nil }.isEmpty == false,
+                "web was read at load")
+        try consul.call("POST", "/_test/reset-requests", [:])
+        try consul.register(node: "n1", address: "192.0.2.1", service: "db", id: "db-2", port: 6000)
+        #expect(eventually(within: 5) { ((try? server.dig("db.service.consul", "SRV").data("SRV")) ?? []).contains("1 1 6000 n1.node.dc1.consul.") } != nil)
+        let reads = try consul.requests().filter { $0.path.hasPrefix("/v1/health/service/") && $0.query["filter"] == nil }.map(\.path)
+        #expect(reads == ["/v1/health/service/db"], "only the service that moved is read: \(reads)")
+
+        // A node's address changes (the nodes table alone): every service on it follows.
+        try consul.call("PUT", "/v1/catalog/register", ["Node": "n1", "Address": "192.0.2.11"] as [String: Any])
+        #expect(eventually(within: 5) { addresses(server, "web.service.consul") == ["192.0.2.11", "192.0.2.2"] && addresses(server, "db.service.consul") == ["192.0.2.11", "192.0.2.2"] } != nil,
+                "\(server.log_())")
+
+        // A node that disappears takes its instances with it.
+        try consul.call("PUT", "/v1/catalog/deregister", ["Node": "n2"])
+        #expect(eventually(within: 5) { addresses(server, "web.service.consul") == ["192.0.2.11"] && addresses(server, "db.service.consul") == ["192.0.2.11"] } != nil)
+        #expect(try server.dig("n2.node.consul", "A").status == "NXDOMAIN")
+    }
+
+    /// Consul's wake rules for what the watcher uses, as its state store has them: `/v1/health/state/critical`
+    /// blocks through writes that do not touch the critical set (a passing check's output), though its index is
+    /// the whole checks table's; a filter never narrows a wake and leaves the index as it was.
+    @Test func theStandInWakesAsConsulDoes() throws {
+        let consul = try ConsulStandIn()
+        try consul.register(node: "n1", address: "192.0.2.1", service: "web")
+        try consul.register(node: "n2", address: "192.0.2.2", service: "db")
+        func index(_ path: String) throws -> Int { Int(try consul.headers("GET", path)["X-Consul-Index"] ?? "") ?? -1 }
+        let before = try index("/v1/health/state/critical")
+        #expect(before == (try index("/v1/health/state/any")), "the checks table's index")
+        // A passing check's output changes: the table's index moves, the critical list's wake does not.
+        try consul.call("PUT", "/v1/catalog/register", ["Node": "n1", "Address": "192.0.2.1",
+                                                         "Checks": [["CheckID": "service:web-n1", "Name": "check", "Status": "passing",
+                                                                     "ServiceID": "web-n1", "Output": "HTTP 200"]]] as [String: Any])
+        let moved = try index("/v1/health/state/critical")
+        #expect(moved > before)
+        let started = Date()
+        let (code, body) = try consul.call("GET", "/v1/health/state/critical?index=\(moved)&wait=1s")
+        #expect(code == 200 && String(decoding: body, as: UTF8.self) == "[]")
+        #expect(Date().timeIntervalSince(started) >= 0.9, "blocked until its wait ran out")
+        // A check that fails wakes it; the critical list has it, with its service.
+        let waiter = DispatchQueue(label: "waiter")
+        nonisolated(unsafe) var woken: (Int, Data) = (0, Data())
+        let done = DispatchSemaphore(value: 0)
+        waiter.async { woken = (try? consul.call("GET", "/v1/health/state/critical?index=\(moved)&wait=30s")) ?? (0, Data()); done.signal() }
+        try consul.call("POST", "/_test/set-status", ["node": "n2", "check": "service:db-n2", "status": "critical"])
+        #expect(done.wait(timeout: .now() + 10) == .success)
+        let listed = try JSONSerialization.jsonObject(with: woken.1) as? [[String: Any]] ?? []
+        #expect(listed.count == 1 && listed.first?["ServiceName"] as? String == "db" && listed.first?["Status"] as? String == "critical")
+        // The per-service index under a filter that matches nothing: an empty body, the same index.
+        let plain = try index("/v1/health/service/db")
+        let filtered = "/v1/health/service/db?filter=" + "Node.Node == \"\"".addingPercentEncoding(withAllowedCharacters: .alphanumerics)!
+        #expect(try index(filtered) == plain && String(decoding: try consul.call("GET", filtered).1, as: UTF8.self) == "[]")
+        #expect(plain > (try index("/v1/health/service/web")), "db's own index moved with its check; web's did not")
+        #expect(try consul.call("GET", "/v1/health/service/db?filter=" + "Nope ~ 1".addingPercentEncoding(withAllowedCharacters: .alphanumerics)!).0 == 400)
+        // catalog/nodes: the nodes table's index; a node re-registered unchanged writes nothing.
+        let nodes = try index("/v1/catalog/nodes")
+        try consul.call("PUT", "/v1/catalog/register", ["Node": "n2", "Address": "192.0.2.2"] as [String: Any])
+        #expect(try index("/v1/catalog/nodes") == nodes)
+        try consul.call("PUT", "/v1/catalog/register", ["Node": "n2", "Address": "192.0.2.22"] as [String: Any])
+        #expect(try index("/v1/catalog/nodes") > nodes && (try index("/v1/health/service/db")) > plain, "a node's write moves its services' index")
+    }
+
     /// The stand-in answers as Consul's own source does where the watcher could be fooled (each line names the
     /// Consul function it follows), and the watcher copes with every shape.
     @Test func theStandInBehavesLikeConsul() throws {

@@ -48,8 +48,13 @@ public final class RegistryConnection: Sendable {
         var diagnosed: [String: RegistryFailure] = [:]
     }
 
+    /// `eventLoop`: the one loop every connection of this registry lives on (a watcher that runs on the same loop
+    /// then reads a response without a thread hop); nil spreads them over NIO's shared group.
+    let eventLoop: (any EventLoop)?
+
     public init(settings: ConnectionSettings, registry: ConnectionOption.Registry, name: String, logger: Logger,
-                poolSize: Int = 8, connectTimeout: TimeAmount = .seconds(2)) {
+                poolSize: Int = 8, connectTimeout: TimeAmount = .seconds(2), eventLoop: (any EventLoop)? = nil) {
+        self.eventLoop = eventLoop
         self.settings = settings
         self.registry = registry
         self.name = name
@@ -144,6 +149,15 @@ public final class RegistryConnection: Sendable {
 
     /// A request to `path` on `endpoint`, with the credentials; for a unix socket, the socket's URL.
     func request(_ endpoint: String, _ path: String, method: HTTPMethod = .GET) -> HTTPClientRequest {
+        let (url, headers) = target(endpoint, path)
+        var request = HTTPClientRequest(url: url)
+        request.method = method
+        request.headers = headers
+        return request
+    }
+
+    /// The URL of `path` on `endpoint` (for a unix socket, the socket's URL), and the credentials' headers.
+    private func target(_ endpoint: String, _ path: String) -> (url: String, headers: HTTPHeaders) {
         var url: String
         if endpoint.hasPrefix("unix://") {
             url = URL(httpURLWithSocketPath: String(endpoint.dropFirst("unix://".count)), uri: path)?.absoluteString ?? endpoint + path
@@ -155,21 +169,57 @@ public final class RegistryConnection: Sendable {
         } else {
             url = endpoint + path
         }
-        var request = HTTPClientRequest(url: url)
-        request.method = method
+        var headers = HTTPHeaders()
         let (material, session) = state.withLock { ($0.material, $0.sessionToken) }
         switch registry {
         case .consul:
-            if let token = material?.token { request.headers.add(name: "X-Consul-Token", value: token) }
+            if let token = material?.token { headers.add(name: "X-Consul-Token", value: token) }
             if let user = settings.user {
                 let pair = Data("\(user):\(material?.password ?? "")".utf8).base64EncodedString()
-                request.headers.add(name: "Authorization", value: "Basic \(pair)")
+                headers.add(name: "Authorization", value: "Basic \(pair)")
             }
         case .etcd:
             // etcd's gateway passes the header on as gRPC metadata; its value is the bare token.
-            if let session, !session.isEmpty { request.headers.add(name: "Authorization", value: session) }
+            if let session, !session.isEmpty { headers.add(name: "Authorization", value: session) }
         }
-        return request
+        return (url, headers)
+    }
+
+    /// A GET of `path` whose whole answer is read on this connection's event loop, checked as `jsonBody` checks
+    /// it: its headers and body. The caller (a watcher whose executor is that loop) resumes on the thread that
+    /// read the answer, with no hop to Swift's pool and back: on a quiet machine each hop is a thread woken.
+    func fetchJSON(_ endpoint: String, _ path: String, deadline: NIODeadline,
+                   isolation: isolated (any Actor)? = #isolation) async throws -> (HTTPHeaders, ByteBuffer) {
+        let client = try lease(endpoint)
+        defer { release(client) }
+        let (url, headers) = target(endpoint, path)
+        let limit = settings.maxResponseBytes
+        let response: HTTPClient.Response
+        do {
+            let request = try HTTPClient.Request(url: url, method: .GET, headers: headers)
+            let task = client.execute(request: request, delegate: ResponseAccumulator(request: request, maxBodySize: limit),
+                                      // The delegate on the loop; the channel from the pool (whose group is that loop
+                                      // alone, when there is one): a required channel loop would open a connection a request.
+                                      eventLoop: eventLoop.map { .delegate(on: $0) } ?? .indifferent,
+                                      deadline: deadline, logger: logger)
+            response = try await withCheckedThrowingContinuation { continuation in
+                task.futureResult.whenComplete { continuation.resume(with: $0) }
+            }
+        } catch is ResponseAccumulator.ResponseTooBigError {
+            throw Self.tooLarge(path, endpoint: endpoint, limit: limit, length: nil)
+        } catch {
+            throw await diagnose(error, endpoint: endpoint)
+        }
+        let body = response.body ?? ByteBuffer()
+        try checkAnswer(status: response.status, headers: response.headers, body: body, path: path, endpoint: endpoint)
+        return (response.headers, body)
+    }
+
+    /// An answer over max-response: refused by its Content-Length, or cut off once past the bound.
+    static func tooLarge(_ path: String, endpoint: String, limit: Int, length: Int?) -> RegistryFailure {
+        let what = length.map { "answered \($0) bytes, over max-response (\(limit) bytes)" } ?? "answered more than max-response (\(limit) bytes); refused unread"
+        return RegistryFailure(.tooLarge, endpoint: endpoint, "\(path) \(what)",
+                               fix: "raise max-response= on the --registry URL if the registry is really that large")
     }
 
     /// Whether the material holds a Consul token (for ACL-filtering detection).
@@ -206,27 +256,30 @@ public final class RegistryConnection: Sendable {
     func jsonBody(_ response: HTTPClientResponse, path: String, endpoint: String) async throws(RegistryFailure) -> ByteBuffer {
         let limit = settings.maxResponseBytes
         if let length = response.headers.first(name: "Content-Length").flatMap(Int.init), length > limit {
-            throw RegistryFailure(.tooLarge, endpoint: endpoint, "\(path) answered \(length) bytes, over max-response (\(limit) bytes)",
-                                  fix: "raise max-response= on the --registry URL if the registry is really that large")
+            throw Self.tooLarge(path, endpoint: endpoint, limit: limit, length: length)
         }
         let body: ByteBuffer
         do { body = try await response.body.collect(upTo: limit) } catch is NIOTooManyBytesError {
-            throw RegistryFailure(.tooLarge, endpoint: endpoint, "\(path) answered more than max-response (\(limit) bytes); refused unread",
-                                  fix: "raise max-response= on the --registry URL if the registry is really that large")
+            throw Self.tooLarge(path, endpoint: endpoint, limit: limit, length: nil)
         } catch {
             throw await diagnose(error, endpoint: endpoint)
         }
-        let contentType = response.headers.first(name: "Content-Type")
-        guard response.status == .ok else {
+        try checkAnswer(status: response.status, headers: response.headers, body: body, path: path, endpoint: endpoint)
+        return body
+    }
+
+    /// A 200 with a JSON body, or the failure that says what the endpoint answered instead.
+    private func checkAnswer(status: HTTPResponseStatus, headers: HTTPHeaders, body: ByteBuffer, path: String, endpoint: String) throws(RegistryFailure) {
+        let contentType = headers.first(name: "Content-Type")
+        guard status == .ok else {
             // A proxy's error page says more as what it is than as its text.
             if Self.isHTML(body, contentType: contentType) {
-                throw RegistryFailure(.notJSON, endpoint: endpoint, "\(path) returned HTML, not JSON (HTTP \(response.status.code): a proxy or another service on this address?)",
+                throw RegistryFailure(.notJSON, endpoint: endpoint, "\(path) returned HTML, not JSON (HTTP \(status.code): a proxy or another service on this address?)",
                                       fix: "point the --registry URL at the registry's own API")
             }
-            throw RegistryFailure.status(response.status.code, body: body, path: path, endpoint: endpoint, registry: registry)
+            throw RegistryFailure.status(status.code, body: body, path: path, endpoint: endpoint, registry: registry)
         }
         try Self.checkJSON(body, contentType: contentType, path: path, endpoint: endpoint)
-        return body
     }
 
     /// What a body is: nil for JSON, else "HTML", "an empty body" or its content type.
@@ -327,6 +380,7 @@ public final class RegistryConnection: Sendable {
         config.timeout = .init(connect: connectTimeout)
         config.redirectConfiguration = .disallow
         config.connectionPool = .init(idleTimeout: .seconds(60), concurrentHTTP1ConnectionsPerHostSoftLimit: poolSize)
+        if let eventLoop { return HTTPClient(eventLoopGroup: eventLoop, configuration: config) }
         return HTTPClient(eventLoopGroupProvider: .singleton, configuration: config)
     }
 

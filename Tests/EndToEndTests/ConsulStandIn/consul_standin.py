@@ -426,8 +426,10 @@ class Handler(BaseHTTPRequestHandler):
                 entry = stats["by_path"].setdefault(kind, {"bytes": 0, "requests": 0})
                 entry["bytes"] += sent
                 entry["requests"] += 1
-        self.end_headers()
-        self.wfile.write(data)
+        # Head and body in one write, as Go's HTTP server sends a small answer (the handler writes through a buffer).
+        self._headers_buffer.append(b"\r\n")
+        self.wfile.write(b"".join(self._headers_buffer) + data)
+        self._headers_buffer = []
 
     def access(self, query):
         """"full", "limited", "anonymous" or "unknown", for the request's token."""
@@ -461,7 +463,8 @@ class Handler(BaseHTTPRequestHandler):
         if url.path == "/_test/stats":
             with conn_lock, lock:
                 return self.reply(200, {"peak": connections["peak"], "rejected": connections["rejected"],
-                                        "current": sum(connections["current"].values()), "bytes": stats["bytes"],
+                                        "current": sum(connections["current"].values()), "accepted": connections["accepted"],
+                                        "bytes": stats["bytes"],
                                         "requests": stats["requests"], "by_path": stats["by_path"]})
         if url.path.startswith("/v1/agent/check/") or url.path.startswith("/v1/agent/service/"):
             # PUT-only since Consul 1.0 (its HTTP handlers enforce the verb).
@@ -743,7 +746,7 @@ class Handler(BaseHTTPRequestHandler):
 
 MAX_CONNS = 200
 conn_lock = threading.Lock()
-connections = {"current": {}, "peak": 0, "rejected": 0}
+connections = {"current": {}, "peak": 0, "rejected": 0, "accepted": 0}
 
 
 class CappedServer(ThreadingHTTPServer):
@@ -760,6 +763,7 @@ class CappedServer(ThreadingHTTPServer):
             else:
                 connections["current"][ip] = current + 1
                 connections["peak"] = max(connections["peak"], current + 1)
+                connections["accepted"] += 1
                 reject = False
         if reject:
             try:

@@ -129,12 +129,15 @@ public actor CatalogAssembler {
         store.setProblems(problems.keys.sorted().map { "\(names[$0]): \(problems[$0]!)" })
     }
 
-    private var connectionErrors: [Int: String] = [:]
+    private var connectionErrors: [Int: (reason: String, primary: Bool)] = [:]
     private var warnings: [Int: [String]] = [:]
 
-    /// A registry's last connection failure (nil once it answers again), for `/ready` and the operator view.
-    public func setConnectionError(source index: Int, _ reason: String?) {
-        connectionErrors[index] = reason
+    /// A registry's last connection failure (nil once it answers again), for `/ready` and the operator view. A
+    /// registry's main watch says it; its other watches (Consul's health lists) only when the main one has nothing
+    /// to say, so `/ready` names the failure that keeps the data from loading.
+    public func setConnectionError(source index: Int, _ reason: String?, primary: Bool = true) {
+        if !primary, let current = connectionErrors[index], current.primary { return }
+        connectionErrors[index] = reason.map { ($0, primary) }
         store.activity.updateRegistry(index) { $0.lastError = reason }
         publishNotices()
     }
@@ -150,7 +153,7 @@ public actor CatalogAssembler {
     private func publishNotices() {
         let indexes = Set(connectionErrors.keys).union(warnings.keys).sorted()
         store.setNotices(indexes.flatMap { i in
-            (connectionErrors[i].map { ["\(names[i]): \($0)"] } ?? []) + (warnings[i] ?? []).map { "\(names[i]): warning: \($0)" }
+            (connectionErrors[i].map { ["\(names[i]): \($0.reason)"] } ?? []) + (warnings[i] ?? []).map { "\(names[i]): warning: \($0)" }
         })
     }
 

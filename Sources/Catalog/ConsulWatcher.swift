@@ -867,7 +867,7 @@ public actor ConsulWatcher {
             query.append("wait=\(Int(jittered * 1000))ms")
         }
         let endpoint = configuration.address
-        let (headers, body) = try await connection.fetchJSON(endpoint, path + (query.isEmpty ? "" : "?" + query.joined(separator: "&")),
+        let (headers, body) = try await connection.fetchJSON(endpoint, path, query: query.joined(separator: "&"),
                                                              deadline: .now() + .seconds(Int64(waitSeconds * 1.1) + 30))
         let returned = headers.first(name: "X-Consul-Index").flatMap { UInt64($0) }
         var leader = LeaderContact(knownLeader: headers.first(name: "X-Consul-KnownLeader"),

@@ -82,10 +82,24 @@ struct ConsulEntryTests {
     @Test func documentedHealthStateResponse() throws {
         let url = try #require(Bundle.module.url(forResource: "Resources/consul/health-state.json", withExtension: nil))
         let checks = try JSONDecoder().decode([ConsulWatcher.FailingCheck].self, from: Data(contentsOf: url))
-        let marks = ConsulWatcher.marks(checks)
+        let marks = ConsulWatcher.marks(ConsulWatcher.listed(checks))
         #expect(marks.count == 2)
         #expect(marks["foobar\u{0}service:redis"]?.service == "redis" && marks["foobar\u{0}serfHealth"]?.service == "")
         #expect(marks.values.allSatisfy { $0.node == "foobar" })
+    }
+
+    /// A check set from a failing list: replaced by ID (a node-level one apart from a service's of the same ID),
+    /// added when new, and the instance's health is its worst check again.
+    @Test func aPatchedCheckRefoldsHealth() throws {
+        let entries = try #require(try golden("health-service.json") as? [[String: Any]])
+        var i = try instance(try #require(entries.first))
+        #expect(i.health == .passing && i.checks.count == 2)
+        ConsulWatcher.setCheck(CheckState(id: "service:redis", name: "Service 'redis' check", status: .critical, output: "down", nodeLevel: false), on: &i)
+        #expect(i.health == .critical && i.checks.count == 2 && i.checks.first { $0.id == "service:redis" }?.output == "down")
+        ConsulWatcher.setCheck(CheckState(id: "service:redis", name: "", status: .passing, output: "", nodeLevel: false), on: &i)
+        #expect(i.health == .passing)
+        ConsulWatcher.setCheck(CheckState(id: "_node_maintenance", name: "Node Maintenance Mode", status: .critical, output: "", nodeLevel: true), on: &i)
+        #expect(i.health == .critical && i.checks.count == 3)
     }
 
     /// A failing list against the data: a check the list has and the data lacks (it failed), one the data holds

@@ -185,14 +185,14 @@ public final class RegistryConnection: Sendable {
         return (url, headers)
     }
 
-    /// A GET of `path` whose whole answer is read on this connection's event loop, checked as `jsonBody` checks
-    /// it: its headers and body. The caller (a watcher whose executor is that loop) resumes on the thread that
+    /// A GET of `path` (with `query`; failures name the path alone) whose whole answer is read on this
+    /// connection's event loop, checked as `jsonBody` checks it: its headers and body. The caller (a watcher whose executor is that loop) resumes on the thread that
     /// read the answer, with no hop to Swift's pool and back: on a quiet machine each hop is a thread woken.
-    func fetchJSON(_ endpoint: String, _ path: String, deadline: NIODeadline,
+    func fetchJSON(_ endpoint: String, _ path: String, query: String = "", deadline: NIODeadline,
                    isolation: isolated (any Actor)? = #isolation) async throws -> (HTTPHeaders, ByteBuffer) {
         let client = try lease(endpoint)
         defer { release(client) }
-        let (url, headers) = target(endpoint, path)
+        let (url, headers) = target(endpoint, query.isEmpty ? path : path + "?" + query)
         let limit = settings.maxResponseBytes
         let response: HTTPClient.Response
         do {

@@ -43,7 +43,7 @@ struct RegistryLoop: Sendable {
                 self.connection.resetNews()
                 if reported != nil {
                     reported = nil
-                    await self.assembler.setConnectionError(source: self.sourceIndex, nil)
+                    await self.assembler.setConnectionError(source: self.sourceIndex, nil, primary: reportsContact)
                 }
             }
             do {
@@ -57,7 +57,7 @@ struct RegistryLoop: Sendable {
                 await onFailure()
                 report(failure)
                 reported = failure
-                await assembler.setConnectionError(source: sourceIndex, failure.description)
+                await assembler.setConnectionError(source: sourceIndex, failure.description, primary: reportsContact)
                 if reportsContact {
                     restarts.increment()
                     assembler.store.activity.noteRestart(registry: sourceIndex)

@@ -92,15 +92,24 @@ def run(services, instances, work):
             time.sleep(0.05)
         base = f"http://127.0.0.1:{port}"
         call(base + "/_test/bulk", body={"services": services, "instances": instances})
-        dport, aport = free_port(), free_port()
+        dport = free_port()
+        # The admin port is TCP: a port free for UDP may be held by one of the many TCP connections made here.
+        probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM); probe.bind(("127.0.0.1", 0)); aport = probe.getsockname()[1]; probe.close()
         admin = f"http://127.0.0.1:{aport}"
         t0 = time.time()
         signpost = subprocess.Popen([SIGNPOST, "serve", "--listen", f"127.0.0.1:{dport}", "--catalog", os.path.join(work, "empty"),
                                      "--registry", f"consul:{base}", "--log-level", "warning", "--admin", f"127.0.0.1:{aport}"],
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                    stdout=subprocess.DEVNULL, stderr=open(os.path.join(work, f"signpost-{services}.log"), "w"))
         dns = Dns(dport)
+
+        def alive():
+            """Signpost still running; a crash ends the run with its log, rather than 200 probes timing out."""
+            if signpost.poll() is not None:
+                with open(os.path.join(work, f"signpost-{services}.log")) as f:
+                    sys.exit(f"signpost exited with {signpost.returncode}:\n" + f.read()[-4000:])
         want = socket.inet_aton(address(services - 1, instances - 1))
         while time.time() - t0 < 120:
+            alive()
             got = dns.addresses(f"svc{services - 1}.service.consul")
             if got and want in got:
                 break
@@ -132,6 +141,7 @@ def run(services, instances, work):
         # 3. change -> answer
         latencies = []
         for _ in range(200):
+            alive()
             t1 = time.perf_counter()
             s, j, status = flip()
             needle = socket.inet_aton(address(s, j))
@@ -163,6 +173,7 @@ def run(services, instances, work):
         call(base + "/_test/reset-stats")
         reg_latencies = []
         for k in range(10):
+            alive()
             s = rnd.randrange(services)
             node, sid, ip = f"reg-{k}", f"svc{s}-reg{k}", f"10.250.0.{k + 1}"
             t1 = time.perf_counter()
@@ -189,6 +200,8 @@ def run(services, instances, work):
                 time.sleep(target - time.time())
             flip(limit=50, among=churn_services)
             flips += 1
+            if flips % 500 == 0:
+                alive()
             if time.time() >= next_sample:
                 published.append(metric(admin, "signpost_snapshots_published_total"))
                 next_sample += 1
@@ -199,6 +212,7 @@ def run(services, instances, work):
         while wrong and time.perf_counter() - last_flip < 10:
             wrong = {s for s in wrong if dns.addresses(f"svc{s}.service.consul") != expected[s]}
         settle_ms = (time.perf_counter() - last_flip) * 1000 if not wrong else float("inf")
+        alive()
         per_second = [b - a for a, b in zip(published, published[1:])]
         stats = call(base + "/_test/stats", method="GET")
         return {"services": services, "instances": services * instances, "load_s": load_s, "rss_mb": rss,
@@ -224,6 +238,9 @@ def kb(n):
 
 def main():
     sizes = [(2000, 5), (10000, 5)]
+    if len(sys.argv) == 3 and sys.argv[1] == "--report":
+        with open(sys.argv[2]) as f:
+            return report([json.loads(line) for line in f if line.startswith("{")])
     if len(sys.argv) > 1:
         sizes = [tuple(int(x) for x in a.split("x")) for a in sys.argv[1:]]
     rows = []
@@ -233,6 +250,11 @@ def main():
             r = run(s, i, work)
             rows.append(r)
             print(json.dumps(r), flush=True)
+    report(rows)
+
+
+def report(rows):
+    """The results as markdown, into bench/results/ (also from saved JSON rows: `--report FILE`)."""
     lines = [f"# Consul registry benchmark, {date.today()}", "",
              f"`make bench-registry` on {os.cpu_count()} cores, against the Consul stand-in with Consul's default cap of 200",
              "connections per client. A flip fails one passing instance's check or brings it back (at most one failing at a",

@@ -301,7 +301,7 @@ public actor ConsulWatcher {
         }, onFailure: { index = 0 })
     }
 
-    /// One entry of `/v1/health/state/<status>`: what the diff needs.
+    /// One entry of `/v1/health/state/<status>`: what the diff and a patch need.
     struct FailingCheck: Decodable {
         var Node: String
         var CheckID: String

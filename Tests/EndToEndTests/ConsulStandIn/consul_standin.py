@@ -5,8 +5,15 @@ It follows Consul's documented behaviour for what Signpost uses:
   PUT  /v1/catalog/register      body as in Consul's docs (Node, Address, Datacenter, NodeMeta, Service, Check(s))
   PUT  /v1/catalog/deregister    {"Node": ..., "ServiceID": ...} or {"Node": ...}
   GET  /v1/catalog/services      {"name": ["tag", ...]}
-  GET  /v1/health/service/<name> [{"Node": {...}, "Service": {...}, "Checks": [...]}]
-  GET  /v1/health/state/any      every check, with its ServiceName and ModifyIndex
+  GET  /v1/catalog/nodes         every node (the nodes table's index)
+  GET  /v1/health/service/<name> [{"Node": {...}, "Service": {...}, "Checks": [...]}] (the service's own index)
+  GET  /v1/health/state/<status> any, passing, warning or critical: the checks in that status, with the checks
+                                 table's index; a blocking one wakes only when that status's set changes
+                                 (checksInStateTxn watches the status index), except `any`, which any check write wakes
+  ?filter=                       `Selector == "value"` or `!=`, applied after the index is taken, as Consul's
+                                 filter never narrows a wake; anything else is a 400
+Reads cost their result: secondary indexes (by name, node and status; per-service, per-table and extinction
+indexes) are kept by every write, and a write that changes nothing writes nothing (ensureNodeTxn, ensureCheckTxn).
 The agent endpoints that registrars (grpc-go tutorials, go-micro, python-consul) use, on the agent's own node:
   PUT  /v1/agent/service/register       Name, ID, Tags, Address, Port, Meta, Check/Checks (TTL, CheckID, Status,
                                         DeregisterCriticalServiceAfter); keys in any case, as Consul's decoder
@@ -35,7 +42,9 @@ reads fail (code 0 ends it); POST /_test/leader {"known": false, "last_contact_m
 X-Consul-KnownLeader/X-Consul-LastContact headers (a follower cut off from its leader);
 POST /_test/index {"index": N} forces the index (to make it go
 backwards or to 0); POST /_test/noblock {"on": true} makes blocking queries return at once with the
-same index (a misbehaving server, to exercise rate limiting); GET /_test/requests lists the requests seen; POST /_test/reset-requests clears them.
+same index (a misbehaving server, to exercise rate limiting); GET /_test/requests lists the requests seen; POST /_test/reset-requests clears them;
+GET /_test/stats gives the connections (peak, refused, accepted) and the bytes sent for /v1/ (total and by endpoint),
+and POST /_test/reset-stats zeroes the bytes.
 """
 import argparse
 import socketserver

@@ -106,11 +106,12 @@ final class ConsulStandIn: @unchecked Sendable {
 
     /// The most connections at once, how many were refused with a 429, and the bytes sent for /v1/ (total and by
     /// endpoint, `/v1/health/service/` for every service's).
-    func stats() throws -> (peak: Int, rejected: Int, bytes: Int, byPath: [String: (bytes: Int, requests: Int)]) {
+    func stats() throws -> (peak: Int, rejected: Int, bytes: Int, byPath: [String: (bytes: Int, requests: Int)], current: Int) {
         let object = try JSONSerialization.jsonObject(with: call("GET", "/_test/stats").1) as? [String: Any] ?? [:]
         var byPath: [String: (bytes: Int, requests: Int)] = [:]
         for (path, v) in object["by_path"] as? [String: [String: Int]] ?? [:] { byPath[path] = (v["bytes"] ?? 0, v["requests"] ?? 0) }
-        return (object["peak"] as? Int ?? -1, object["rejected"] as? Int ?? -1, object["bytes"] as? Int ?? -1, byPath)
+        return (object["peak"] as? Int ?? -1, object["rejected"] as? Int ?? -1, object["bytes"] as? Int ?? -1, byPath,
+                object["current"] as? Int ?? -1)
     }
 
     /// Requests the stand-in has seen, as (path, query).

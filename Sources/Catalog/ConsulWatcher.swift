@@ -172,10 +172,12 @@ public actor ConsulWatcher {
         let files = Task { [loop] in await loop.watchFiles() }
         if let keeper = configuration.state, let state = keeper.load(maxStale: configuration.maxStale) { await restore(state) }
         let writer = configuration.state.map { keeper in Task { await keeper.run(source: self) } }
+        // The watches prefer the loop their actor runs on: an answer then resumes on the thread that read it.
+        let onLoop = LoopTaskExecutor(eventLoop)
         await withTaskGroup(of: Void.self) { group in
-            group.addTask { await self.watchCatalog() }
-            group.addTask { await self.watchNodes() }
-            for status in FailingStatus.allCases { group.addTask { await self.watchFailing(status) } }
+            group.addTask(executorPreference: onLoop) { await self.watchCatalog() }
+            group.addTask(executorPreference: onLoop) { await self.watchNodes() }
+            for status in FailingStatus.allCases { group.addTask(executorPreference: onLoop) { await self.watchFailing(status) } }
             await group.waitForAll()
         }
         writer?.cancel()
@@ -694,12 +696,13 @@ public actor ConsulWatcher {
             var pending = names.sorted().makeIterator()
             var started = 0
             while started < configuration.readConcurrency, let name = pending.next() {
-                group.addTask { await self.readOne(name) }
+                // On every core, not on the watches' loop.
+                group.addTask(executorPreference: globalConcurrentExecutor) { await self.readOne(name) }
                 started += 1
             }
             while let (name, result) = await group.next() {
                 results[name] = take(name, result)
-                if let next = pending.next() { group.addTask { await self.readOne(next) } }
+                if let next = pending.next() { group.addTask(executorPreference: globalConcurrentExecutor) { await self.readOne(next) } }
             }
         }
         return results
@@ -774,10 +777,14 @@ public actor ConsulWatcher {
     private nonisolated func health(_ name: String, index: UInt64) async throws -> ([Instance], UInt64?, LeaderContact) {
         let path = Self.healthPath(name)
         let (body, returned, leader) = try await Self.get(configuration, connection, path, index: index, wait: configuration.wait)
-        let entries = try RegistryConnection.jsonValue([[String: Any]].self, body, path: path, endpoint: configuration.address)
+        let entries = try connection.decode([Lenient<HealthEntry>].self, body, path: path, endpoint: configuration.address)
         var out: [Instance] = []
-        for entry in entries {
-            do { out.append(try Self.instance(from: entry, localDatacenter: configuration.localDatacenter)) } catch {
+        out.reserveCapacity(entries.count)
+        for element in entries {
+            do {
+                guard let entry = element.wrappedValue else { throw EntryError(description: "entry does not decode: " + (element.problem ?? "")) }
+                out.append(try Self.instance(from: entry, localDatacenter: configuration.localDatacenter))
+            } catch {
                 logger.error("consul entry skipped", metadata: ["registry": "consul", "consul.service": "\(name)", "reason": "\(error)"])
                 skips.count(.unknownFormat)
                 assembler.store.activity.noteSkipped(registry: "consul", location: "/v1/health/service/\(name)", name: name,
@@ -813,49 +820,80 @@ public actor ConsulWatcher {
         }
     }
 
-    static func instance(from entry: [String: Any], localDatacenter: String) throws -> Instance {
-        guard let node = entry["Node"] as? [String: Any], let service = entry["Service"] as? [String: Any],
-              let nodeName = node["Node"] as? String, let nodeAddressText = node["Address"] as? String,
-              let nodeAddress = Address(nodeAddressText), let serviceName = service["Service"] as? String else {
+    /// One entry of `/v1/health/service/<name>`, typed as Consul's Go structs are (`structs.CheckServiceNode`):
+    /// what an instance is made of. An entry that does not decode, or lacks a node, its address or a service name
+    /// (`instance(from:)`), is skipped, logged and counted; the others serve.
+    struct HealthEntry: Decodable, Sendable {
+        struct NodePart: Decodable, Sendable {
+            var Node: String?
+            var Address: String?
+            var Datacenter: String?
+            var TaggedAddresses: [String: String]?
+            var Meta: [String: String]?
+        }
+        struct TaggedAddress: Decodable, Sendable { var Address: String? }
+        struct Weights: Decodable, Sendable {
+            var Passing: Int?
+            var Warning: Int?
+        }
+        struct ServicePart: Decodable, Sendable {
+            var ID: String?
+            var Service: String?
+            var Tags: [String]?
+            var Address: String?
+            var TaggedAddresses: [String: TaggedAddress]?
+            var Meta: [String: String]?
+            var Port: Int?
+            var Weights: Weights?
+            var ModifyIndex: Int64?
+        }
+        struct Check: Decodable, Sendable {
+            var CheckID: String?
+            var Name: String?
+            var Status: String?
+            var Output: String?
+            var Notes: String?
+            var ServiceID: String?
+        }
+        var Node: NodePart?
+        var Service: ServicePart?
+        var Checks: [Check]?
+    }
+
+    static func instance(from entry: HealthEntry, localDatacenter: String) throws -> Instance {
+        guard let node = entry.Node, let service = entry.Service, let nodeName = node.Node, let nodeAddressText = node.Address,
+              let nodeAddress = Address(nodeAddressText), let serviceName = service.Service else {
             throw EntryError(description: "entry without Node, Node.Address or Service")
         }
-        let dc = (node["Datacenter"] as? String).flatMap { $0.isEmpty ? nil : $0 } ?? localDatacenter
-        let nodeTagged = node["TaggedAddresses"] as? [String: String]
-        let n = Node(name: nodeName, address: nodeAddress, datacenter: dc, meta: (node["Meta"] as? [String: String]) ?? [:],
-                     lanAddresses: Address.lanAddresses(ipv4: nodeTagged?["lan_ipv4"], ipv6: nodeTagged?["lan_ipv6"], besides: nodeAddress))
+        let dc = node.Datacenter.flatMap { $0.isEmpty ? nil : $0 } ?? localDatacenter
+        let n = Node(name: nodeName, address: nodeAddress, datacenter: dc, meta: node.Meta ?? [:],
+                     lanAddresses: Address.lanAddresses(ipv4: node.TaggedAddresses?["lan_ipv4"], ipv6: node.TaggedAddresses?["lan_ipv6"], besides: nodeAddress))
         var serviceAddress: Address? = nil
-        if let a = service["Address"] as? String, !a.isEmpty {
+        if let a = service.Address, !a.isEmpty {
             guard let parsed = Address(a) else { throw EntryError(description: "Service.Address \"\(a)\" is not an address") }
             // Kept even when it equals the node's: Consul's DNS then names the SRV target <hex>.addr, not the node.
             serviceAddress = parsed
         }
-        let id = (service["ID"] as? String).flatMap { $0.isEmpty ? nil : $0 } ?? serviceName
-        let weights = service["Weights"] as? [String: Any]
+        let id = service.ID.flatMap { $0.isEmpty ? nil : $0 } ?? serviceName
         var checks: [CheckState] = []
-        for check in entry["Checks"] as? [[String: Any]] ?? [] {
-            let sid = check["ServiceID"] as? String ?? ""
+        for check in entry.Checks ?? [] {
+            let sid = check.ServiceID ?? ""
             guard sid.isEmpty || sid == id else { continue }
-            let status = Health(registered: check["Status"] as? String)
-            let name = check["Name"] as? String ?? ""
-            checks.append(CheckState(id: (check["CheckID"] as? String).flatMap { $0.isEmpty ? nil : $0 } ?? name, name: name,
-                                     status: status, output: CheckState.text(output: check["Output"] as? String, notes: check["Notes"] as? String),
-                                     nodeLevel: sid.isEmpty))
+            let name = check.Name ?? ""
+            checks.append(CheckState(id: check.CheckID.flatMap { $0.isEmpty ? nil : $0 } ?? name, name: name,
+                                     status: Health(registered: check.Status),
+                                     output: CheckState.text(output: check.Output, notes: check.Notes), nodeLevel: sid.isEmpty))
         }
-        let port = (service["Port"] as? NSNumber)?.intValue ?? 0
-        let serviceTagged = service["TaggedAddresses"] as? [String: [String: Any]]
-        let (passing, warning) = Instance.weights(passing: (weights?["Passing"] as? NSNumber)?.intValue,
-                                                  warning: (weights?["Warning"] as? NSNumber)?.intValue)
+        let serviceTagged = service.TaggedAddresses
+        let (passing, warning) = Instance.weights(passing: service.Weights?.Passing, warning: service.Weights?.Warning)
         var inst = Instance(id: id, service: serviceName, node: n, serviceAddress: serviceAddress,
-                        port: UInt16(clamping: max(0, port)), tags: service["Tags"] as? [String] ?? [],
-                        meta: (service["Meta"] as? [String: String]) ?? [:],
-                        weightPassing: passing, weightWarning: warning,
-                        health: Self.foldedHealth(checks),
-                        serviceLanAddresses: Address.lanAddresses(ipv4: serviceTagged?["lan_ipv4"]?["Address"] as? String,
-                                                                  ipv6: serviceTagged?["lan_ipv6"]?["Address"] as? String,
-                                                                  besides: serviceAddress))
+                            port: UInt16(clamping: max(0, service.Port ?? 0)), tags: service.Tags ?? [], meta: service.Meta ?? [:],
+                            weightPassing: passing, weightWarning: warning,
+                            health: Self.foldedHealth(checks),
+                            serviceLanAddresses: Address.lanAddresses(ipv4: serviceTagged?["lan_ipv4"]?.Address,
+                                                                      ipv6: serviceTagged?["lan_ipv6"]?.Address, besides: serviceAddress))
         inst.checks = checks
-        inst.origin = Origin(registry: "consul", location: "service \(id) on node \(nodeName)",
-                             revision: (service["ModifyIndex"] as? NSNumber)?.int64Value)
+        inst.origin = Origin(registry: "consul", location: "service \(id) on node \(nodeName)", revision: service.ModifyIndex)
         return inst
     }
 

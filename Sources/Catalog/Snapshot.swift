@@ -40,6 +40,12 @@ public final class ServiceEntry: Sendable {
     /// One service's instances from several registries, in registry order. The first occurrence of an
     /// instance (node, datacenter, ID) wins; the result is sorted by node, then ID, so the base order is stable.
     static func merged(name: String, _ lists: [[Instance]]) -> ServiceEntry? {
+        // One registry's list that is already in order, with lower-case node names (so no two instances can be the
+        // same one under case folding): kept as it is, its storage shared with the registry's copy.
+        let nonEmpty = lists.filter { !$0.isEmpty }
+        if nonEmpty.count == 1, let only = nonEmpty.first, Self.isServedAsIs(only) {
+            return ServiceEntry(name: only[0].service, instances: only)
+        }
         var seen: Set<[String]> = []
         var all: [Instance] = []
         for list in lists {
@@ -48,8 +54,16 @@ public final class ServiceEntry: Sendable {
             }
         }
         guard !all.isEmpty else { return nil }
-        all.sort { ($0.node.name, $0.id) < ($1.node.name, $1.id) }
+        all.sort(by: inOrder)
         return ServiceEntry(name: all[0].service, instances: all)
+    }
+
+    /// The base order of a service's instances: by node, then ID.
+    static func inOrder(_ a: Instance, _ b: Instance) -> Bool { (a.node.name, a.id) < (b.node.name, b.id) }
+
+    private static func isServedAsIs(_ list: [Instance]) -> Bool {
+        for k in list.indices where k > 0 && !inOrder(list[k - 1], list[k]) { return false }
+        return list.allSatisfy { !$0.node.name.utf8.contains { $0 >= UInt8(ascii: "A") && $0 <= UInt8(ascii: "Z") } }
     }
 
     /// A fresh start offset for the next answer: 0, 1, 2, … for successive queries.

@@ -17,7 +17,11 @@ struct ConsulEntryTests {
         return ["Node": ["Node": "n1", "Address": "192.0.2.1", "Datacenter": "dc1", "Meta": NSNull()], "Service": service, "Checks": checks]
     }
 
-    func instance(_ e: [String: Any]) throws -> Instance { try ConsulWatcher.instance(from: e, localDatacenter: "dc1") }
+    /// An entry as Consul sends it: JSON text, decoded as the watcher decodes it.
+    func instance(_ e: [String: Any]) throws -> Instance {
+        let entry = try JSONDecoder().decode(ConsulWatcher.HealthEntry.self, from: JSONSerialization.data(withJSONObject: e))
+        return try ConsulWatcher.instance(from: entry, localDatacenter: "dc1")
+    }
 
     @Test func aServiceIPEqualToTheNodesIsStillTheServices() throws {
         // Consul's DNS names the SRV target <hex>.addr whenever Service.Address is an IP.
@@ -41,6 +45,19 @@ struct ConsulEntryTests {
     func invalidWeightsAreOneAndOne(weights: [String: Int], passing: Int, warning: Int) throws {
         let i = try instance(entry(weights: weights))
         #expect(Int(i.weightPassing) == passing && Int(i.weightWarning) == warning)
+    }
+
+    @Test func anEntryThatDoesNotDecodeIsSkippedAndTheOthersServe() throws {
+        var bad = entry()
+        bad["Service"] = ["ID": "web-2", "Service": "web", "Port": "8080"]
+        let list = try JSONDecoder().decode([Lenient<ConsulWatcher.HealthEntry>].self,
+                                            from: JSONSerialization.data(withJSONObject: [entry(), bad, 7]))
+        #expect(list.count == 3 && list[1].wrappedValue == nil && list[2].wrappedValue == nil)
+        let good = try ConsulWatcher.instance(from: try #require(list[0].wrappedValue), localDatacenter: "dc1")
+        #expect(good.id == "web-1" && good.port == 8080 && good.health == .passing)
+        var noAddress = entry()
+        noAddress["Node"] = ["Node": "n1"]
+        #expect(throws: ConsulWatcher.EntryError.self) { try instance(noAddress) }
     }
 
     @Test func leaderContact() {

@@ -222,6 +222,18 @@ struct AssemblerTests {
                  serviceAddress: nil, port: 80, tags: [], meta: [:], weightPassing: 1, weightWarning: 1, health: .passing)
     }
 
+    @Test func oneRegistrysOrderedListIsServedWithoutACopy() {
+        let ordered = [Self.inst("n1", "192.0.2.1", id: "a"), Self.inst("n1", "192.0.2.1", id: "b"), Self.inst("n2", "192.0.2.2", id: "a")]
+        let entry = ServiceEntry.merged(name: "web", [ordered, []])!
+        #expect(entry.instances.map(\.id) == ["a", "b", "a"])
+        #expect(entry.instances.withUnsafeBufferPointer { $0.baseAddress } == ordered.withUnsafeBufferPointer { $0.baseAddress },
+                "the registry's storage, shared")
+        // Out of order, or with node names that fold together, it is sorted and deduplicated as before.
+        #expect(ServiceEntry.merged(name: "web", [ordered.reversed()])!.instances.map(\.node.name) == ["n1", "n1", "n2"])
+        let folded = ServiceEntry.merged(name: "web", [[Self.inst("N1", "192.0.2.1", id: "a"), Self.inst("n1", "192.0.2.1", id: "a")]])!
+        #expect(folded.instances.count == 1)
+    }
+
     @Test func mergesSourcesAndUpdatesIncrementally() async throws {
         let store = SnapshotStore()
         let a = CatalogAssembler(sources: ["file", "etcd"], expectsZones: false, localDatacenter: "dc1", store: store, logger: Logger(label: "t"))

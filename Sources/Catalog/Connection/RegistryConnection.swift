@@ -332,7 +332,7 @@ public final class RegistryConnection: Sendable {
         RegistryFailure(.badResponse, endpoint: endpoint, "\(path) returned JSON that does not parse or has the wrong shape (\(Self.short(error)))")
     }
 
-    private static func short(_ error: any Error) -> String {
+    static func short(_ error: any Error) -> String {
         let ns = error as NSError
         if ns.domain == NSCocoaErrorDomain, let debug = ns.userInfo[NSDebugDescriptionErrorKey] as? String { return debug }
         if let decoding = error as? DecodingError {

@@ -125,14 +125,15 @@ public actor EtcdWatcher {
     private func logIn(_ endpoint: String) async throws {
         guard let user = configuration.connection.user, connection.sessionToken == nil else { return }
         guard let password = connection.password else { return }
-        struct Token: Decodable { var token: String? }
         let body: ByteBuffer
-        do { body = try await post(endpoint, "/v3/auth/authenticate", ["name": user, "password": password], deadline: .now() + .seconds(10)) } catch {
+        do {
+            body = try await post(endpoint, "/v3/auth/authenticate", EtcdJSON.AuthRequest(name: user, password: password), deadline: .now() + .seconds(10))
+        } catch {
             // Authentication is off: go on without a token (asked again at the next connection).
             guard (error as? RegistryFailure)?.kind == .authNotEnabled else { throw error }
             return
         }
-        guard let token = try connection.decode(Token.self, body, path: "/v3/auth/authenticate", endpoint: endpoint).token, !token.isEmpty else {
+        guard let token = try connection.decode(EtcdJSON.AuthResponse.self, body, path: "/v3/auth/authenticate", endpoint: endpoint).token, !token.isEmpty else {
             throw RegistryFailure(.badResponse, endpoint: endpoint, "/v3/auth/authenticate returned no token")
         }
         connection.setSessionToken(token)
@@ -158,9 +159,9 @@ public actor EtcdWatcher {
 
     /// The range of the prefix; an empty prefix is the whole keyspace (key and range_end both "\0", as etcdctl's
     /// `get --from-key ""` sends).
-    private var rangeBody: [String: String] {
+    private var range: EtcdJSON.RangeRequest {
         let key = configuration.prefix.isEmpty ? [0] : Array(configuration.prefix.utf8)
-        return ["key": Data(key).base64EncodedString(), "range_end": Data(Self.prefixEnd(configuration.prefix)).base64EncodedString()]
+        return EtcdJSON.RangeRequest(key: EtcdJSON.base64(key), range_end: EtcdJSON.base64(Self.prefixEnd(configuration.prefix)))
     }
 
     /// The first key after every key with this prefix.
@@ -173,27 +174,22 @@ public actor EtcdWatcher {
         return [0]
     }
 
-    private func request(_ endpoint: String, _ path: String, _ body: [String: Any]) -> HTTPClientRequest {
+    private func request(_ endpoint: String, _ path: String, _ body: some Encodable) -> HTTPClientRequest {
         var request = connection.request(endpoint, path, method: .POST)
         request.headers.add(name: "Content-Type", value: "application/json")
         // etcd's require-leader (clientv3.WithRequireLeader, through the gateway's gRPC metadata): a member that has
         // lost its leader (no quorum) ends the watch with "no leader" instead of keeping it open and silent, so
         // Signpost sees the outage, serves the cache as stale, and moves to another member.
         request.headers.add(name: "Grpc-Metadata-hasleader", value: "true")
-        request.body = .bytes(ByteBuffer(bytes: (try? JSONSerialization.data(withJSONObject: body)) ?? Data()))
+        request.body = .bytes(ByteBuffer(bytes: (try? JSONEncoder().encode(body)) ?? Data()))
         return request
     }
 
     /// A unary call: its checked JSON body.
-    private func post(_ endpoint: String, _ path: String, _ body: [String: Any], deadline: NIODeadline) async throws -> ByteBuffer {
+    private func post(_ endpoint: String, _ path: String, _ body: some Encodable, deadline: NIODeadline) async throws -> ByteBuffer {
         try await connection.execute(request(endpoint, path, body), endpoint: endpoint, deadline: deadline) { response in
             try await connection.jsonBody(response, path: path, endpoint: endpoint)
         }
-    }
-
-    /// A body's JSON object, or a failure that says what came instead.
-    private func object(_ body: ByteBuffer, _ path: String, _ endpoint: String) throws(RegistryFailure) -> [String: Any] {
-        try RegistryConnection.jsonValue([String: Any].self, body, path: path, endpoint: endpoint)
     }
 
     /// Keys per range request while listing; pages keep the memory peak of a large listing small.
@@ -203,33 +199,31 @@ public actor EtcdWatcher {
     /// consistent snapshot.
     private func list(_ endpoint: String) async throws {
         var fresh: [String: Entry] = [:]
-        var body = rangeBody as [String: Any]
-        body["limit"] = String(Self.pageSize)
+        var body = range
+        body.limit = String(Self.pageSize)
         var pinned: Int64? = nil
         while true {
-            if let pinned { body["revision"] = String(pinned) }
+            if let pinned { body.revision = String(pinned) }
             let bytes = try await post(endpoint, "/v3/kv/range", body, deadline: .now() + .seconds(30))
-            let json = try object(bytes, "/v3/kv/range", endpoint)
+            let page = try connection.decode(EtcdJSON.RangeResponse.self, bytes, path: "/v3/kv/range", endpoint: endpoint)
             if pinned == nil {
-                let header = json["header"] as? [String: Any]
-                pinned = Int64(header?["revision"] as? String ?? "0") ?? 0
-                clusterID = header?["cluster_id"] as? String
+                pinned = Int64(page.header?.revision ?? "0") ?? 0
+                clusterID = page.header?.cluster_id
             }
-            let kvs = json["kvs"] as? [[String: Any]] ?? []
             var lastKey: [UInt8]? = nil
-            for kv in kvs {
-                guard let keyBytes = Self.decodeBytes(kv["key"]), let value = Self.decodeBytes(kv["value"]) else { continue }
+            for kv in page.kvs ?? [] {
+                guard let keyBytes = kv.keyBytes, let value = kv.valueBytes else { continue }
                 let key = String(decoding: keyBytes, as: UTF8.self)
                 lastKey = keyBytes
-                switch parse(key: key, value: value, revision: Int64(kv["mod_revision"] as? String ?? "")) {
+                switch parse(key: key, value: value, revision: kv.modRevision) {
                 case .instances(let entry): fresh[key] = entry
                 case .deleted: break
                 case .invalid: fresh[key] = keys[key]
                 }
             }
-            guard json["more"] as? Bool == true, let lastKey else { break }
+            guard page.more == true, let lastKey else { break }
             // The next page starts just after the last key of this one.
-            body["key"] = Data(lastKey + [0]).base64EncodedString()
+            body.key = EtcdJSON.base64(lastKey + [0])
         }
         revision = pinned ?? 0
         let catalog = adopt(fresh)
@@ -257,11 +251,10 @@ public actor EtcdWatcher {
     }
 
     private func watch(_ endpoint: String, onCreated: () async -> Void) async throws {
-        var create = rangeBody as [String: Any]
-        create["start_revision"] = String(revision + 1)
-        create["progress_notify"] = true
+        let create = EtcdJSON.WatchCreate(key: range.key, range_end: range.range_end, start_revision: String(revision + 1))
         let path = "/v3/watch", limit = configuration.connection.maxResponseBytes
-        try await connection.execute(request(endpoint, path, ["create_request": create]), endpoint: endpoint, deadline: .distantFuture) { response in
+        try await connection.execute(request(endpoint, path, EtcdJSON.WatchRequest(create_request: create)), endpoint: endpoint,
+                                     deadline: .distantFuture) { response in
             guard response.status == .ok else {
                 _ = try await connection.jsonBody(response, path: path, endpoint: endpoint)
                 return
@@ -284,24 +277,24 @@ public actor EtcdWatcher {
 
     private func handle(_ line: ByteBuffer, endpoint: String, onCreated: () async -> Void) async throws {
         try RegistryConnection.checkJSON(line, contentType: nil, path: "/v3/watch", endpoint: endpoint)
-        let json = try object(line, "/v3/watch", endpoint)
-        if let error = json["error"] as? [String: Any] {
-            // The gateway's stream error: {"grpc_code", "http_code", "message", "http_status"}.
-            let code = (error["http_code"] as? NSNumber)?.uintValue ?? 500
-            throw RegistryFailure.status(code, message: error["message"] as? String ?? "\(error)", path: "/v3/watch", endpoint: endpoint, registry: .etcd)
+        let message = try connection.decode(EtcdJSON.WatchLine.self, line, path: "/v3/watch", endpoint: endpoint)
+        if let error = message.error {
+            throw RegistryFailure.status(error.http_code ?? 500, message: error.message ?? "the watch stream failed", path: "/v3/watch",
+                                         endpoint: endpoint, registry: .etcd)
         }
-        guard let result = json["result"] as? [String: Any] else { return }
+        guard let result = message.result else { return }
         guard let events = try await control(result, endpoint: endpoint, onCreated: onCreated) else { return }
         var changedServices: Set<String> = []
         var changedNodes: Set<CatalogSnapshot.NodeKey> = []
         for event in events {
-            guard let kv = event["kv"] as? [String: Any], let key = Self.decode(kv["key"]) else { continue }
-            if let r = Int64(kv["mod_revision"] as? String ?? "") { revision = max(revision, r) }
+            guard let kv = event.kv, let keyBytes = kv.keyBytes else { continue }
+            let key = String(decoding: keyBytes, as: UTF8.self)
+            if let r = kv.modRevision { revision = max(revision, r) }
             let old = keys[key]
             var new: Entry? = nil
-            if (event["type"] as? String) != "DELETE" {
-                guard let value = Self.decodeBytes(kv["value"]) else { continue }
-                switch parse(key: key, value: value, revision: Int64(kv["mod_revision"] as? String ?? "")) {
+            if event.type != "DELETE" {
+                guard let value = kv.valueBytes else { continue }
+                switch parse(key: key, value: value, revision: kv.modRevision) {
                 case .instances(let entry): new = entry
                 case .deleted: new = nil
                 case .invalid: new = old
@@ -332,23 +325,22 @@ public actor EtcdWatcher {
 
     /// A watch response's control part: creation (where a restored revision is checked against the cluster),
     /// cancellation, progress. Returns its events, or nil when it has none.
-    private func control(_ result: [String: Any], endpoint: String, onCreated: () async -> Void) async throws -> [[String: Any]]? {
-        let header = result["header"] as? [String: Any]
-        let headerRevision = Int64(header?["revision"] as? String ?? "")
-        let created = result["created"] as? Bool == true
+    private func control(_ result: EtcdJSON.WatchResult, endpoint: String, onCreated: () async -> Void) async throws -> [EtcdJSON.Event]? {
+        let headerRevision = result.header?.revision.flatMap { Int64($0) }
+        let created = result.created == true
         if created {
             // A cluster behind the revision we hold, or another cluster, cannot resume our watch: list again.
             if let h = headerRevision, h < revision { throw Compacted(reason: "etcd is behind the stored revision \(revision) (restored or rebuilt); listing again") }
-            if let id = header?["cluster_id"] as? String {
+            if let id = result.header?.cluster_id {
                 if let known = clusterID, known != id { throw Compacted(reason: "etcd cluster \(id) is not \(known); listing again") }
                 clusterID = id
             }
         }
-        if result["canceled"] as? Bool == true {
-            if let compacted = result["compact_revision"] as? String, compacted != "0" { throw Compacted() }
+        if result.canceled == true {
+            if let compacted = result.compact_revision, compacted != "0" { throw Compacted() }
             // A create refused for its token or permissions comes back created and cancelled at once, with the
             // gRPC status as its reason ("rpc error: code = PermissionDenied desc = etcdserver: permission denied").
-            let reason = result["cancel_reason"] as? String ?? ""
+            let reason = result.cancel_reason ?? ""
             let code: UInt = reason.contains("invalid auth token") ? 401 : reason.contains("PermissionDenied") || reason.contains("permission denied") ? 403
                 : reason.contains("InvalidArgument") ? 400 : 500
             throw RegistryFailure.status(code, message: reason.isEmpty ? "the watch was cancelled" : reason, path: "/v3/watch", endpoint: endpoint, registry: .etcd)
@@ -358,7 +350,7 @@ public actor EtcdWatcher {
             await assembler.setContact(source: sourceIndex, inContact: true)
             await onCreated()
         }
-        guard let events = result["events"] as? [[String: Any]], !events.isEmpty else {
+        guard let events = result.events, !events.isEmpty else {
             // A progress notification: every event up to its revision has been sent. (The `created` response's
             // revision is the cluster's, not how far this watch has got.)
             if !created, let h = headerRevision { revision = max(revision, h) }
@@ -389,18 +381,6 @@ public actor EtcdWatcher {
             assembler.store.activity.noteSkipped(registry: "etcd", location: key, name: key, reason: "\(error)")
             return .invalid
         }
-    }
-
-
-
-
-    static func decodeBytes(_ any: Any?) -> [UInt8]? {
-        guard let s = any as? String else { return any == nil ? [] : nil }
-        return Data(base64Encoded: s).map { [UInt8]($0) }
-    }
-
-    static func decode(_ any: Any?) -> String? {
-        decodeBytes(any).map { String(decoding: $0, as: UTF8.self) }
     }
 }
 

@@ -312,14 +312,6 @@ public final class RegistryConnection: Sendable {
         }
     }
 
-    /// A body as a `JSONSerialization` value of the expected shape, or a failure that says what it was.
-    static func jsonValue<T>(_ type: T.Type, _ body: ByteBuffer, path: String, endpoint: String) throws(RegistryFailure) -> T {
-        let value: Any
-        do { value = try JSONSerialization.jsonObject(with: Data(body.readableBytesView)) } catch { throw badJSON(path, endpoint: endpoint, error) }
-        guard let typed = value as? T else { throw wrongShape(T.self, path: path, endpoint: endpoint) }
-        return typed
-    }
-
     /// Valid JSON of another kind than the endpoint's (an array where an object belongs), said as the shape it
     /// should have had.
     static func wrongShape<T>(_ type: T.Type, path: String, endpoint: String) -> RegistryFailure {

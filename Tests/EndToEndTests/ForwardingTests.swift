@@ -126,10 +126,14 @@ struct ForwardingTests {
         let negative = try server.dig("nope.example.test", "A")
         #expect(negative.status == "NXDOMAIN" && negative.authority.first?[3] == "SOA")
 
-        usleep(2_100_000)
-        let second = try server.dig("www.example.test", "A")
-        let ttl = Int(second.answer.first?[1] ?? "") ?? 0
-        #expect(ttl <= 298 && ttl >= 290, "TTL counts down in cached answers: \(second)")
+        // Waits for the cached answer's TTL to have counted down by two seconds (TTLs are whole seconds).
+        var second = try server.dig("www.example.test", "A")
+        func ttl(_ d: Dig) -> Int { Int(d.answer.first?[1] ?? "") ?? 0 }
+        try eventually(within: 15, every: 250_000) {
+            second = try server.dig("www.example.test", "A")
+            return ttl(second) <= 298
+        }
+        #expect(ttl(second) <= 298 && ttl(second) >= 290, "TTL counts down in cached answers: \(second)")
 
         knot.stop()
         #expect(try server.dig("www.example.test", "A").data("A") == ["192.0.2.80"], "served from the cache")
@@ -151,8 +155,12 @@ struct ForwardingTests {
         defer { server.stop() }
         #expect(try server.dig("short.example.test", "A").data("A") == ["192.0.2.81"])
         knot.stop()
-        usleep(1_500_000)  // the 1 s TTL has run out
-        let stale = try server.dig("short.example.test", "A")
+        // Once the 1 s TTL has run out, the answer is the stale one (until then, the cached one, counting down).
+        var stale = try server.dig("short.example.test", "A")
+        try eventually(within: 15, every: 250_000) {
+            stale = try server.dig("short.example.test", "A")
+            return stale.answer.first?[1] == "30"
+        }
         #expect(stale.data("A") == ["192.0.2.81"], "\(stale)")
         #expect(stale.answer.first?[1] == "30", "stale answers carry TTL 30 (RFC 8767)")
         // A name never cached: SERVFAIL.

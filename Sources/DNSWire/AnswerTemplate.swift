@@ -47,6 +47,26 @@ public final class AnswerTemplate: Sendable {
     /// `dedupeAnswers` drops repeated answer records (A/AAAA); SRV answers are all kept, their glue deduplicated.
     /// Returns nil when the shape is not one this template can reproduce byte for byte.
     public init?(question: Question, entries: [Entry], dedupeAnswers: Bool) {
+        var b = Builder(question: question, dedupeAnswers: dedupeAnswers)
+        for (i, entry) in entries.enumerated() {
+            guard b.add(entry, index: i) else { return nil }
+        }
+        // Pointers reach 0x3FFF at most; keep well inside that with the longest question.
+        guard b.answerCount > 0, b.bodySize + DNSHeader.size + DNSName.maxWireLength + 4 < 0x3FFF else { return nil }
+        self.bytes = b.bytes
+        self.answers = b.answers
+        self.glue = b.glue
+        self.targetGroup = b.targetGroup
+        self.dedupeAnswers = dedupeAnswers
+        self.answerCount = UInt16(b.answerCount)
+        self.glueCount = UInt16(b.glueCount)
+        self.bodySize = b.bodySize
+    }
+
+    /// The template's parts as the entries are encoded one by one.
+    private struct Builder {
+        let question: Question
+        let dedupeAnswers: Bool
         var bytes: [UInt8] = []
         var answers: [Chunk] = []
         var glue: [Chunk] = []
@@ -54,64 +74,57 @@ public final class AnswerTemplate: Sendable {
         var answerCount = 0, glueCount = 0, bodySize = 0
         // The first instance with each answer record, glue record and SRV target name.
         var firstAnswer: [ResourceRecord: Int] = [:], firstGlue: [ResourceRecord: Int] = [:], firstTarget: [DNSName: Int] = [:]
-        for (i, entry) in entries.enumerated() {
+
+        init(question: Question, dedupeAnswers: Bool) { (self.question, self.dedupeAnswers) = (question, dedupeAnswers) }
+
+        /// Encodes one entry after the question; false when its shape is not one a template can reproduce.
+        mutating func add(_ entry: Entry, index i: Int) -> Bool {
             var w = MessageWriter(buffer: ByteBuffer())
             w.writeQuestion(question)
             let body = w.size
             var answerChunk = Chunk(start: Int32(bytes.count), end: Int32(bytes.count), group: Int32(i))
             if let rr = entry.answer {
-                guard rr.name == question.name else { return nil }
+                guard rr.name == question.name else { return false }
                 w.writeRecord(rr, section: .answer)
                 let encoded = w.buffer.getBytes(at: body, length: w.size - body)!
-                guard encoded.count >= 2, encoded[0] == 0xC0, encoded[1] == 0x0C else { return nil }
-                bytes += encoded
-                answerChunk.end = Int32(bytes.count)
-                if dedupeAnswers, let first = firstAnswer[rr] {
-                    answerChunk.group = Int32(first)
-                } else {
-                    firstAnswer[rr] = i
-                    answerCount += 1
-                    bodySize += encoded.count
-                }
+                guard encoded.count >= 2, encoded[0] == 0xC0, encoded[1] == 0x0C else { return false }
+                answerChunk.end = Int32(bytes.count + encoded.count)
+                let first = dedupeAnswers ? firstAnswer[rr] : nil
+                answerChunk.group = keep(encoded, first: first, index: i)
+                if first == nil { firstAnswer[rr] = i; answerCount += 1 }
             }
             answers.append(answerChunk)
-
             var glueChunk = Chunk(start: Int32(bytes.count), end: Int32(bytes.count), group: Int32(i))
-            var target = Int32(i)
             if let rr = entry.glue {
-                guard let answer = entry.answer, case .srv(_, _, _, let name) = answer.rdata, rr.name == name else { return nil }
+                guard let answer = entry.answer, case .srv(_, _, _, let name) = answer.rdata, rr.name == name else { return false }
                 let mark = w.size
                 w.writeRecord(rr, section: .additional)
                 let encoded = w.buffer.getBytes(at: mark, length: w.size - mark)!
                 // The owner must be a single pointer to the target just written.
                 guard encoded.count >= 2, encoded[0] & 0xC0 == 0xC0,
-                      Int(UInt16(encoded[0] & 0x3F) << 8 | UInt16(encoded[1])) == body + Self.srvTargetOffset else { return nil }
-                bytes += encoded
-                glueChunk.end = Int32(bytes.count)
-                if let first = firstGlue[rr] {
-                    glueChunk.group = Int32(first)
-                } else {
-                    firstGlue[rr] = i
-                    glueCount += 1
-                    bodySize += encoded.count
-                }
+                      Int(UInt16(encoded[0] & 0x3F) << 8 | UInt16(encoded[1])) == body + AnswerTemplate.srvTargetOffset else { return false }
+                glueChunk.end = Int32(bytes.count + encoded.count)
+                let first = firstGlue[rr]
+                glueChunk.group = keep(encoded, first: first, index: i)
+                if first == nil { firstGlue[rr] = i; glueCount += 1 }
             }
+            var target = Int32(i)
             if case .srv(_, _, _, let name)? = entry.answer?.rdata {
                 if let first = firstTarget[name] { target = Int32(first) } else { firstTarget[name] = i }
             }
             glue.append(glueChunk)
             targetGroup.append(target)
+            return true
         }
-        // Pointers reach 0x3FFF at most; keep well inside that with the longest question.
-        guard answerCount > 0, bodySize + DNSHeader.size + DNSName.maxWireLength + 4 < 0x3FFF else { return nil }
-        self.bytes = bytes
-        self.answers = answers
-        self.glue = glue
-        self.targetGroup = targetGroup
-        self.dedupeAnswers = dedupeAnswers
-        self.answerCount = UInt16(answerCount)
-        self.glueCount = UInt16(glueCount)
-        self.bodySize = bodySize
+
+        /// Appends a record's bytes; its group is the first entry with the same record, or its own (whose bytes
+        /// then count toward the body).
+        private mutating func keep(_ encoded: [UInt8], first: Int?, index i: Int) -> Int32 {
+            bytes += encoded
+            if let first { return Int32(first) }
+            bodySize += encoded.count
+            return Int32(i)
+        }
     }
 
     public var instanceCount: Int { answers.count }

@@ -40,20 +40,8 @@ extension Query {
         var question: Question? = nil
         var p = start + DNSHeader.size
         if header.qdCount >= 1 {
-            do {
-                let (name, next) = try DNSName.read(from: buffer, at: p, messageStart: start, field: "question.name")
-                if let t = buffer.getInteger(at: next, as: UInt16.self),
-                   let c = buffer.getInteger(at: next + 2, as: UInt16.self) {
-                    question = Question(name: name, type: t, qclass: c)
-                    p = next + 4
-                } else {
-                    return .reject(header: header, question: nil, edns: nil, rcode: RCode.formErr,
-                                   reason: WireError(.truncated, "question.type"))
-                }
-            } catch let e as WireError {
-                return .reject(header: header, question: nil, edns: nil, rcode: RCode.formErr, reason: e)
-            } catch {
-                return .reject(header: header, question: nil, edns: nil, rcode: RCode.formErr, reason: nil)
+            do { (question, p) = try readQuestion(buffer, at: p, messageStart: start) } catch {
+                return .reject(header: header, question: nil, edns: nil, rcode: RCode.formErr, reason: error as? WireError)
             }
         }
         guard header.opcode == Opcode.query else {
@@ -64,38 +52,49 @@ extension Query {
             return .reject(header: header, question: nil, edns: nil, rcode: RCode.formErr,
                            reason: WireError(.badValue, "header.qdcount"))
         }
-
-        // Skip any answer/authority records, then look for exactly one OPT in additional.
         var edns: EDNS? = nil
-        do {
-            for _ in 0..<(Int(header.anCount) + Int(header.nsCount)) {
-                p = try ResourceRecord.read(from: buffer, at: p, messageStart: start).1
-            }
-            for _ in 0..<header.arCount {
-                let (name, afterName) = try DNSName.read(from: buffer, at: p, messageStart: start, field: "additional.name")
-                guard let type = buffer.getInteger(at: afterName, as: UInt16.self),
-                      let rclass = buffer.getInteger(at: afterName + 2, as: UInt16.self),
-                      let ttl = buffer.getInteger(at: afterName + 4, as: UInt32.self),
-                      let rdlen = buffer.getInteger(at: afterName + 8, as: UInt16.self),
-                      buffer.getBytes(at: afterName + 10, length: Int(rdlen)) != nil else {
-                    throw WireError(.truncated, "additional.record")
-                }
-                if type == RRType.opt {
-                    guard edns == nil else { throw WireError(.badValue, "OPT.count") }
-                    guard name.wire == [0] else { throw WireError(.badValue, "OPT.name") }
-                    edns = EDNS(udpSize: rclass, version: UInt8((ttl >> 16) & 0xFF), dnssecOK: ttl & 0x8000 != 0)
-                }
-                p = afterName + 10 + Int(rdlen)
-            }
-        } catch let e as WireError {
-            return .reject(header: header, question: question, edns: edns, rcode: RCode.formErr, reason: e)
-        } catch {
-            return .reject(header: header, question: question, edns: edns, rcode: RCode.formErr, reason: nil)
+        do { try readEDNS(buffer, header, at: p, messageStart: start, into: &edns) } catch {
+            return .reject(header: header, question: question, edns: edns, rcode: RCode.formErr, reason: error as? WireError)
         }
         if let edns, edns.version > 0 {
             return .reject(header: header, question: question, edns: edns, rcode: RCode.badVers, reason: nil)
         }
         return .query(Query(header: header, question: question, edns: edns))
+    }
+
+    /// The question at `p`, and where the next section starts.
+    private static func readQuestion(_ buffer: ByteBuffer, at p: Int, messageStart start: Int) throws -> (Question, Int) {
+        let (name, next) = try DNSName.read(from: buffer, at: p, messageStart: start, field: "question.name")
+        guard let t = buffer.getInteger(at: next, as: UInt16.self), let c = buffer.getInteger(at: next + 2, as: UInt16.self) else {
+            throw WireError(.truncated, "question.type")
+        }
+        return (Question(name: name, type: t, qclass: c), next + 4)
+    }
+
+    /// Skips any answer and authority records, then reads the additional section for exactly one OPT, which
+    /// `edns` holds as soon as it is read (a FORMERR after it still echoes it).
+    private static func readEDNS(_ buffer: ByteBuffer, _ header: DNSHeader, at start: Int, messageStart: Int,
+                                 into edns: inout EDNS?) throws {
+        var p = start
+        for _ in 0..<(Int(header.anCount) + Int(header.nsCount)) {
+            p = try ResourceRecord.read(from: buffer, at: p, messageStart: messageStart).1
+        }
+        for _ in 0..<header.arCount {
+            let (name, afterName) = try DNSName.read(from: buffer, at: p, messageStart: messageStart, field: "additional.name")
+            guard let type = buffer.getInteger(at: afterName, as: UInt16.self),
+                  let rclass = buffer.getInteger(at: afterName + 2, as: UInt16.self),
+                  let ttl = buffer.getInteger(at: afterName + 4, as: UInt32.self),
+                  let rdlen = buffer.getInteger(at: afterName + 8, as: UInt16.self),
+                  buffer.getBytes(at: afterName + 10, length: Int(rdlen)) != nil else {
+                throw WireError(.truncated, "additional.record")
+            }
+            if type == RRType.opt {
+                guard edns == nil else { throw WireError(.badValue, "OPT.count") }
+                guard name.wire == [0] else { throw WireError(.badValue, "OPT.name") }
+                edns = EDNS(udpSize: rclass, version: UInt8((ttl >> 16) & 0xFF), dnssecOK: ttl & 0x8000 != 0)
+            }
+            p = afterName + 10 + Int(rdlen)
+        }
     }
 }
 

@@ -91,94 +91,132 @@ final class UDPBatchServer: Sendable {
         }
     }
 
+    /// One socket's loop: a batch of queries in with recvmmsg(2), their answers out with one sendmmsg(2).
     private func serve(_ fd: Int32) {
-        let n = Self.batch, size = Self.bufferSize
-        let inData = UnsafeMutableRawPointer.allocate(byteCount: n * size, alignment: 16)
-        let outData = UnsafeMutableRawPointer.allocate(byteCount: n * 65536, alignment: 16)
-        let names = UnsafeMutablePointer<sockaddr_storage>.allocate(capacity: n)
-        let inVec = UnsafeMutablePointer<iovec>.allocate(capacity: n)
-        let outVec = UnsafeMutablePointer<iovec>.allocate(capacity: n)
-        let inMsgs = UnsafeMutablePointer<sp_mmsghdr>.allocate(capacity: n)
-        let outMsgs = UnsafeMutablePointer<sp_mmsghdr>.allocate(capacity: n)
-        defer {
-            inData.deallocate(); outData.deallocate(); names.deallocate()
-            inVec.deallocate(); outVec.deallocate(); inMsgs.deallocate(); outMsgs.deallocate()
-        }
+        let slots = Slots(count: Self.batch, size: Self.bufferSize)
+        defer { slots.deallocate() }
         let waitForOne = sp_msg_waitforone()
         let loop = eventLoop.next()
-        for i in 0..<n {
-            inVec[i] = iovec(iov_base: inData + i * size, iov_len: size)
-            inMsgs[i] = sp_mmsghdr()
-            inMsgs[i].msg_hdr.msg_name = UnsafeMutableRawPointer(names + i)
-            inMsgs[i].msg_hdr.msg_iov = inVec + i
-            inMsgs[i].msg_hdr.msg_iovlen = 1
-        }
         // What the kernel wrote into a header (the address length, flags) is reset for the headers it used, not
         // for all 32: at moderate rates a wake-up brings one datagram.
-        var used = n
+        var used = slots.count
         while !stopping.load(ordering: .relaxed) {
-            for i in 0..<used {
-                inMsgs[i].msg_hdr.msg_namelen = socklen_t(MemoryLayout<sockaddr_storage>.size)
-                inMsgs[i].msg_hdr.msg_flags = 0
-                inMsgs[i].msg_len = 0
-            }
-            let received = sp_recvmmsg(fd, inMsgs, UInt32(n), waitForOne, nil)
+            slots.resetReceiveHeaders(used)
+            let received = sp_recvmmsg(fd, slots.inMsgs, UInt32(slots.count), waitForOne, nil)
             used = max(1, Int(received))  // a failed call may still have written the first header
             if received <= 0 { continue }  // timeout (shutdown check) or a transient error
             var out = 0
             let handler = slot.handler  // one handler for the whole batch, even across a reload
             for i in 0..<Int(received) {
-                let started = handler.observer == nil ? 0 : Uptime.nanoseconds
-                func queue(_ length: Int) {
-                    outVec[out] = iovec(iov_base: outData + out * 65536, iov_len: length)
-                    outMsgs[out] = sp_mmsghdr()
-                    outMsgs[out].msg_hdr.msg_name = UnsafeMutableRawPointer(names + i)
-                    outMsgs[out].msg_hdr.msg_namelen = inMsgs[i].msg_hdr.msg_namelen
-                    outMsgs[out].msg_hdr.msg_iov = outVec + out
-                    outMsgs[out].msg_hdr.msg_iovlen = 1
+                if let length = answer(i, slots, into: out, handler, fd: fd, loop: loop) {
+                    slots.queueAnswer(out, length: length, to: i)
                     out += 1
                 }
-                let raw = UnsafeRawBufferPointer(start: inData + i * size, count: Int(inMsgs[i].msg_len))
-                // The fast path writes straight into the send slot: no buffer is allocated for the query or the answer.
-                if let plan = handler.fastPlan(raw, transport: .udp, mayRecurse: { handler.access.mayRecurse(sockaddr: names + i) }) {
-                    let length = handler.writeFast(plan, packet: raw, into: UnsafeMutableRawBufferPointer(start: outData + out * 65536, count: 65536))
-                    if let observer = handler.observer {
-                        observer.record(query: raw, response: UnsafeRawBufferPointer(start: outData + out * 65536, count: length), transport: .udp,
-                                        started: started, client: Self.address(names + i).map { "\($0)" } ?? "-")
-                    }
-                    if let sendable = Self.rateLimit(handler, names + i, outData + out * 65536, length) { queue(sendable) }
-                    continue
+            }
+            Self.sendBatch(fd, slots.outMsgs, count: out)
+        }
+    }
+
+    /// Query `i` of the batch answered into send slot `out`: the answer's length, or nil when nothing goes out in
+    /// this batch (dropped, rate-limited, or answered later by a forwarded query's own send).
+    @inline(__always)
+    private func answer(_ i: Int, _ slots: Slots, into out: Int, _ handler: QueryHandler, fd: Int32, loop: any EventLoop) -> Int? {
+        let started = handler.observer == nil ? 0 : Uptime.nanoseconds
+        let raw = slots.query(i), client = slots.names + i, into = slots.answerSlot(out)
+        // The fast path writes straight into the send slot: no buffer is allocated for the query or the answer.
+        if let plan = handler.fastPlan(raw, transport: .udp, mayRecurse: { handler.access.mayRecurse(sockaddr: client) }) {
+            let length = handler.writeFast(plan, packet: raw, into: UnsafeMutableRawBufferPointer(start: into, count: Slots.answerSize))
+            if let observer = handler.observer {
+                observer.record(query: raw, response: UnsafeRawBufferPointer(start: into, count: length), transport: .udp,
+                                started: started, client: Self.address(client).map { "\($0)" } ?? "-")
+            }
+            return Self.rateLimit(handler, client, into, length)
+        }
+        let packet = ByteBuffer(bytes: raw)
+        let address = handler.forwarder == nil && handler.observer == nil ? nil : Self.address(client)
+        // The fast paths already declined this one: straight to the general path.
+        switch handler.handleWithoutFastPath(packet, transport: .udp, client: address, eventLoop: loop) {
+        case .now(let response):
+            handler.observe(packet, response, .udp, started, address)
+            guard let response, response.readableBytes <= Slots.answerSize else { return nil }
+            response.withUnsafeReadableBytes { into.copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
+            return Self.rateLimit(handler, client, into, response.readableBytes)
+        case .later(let future):
+            let name = client.pointee, namelen = slots.inMsgs[i].msg_hdr.msg_namelen
+            future.whenSuccess { response in
+                handler.observe(packet, response, .udp, started, address)
+                guard var response else { return }
+                var to = name
+                if let rrl = handler.rrl {
+                    let decision = withUnsafePointer(to: &to) { rrl.decide(sockaddr: UnsafeRawPointer($0)) }
+                    guard let limited = ResponseRateLimiter.apply(decision, to: response) else { return }
+                    response = limited
                 }
-                let packet = ByteBuffer(bytes: raw)
-                let client = handler.forwarder == nil && handler.observer == nil ? nil : Self.address(names + i)
-                // The fast paths already declined this one: straight to the general path.
-                switch handler.handleWithoutFastPath(packet, transport: .udp, client: client, eventLoop: loop) {
-                case .now(let response):
-                    handler.observe(packet, response, .udp, started, client)
-                    guard let response, response.readableBytes <= 65536 else { continue }
-                    response.withUnsafeReadableBytes { (outData + out * 65536).copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
-                    if let sendable = Self.rateLimit(handler, names + i, outData + out * 65536, response.readableBytes) { queue(sendable) }
-                case .later(let future):
-                    let name = names[i]
-                    let namelen = inMsgs[i].msg_hdr.msg_namelen
-                    future.whenSuccess { response in
-                        handler.observe(packet, response, .udp, started, client)
-                        guard var response else { return }
-                        var to = name
-                        if let rrl = handler.rrl {
-                            let decision = withUnsafePointer(to: &to) { rrl.decide(sockaddr: UnsafeRawPointer($0)) }
-                            guard let limited = ResponseRateLimiter.apply(decision, to: response) else { return }
-                            response = limited
-                        }
-                        response.withUnsafeReadableBytes { bytes in
-                            _ = withUnsafePointer(to: &to) {
-                                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { sendto(fd, bytes.baseAddress, bytes.count, 0, $0, namelen) }
-                            }
-                        }
+                response.withUnsafeReadableBytes { bytes in
+                    _ = withUnsafePointer(to: &to) {
+                        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { sendto(fd, bytes.baseAddress, bytes.count, 0, $0, namelen) }
                     }
                 }
             }
-            Self.sendBatch(fd, outMsgs, count: out)
+            return nil
+        }
+    }
+
+    /// A socket thread's memory for one batch, allocated once: receive and send slots, the clients' addresses, and
+    /// the message headers that point at them.
+    private struct Slots {
+        static let answerSize = 65536
+        let count: Int, size: Int
+        let inData: UnsafeMutableRawPointer, outData: UnsafeMutableRawPointer
+        let names: UnsafeMutablePointer<sockaddr_storage>
+        let inVec: UnsafeMutablePointer<iovec>, outVec: UnsafeMutablePointer<iovec>
+        let inMsgs: UnsafeMutablePointer<sp_mmsghdr>, outMsgs: UnsafeMutablePointer<sp_mmsghdr>
+
+        init(count n: Int, size: Int) {
+            (count, self.size) = (n, size)
+            inData = .allocate(byteCount: n * size, alignment: 16)
+            outData = .allocate(byteCount: n * Self.answerSize, alignment: 16)
+            names = .allocate(capacity: n)
+            inVec = .allocate(capacity: n)
+            outVec = .allocate(capacity: n)
+            inMsgs = .allocate(capacity: n)
+            outMsgs = .allocate(capacity: n)
+            for i in 0..<n {
+                inVec[i] = iovec(iov_base: inData + i * size, iov_len: size)
+                inMsgs[i] = sp_mmsghdr()
+                inMsgs[i].msg_hdr.msg_name = UnsafeMutableRawPointer(names + i)
+                inMsgs[i].msg_hdr.msg_iov = inVec + i
+                inMsgs[i].msg_hdr.msg_iovlen = 1
+            }
+        }
+
+        func deallocate() {
+            inData.deallocate(); outData.deallocate(); names.deallocate()
+            inVec.deallocate(); outVec.deallocate(); inMsgs.deallocate(); outMsgs.deallocate()
+        }
+
+        func resetReceiveHeaders(_ used: Int) {
+            for i in 0..<used {
+                inMsgs[i].msg_hdr.msg_namelen = socklen_t(MemoryLayout<sockaddr_storage>.size)
+                inMsgs[i].msg_hdr.msg_flags = 0
+                inMsgs[i].msg_len = 0
+            }
+        }
+
+        @inline(__always) func query(_ i: Int) -> UnsafeRawBufferPointer {
+            UnsafeRawBufferPointer(start: inData + i * size, count: Int(inMsgs[i].msg_len))
+        }
+
+        @inline(__always) func answerSlot(_ out: Int) -> UnsafeMutableRawPointer { outData + out * Self.answerSize }
+
+        /// Send message `out`: `length` bytes of its slot, to the sender of query `i`.
+        @inline(__always) func queueAnswer(_ out: Int, length: Int, to i: Int) {
+            outVec[out] = iovec(iov_base: answerSlot(out), iov_len: length)
+            outMsgs[out] = sp_mmsghdr()
+            outMsgs[out].msg_hdr.msg_name = UnsafeMutableRawPointer(names + i)
+            outMsgs[out].msg_hdr.msg_namelen = inMsgs[i].msg_hdr.msg_namelen
+            outMsgs[out].msg_hdr.msg_iov = outVec + out
+            outMsgs[out].msg_hdr.msg_iovlen = 1
         }
     }
 

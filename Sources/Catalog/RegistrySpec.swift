@@ -26,32 +26,6 @@ public enum RegistrySpec: Sendable, Equatable, CustomStringConvertible {
         let scheme = given[..<colon].lowercased()
         let rest = String(given[given.index(after: colon)...])
         let (base, query) = Self.splitQuery(rest)
-        func checkURL(_ url: String, unix: Bool = false) throws(Invalid) {
-            let schemes = unix ? ["http://", "https://", "unix://"] : ["http://", "https://"]
-            guard let s = schemes.first(where: { url.hasPrefix($0) }), url.count > s.count else {
-                throw Invalid(description: "invalid --registry \"\(text)\": \"\(Self.masked(url))\" is not an \(unix ? "http://, https:// or unix://" : "http:// or https://") URL")
-            }
-            if s != "unix://", url.dropFirst(s.count).prefix(while: { $0 != "/" }).contains("@") {
-                throw Invalid(description: "invalid --registry \"\(text)\": credentials go in user= and password-file= (etcd) or token-file= (Consul), not in the URL")
-            }
-        }
-        func connection(_ endpoints: [String], _ registry: ConnectionOption.Registry, own: Set<String>) throws(Invalid) -> ConnectionSettings {
-            let known = Set(ConnectionOption.table.filter { $0.scope.contains(registry) }.map(\.option))
-            for key in query.keys where !own.contains(key) && !known.contains(key) {
-                throw Invalid(description: "invalid --registry \"\(text)\": unknown option \"\(key)\"")
-            }
-            var settings = ConnectionSettings(endpoints: endpoints)
-            do { try ConnectionOption.apply(to: &settings, registry: registry, options: query, environment: environment) } catch {
-                throw Invalid(description: "invalid --registry \"\(text)\": \(error.description)")
-            }
-            if (settings.user == nil) != (settings.password == nil), registry == .etcd {
-                throw Invalid(description: "invalid --registry \"\(text)\": an etcd user needs a password (password-file=, or ETCDCTL_USER=NAME:PASSWORD), and a password a user")
-            }
-            if (settings.tls.certFile == nil) != (settings.tls.keyFile == nil) {
-                throw Invalid(description: "invalid --registry \"\(text)\": a client certificate needs its key (cert= and key= together)")
-            }
-            return settings
-        }
         switch scheme {
         case "file":
             guard !rest.isEmpty else { throw Invalid(description: "invalid --registry \"\(text)\": missing directory") }
@@ -59,8 +33,8 @@ public enum RegistrySpec: Sendable, Equatable, CustomStringConvertible {
         case "etcd":
             let endpoints = base.split(separator: ",").map { String($0.hasSuffix("/") ? $0.dropLast() : $0) }
             guard !endpoints.isEmpty else { throw Invalid(description: "invalid --registry \"\(text)\": no endpoints") }
-            for e in endpoints { try checkURL(e) }
-            let settings = try connection(endpoints, .etcd, own: ["prefix"])
+            for e in endpoints { try Self.checkURL(e, in: text) }
+            let settings = try Self.connection(endpoints, .etcd, own: ["prefix"], query: query, environment: environment, in: text)
             // Empty stays empty (the whole keyspace); anything else names a directory.
             let prefixes = (query["prefix"] ?? "/services/").split(separator: ",", omittingEmptySubsequences: false).map { p in
                 p.isEmpty || p.hasSuffix("/") ? String(p) : p + "/"
@@ -69,7 +43,7 @@ public enum RegistrySpec: Sendable, Equatable, CustomStringConvertible {
         case "consul":
             var address = base.hasSuffix("/") ? String(base.dropLast()) : base
             if address.isEmpty { address = Self.consulAddress(environment) }
-            try checkURL(address, unix: true)
+            try Self.checkURL(address, unix: true, in: text)
             var wait: Duration? = nil
             if let given = query["wait"] {
                 guard let d = GoDuration.parse(given), d > .zero, d <= .seconds(600) else {
@@ -77,12 +51,43 @@ public enum RegistrySpec: Sendable, Equatable, CustomStringConvertible {
                 }
                 wait = d
             }
-            let settings = try connection([address], .consul, own: ["dc", "stale", "wait"])
+            let settings = try Self.connection([address], .consul, own: ["dc", "stale", "wait"], query: query, environment: environment, in: text)
             let stale = query["stale"].map { $0 != "false" } ?? true
             self = .consul(connection: settings, datacenter: query["dc"], stale: stale, wait: wait)
         default:
             throw Invalid(description: "invalid --registry \"\(text)\": unknown kind \"\(scheme)\" (file, etcd or consul)")
         }
+    }
+
+    /// An endpoint URL of a scheme the registry speaks, without credentials in it. `text` is the masked --registry.
+    private static func checkURL(_ url: String, unix: Bool = false, in text: String) throws(Invalid) {
+        let schemes = unix ? ["http://", "https://", "unix://"] : ["http://", "https://"]
+        guard let s = schemes.first(where: { url.hasPrefix($0) }), url.count > s.count else {
+            throw Invalid(description: "invalid --registry \"\(text)\": \"\(Self.masked(url))\" is not an \(unix ? "http://, https:// or unix://" : "http:// or https://") URL")
+        }
+        if s != "unix://", url.dropFirst(s.count).prefix(while: { $0 != "/" }).contains("@") {
+            throw Invalid(description: "invalid --registry \"\(text)\": credentials go in user= and password-file= (etcd) or token-file= (Consul), not in the URL")
+        }
+    }
+
+    /// The connection options of `query` for `registry` (besides its `own`), checked together.
+    private static func connection(_ endpoints: [String], _ registry: ConnectionOption.Registry, own: Set<String>, query: [String: String],
+                                   environment: [String: String], in text: String) throws(Invalid) -> ConnectionSettings {
+        let known = Set(ConnectionOption.table.filter { $0.scope.contains(registry) }.map(\.option))
+        for key in query.keys where !own.contains(key) && !known.contains(key) {
+            throw Invalid(description: "invalid --registry \"\(text)\": unknown option \"\(key)\"")
+        }
+        var settings = ConnectionSettings(endpoints: endpoints)
+        do { try ConnectionOption.apply(to: &settings, registry: registry, options: query, environment: environment) } catch {
+            throw Invalid(description: "invalid --registry \"\(text)\": \(error.description)")
+        }
+        if (settings.user == nil) != (settings.password == nil), registry == .etcd {
+            throw Invalid(description: "invalid --registry \"\(text)\": an etcd user needs a password (password-file=, or ETCDCTL_USER=NAME:PASSWORD), and a password a user")
+        }
+        if (settings.tls.certFile == nil) != (settings.tls.keyFile == nil) {
+            throw Invalid(description: "invalid --registry \"\(text)\": a client certificate needs its key (cert= and key= together)")
+        }
+        return settings
     }
 
     /// `text` with the value of every secret option masked, and any `user:password@` in an endpoint.

@@ -15,8 +15,10 @@ extension QueryHandler {
     public struct FastPlan {
         enum Source {
             case service(ServiceEntry, count: Int, AnswerTemplate)
-            /// A node's addresses, or an addr name's one address, of the asked family.
-            case addresses(Node?, count: Int)
+            /// A node's addresses of the asked family.
+            case addresses(Node, count: Int)
+            /// An addr name's one address: the hex label at this span of the name.
+            case addr(NameSpan)
             case cache(ForwardCache.Wire, age: UInt32)
         }
         let source: Source
@@ -51,7 +53,7 @@ extension QueryHandler {
         case .addr(let span):
             let width = Resolver.hexAddress(UnsafeRawBufferPointer(rebasing: name[span.start..<span.end]))
             guard width == (query.type == RRType.a ? 4 : query.type == RRType.aaaa ? 16 : 0) else { return nil }
-            (source, bodySize) = (.addresses(nil, count: 1), 12 + width!)
+            (source, bodySize) = (.addr(span), 12 + width!)
         default:
             return nil
         }
@@ -79,12 +81,11 @@ extension QueryHandler {
                            _ mayRecurse: () -> Bool) -> FastPlan? {
         guard let forwarder else { return nil }
         let name = UnsafeRawBufferPointer(rebasing: packet[DNSHeader.size..<query.nameEnd])
-        let snapshot = store.snapshot
-        // Not in the service domain (the caller's plan said so), nor in a zone.
-        guard !snapshot.zones.contains(where: { DNSName.isSubdomain(wire: name, of: $0.origin) }),
-              mayRecurse(), let owned = DNSName(wire: name) else { return nil }
-        // A reverse name we hold a PTR for is ours, even if an upstream's answer is still cached.
-        if query.type == RRType.ptr || query.type == RRType.any, resolver.pointer(owned, query.type, in: snapshot) != nil { return nil }
+        // Not in a served domain (the caller's plan said so), nor otherwise ours (`outsideSource`): a zone's, or a
+        // reverse name we hold a PTR for, even if an upstream's answer is still cached.
+        guard mayRecurse(), let owned = DNSName(wire: name), case .forwarded = resolver.outsideSource(owned, query.type, in: store.snapshot) else {
+            return nil
+        }
         let key = ForwardCache.Key(name: owned, type: query.type, qclass: query.qclass, dnssecOK: query.edns?.dnssecOK ?? false)
         guard let (wire, age) = forwarder.cache.wire(key) else { return nil }
         let size = query.questionEnd + wire.body.count + (query.edns == nil ? 0 : 11)
@@ -114,8 +115,12 @@ extension QueryHandler {
             counts = (template.answerCount, 0, template.glueCount)
         case .addresses(let node, let count):
             out[2] = 0x84 | (q.rd ? 0x01 : 0)
-            p = writeAddresses(node, packet: packet, query: q, into: out)
+            p = writeAddresses(.node(node), packet: packet, query: q, into: out)
             counts = (UInt16(count), 0, 0)
+        case .addr(let span):
+            out[2] = 0x84 | (q.rd ? 0x01 : 0)
+            p = writeAddresses(.addr(span), packet: packet, query: q, into: out)
+            counts = (1, 0, 0)
         case .cache(let wire, let age):
             out[2] = 0x80 | (q.rd ? 0x01 : 0)
             out[3] |= wire.rcode & 0x0F
@@ -146,9 +151,11 @@ extension QueryHandler {
         return p
     }
 
-    /// A node's addresses (or, without a node, the addr name's one address) as A or AAAA records whose owner
-    /// points at the question, as `MessageWriter` writes them. Returns the end offset.
-    private func writeAddresses(_ node: Node?, packet: UnsafeRawBufferPointer, query q: PlainQuery,
+    private enum AddressSource { case node(Node), addr(NameSpan) }
+
+    /// A node's addresses, or an addr name's one address, as A or AAAA records whose owner points at the question,
+    /// as `MessageWriter` writes them. Returns the end offset.
+    private func writeAddresses(_ source: AddressSource, packet: UnsafeRawBufferPointer, query q: PlainQuery,
                                 into out: UnsafeMutableRawBufferPointer) -> Int {
         var p = q.questionEnd
         let ttl = resolver.configuration.nodeTTL
@@ -160,7 +167,8 @@ extension QueryHandler {
             out.baseAddress!.advanced(by: p + 12).copyMemory(from: rdata.baseAddress!, byteCount: rdata.count)
             p += 12 + rdata.count
         }
-        if let node {
+        switch source {
+        case .node(let node):
             _ = Self.nodeAddresses(node, q.type) { _, address in
                 switch address {
                 case .v4(let v4): withUnsafeBytes(of: v4.bytes) { record($0) }
@@ -168,12 +176,13 @@ extension QueryHandler {
                 case .hostname: break
                 }
             }
-        } else {
-            // `<hex>.addr`: the first label.
-            let label = UnsafeRawBufferPointer(rebasing: packet[(DNSHeader.size + 1)..<(DNSHeader.size + 1 + Int(packet[DNSHeader.size]))])
+        case .addr(let span):
+            // The plan's span of the name (which `fastPlan` found to hold an address of the asked family).
+            let name = UnsafeRawBufferPointer(rebasing: packet[DNSHeader.size..<q.nameEnd])
             withUnsafeTemporaryAllocation(byteCount: 16, alignment: 1) { bytes in
-                let n = Resolver.hexAddress(label, into: bytes)!
-                record(UnsafeRawBufferPointer(rebasing: bytes[0..<n]))
+                if let n = Resolver.hexAddress(UnsafeRawBufferPointer(rebasing: name[span.start..<span.end]), into: bytes) {
+                    record(UnsafeRawBufferPointer(rebasing: bytes[0..<n]))
+                }
             }
         }
         return p

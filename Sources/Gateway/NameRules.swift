@@ -72,6 +72,23 @@ extension Resolver {
         name.wire.withUnsafeBytes { servedDomain(wire: $0) }
     }
 
+    /// Where a name outside the served domains (`NamePlan.Kind.outside`) is answered from. The one rule, for the
+    /// general path, the forwarding decision and the cache's fast path, of which outside names are ours anyway.
+    enum OutsideSource {
+        /// A zone file's.
+        case zone(Zone)
+        /// A reverse name whose address we hold, asked for PTR (or ANY): its answer.
+        case pointer(Answer)
+        /// None of ours: forwarded when forwarding is on and the client may recurse, else REFUSED.
+        case forwarded
+    }
+
+    func outsideSource(_ name: DNSName, _ type: UInt16, in snapshot: CatalogSnapshot) -> OutsideSource {
+        if let zone = snapshot.zone(containing: name) { return .zone(zone) }
+        if let answer = pointer(name, type, in: snapshot) { return .pointer(answer) }
+        return .forwarded
+    }
+
     /// The naming rules, in one place: what `name` (uncompressed wire bytes, validated) asks for. Reads the bytes
     /// in place and allocates nothing: every lookup borrows the name (`NameKey.probe`).
     /// `zoneHolds` says whether a zone file for the domain has records at this name (the general path looks;

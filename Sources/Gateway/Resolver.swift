@@ -71,8 +71,11 @@ public struct Resolver: Sendable {
         let domain = self.domain(of: plan)
         switch plan.kind {
         case .outside:
-            if let zone = snapshot.zone(containing: name) { return resolveStatic(name, type, zone: zone, in: snapshot, depth: depth) }
-            return pointer(name, type, in: snapshot) ?? .refused
+            switch outsideSource(name, type, in: snapshot) {
+            case .zone(let zone): return resolveStatic(name, type, zone: zone, in: snapshot, depth: depth)
+            case .pointer(let answer): return answer
+            case .forwarded: return .refused
+            }
         case .notLoaded:
             return Answer(rcode: RCode.servFail, authoritative: false)
         case .domainZone:
@@ -101,8 +104,9 @@ public struct Resolver: Sendable {
 
     /// Whether the question is answered from our own data; anything else is forwarded, or REFUSED without forwarding.
     public func answersLocally(_ question: Question, in snapshot: CatalogSnapshot) -> Bool {
-        servedDomain(containing: question.name) != nil || snapshot.zone(containing: question.name) != nil
-            || pointer(question.name, question.type, in: snapshot) != nil
+        if servedDomain(containing: question.name) != nil { return true }
+        if case .forwarded = outsideSource(question.name, question.type, in: snapshot) { return false }
+        return true
     }
 
     // MARK: Negative answers

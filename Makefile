@@ -59,7 +59,7 @@ test: test-deps grpc-probe
 	$(SWIFT) test --skip-build --disable-xctest --filter OperationsTests
 	$(SWIFT) test --skip-build --disable-xctest --filter FleetTests
 
-# Results that tests produce for the repository: the status page's screenshot (README) and the fleet report, written
+# Results that tests produce for the repository: the status page's screenshot (docs/operations.md) and the fleet report, written
 # into bench/results (`make test` writes them to a temporary directory).
 bench-results: test-deps grpc-probe
 	$(SWIFT) build -c release --product signpost

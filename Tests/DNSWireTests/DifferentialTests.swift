@@ -45,7 +45,7 @@ struct DifferentialTests {
     }
 
     /// Accept/reject agreement on the malformed table and on random mutations of real packets.
-    /// Known, deliberate differences are excluded and listed in the README.
+    /// Known, deliberate differences are excluded and listed in docs/development.md.
     @Test func acceptRejectAgreesOnMutations() throws {
         var rng = SeededGenerator(seed: 0x5167_4E05)
         var corpus: [[UInt8]] = Golden.all.map { bytes(hex: $0) } + [Array(CodecTests.sample.encode().readableBytesView)]
@@ -80,7 +80,7 @@ struct DifferentialTests {
     func differential(_ packet: [UInt8], sourceLocation: SourceLocation = #_sourceLocation) -> Agreement {
         let ldns = LDNS.parse(packet)
         let ours = try? Message(from: ByteBuffer(bytes: packet))
-        // Deliberate differences (listed in the README), and nothing else, are tolerated:
+        // Deliberate differences (listed in docs/development.md), and nothing else, are tolerated:
         // we reject forward pointers, names in RDATA that run past RDLENGTH, and bytes left over
         // after typed RDATA; ldns rejects RDATA of types it knows that we keep opaque (RFC 3597).
         if ldns != nil, ours == nil {

@@ -307,7 +307,7 @@ struct StatusPageBrowserTests {
         // The traffic chart draws the rcodes it has seen, from /metrics' counters.
         #expect(try browser.until("!!document.querySelector('#chart polyline[data-rcode=\"NXDOMAIN\"]')", within: 10) != nil)
 
-        // The README's screenshot, on the web service's explain view, once the chart has a few samples: queries
+        // The screenshot in docs/operations.md, on the web service's explain view, once the chart has a few samples: queries
         // in small bursts (bounded: at most 40 rounds of 10), until three samples show NOERROR traffic.
         for _ in 0..<40 {
             for k in 0..<10 { _ = server.socketRCode(k % 3 == 0 ? "nothing.service.consul" : "web.service.consul") }

@@ -74,6 +74,93 @@ enum EtcdLayout {
     }
 }
 
+extension EtcdLayout {
+    /// Signpost's own format: `{"Address", "Port", "ID", "Service", "Tags", "Meta", "Weights", "Node", "Datacenter",
+    /// "Status"}`, any case. A field of the wrong type is an error that names it; a meta value that is not a
+    /// string is left out, as are weights out of range.
+    struct Native: Decodable {
+        var address: String
+        var port: Int?
+        var id: String?
+        var datacenter: String?
+        var tags: [String] = []
+        var meta: [String: String] = [:]
+        var weightPassing: UInt16?
+        var weightWarning: UInt16?
+        var status: String?
+        var node: String?
+
+        init(from decoder: any Decoder) throws {
+            let c = try decoder.container(keyedBy: AnyCaseKey.self)
+            func key(_ name: String) -> AnyCaseKey? {
+                guard let k = c.allKeys.first(where: { $0.stringValue.equalsIgnoringASCIICase(name) }), !((try? c.decodeNil(forKey: k)) ?? false) else { return nil }
+                return k
+            }
+            func string(_ name: String) throws -> String? {
+                guard let k = key(name) else { return nil }
+                guard let s = try? c.decode(String.self, forKey: k) else { throw EtcdValue.Invalid(description: "\(name): expected a string") }
+                return s
+            }
+            guard let a = try string("address"), !a.isEmpty else { throw EtcdValue.Invalid(description: "Address: expected a non-empty string") }
+            address = a
+            if let k = key("port") {
+                guard let d = try? c.decode(Double.self, forKey: k), d == d.rounded(), (0...65535).contains(d) else {
+                    throw EtcdValue.Invalid(description: "port: expected an integer from 0 to 65535")
+                }
+                port = Int(d)
+            }
+            id = try string("id")
+            datacenter = try string("datacenter")
+            if let k = key("tags") {
+                guard let t = try? c.decode([String].self, forKey: k) else { throw EtcdValue.Invalid(description: "Tags: expected an array of strings") }
+                tags = t
+            }
+            if let k = key("meta"), let m = try? c.decode([String: StringOrOther].self, forKey: k) {
+                meta = m.compactMapValues(\.string)
+            }
+            if let k = key("weights"), let w = try? c.nestedContainer(keyedBy: AnyCaseKey.self, forKey: k) {
+                if let p = try? w.value(Double.self, "passing"), p >= 1, p <= 65535 { weightPassing = UInt16(p) }
+                if let p = try? w.value(Double.self, "warning"), p >= 0, p <= 65535 { weightWarning = UInt16(p) }
+            }
+            status = try string("status")
+            node = try string("node")
+        }
+    }
+
+    /// A JSON value that may be a string.
+    struct StringOrOther: Decodable {
+        var string: String?
+        init(from decoder: any Decoder) throws { string = try? decoder.singleValueContainer().decode(String.self) }
+    }
+
+    /// A value's layout, told by which fields it has, and decoded in the same pass: one parse per value.
+    enum Detected: Decodable {
+        case goMicro(GoMicro), kratos(Kratos), endpointUpdate(EndpointUpdate), tutorial(Tutorial), native(Native), none
+
+        /// A layout's value that does not decode: which layout, and why.
+        struct Failure: Error {
+            var layout: String
+            var error: any Error
+        }
+
+        init(from decoder: any Decoder) throws {
+            let c = try decoder.container(keyedBy: AnyCaseKey.self)
+            func has(_ name: String) -> Bool { c.allKeys.contains { $0.stringValue.equalsIgnoringASCIICase(name) } }
+            func decode<T: Decodable>(_ type: T.Type, _ layout: String) throws -> T {
+                do { return try T(from: decoder) } catch let invalid as EtcdValue.Invalid { throw invalid } catch {
+                    throw Failure(layout: layout, error: error)
+                }
+            }
+            if has("nodes") { self = .goMicro(try decode(GoMicro.self, "go-micro service")) }
+            else if has("endpoints") { self = .kratos(try decode(Kratos.self, "Kratos instance")) }
+            else if has("addr") { self = .endpointUpdate(try decode(EndpointUpdate.self, "endpoint update")) }
+            else if has("ip") { self = .tutorial(try decode(Tutorial.self, "{Name, IP}")) }
+            else if has("address") { self = .native(try decode(Native.self, "native")) }
+            else { self = .none }
+        }
+    }
+}
+
 /// A coding key for any name, so that a field can be found whatever its case.
 struct AnyCaseKey: CodingKey {
     var stringValue: String

@@ -103,12 +103,6 @@ public enum EtcdValue {
         return context.instance(service, id: context.id, address: address, port: port)
     }
 
-    static func decode<T: Decodable>(_ type: T.Type, _ value: [UInt8], _ layout: String) throws(Invalid) -> T {
-        do { return try JSONDecoder().decode(T.self, from: Data(value)) } catch {
-            throw Invalid(description: "\(layout): \(Self.describe(error))")
-        }
-    }
-
     static func describe(_ error: any Error) -> String {
         switch error as? DecodingError {
         case .typeMismatch(_, let c)?, .valueNotFound(_, let c)?, .keyNotFound(_, let c)?, .dataCorrupted(let c)?:
@@ -119,15 +113,19 @@ public enum EtcdValue {
         }
     }
 
-    /// A JSON object: the layout is told by which fields it has.
+    /// A JSON object: the layout is told by which fields it has (`EtcdLayout.Detected`, one parse).
     static func object(_ value: [UInt8], _ context: KeyContext) throws(Invalid) -> [Instance]? {
-        let root: JSONNode
-        do { root = try JSONParser.parse(value) } catch { throw Invalid(description: "invalid JSON: \(error.reason)") }
-        guard case .object(let raw, _) = root.value else { throw Invalid(description: "expected a JSON object") }
-        var f: [String: JSONNode] = [:]
-        for (k, v) in raw { f[k.lowercased()] = v }
-        if f["nodes"] != nil {
-            let s = try decode(EtcdLayout.GoMicro.self, value, "go-micro service")
+        let detected: EtcdLayout.Detected
+        do { detected = try JSONDecoder().decode(EtcdLayout.Detected.self, from: Data(value)) } catch {
+            switch error {
+            case let invalid as Invalid: throw invalid
+            case let failure as EtcdLayout.Detected.Failure: throw Invalid(description: "\(failure.layout): \(Self.describe(failure.error))")
+            case DecodingError.typeMismatch(_, let c) where c.codingPath.isEmpty: throw Invalid(description: "expected a JSON object")
+            default: throw Invalid(description: "invalid JSON: \(Self.describe(error))")
+            }
+        }
+        switch detected {
+        case .goMicro(let s):
             let service = try context.serviceName(s.name)
             guard !s.nodes.isEmpty else { throw Invalid(description: "go-micro service: no nodes") }
             var out: [Instance] = []
@@ -138,26 +136,20 @@ public enum EtcdValue {
                 out.append(inst)
             }
             return out
-        }
-        if f["endpoints"] != nil {
-            let k = try decode(EtcdLayout.Kratos.self, value, "Kratos instance")
+        case .kratos(let k):
             return [try kratos(k, context)]
-        }
-        if f["addr"] != nil {
-            let u = try decode(EtcdLayout.EndpointUpdate.self, value, "endpoint update")
+        case .endpointUpdate(let u):
             guard u.op != 1 else { return nil }
             let (address, port) = try hostPort(u.addr)
             return [context.instance(try context.serviceName(nil), id: context.id, address: address, port: port)]
-        }
-        if f["ip"] != nil {
-            let t = try decode(EtcdLayout.Tutorial.self, value, "{Name, IP}")
+        case .tutorial(let t):
             let (address, port) = try hostPort(t.ip)
             return [context.instance(try context.serviceName(t.name), id: context.id, address: address, port: port)]
+        case .native(let n):
+            return [try native(n, context)]
+        case .none:
+            throw Invalid(description: "none of the value formats: needs Address (native), Addr (endpoints manager), IP (tutorial), nodes (go-micro) or endpoints (Kratos)")
         }
-        if f["address"] != nil {
-            return [try native(f, context)]
-        }
-        throw Invalid(description: "none of the value formats: needs Address (native), Addr (endpoints manager), IP (tutorial), nodes (go-micro) or endpoints (Kratos)")
     }
 
     /// Kratos: one instance, at the first endpoint's address; each scheme's port is a named port.
@@ -181,49 +173,23 @@ public enum EtcdValue {
         return inst
     }
 
-    /// The native format, read with the catalog files' JSON reader.
-    static func native(_ f: [String: JSONNode], _ context: KeyContext) throws(Invalid) -> Instance {
-        func string(_ k: String) throws(Invalid) -> String? {
-            guard let n = f[k] else { return nil }
-            if case .null = n.value { return nil }
-            guard case .string(let s) = n.value else { throw Invalid(description: "\(k): expected a string") }
-            return s
-        }
-        func int(_ k: String, _ range: ClosedRange<Int>) throws(Invalid) -> Int? {
-            guard let n = f[k] else { return nil }
-            guard case .number(let d) = n.value, d == d.rounded(), range.contains(Int(d)) else {
-                throw Invalid(description: "\(k): expected an integer from \(range.lowerBound) to \(range.upperBound)")
-            }
-            return Int(d)
-        }
-        guard let text = try string("address"), !text.isEmpty else { throw Invalid(description: "Address: expected a non-empty string") }
-        let addr = try address(text)
-        var inst = context.instance(try context.serviceName(nil), id: context.id, address: addr,
-                                    port: UInt16(try int("port", 0...65535) ?? 0))
-        if let id = try string("id"), !id.isEmpty { inst.id = id }
-        if let dc = try string("datacenter"), !dc.isEmpty { inst.node.datacenter = dc }
-        if let n = f["tags"] {
-            guard case .array(let items) = n.value else { throw Invalid(description: "Tags: expected an array of strings") }
-            for item in items {
-                guard case .string(let t) = item.value else { throw Invalid(description: "Tags: expected an array of strings") }
-                inst.tags.append(t)
-            }
-        }
-        if let n = f["meta"], case .object(let m, _) = n.value {
-            for (k, v) in m { if case .string(let s) = v.value { inst.meta[k] = s } }
-        }
-        if let n = f["weights"], case .object(let w, _) = n.value {
-            if case .number(let p)? = w["Passing"]?.value ?? w["passing"]?.value, p >= 1, p <= 65535 { inst.weightPassing = UInt16(p) }
-            if case .number(let p)? = w["Warning"]?.value ?? w["warning"]?.value, p >= 0, p <= 65535 { inst.weightWarning = UInt16(p) }
-        }
-        if let status = try string("status") {
+    /// The native format.
+    static func native(_ n: EtcdLayout.Native, _ context: KeyContext) throws(Invalid) -> Instance {
+        var inst = context.instance(try context.serviceName(nil), id: context.id, address: try address(n.address), port: UInt16(n.port ?? 0))
+        if let id = n.id, !id.isEmpty { inst.id = id }
+        if let dc = n.datacenter, !dc.isEmpty { inst.node.datacenter = dc }
+        inst.tags = n.tags
+        inst.meta = n.meta
+        if let p = n.weightPassing { inst.weightPassing = p }
+        if let w = n.weightWarning { inst.weightWarning = w }
+        if let status = n.status {
             guard let h = Health(status: status) else {
                 throw Invalid(description: "Status: \"\(status)\" is not one of passing, warning, critical, maintenance")
             }
             inst.health = h
         }
         // With a node, the SRV target is the node's name; without one, the instance's <hex>.addr name.
-        if let nodeName = try string("node"), !nodeName.isEmpty {
+        if let nodeName = n.node, !nodeName.isEmpty {
             guard (try? DNSName(labels: nodeName.split(separator: ".", omittingEmptySubsequences: false))) != nil else {
                 throw Invalid(description: "Node: \"\(nodeName)\" cannot be a DNS label")
             }

@@ -34,6 +34,20 @@ struct EtcdValueTests {
         #expect(i.serviceAddress == nil)  // SRV target: the node
     }
 
+    @Test func nativeFieldsOfTheWrongTypeAreNamed() throws {
+        func reason(_ value: String) -> String {
+            do { _ = try parse("/services/web/1", value); return "" } catch { return error.description }
+        }
+        #expect(reason(#"{"Address": "192.0.2.1", "Port": "80"}"#) == "port: expected an integer from 0 to 65535")
+        #expect(reason(#"{"address": "192.0.2.1", "tags": "v1"}"#) == "Tags: expected an array of strings")
+        #expect(reason(#"{"Address": 7}"#) == "address: expected a string")
+        #expect(reason(#"{"Address": "192.0.2.1", "Port": }"#).hasPrefix("invalid JSON"))
+        #expect(reason(#"{"name": "x", "nodes": 3}"#).hasPrefix("go-micro service: "))
+        // A meta value that is not a string is left out, the rest kept; a key in any case is the field.
+        let i = try one("/services/web/1", #"{"ADDRESS": "192.0.2.1", "Meta": {"a": "x", "b": 2}, "weights": {"passing": 0}}"#)
+        #expect(i.meta == ["a": "x"] && i.weightPassing == 1)
+    }
+
     @Test func endpointsManagerAndTutorial() throws {
         let g = try one("/services/greeter/[2001:db8::1]:50051", #"{"Op": 0, "Addr": "[2001:db8::1]:50051", "Metadata": null}"#)
         #expect(g.port == 50051 && g.address == .v6(IPv6("2001:db8::1")!) && g.id == "[2001:db8::1]:50051")

@@ -7,7 +7,7 @@ let package = Package(
     products: [
         .executable(name: "signpost", targets: ["signpost"]),
         // For the microbenchmarks in bench/micro, a package of their own.
-        .library(name: "SignpostKit", targets: ["DNSWire", "Catalog", "Gateway", "FuzzChecks"]),
+        .library(name: "SignpostKit", targets: ["DNSWire", "Catalog", "Registries", "Gateway", "FuzzChecks"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.80.0"),
@@ -44,6 +44,17 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "HashTreeCollections", package: "swift-collections"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ]
+        ),
+        // The registry clients, each with its decoder: catalog files, etcd, Consul, and the connection they share.
+        .target(
+            name: "Registries",
+            dependencies: [
+                "DNSWire", "Catalog",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -83,7 +94,7 @@ let package = Package(
         .executableTarget(
             name: "signpost",
             dependencies: [
-                "Gateway", "Catalog", "DNSWire", "CPrivileges",
+                "Gateway", "Catalog", "Registries", "DNSWire", "CPrivileges",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -104,14 +115,14 @@ let package = Package(
         ),
         .testTarget(
             name: "CatalogTests",
-            dependencies: ["Catalog", "DNSWire", "TestSupport", .product(name: "Logging", package: "swift-log"),
+            dependencies: ["Catalog", "Registries", "DNSWire", "TestSupport", .product(name: "Logging", package: "swift-log"),
                            .product(name: "NIOCore", package: "swift-nio")],
             resources: [.copy("Resources")]
         ),
         .testTarget(
             name: "GatewayTests",
             dependencies: [
-                "Gateway", "Catalog", "DNSWire", "TestSupport", "CUDPBatch",
+                "Gateway", "Catalog", "Registries", "DNSWire", "TestSupport", "CUDPBatch",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOEmbedded", package: "swift-nio"),
@@ -121,7 +132,7 @@ let package = Package(
         .testTarget(
             name: "EndToEndTests",
             dependencies: [
-                "DNSWire", "Catalog", "Gateway", "signpost", "TestSupport",
+                "DNSWire", "Catalog", "Registries", "Gateway", "signpost", "TestSupport",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),

@@ -18,7 +18,7 @@ public actor CatalogAssembler {
     /// Runs on the registries' event loop, beside the Consul watcher and its connections: a watcher's update is
     /// a job queued on the same thread, not a thread woken in Swift's pool and another woken to come back.
     public nonisolated var unownedExecutor: UnownedSerialExecutor { RegistryExecution.loop.executor.asUnownedSerialExecutor() }
-    public let store: SnapshotStore
+    public nonisolated let store: SnapshotStore
     private let localDatacenter: String
     /// The local datacenter as configured (original case).
     public nonisolated let localDatacenterName: String

@@ -145,6 +145,14 @@ public struct Instance: Sendable, Hashable {
     /// Where the registry holds it (a catalog file's line, an etcd key and revision, a Consul service's index).
     public var origin = Origin()
 
+    public init(id: String, service: String, node: Node, serviceAddress: Address?, port: UInt16, namedPorts: [String: UInt16] = [:],
+                tags: [String], meta: [String: String], weightPassing: UInt16, weightWarning: UInt16, health: Health,
+                serviceLanAddresses: [Address] = [], checks: [CheckState] = [], origin: Origin = Origin()) {
+        (self.id, self.service, self.node, self.serviceAddress, self.port, self.namedPorts) = (id, service, node, serviceAddress, port, namedPorts)
+        (self.tags, self.meta, self.weightPassing, self.weightWarning, self.health) = (tags, meta, weightPassing, weightWarning, health)
+        (self.serviceLanAddresses, self.checks, self.origin) = (serviceLanAddresses, checks, origin)
+    }
+
     /// The address clients should use (the SRV target's).
     public var address: Address { serviceAddress ?? node.address }
 

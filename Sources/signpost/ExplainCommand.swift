@@ -1,6 +1,7 @@
 import ArgumentParser
 import AsyncHTTPClient
 import Catalog
+import Registries
 import Foundation
 import Gateway
 

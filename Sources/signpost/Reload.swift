@@ -1,4 +1,5 @@
 import Catalog
+import Registries
 import Gateway
 import Logging
 import Metrics

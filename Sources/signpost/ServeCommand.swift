@@ -1,5 +1,6 @@
 import ArgumentParser
 import Catalog
+import Registries
 import Gateway
 
 /// `signpost serve`: its flags. Every one is optional, so a flag not given leaves the `--config` file's setting

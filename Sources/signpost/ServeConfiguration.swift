@@ -1,5 +1,6 @@
 import ArgumentParser
 import Catalog
+import Registries
 import DNSWire
 import Foundation
 import Gateway

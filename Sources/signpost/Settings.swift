@@ -1,5 +1,6 @@
 import ArgumentParser
 import Catalog
+import Registries
 import Foundation
 import Gateway
 

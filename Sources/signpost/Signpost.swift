@@ -1,6 +1,7 @@
 import ArgumentParser
 import CPrivileges
 import Catalog
+import Registries
 import DNSWire
 import Foundation
 import Gateway

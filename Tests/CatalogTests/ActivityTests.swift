@@ -1,4 +1,5 @@
 import Catalog
+import Registries
 import Foundation
 import Logging
 import Testing

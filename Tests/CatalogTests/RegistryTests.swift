@@ -1,5 +1,6 @@
 import Foundation
 @testable import Catalog
+@testable import Registries
 import DNSWire
 import Logging
 import NIOCore

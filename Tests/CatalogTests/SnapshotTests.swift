@@ -1,4 +1,5 @@
 @testable import Catalog
+@testable import Registries
 import DNSWire
 import Foundation
 import Logging

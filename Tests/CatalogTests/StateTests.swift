@@ -1,4 +1,5 @@
 import Catalog
+import Registries
 import DNSWire
 import Foundation
 import Logging

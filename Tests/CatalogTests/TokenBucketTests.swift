@@ -1,4 +1,5 @@
 import Catalog
+import Registries
 import Testing
 
 @Suite("Token bucket (per-watch churn limit)")

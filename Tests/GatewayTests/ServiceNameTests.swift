@@ -1,4 +1,5 @@
 import Catalog
+import Registries
 import DNSWire
 @testable import Gateway
 import Testing

@@ -1,3 +1,4 @@
+import Catalog
 import DNSWire
 import Foundation
 import Logging

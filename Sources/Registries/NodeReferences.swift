@@ -1,3 +1,4 @@
+import Catalog
 /// Nodes named by a registry's instances, with how many instances name each, so a node entry exists exactly
 /// while some instance names it. Used by the etcd and Consul watchers.
 struct NodeReferences {

@@ -1,3 +1,4 @@
+import Catalog
 import NIOCore
 
 /// An event loop as a task executor, for tasks whose work is on that loop (the Consul watches, whose actor runs

@@ -1,3 +1,4 @@
+import Catalog
 /// A `--registry` URL.
 /// - `file:DIR`: catalog files (`--catalog DIR` is the short form).
 /// - `etcd:http://HOST:PORT[,https://HOST2:PORT…][?prefix=/services/[,/micro/registry/…]]`; `?prefix=` (empty) is the

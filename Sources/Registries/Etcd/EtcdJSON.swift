@@ -1,3 +1,4 @@
+import Catalog
 import Foundation
 
 /// etcd v3's JSON gateway, typed as its protobuf messages map to JSON: 64-bit integers as strings, bytes as

@@ -54,9 +54,10 @@ struct ConfigTests {
         defer { server.stop() }
         let conn = try #require(TCPSocket(port: server.port, timeout: 5))
         let start = Date()
+        // Closed by the server (within the socket's 5 s read timeout), and not before the 1 s timeout could run out.
         #expect(conn.isClosedByPeer())
         let waited = Date().timeIntervalSince(start)
-        #expect(waited > 0.8 && waited < 4, "closed after \(waited) s")
+        #expect(waited > 0.8, "closed after \(waited) s")
         // The listener itself is unaffected.
         #expect(try server.dig("+tcp", "consul", "SOA").status == "NOERROR")
     }

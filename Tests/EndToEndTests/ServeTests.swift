@@ -315,8 +315,7 @@ struct StartupTests {
 
     @Test func sigtermExitsCleanly() throws {
         let server = try Server(dir: TempDir())
-        let start = Date()
+        // A clean exit of its own on SIGTERM (`stop` kills a process still there after 10 s; its status is then not 0).
         #expect(server.stop() == 0)
-        #expect(Date().timeIntervalSince(start) < 5)
     }
 }

@@ -1,5 +1,6 @@
 import Catalog
 import NIOCore
+import Synchronization
 
 /// An event loop as a task executor, for tasks whose work is on that loop (the Consul watches, whose actor runs
 /// there). Swift resumes an awaited continuation (every answer of AsyncHTTPClient, every `Task.sleep`) on the task's
@@ -10,7 +11,20 @@ import NIOCore
 final class LoopTaskExecutor: TaskExecutor {
     let loop: any EventLoop
 
-    init(_ loop: any EventLoop) { self.loop = loop }
+    private init(_ loop: any EventLoop) { self.loop = loop }
+
+    /// The one executor of `loop`, kept for the life of the process: a task holds its preference unowned, so the
+    /// executor must outlive every task that prefers it (a watcher's scheduled reads included).
+    static func of(_ loop: any EventLoop) -> LoopTaskExecutor {
+        all.withLock { all in
+            if let existing = all[ObjectIdentifier(loop)] { return existing }
+            let created = LoopTaskExecutor(loop)
+            all[ObjectIdentifier(loop)] = created
+            return created
+        }
+    }
+
+    private static let all = Mutex<[ObjectIdentifier: LoopTaskExecutor]>([:])
 
     func enqueue(_ job: consuming ExecutorJob) {
         let job = UnownedJob(job)

@@ -106,7 +106,7 @@ public actor ConsulWatcher {
         if let keeper = configuration.state, let state = keeper.load(maxStale: configuration.maxStale) { await restore(state) }
         let writer = configuration.state.map { keeper in Task { await keeper.run(source: self) } }
         // The watches prefer the loop their actor runs on: an answer then resumes on the thread that read it.
-        let onLoop = LoopTaskExecutor(eventLoop)
+        let onLoop = LoopTaskExecutor.of(eventLoop)
         await withTaskGroup(of: Void.self) { group in
             group.addTask(executorPreference: onLoop) { await self.watchCatalog() }
             group.addTask(executorPreference: onLoop) { await self.watchNodes() }

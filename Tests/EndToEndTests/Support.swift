@@ -97,7 +97,9 @@ final class Server: @unchecked Sendable {
         while Date() < deadline {
             if let line = log_().split(separator: "\n").first(where: { $0.contains("] listening on 127.0.0.1:") && $0.hasSuffix("(udp, tcp)") }),
                let portText = line.split(separator: "listening on 127.0.0.1:").last?.split(separator: " ").first,
-               let p = Int(portText) {
+               let p = Int(portText),
+               // With --admin, its line comes just after the DNS one: wait for it too, so `adminPort` is there.
+               !extra.contains("--admin") || adminPort != nil {
                 port = p
                 return
             }

@@ -116,7 +116,8 @@ let package = Package(
         .testTarget(
             name: "CatalogTests",
             dependencies: ["Catalog", "Registries", "DNSWire", "TestSupport", .product(name: "Logging", package: "swift-log"),
-                           .product(name: "NIOCore", package: "swift-nio")],
+                           .product(name: "NIOCore", package: "swift-nio"),
+                           .product(name: "HashTreeCollections", package: "swift-collections")],
             resources: [.copy("Resources")]
         ),
         .testTarget(

@@ -216,8 +216,8 @@ public actor CatalogAssembler {
         published.increment()
         // The default SOA serial: seconds since the epoch, but always increasing.
         generation = max(generation &+ 1, UInt32(truncatingIfNeeded: Int(Date().timeIntervalSince1970)))
-        var datacenters: Set<NameKey> = [.owned(localDatacenter)]
-        for (dc, n) in datacenterCounts where n > 0 { datacenters.insert(.owned(dc)) }
+        var datacenters: Set<NameKey> = [NameKey(localDatacenter)]
+        for (dc, n) in datacenterCounts where n > 0 { datacenters.insert(NameKey(dc)) }
         let loaded = zones != nil && sources.allSatisfy { $0 != nil }
         store.publish(CatalogSnapshot(services: services, nodes: nodes, datacenters: datacenters, zones: zones ?? [],
                                       generation: generation, isLoaded: loaded, reverse: reverse,

@@ -3,27 +3,30 @@ import HashTreeCollections
 
 /// A name as the snapshot's maps key it (a service, a tag, a node, a datacenter): ASCII case-insensitive text.
 ///
-/// A stored key owns its text. A probe borrows the bytes of a query in flight, either as plain text or as a run
-/// of wire-format labels read as dotted text (`\x02go\x05micro` is `go.micro`), so a lookup by a name of any
-/// length copies nothing and allocates nothing. Both hash the same lower-cased bytes (FNV-1a), so a probe finds
-/// the stored key that equals it. A probe must not outlive the buffer it borrows; the maps never keep one.
-// Unchecked: `.probe` holds a pointer, which lives only for one lookup on the querying thread (see above).
-public enum NameKey: Hashable, @unchecked Sendable, ExpressibleByStringLiteral, CustomStringConvertible, Comparable {
-    case owned(String)
-    /// Plain bytes (`wire: false`) or wire-format labels (`wire: true`).
-    case probe(UnsafeRawBufferPointer, wire: Bool)
+/// Outside this file a key always owns its text. A lookup by a name in a query borrows the query's bytes instead,
+/// through a `NameProbe`: the maps below take a probe in their lookup subscripts, and only this file turns a probe
+/// into a key, for the length of that one lookup. A probe cannot become a stored key: it is not `Hashable`, it is
+/// `~Copyable`, and `NameProbe.with` lends it to a closure that cannot keep it. Both hash the same lower-cased bytes
+/// (FNV-1a), so a probe finds the stored key that equals it, with nothing copied or allocated.
+// Unchecked: the `.borrowed` storage holds a pointer, and only the lookups in this file make one, for the length
+// of the lookup, on the querying thread; every key that can be stored or sent owns its text.
+public struct NameKey: Hashable, @unchecked Sendable, ExpressibleByStringLiteral, CustomStringConvertible, Comparable {
+    fileprivate enum Storage {
+        case owned(String)
+        /// Plain bytes (`wire: false`) or wire-format labels (`wire: true`).
+        case borrowed(UnsafeRawBufferPointer, wire: Bool)
+    }
+    fileprivate let storage: Storage
 
-    public init(_ text: String) { self = .owned(text) }
-    public init(stringLiteral value: String) { self = .owned(value) }
+    public init(_ text: String) { storage = .owned(text) }
+    public init(stringLiteral value: String) { storage = .owned(value) }
+    fileprivate init(storage: Storage) { self.storage = storage }
 
-    /// The text; a probe's is copied out.
+    /// The text as stored.
     public var text: String {
-        switch self {
+        switch storage {
         case .owned(let s): return s
-        case .probe:
-            var bytes: [UInt8] = []
-            forEachByte { bytes.append($0) }
-            return String(decoding: bytes, as: UTF8.self)
+        case .borrowed(let bytes, let wire): return NameKey.text(bytes, wire: wire)
         }
     }
 
@@ -31,22 +34,36 @@ public enum NameKey: Hashable, @unchecked Sendable, ExpressibleByStringLiteral, 
 
     public static func < (a: NameKey, b: NameKey) -> Bool { a.text < b.text }
 
+    /// The lower-cased text of bytes, plain or wire-format labels read as dotted text.
+    fileprivate static func text(_ bytes: UnsafeRawBufferPointer, wire: Bool) -> String {
+        var out: [UInt8] = []
+        forEachByte(bytes, wire: wire) { out.append($0) }
+        return String(decoding: out, as: UTF8.self)
+    }
+
     /// Calls `body` with each byte of the text, lower-cased (ASCII only, as DNS compares names).
     @inline(__always)
-    func forEachByte(_ body: (UInt8) -> Void) {
-        switch self {
+    fileprivate func forEachByte(_ body: (UInt8) -> Void) {
+        switch storage {
         case .owned(let s):
             for b in s.utf8 { body(asciiLower(b)) }
-        case .probe(let bytes, wire: false):
+        case .borrowed(let bytes, let wire):
+            NameKey.forEachByte(bytes, wire: wire, body)
+        }
+    }
+
+    @inline(__always)
+    fileprivate static func forEachByte(_ bytes: UnsafeRawBufferPointer, wire: Bool, _ body: (UInt8) -> Void) {
+        guard wire else {
             for b in bytes { body(asciiLower(b)) }
-        case .probe(let bytes, wire: true):
-            var p = 0
-            while p < bytes.count {
-                let n = Int(bytes[p])
-                if p > 0 { body(UInt8(ascii: ".")) }
-                for k in (p + 1)..<min(p + 1 + n, bytes.count) { body(asciiLower(bytes[k])) }
-                p += 1 + n
-            }
+            return
+        }
+        var p = 0
+        while p < bytes.count {
+            let n = Int(bytes[p])
+            if p > 0 { body(UInt8(ascii: ".")) }
+            for k in (p + 1)..<min(p + 1 + n, bytes.count) { body(asciiLower(bytes[k])) }
+            p += 1 + n
         }
     }
 
@@ -62,12 +79,12 @@ public enum NameKey: Hashable, @unchecked Sendable, ExpressibleByStringLiteral, 
 
     /// Byte for byte, ASCII case folded (as `hash` sees them; Unicode equivalence would break the pairing).
     public static func == (a: NameKey, b: NameKey) -> Bool {
-        switch (a, b) {
+        switch (a.storage, b.storage) {
         case (.owned(let x), .owned(let y)):
             return x.utf8.count == y.utf8.count && x.utf8.elementsEqual(y.utf8) { asciiLower($0) == asciiLower($1) }
-        case (.owned(let x), .probe), (.probe, .owned(let x)):
-            return b.matches(x) && a.matches(x)
-        case (.probe, .probe):
+        case (.owned(let x), .borrowed(let bytes, let wire)), (.borrowed(let bytes, let wire), .owned(let x)):
+            return NameKey.matches(bytes, wire: wire, x)
+        case (.borrowed, .borrowed):
             var x: [UInt8] = [], y: [UInt8] = []
             a.forEachByte { x.append($0) }
             b.forEachByte { y.append($0) }
@@ -75,10 +92,9 @@ public enum NameKey: Hashable, @unchecked Sendable, ExpressibleByStringLiteral, 
         }
     }
 
-    /// Whether this key's lower-cased bytes are `text`'s (an owned key says yes: the caller compares those).
+    /// Whether the lower-cased bytes are `text`'s, ASCII case folded.
     @inline(__always)
-    private func matches(_ text: String) -> Bool {
-        guard case .probe(let bytes, let wire) = self else { return true }
+    fileprivate static func matches(_ bytes: UnsafeRawBufferPointer, wire: Bool, _ text: String) -> Bool {
         var copy = text
         return copy.withUTF8 { t -> Bool in
             if !wire {
@@ -104,11 +120,84 @@ public enum NameKey: Hashable, @unchecked Sendable, ExpressibleByStringLiteral, 
     }
 }
 
+/// A name in a query, borrowed for lookups: plain bytes, or wire-format labels read as dotted text
+/// (`\x02go\x05micro` is `go.micro`); or, where a lookup needs one, a stored key. Made only by `with`, for the
+/// length of its closure.
+public struct NameProbe: ~Copyable {
+    fileprivate let key: NameKey
+
+    private init(_ key: NameKey) { self.key = key }
+
+    /// Lends `body` a probe of `bytes`, which must stay valid for the call.
+    @inline(__always)
+    public static func with<R>(_ bytes: UnsafeRawBufferPointer, wire: Bool, _ body: (borrowing NameProbe) throws -> R) rethrows -> R {
+        try body(NameProbe(NameKey(storage: .borrowed(bytes, wire: wire))))
+    }
+
+    /// Lends `body` a probe of a stored key (a lookup that takes probes, for a name the query does not give).
+    @inline(__always)
+    public static func with<R>(_ key: NameKey, _ body: (borrowing NameProbe) throws -> R) rethrows -> R {
+        try body(NameProbe(key))
+    }
+
+    /// Whether the probe names `key`.
+    @inline(__always)
+    public func matches(_ other: NameKey) -> Bool { key == other }
+
+    /// The text, lower-cased for a borrowed name (copied out).
+    public var text: String { key.text }
+}
+
 extension TreeDictionary where Key == NameKey {
     /// Lookups and updates by text, for code that holds a `String`.
     public subscript(_ name: String) -> Value? {
-        get { self[NameKey.owned(name)] }
-        set { self[NameKey.owned(name)] = newValue }
+        get { self[NameKey(name)] }
+        set { self[NameKey(name)] = newValue }
+    }
+
+    /// A lookup by a query's name, copying nothing.
+    @inline(__always)
+    public func value(at probe: borrowing NameProbe) -> Value? { self[probe.key] }
+}
+
+extension Set where Element == NameKey {
+    @inline(__always)
+    public func contains(_ probe: borrowing NameProbe) -> Bool { contains(probe.key) }
+}
+
+extension TreeDictionary where Key == CatalogSnapshot.NodeKey {
+    /// A node by name and datacenter, copying nothing.
+    @inline(__always)
+    public func value(name: borrowing NameProbe, datacenter: borrowing NameProbe) -> Value? {
+        self[CatalogSnapshot.NodeKey(name: name.key, datacenter: datacenter.key)]
+    }
+}
+
+/// A selection of a service's instances, as a resolver's answer cache keys it: a kind, a label (a tag or a
+/// named port; empty for every instance) and a datacenter. Stored keys own their text; lookups take probes.
+public struct SelectionKey: Hashable, Sendable {
+    public let kind: UInt8
+    public let label: NameKey
+    public let datacenter: NameKey
+
+    public init(kind: UInt8, label: String, datacenter: String) {
+        self.kind = kind
+        self.label = NameKey(label)
+        self.datacenter = NameKey(datacenter)
+    }
+
+    fileprivate init(kind: UInt8, label: NameKey, datacenter: NameKey) {
+        self.kind = kind
+        self.label = label
+        self.datacenter = datacenter
+    }
+}
+
+extension Dictionary where Key == SelectionKey {
+    /// A lookup by a query's names, copying nothing.
+    @inline(__always)
+    public func value(kind: UInt8, label: borrowing NameProbe, datacenter: borrowing NameProbe) -> Value? {
+        self[SelectionKey(kind: kind, label: label.key, datacenter: datacenter.key)]
     }
 }
 

@@ -112,8 +112,8 @@ public final class CatalogSnapshot: AtomicReference, Sendable {
         public var name: String { nameKey.text }
         public var datacenter: String { datacenterKey.text }
         public init(name: String, datacenter: String) {
-            self.nameKey = .owned(name.lowercased())
-            self.datacenterKey = .owned(datacenter.lowercased())
+            self.nameKey = NameKey(name.lowercased())
+            self.datacenterKey = NameKey(datacenter.lowercased())
         }
         public init(name: NameKey, datacenter: NameKey) {
             self.nameKey = name
@@ -165,9 +165,9 @@ public final class CatalogSnapshot: AtomicReference, Sendable {
             }
         }
         for node in source.nodes.values { reverse.replace(node: nil, with: node) }
-        var datacenters: Set<NameKey> = [.owned(localDatacenter.lowercased())]
-        for n in source.nodes.values { datacenters.insert(.owned(n.datacenter.lowercased())) }
-        for list in source.services.values { for i in list { datacenters.insert(.owned(i.node.datacenter.lowercased())) } }
+        var datacenters: Set<NameKey> = [NameKey(localDatacenter.lowercased())]
+        for n in source.nodes.values { datacenters.insert(NameKey(n.datacenter.lowercased())) }
+        for list in source.services.values { for i in list { datacenters.insert(NameKey(i.node.datacenter.lowercased())) } }
         return CatalogSnapshot(services: services, nodes: TreeDictionary(uniqueKeysWithValues: source.nodes.map { ($0.key, $0.value) }),
                                datacenters: datacenters, zones: zones, generation: generation, reverse: reverse, names: names)
     }

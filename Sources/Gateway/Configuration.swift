@@ -107,7 +107,7 @@ public struct ResolverConfiguration: Sendable, Equatable {
     /// The service domain, `consul` by default.
     public var domain: DNSName
     /// The local datacenter, used when a name carries none.
-    public var datacenter: String { didSet { datacenterKey = .owned(datacenter.lowercased()) } }
+    public var datacenter: String { didSet { datacenterKey = NameKey(datacenter.lowercased()) } }
     /// The same, lower-cased, as the snapshot's maps key it.
     public private(set) var datacenterKey: NameKey
     /// Leave out `warning` instances too.
@@ -136,7 +136,7 @@ public struct ResolverConfiguration: Sendable, Equatable {
                 answerLimit: Int = 0, altDomain: DNSName? = nil, nodeMetaTXT: Bool = false) {
         self.domain = domain.lowercased
         self.datacenter = datacenter
-        self.datacenterKey = .owned(datacenter.lowercased())
+        self.datacenterKey = NameKey(datacenter.lowercased())
         self.onlyPassing = onlyPassing
         self.order = order
         self.serviceTTL = serviceTTL

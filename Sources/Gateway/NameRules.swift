@@ -7,13 +7,14 @@ public struct NameSpan: Sendable, Equatable {
     var end: Int
     var wire: Bool
 
-    /// A lookup key borrowing `name` (the same bytes the span was taken from); it must not outlive them.
-    func key(_ name: UnsafeRawBufferPointer) -> NameKey {
-        .probe(UnsafeRawBufferPointer(rebasing: name[start..<end]), wire: wire)
+    /// Lends `body` a lookup probe borrowing `name` (the same bytes the span was taken from).
+    @inline(__always)
+    func probe<R>(_ name: UnsafeRawBufferPointer, _ body: (borrowing NameProbe) -> R) -> R {
+        NameProbe.with(UnsafeRawBufferPointer(rebasing: name[start..<end]), wire: wire, body)
     }
 
     /// The text, lower-cased (copied out; the general path's).
-    func text(_ name: UnsafeRawBufferPointer) -> String { key(name).text }
+    func text(_ name: UnsafeRawBufferPointer) -> String { probe(name) { $0.text } }
 }
 
 /// What a name in the service domain asks for, decided by the naming rules in one place (`Resolver.classify`).
@@ -128,7 +129,7 @@ extension Resolver {
         func text(_ i: Int, dropping drop: Int = 0) -> NameSpan {
             NameSpan(start: offsets[i] + 1 + drop, end: offsets[i + 1], wire: false)
         }
-        func key(_ span: NameSpan) -> NameKey { span.key(name) }
+        func probe<R>(_ span: NameSpan, _ body: (borrowing NameProbe) -> R) -> R { span.probe(name, body) }
         func isUnderscored(_ i: Int) -> Bool { let l = label(i); return !l.isEmpty && l[0] == UInt8(ascii: "_") }
         func label(_ i: Int, is text: StaticString) -> Bool { Labels.equal(label(i), text) }
 
@@ -138,6 +139,13 @@ extension Resolver {
             for k in 0..<bytes.count where asciiLower(bytes[k]) != t[k] { return false }
             return true
         }
+    }
+
+    /// Lends `body` the datacenter a name selects: the label at `span` in `name`, or else the local one.
+    @inline(__always)
+    func withDatacenter<R>(_ span: NameSpan?, _ name: UnsafeRawBufferPointer, _ body: (borrowing NameProbe) -> R) -> R {
+        if let span { return span.probe(name, body) }
+        return NameProbe.with(configuration.datacenterKey, body)
     }
 
     private enum Branch { case service, node, addr }
@@ -165,18 +173,19 @@ extension Resolver {
             datacenter = l.text(l.count - 1)
         } else {
             // `<dc>.<domain>` is an empty non-terminal: NODATA, not NXDOMAIN (RFC 8020).
-            return l.count == 1 && snapshot.datacenters.contains(l.key(l.text(0))) ? .nodata : .nxdomain
+            return l.count == 1 && l.probe(l.text(0)) { snapshot.datacenters.contains($0) } ? .nodata : .nxdomain
         }
-        if let dc = datacenter, !snapshot.datacenters.contains(l.key(dc)) { return .nxdomain }
+        if let dc = datacenter, !l.probe(dc, { snapshot.datacenters.contains($0) }) { return .nxdomain }
         // `service.<domain>`, `node.dc1.<domain>` …: empty non-terminals too.
         if restEnd == 0 { return .nodata }
         switch branch {
         case .service:
             return serviceKind(l, restEnd, snapshot)
         case .node:
-            let dc = datacenter.map(l.key) ?? configuration.datacenterKey
-            let key = CatalogSnapshot.NodeKey(name: l.key(l.span(0, restEnd)), datacenter: dc)
-            guard let node = snapshot.nodes[key], !node.name.isEmpty else { return .nxdomain }
+            let found = l.probe(l.span(0, restEnd)) { name in
+                withDatacenter(datacenter, l.name) { dc in snapshot.nodes.value(name: name, datacenter: dc) }
+            }
+            guard let node = found, !node.name.isEmpty else { return .nxdomain }
             return .node(node)
         case .addr:
             guard restEnd == 1, Self.hexAddress(l.label(0)) != nil else { return .nxdomain }
@@ -196,7 +205,7 @@ extension Resolver {
         // A label holding a dot (escaped in the query) can never match: dots separate labels in service names.
         for i in 0..<restEnd where l.label(i).contains(UInt8(ascii: ".")) { return .nxdomain }
         for start in 0..<restEnd {
-            guard let entry = snapshot.services[l.key(l.span(start, restEnd))] else { continue }
+            guard let entry = l.probe(l.span(start, restEnd), { snapshot.services.value(at: $0) }) else { continue }
             if start == 0 { return .service(entry, .all) }
             if start == 2, l.isUnderscored(0), l.label(1, is: "_tcp") || l.label(1, is: "_udp") {
                 return .service(entry, .named(l.text(0, dropping: 1)))
@@ -204,7 +213,7 @@ extension Resolver {
             if start == 1, l.label(0, is: "_grpc_config"), grpcPolicy(for: entry) != nil { return .grpcConfig(entry) }
             return .service(entry, .tag(l.span(0, start)))
         }
-        if restEnd == 2, l.isUnderscored(0), l.isUnderscored(1), let entry = snapshot.services[l.key(l.text(0, dropping: 1))] {
+        if restEnd == 2, l.isUnderscored(0), l.isUnderscored(1), let entry = l.probe(l.text(0, dropping: 1), { snapshot.services.value(at: $0) }) {
             return .service(entry, l.label(1, is: "_tcp") || l.label(1, is: "_udp") ? .all : .tag(l.text(1, dropping: 1)))
         }
         return isEmptyNonTerminal(l, restEnd, snapshot) ? .nodata : .nxdomain
@@ -215,10 +224,10 @@ extension Resolver {
     /// `_tcp` and `_udp` parents of RFC 2782 names. NODATA there, not NXDOMAIN, which would deny the names
     /// below (RFC 8020; dnsviz's INCONSISTENT_NXDOMAIN_ANCESTOR).
     private func isEmptyNonTerminal(_ l: Labels, _ restEnd: Int, _ snapshot: CatalogSnapshot) -> Bool {
-        if snapshot.names.serviceSuffixes[l.key(l.span(0, restEnd))] != nil { return true }
+        if l.probe(l.span(0, restEnd), { snapshot.names.serviceSuffixes.value(at: $0) }) != nil { return true }
         guard restEnd == 1, l.isUnderscored(0) else { return false }
         if l.label(0, is: "_tcp") || l.label(0, is: "_udp") { return !snapshot.services.isEmpty }
-        return snapshot.names.tags[l.key(l.text(0, dropping: 1))] != nil
+        return l.probe(l.text(0, dropping: 1)) { snapshot.names.tags.value(at: $0) } != nil
     }
 
     /// `<hex>.addr`: 8 hex digits for IPv4, 32 for IPv6; the address's bytes in `out` (16 bytes of room) and

@@ -30,22 +30,14 @@ public final class EncodedAnswers: Sendable {
     }
 }
 
-/// A selection other than "every instance in the local datacenter": its kind, label and datacenter.
-// Unchecked: a NameKey may be a probe (a borrowed pointer); a TemplateKey is only ever built from stored keys.
-struct TemplateKey: Hashable, @unchecked Sendable {
-    var kind: UInt8
-    var label: NameKey
-    var datacenter: NameKey
-}
-
 /// What one resolver has encoded for one service entry: the plain selection, and up to `limit` others (tags,
 /// named ports, datacenters), so that a client asking for random tags cannot make an entry grow without bound.
 final class EntryTemplates: Sendable {
     static let limit = 64
 
     final class Others: AtomicReference, Sendable {
-        let map: [TemplateKey: EncodedAnswers]
-        init(_ map: [TemplateKey: EncodedAnswers]) { self.map = map }
+        let map: [SelectionKey: EncodedAnswers]
+        init(_ map: [SelectionKey: EncodedAnswers]) { self.map = map }
     }
 
     let local = ManagedAtomicLazyReference<EncodedAnswers>()
@@ -63,25 +55,31 @@ extension Resolver {
     func templates(_ entry: ServiceEntry, _ selector: NamePlan.Selector, datacenter: NameSpan?,
                    name: UnsafeRawBufferPointer, in snapshot: CatalogSnapshot) -> EncodedAnswers {
         let cache = entryTemplates(entry)
-        let dc = datacenter?.key(name) ?? configuration.datacenterKey
-        let key: TemplateKey
+        let kind: UInt8
+        let label: NameSpan?
         switch selector {
         case .all:
-            if datacenter == nil || dc == configuration.datacenterKey {
+            let local = datacenter.map { span in span.probe(name) { $0.matches(configuration.datacenterKey) } } ?? true
+            if local {
                 if let e = cache.local.load() { return e }
                 return cache.local.storeIfNilThenLoad(encode(entry, .all, datacenter: configuration.datacenterKey.text, snapshot))
             }
-            key = TemplateKey(kind: 0, label: "", datacenter: dc)
-        case .tag(let span): key = TemplateKey(kind: 1, label: span.key(name), datacenter: dc)
-        case .named(let span): key = TemplateKey(kind: 2, label: span.key(name), datacenter: dc)
+            (kind, label) = (0, nil)
+        case .tag(let span): (kind, label) = (1, span)
+        case .named(let span): (kind, label) = (2, span)
         }
         let current = cache.others.load(ordering: .acquiring)
-        if let e = current.map[key] { return e }
-        let encoded = encode(entry, selector.selector(name), datacenter: dc.text, snapshot)
+        let found = withDatacenter(datacenter, name) { dc in
+            guard let label else { return NameProbe.with("") { current.map.value(kind: kind, label: $0, datacenter: dc) } }
+            return label.probe(name) { current.map.value(kind: kind, label: $0, datacenter: dc) }
+        }
+        if let found { return found }
+        let dc = datacenter?.text(name) ?? configuration.datacenterKey.text
+        let encoded = encode(entry, selector.selector(name), datacenter: dc, snapshot)
         // Keep it only if it answers something; the key owns its text (the probe's bytes are the query's).
         guard encoded.count > 0, current.map.count < EntryTemplates.limit else { return encoded }
         var map = current.map
-        map[TemplateKey(kind: key.kind, label: .owned(key.label.text), datacenter: .owned(dc.text))] = encoded
+        map[SelectionKey(kind: kind, label: label?.text(name) ?? "", datacenter: dc)] = encoded
         // A lost race only means encoding again later.
         _ = cache.others.compareExchange(expected: current, desired: EntryTemplates.Others(map), ordering: .acquiringAndReleasing)
         return encoded

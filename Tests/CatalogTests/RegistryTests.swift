@@ -2,6 +2,7 @@ import Foundation
 @testable import Catalog
 @testable import Registries
 import DNSWire
+import HashTreeCollections
 import Logging
 import NIOCore
 import Testing
@@ -222,6 +223,28 @@ struct RegistrySpecTests {
         #expect(GoDuration.parse(GoDuration.format(.seconds(9_223_372_035))) == .seconds(9_223_372_035))
         // Name keys compare bytes, ASCII case folded, as they hash: no Unicode equivalence.
         #expect(NameKey("caf\u{E9}") != NameKey("cafe\u{301}") && NameKey("WEB") == NameKey("web"))
+    }
+
+    /// A probe borrows a query's bytes, plain or as wire labels, and finds the stored key it equals in every map
+    /// that takes one, case folded; a near miss finds nothing.
+    @Test func probesFindStoredKeys() {
+        let services = TreeDictionary<NameKey, Int>(uniqueKeysWithValues: [(NameKey("go.micro.srv.greeter"), 1), (NameKey("web"), 2)])
+        let wire: [UInt8] = [2, 0x47, 0x6F, 5] + Array("micro".utf8) + [3] + Array("SRV".utf8) + [7] + Array("greeter".utf8)
+        wire.withUnsafeBytes { bytes in
+            #expect(NameProbe.with(bytes, wire: true) { services.value(at: $0) } == 1)
+            #expect(NameProbe.with(UnsafeRawBufferPointer(rebasing: bytes[0..<9]), wire: true) { services.value(at: $0) } == nil)
+            #expect(NameProbe.with(bytes, wire: true) { $0.text } == "go.micro.srv.greeter")
+        }
+        Array("WEB".utf8).withUnsafeBytes { bytes in
+            #expect(NameProbe.with(bytes, wire: false) { services.value(at: $0) } == 2)
+            #expect(NameProbe.with(bytes, wire: false) { Set<NameKey>(["web"]).contains($0) })
+            #expect(NameProbe.with(bytes, wire: false) { $0.matches("web") && !$0.matches("webs") })
+            let nodes = TreeDictionary<CatalogSnapshot.NodeKey, Int>(uniqueKeysWithValues: [(CatalogSnapshot.NodeKey(name: "web", datacenter: "dc1"), 3)])
+            #expect(NameProbe.with(bytes, wire: false) { n in NameProbe.with("DC1") { nodes.value(name: n, datacenter: $0) } } == 3)
+            let selections: [SelectionKey: Int] = [SelectionKey(kind: 1, label: "web", datacenter: "dc1"): 4]
+            #expect(NameProbe.with(bytes, wire: false) { l in NameProbe.with("dc1") { selections.value(kind: 1, label: l, datacenter: $0) } } == 4)
+            #expect(NameProbe.with(bytes, wire: false) { l in NameProbe.with("dc1") { selections.value(kind: 2, label: l, datacenter: $0) } } == nil)
+        }
     }
 
     @Test(arguments: ["zones/catalog", "zk:http://x", "etcd:127.0.0.1:2379", "etcd:http://x?prefx=/a", "file:", "consul:http://x?wait=11m", "consul:http://x?wait=0s"])

@@ -16,7 +16,7 @@ for line in out.stdout.splitlines():
         rows.append({"name": name})
     elif name and line.startswith("|") and "*" in line:
         cells = [c.strip() for c in line.strip("|").split("|")]
-        key = "ns" if cells[0].startswith("Time (wall clock)") else "mallocs" if cells[0].startswith("Malloc") else None
+        key = "ns" if cells[0].startswith("Time (wall clock)") or cells[0].startswith("CPU ns per record") else "mallocs" if cells[0].startswith("Malloc") else None
         if key:
             value = cells[3]  # p50
             # The benchmark package picks the time unit per benchmark; the table is in ns.

@@ -15,3 +15,17 @@ int sp_sendmmsg(int fd, struct sp_mmsghdr *messages, unsigned int count, int fla
 }
 
 int sp_msg_waitforone(void) { return MSG_WAITFORONE; }
+
+#include <stdatomic.h>
+
+static atomic_uint sp_next_shard;
+static __thread unsigned int sp_shard_plus_one;
+
+unsigned int sp_thread_shard(void) {
+    unsigned int s = sp_shard_plus_one;
+    if (s == 0) {
+        s = atomic_fetch_add_explicit(&sp_next_shard, 1, memory_order_relaxed) + 1;
+        sp_shard_plus_one = s;
+    }
+    return s - 1;
+}

@@ -16,15 +16,6 @@ public enum Health: Int, Comparable, Sendable, CustomStringConvertible {
 
     public static func < (a: Health, b: Health) -> Bool { a.rawValue < b.rawValue }
 
-    /// A registered check status as Consul's DNS reads it: only critical (and maintenance, which Consul registers
-    /// as a critical check) removes an instance; a status it does not know is served, except with
-    /// --only-passing, which is what `warning` means here. A check without a status is critical, as Consul
-    /// registers it. Catalog files and Consul responses both read statuses through this.
-    public init(registered status: String?) {
-        guard let status else { self = .critical; return }
-        self = Health(status: status) ?? .warning
-    }
-
     public var description: String {
         switch self {
         case .passing: return "passing"
@@ -165,13 +156,6 @@ public struct Instance: Sendable, Hashable {
         if let s = serviceAddress, fits(s) { return s }
         if let a = node.lanAddresses.first(where: fits) { return a }
         return fits(node.address) ? node.address : nil
-    }
-
-    /// Weights as Consul's catalog stores them: Passing below 1, Warning below 0 or either over 65535 make both 1.
-    public static func weights(passing: Int?, warning: Int?) -> (passing: UInt16, warning: UInt16) {
-        let p = passing ?? 1, w = warning ?? 1
-        guard (1...65535).contains(p), (0...65535).contains(w) else { return (1, 1) }
-        return (UInt16(p), UInt16(w))
     }
 
     /// The SRV weight that matches the instance's health.

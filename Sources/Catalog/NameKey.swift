@@ -5,8 +5,10 @@ import HashTreeCollections
 ///
 /// Outside this file a key always owns its text. A lookup by a name in a query borrows the query's bytes instead,
 /// through a `NameProbe`: the maps below take a probe in their lookup subscripts, and only this file turns a probe
-/// into a key, for the length of that one lookup. A probe cannot become a stored key: it is not `Hashable`, it is
-/// `~Copyable`, and `NameProbe.with` lends it to a closure that cannot keep it. Both hash the same lower-cased bytes
+/// into a key, for the length of that one lookup. A probe cannot become a stored key: it is not `Hashable`, nothing
+/// outside this file can read its key, and only `NameProbe.with` makes one, lent to a closure. (A `~Copyable` probe,
+/// which the closure could not even keep, crashes Swift 6.3's optimizer in release builds: "Cannot initialize a
+/// nonCopyable type with a guaranteed value".) Both hash the same lower-cased bytes
 /// (FNV-1a), so a probe finds the stored key that equals it, with nothing copied or allocated.
 // Unchecked: the `.borrowed` storage holds a pointer, and only the lookups in this file make one, for the length
 // of the lookup, on the querying thread; every key that can be stored or sent owns its text.
@@ -123,20 +125,20 @@ public struct NameKey: Hashable, @unchecked Sendable, ExpressibleByStringLiteral
 /// A name in a query, borrowed for lookups: plain bytes, or wire-format labels read as dotted text
 /// (`\x02go\x05micro` is `go.micro`); or, where a lookup needs one, a stored key. Made only by `with`, for the
 /// length of its closure.
-public struct NameProbe: ~Copyable {
+public struct NameProbe {
     fileprivate let key: NameKey
 
     private init(_ key: NameKey) { self.key = key }
 
     /// Lends `body` a probe of `bytes`, which must stay valid for the call.
     @inline(__always)
-    public static func with<R>(_ bytes: UnsafeRawBufferPointer, wire: Bool, _ body: (borrowing NameProbe) throws -> R) rethrows -> R {
+    public static func with<R>(_ bytes: UnsafeRawBufferPointer, wire: Bool, _ body: (NameProbe) throws -> R) rethrows -> R {
         try body(NameProbe(NameKey(storage: .borrowed(bytes, wire: wire))))
     }
 
     /// Lends `body` a probe of a stored key (a lookup that takes probes, for a name the query does not give).
     @inline(__always)
-    public static func with<R>(_ key: NameKey, _ body: (borrowing NameProbe) throws -> R) rethrows -> R {
+    public static func with<R>(_ key: NameKey, _ body: (NameProbe) throws -> R) rethrows -> R {
         try body(NameProbe(key))
     }
 
@@ -157,18 +159,18 @@ extension TreeDictionary where Key == NameKey {
 
     /// A lookup by a query's name, copying nothing.
     @inline(__always)
-    public func value(at probe: borrowing NameProbe) -> Value? { self[probe.key] }
+    public func value(at probe: NameProbe) -> Value? { self[probe.key] }
 }
 
 extension Set where Element == NameKey {
     @inline(__always)
-    public func contains(_ probe: borrowing NameProbe) -> Bool { contains(probe.key) }
+    public func contains(_ probe: NameProbe) -> Bool { contains(probe.key) }
 }
 
 extension TreeDictionary where Key == CatalogSnapshot.NodeKey {
     /// A node by name and datacenter, copying nothing.
     @inline(__always)
-    public func value(name: borrowing NameProbe, datacenter: borrowing NameProbe) -> Value? {
+    public func value(name: NameProbe, datacenter: NameProbe) -> Value? {
         self[CatalogSnapshot.NodeKey(name: name.key, datacenter: datacenter.key)]
     }
 }
@@ -196,7 +198,7 @@ public struct SelectionKey: Hashable, Sendable {
 extension Dictionary where Key == SelectionKey {
     /// A lookup by a query's names, copying nothing.
     @inline(__always)
-    public func value(kind: UInt8, label: borrowing NameProbe, datacenter: borrowing NameProbe) -> Value? {
+    public func value(kind: UInt8, label: NameProbe, datacenter: NameProbe) -> Value? {
         self[SelectionKey(kind: kind, label: label.key, datacenter: datacenter.key)]
     }
 }

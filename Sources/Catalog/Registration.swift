@@ -120,28 +120,24 @@ public enum RegistrationDecoder {
         }
     }
 
-    static func address(_ text: String, line: Int, field: String) throws(SchemaError) -> Address {
-        guard let a = Address(text) else {
-            throw SchemaError(line: line, reason: "\(field): \"\(text)\" is neither an IP address nor a hostname")
-        }
-        return a
+    /// A rule's refusal, at the line of the field it names (or of the object).
+    private static func schemaError(_ problem: RegistrationProblem, _ o: Object) -> SchemaError {
+        SchemaError(line: o.node(problem.field)?.line ?? o.line, reason: "\(o.path)\(problem)")
     }
 
     static func registration(_ json: JSONNode, at path: String, file: String, defaultDatacenter: String,
                              skipped: inout [SkippedName]) throws(SchemaError) -> Registration {
         let o = try Object(json, path: path)
-        let nodeName = try o.string("Node", required: true)!
-        guard (try? DNSName(labels: nodeName.split(separator: ".", omittingEmptySubsequences: false))) != nil else {
-            throw SchemaError(line: o.node("Node")!.line, reason: "\(path)Node: \"\(nodeName)\" cannot be a DNS label")
-        }
-        let addrText = try o.string("Address", required: true)!
-        var node = Node(
-            name: nodeName,
-            address: try address(addrText, line: o.node("Address")!.line, field: "\(path)Address"),
-            datacenter: (try o.string("Datacenter")).flatMap { $0.isEmpty ? nil : $0 } ?? defaultDatacenter,
-            meta: try o.stringMap("NodeMeta"))
         let tagged = try o.stringMap("TaggedAddresses")
-        node.lanAddresses = Address.lanAddresses(ipv4: tagged["lan_ipv4"], ipv6: tagged["lan_ipv6"], besides: node.address)
+        let (name, address) = (try o.string("Node", required: true)!, try o.string("Address", required: true))
+        let (datacenter, meta) = (try o.string("Datacenter"), try o.stringMap("NodeMeta"))
+        let node: Node
+        do throws(RegistrationProblem) {
+            node = try RegistrationRules.node(name: name, address: address, datacenter: datacenter, meta: meta,
+                                              lan: (tagged["lan_ipv4"], tagged["lan_ipv6"]), localDatacenter: defaultDatacenter)
+        } catch {
+            throw schemaError(error, o)
+        }
 
         var checks: [Check] = []
         var checkNodes: [JSONNode] = []
@@ -154,59 +150,44 @@ public enum RegistrationDecoder {
         }
         for (i, c) in checkNodes.enumerated() {
             let co = try Object(c, path: "\(path)Checks[\(i)].")
-            let name = try co.string("Name") ?? ""
-            let id = try co.string("CheckID") ?? name
-            guard !id.isEmpty else { throw SchemaError(line: co.line, reason: "\(co.path)CheckID: a check needs a CheckID or a Name") }
-            // As Consul stores it: no status is critical, a status it does not know is served (see Health(registered:)).
-            let status = Health(registered: try co.string("Status"))
-            checks.append(Check(id: id, name: name, status: status, serviceID: try co.string("ServiceID") ?? "",
-                                output: CheckState.text(output: try co.string("Output"), notes: try co.string("Notes"))))
+            let serviceID = try co.string("ServiceID") ?? ""
+            let fields = RegistrationFields.Check(id: try co.string("CheckID"), name: try co.string("Name"), status: try co.string("Status"),
+                                                  output: try co.string("Output"), notes: try co.string("Notes"), nodeLevel: serviceID.isEmpty)
+            let state: CheckState
+            do { state = try RegistrationRules.check(fields) } catch { throw SchemaError(line: co.line, reason: "\(co.path)\(error)") }
+            checks.append(Check(id: state.id, name: state.name, status: state.status, serviceID: serviceID, output: state.output))
         }
 
         var instance: Instance? = nil
         var skippedID: String? = nil
         if let s = try o.object("Service") {
-            let name = try s.string("Service", required: true)!
-            let id = try s.string("ID").flatMap { $0.isEmpty ? nil : $0 } ?? name
-            if let reason = ServiceName.problem(name) {
-                skipped.append(SkippedName(location: "\(file):\(s.node("Service")!.line)", name: name, reason: reason))
-                skippedID = id
-            } else {
-                instance = try service(s, name: name, id: id, node: node, checks: checks)
+            let fields = try serviceFields(s)
+            do throws(RegistrationProblem) {
+                instance = try RegistrationRules.instance(fields, on: node)
                 instance?.origin = Origin(registry: "file", location: "\(file):\(s.line)")
+            } catch {
+                guard case .serviceName(let name, let reason) = error else { throw schemaError(error, s) }
+                skipped.append(SkippedName(location: "\(file):\(s.node("Service")!.line)", name: name, reason: reason))
+                skippedID = fields.id.flatMap { $0.isEmpty ? nil : $0 } ?? name
             }
         }
         // A check may name a service another body registers on the same node, as in Consul; the catalog folds it in
-        // (and reports one that names no service on the node).
+        // (and reports one that names no service on the node). Health is folded in then, from every body's checks.
         return Registration(node: node, service: instance, checks: checks.filter { skippedID == nil || $0.serviceID != skippedID })
     }
 
-    private static func service(_ s: Object, name: String, id: String, node: Node, checks: [Check]) throws(SchemaError) -> Instance {
-        var serviceAddress: Address? = nil
-        if let a = try s.string("Address"), !a.isEmpty {
-            serviceAddress = try address(a, line: s.node("Address")!.line, field: "\(s.path)Address")
-        }
-        var weights: (passing: UInt16, warning: UInt16) = (1, 1)
+    /// A `Service` object's fields, typed as the file gives them (a wrong type is an error at its line).
+    private static func serviceFields(_ s: Object) throws(SchemaError) -> RegistrationFields {
+        var weights: RegistrationFields.Weights? = nil
         if let w = try s.object("Weights") {
-            // Out-of-range weights are 1/1, as Consul's catalog stores them.
-            weights = Instance.weights(passing: try w.integer("Passing", in: Int(Int32.min)...Int(Int32.max)),
-                                       warning: try w.integer("Warning", in: Int(Int32.min)...Int(Int32.max)))
+            weights = .init(passing: try w.integer("Passing", in: Int(Int32.min)...Int(Int32.max)),
+                            warning: try w.integer("Warning", in: Int(Int32.min)...Int(Int32.max)))
         }
-        // Health is folded in from every check on the node, in any body, when the catalog is built.
-        let health = Health.passing
         // TaggedAddresses: {"lan_ipv4": {"Address": "…", "Port": …}, "lan_ipv6": {…}}, as Consul takes them.
-        var lan: [String: String] = [:]
-        if let t = try s.object("TaggedAddresses") {
-            for key in ["lan_ipv4", "lan_ipv6"] { lan[key] = try t.object(key)?.string("Address") }
-        }
-        return Instance(
-            id: id, service: name, node: node,
-            // An address equal to the node's is kept: Consul's DNS names the SRV target <hex>.addr whenever the
-            // service has an IP address of its own.
-            serviceAddress: serviceAddress,
-            port: UInt16(try s.integer("Port", in: 0...65535) ?? 0),
-            tags: try s.strings("Tags"), meta: try s.stringMap("Meta"),
-            weightPassing: weights.passing, weightWarning: weights.warning, health: health,
-            serviceLanAddresses: Address.lanAddresses(ipv4: lan["lan_ipv4"], ipv6: lan["lan_ipv6"], besides: serviceAddress))
+        let tagged = try s.object("TaggedAddresses")
+        return RegistrationFields(service: try s.string("Service", required: true)!, id: try s.string("ID"), address: try s.string("Address"),
+                                  port: try s.integer("Port", in: Int(Int32.min)...Int(Int32.max)), tags: try s.strings("Tags"),
+                                  meta: try s.stringMap("Meta"), weights: weights,
+                                  serviceLAN: (try tagged?.object("lan_ipv4")?.string("Address"), try tagged?.object("lan_ipv6")?.string("Address")))
     }
 }

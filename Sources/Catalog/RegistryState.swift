@@ -130,12 +130,12 @@ extension RegistryState {
         }
 
         func state() throws -> RegistryState {
-            let nodes = try self.nodes.map { try $0.node() }
             var out: [String: [Instance]] = [:]
             for (key, records) in entries {
                 out[key] = try records.map { r in
                     guard nodes.indices.contains(r.n) else { throw Problem(path: "", reason: "corrupt: node \(r.n) of \(nodes.count)") }
-                    return try r.instance(node: nodes[r.n])
+                    // Every node record names its datacenter; the local one is never needed.
+                    return try r.instance(node: nodes[r.n], localDatacenter: "")
                 }
             }
             return RegistryState(registry: registry, confirmed: confirmed, resume: resume, entries: out)
@@ -153,10 +153,8 @@ extension RegistryState {
             l = node.lanAddresses.isEmpty ? nil : node.lanAddresses.map(\.description)
         }
 
-        func node() throws -> Node {
-            Node(name: n, address: try RegistryState.address(a), datacenter: dc, meta: m ?? [:],
-                 lanAddresses: try (l ?? []).map(RegistryState.address))
-        }
+        /// The node's fields as a registration gives them (its tagged LAN addresses by family).
+        var lan: (ipv4: String?, ipv6: String?) { RegistryState.byFamily(l ?? []) }
     }
 
     struct InstanceRecord: Codable {
@@ -178,22 +176,34 @@ extension RegistryState {
             o = i.origin == Origin() ? nil : i.origin
         }
 
-        func instance(node: Node) throws -> Instance {
-            guard let health = Health(rawValue: h ?? 0), (w?.count ?? 2) == 2 else { throw Problem(path: "", reason: "corrupt: instance \(id)") }
-            var inst = Instance(id: id, service: s, node: node, serviceAddress: try sa.map(RegistryState.address), port: p, tags: t ?? [],
-                                meta: m ?? [:], weightPassing: w?[0] ?? 1, weightWarning: w?[1] ?? 1, health: health)
-            inst.namedPorts = np ?? [:]
-            inst.serviceLanAddresses = try (sl ?? []).map(RegistryState.address)
-            inst.checks = c ?? []
+        /// The instance, read back through the same rules as every registry's (`RegistrationRules`): the file
+        /// holds what they made, and a record they refuse is corrupt.
+        func instance(node record: NodeRecord, localDatacenter: String) throws -> Instance {
+            guard (w?.count ?? 2) == 2, let health = Health(rawValue: h ?? 0) else { throw Problem(path: "", reason: "corrupt: instance \(id)") }
+            let fields = RegistrationFields(
+                service: s, id: id, node: record.n, nodeAddress: RegistryState.trimmed(record.a), datacenter: record.dc, nodeMeta: record.m ?? [:],
+                nodeLAN: record.lan, address: sa.map(RegistryState.trimmed), port: Int(p), namedPorts: np ?? [:], tags: t ?? [], meta: m ?? [:],
+                weights: w.map { .init(passing: Int($0[0]), warning: Int($0[1])) }, serviceLAN: RegistryState.byFamily(sl ?? []),
+                // The health as it was folded (a Consul instance's from its checks, an etcd one's own status), and the checks.
+                status: health.description,
+                checks: (c ?? []).map { .init(id: $0.id, name: $0.name, status: $0.status.description, output: $0.output, nodeLevel: $0.nodeLevel) })
+            var inst: Instance
+            do { inst = try RegistrationRules.instance(fields, localDatacenter: localDatacenter) } catch {
+                throw Problem(path: "", reason: "corrupt: instance \(id): \(error)")
+            }
             inst.origin = o ?? Origin()
             return inst
         }
     }
 
-    static func address(_ text: String) throws -> Address {
-        guard let a = Address(text.hasSuffix(".") && text.count > 1 ? String(text.dropLast()) : text) else {
-            throw Problem(path: "", reason: "corrupt: address \"\(text)\"")
-        }
-        return a
+    /// A hostname as `Address` writes it, with its trailing dot, read as registrations give one.
+    static func trimmed(_ text: String) -> String {
+        text.hasSuffix(".") && text.count > 1 ? String(text.dropLast()) : text
     }
+
+    /// Tagged LAN addresses, as a registration gives them: one IPv4 and one IPv6.
+    static func byFamily(_ addresses: [String]) -> (ipv4: String?, ipv6: String?) {
+        (addresses.first { !$0.contains(":") }, addresses.first { $0.contains(":") })
+    }
+
 }

@@ -28,7 +28,7 @@ public struct SourceCatalog: Sendable {
             inst.node = nodes[key]!
             let own = (checks[key]?[""] ?? []) + (checks[key]?[inst.id] ?? [])
             inst.checks = own.map(CheckState.init)
-            inst.health = own.reduce(inst.health) { max($0, $1.status) }
+            inst.health = RegistrationRules.fold(inst.checks)
             services[ServiceName.key(inst.service), default: []].append(inst)
         }
         self.init(services: services, nodes: nodes)

@@ -9,7 +9,7 @@ public struct NameSpan: Sendable, Equatable {
 
     /// Lends `body` a lookup probe borrowing `name` (the same bytes the span was taken from).
     @inline(__always)
-    func probe<R>(_ name: UnsafeRawBufferPointer, _ body: (borrowing NameProbe) -> R) -> R {
+    func probe<R>(_ name: UnsafeRawBufferPointer, _ body: (NameProbe) -> R) -> R {
         NameProbe.with(UnsafeRawBufferPointer(rebasing: name[start..<end]), wire: wire, body)
     }
 
@@ -129,7 +129,7 @@ extension Resolver {
         func text(_ i: Int, dropping drop: Int = 0) -> NameSpan {
             NameSpan(start: offsets[i] + 1 + drop, end: offsets[i + 1], wire: false)
         }
-        func probe<R>(_ span: NameSpan, _ body: (borrowing NameProbe) -> R) -> R { span.probe(name, body) }
+        func probe<R>(_ span: NameSpan, _ body: (NameProbe) -> R) -> R { span.probe(name, body) }
         func isUnderscored(_ i: Int) -> Bool { let l = label(i); return !l.isEmpty && l[0] == UInt8(ascii: "_") }
         func label(_ i: Int, is text: StaticString) -> Bool { Labels.equal(label(i), text) }
 
@@ -143,7 +143,7 @@ extension Resolver {
 
     /// Lends `body` the datacenter a name selects: the label at `span` in `name`, or else the local one.
     @inline(__always)
-    func withDatacenter<R>(_ span: NameSpan?, _ name: UnsafeRawBufferPointer, _ body: (borrowing NameProbe) -> R) -> R {
+    func withDatacenter<R>(_ span: NameSpan?, _ name: UnsafeRawBufferPointer, _ body: (NameProbe) -> R) -> R {
         if let span { return span.probe(name, body) }
         return NameProbe.with(configuration.datacenterKey, body)
     }

@@ -6,37 +6,37 @@ import NIOCore
 
 /// What the front ends report about every query: Prometheus counters by query type, transport and response
 /// code, a duration histogram, and, only when asked for, one log line per query (`--query-log`).
-/// The counters are created once, up front, so recording is an index and an atomic add.
+///
+/// Recording is an index computation and three relaxed atomic adds (the request counter, the duration's bucket,
+/// the duration's sum) into the recording thread's own row of a `ShardedCounters`: no lock, and no cache line
+/// shared between workers. (swift-prometheus's histogram took a lock per record, one lock for every worker.) The
+/// rows are summed when `/metrics` is scraped (`exposition()`), in Prometheus's text format. The table is
+/// process-wide, so the counts carry across reloads, which make new observers.
 public final class QueryObserver: Sendable {
     static let types: [(UInt16, String)] = [(RRType.a, "A"), (RRType.aaaa, "AAAA"), (RRType.srv, "SRV"), (RRType.any, "ANY"),
                                             (RRType.txt, "TXT"), (RRType.ptr, "PTR"), (RRType.mx, "MX"), (RRType.ns, "NS"),
                                             (RRType.soa, "SOA"), (RRType.cname, "CNAME")]
     public static let durationLabel = "signpost_dns_request_duration_seconds"
+    public static let requestsLabel = "signpost_dns_requests_total"
     /// The duration histogram's buckets: answers take microseconds; forwarded ones, milliseconds.
     public static let durationBuckets: [Duration] = [10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10_000, 25_000, 100_000, 500_000,
                                                      2_000_000].map { Duration.microseconds($0) }
+    static let bucketNanoseconds: [UInt64] = durationBuckets.map { UInt64($0.components.seconds) * 1_000_000_000 + UInt64($0.components.attoseconds / 1_000_000_000) }
     static let rcodes = ["NOERROR", "FORMERR", "SERVFAIL", "NXDOMAIN", "NOTIMP", "REFUSED"]
+    static let transports = ["udp", "tcp"]
     /// Rows: the types above, then "other"; columns: the rcodes above, then BADVERS, "other" and "dropped".
     static let typeCount = types.count + 1
     static let rcodeCount = rcodes.count + 3
+    static let rcodeNames = rcodes + ["BADVERS", "other", "dropped"]
+    /// The table: the request counters, then per transport the histogram's buckets, its +Inf bucket and its sum (ns).
+    static let requestCount = transports.count * typeCount * rcodeCount
+    static let histogramWidth = durationBuckets.count + 2
+    static let counters = ShardedCounters(width: requestCount + transports.count * histogramWidth)
 
-    private let requests: [Counter]
-    private let durations: [Timer]
     private let queryLog: Logger?
 
     /// `queryLog`: where per-query lines go; nil for none (the default: no per-query logging at all).
     public init(queryLog: Logger? = nil) {
-        var requests: [Counter] = []
-        for transport in ["udp", "tcp"] {
-            for type in Self.types.map(\.1) + ["other"] {
-                for rcode in Self.rcodes + ["BADVERS", "other", "dropped"] {
-                    requests.append(Counter(label: "signpost_dns_requests_total",
-                                            dimensions: [("qtype", type), ("protocol", transport), ("rcode", rcode)]))
-                }
-            }
-        }
-        self.requests = requests
-        self.durations = ["udp", "tcp"].map { Timer(label: Self.durationLabel, dimensions: [("protocol", $0)]) }
         self.queryLog = queryLog
     }
 
@@ -47,16 +47,62 @@ public final class QueryObserver: Sendable {
         let (typeIndex, type) = Self.questionType(query)
         let rcode = response.map(Self.rcode) ?? Self.rcodeCount - 1
         let t = transport == .udp ? 0 : 1
-        requests[(t * Self.typeCount + typeIndex) * Self.rcodeCount + rcode].increment()
-        durations[t].recordNanoseconds(Int64(truncatingIfNeeded: elapsed))
+        Self.counters.add((t * Self.typeCount + typeIndex) * Self.rcodeCount + rcode)
+        let histogram = Self.requestCount + t * Self.histogramWidth
+        Self.counters.add(histogram + Self.bucket(elapsed))
+        Self.counters.add(histogram + Self.histogramWidth - 1, elapsed)
         if let queryLog {
             let name = (try? DNSName.read(from: ByteBuffer(bytes: query), at: DNSHeader.size).0.description) ?? "-"
-            let rcodeName = rcode < Self.rcodes.count ? Self.rcodes[rcode] : ["BADVERS", "other", "dropped"][rcode - Self.rcodes.count]
+            let rcodeName = Self.rcodeNames[rcode]
             queryLog.info("query", metadata: [
                 "client": "\(client())", "name": "\(name)", "type": "\(type)", "protocol": "\(transport)", "rcode": "\(rcodeName)",
                 "size": "\(response?.count ?? 0)", "duration_us": "\(elapsed / 1000)",
             ])
         }
+    }
+
+    /// The histogram bucket of a duration: the first whose bound holds it, or the +Inf one.
+    @inline(__always)
+    static func bucket(_ nanoseconds: UInt64) -> Int {
+        var i = 0
+        while i < bucketNanoseconds.count, nanoseconds > bucketNanoseconds[i] { i += 1 }
+        return i
+    }
+
+    /// The counters and the histogram in Prometheus's text format, summed over the recording threads' rows.
+    public static func exposition() -> String {
+        var out = "# TYPE \(requestsLabel) counter\n"
+        for (t, transport) in transports.enumerated() {
+            for type in 0..<typeCount {
+                let typeName = type < types.count ? types[type].1 : "other"
+                for rcode in 0..<rcodeCount {
+                    let value = counters.total((t * typeCount + type) * rcodeCount + rcode)
+                    out += "\(requestsLabel){qtype=\"\(typeName)\",protocol=\"\(transport)\",rcode=\"\(rcodeNames[rcode])\"} \(value)\n"
+                }
+            }
+        }
+        out += "# TYPE \(durationLabel) histogram\n"
+        for (t, transport) in transports.enumerated() {
+            let base = requestCount + t * histogramWidth
+            var cumulative: UInt64 = 0
+            for (i, bound) in bucketNanoseconds.enumerated() {
+                cumulative += counters.total(base + i)
+                out += "\(durationLabel)_bucket{protocol=\"\(transport)\",le=\"\(seconds(bound))\"} \(cumulative)\n"
+            }
+            cumulative += counters.total(base + bucketNanoseconds.count)
+            out += "\(durationLabel)_bucket{protocol=\"\(transport)\",le=\"+Inf\"} \(cumulative)\n"
+            out += "\(durationLabel)_sum{protocol=\"\(transport)\"} \(seconds(counters.total(base + histogramWidth - 1)))\n"
+            out += "\(durationLabel)_count{protocol=\"\(transport)\"} \(cumulative)\n"
+        }
+        return out
+    }
+
+    /// Nanoseconds as decimal seconds, with no trailing zeros (`0.00001`, `2.0`… as `2.0`).
+    static func seconds(_ nanoseconds: UInt64) -> String {
+        var fraction = String(nanoseconds % 1_000_000_000)
+        fraction = String(repeating: "0", count: 9 - fraction.count) + fraction
+        while fraction.count > 1, fraction.last == "0" { fraction.removeLast() }
+        return "\(nanoseconds / 1_000_000_000).\(fraction)"
     }
 
     /// The index and name of the question's type, read in place.

@@ -36,8 +36,12 @@ public final class ResponseRateLimiter: Sendable {
     }
 
     public let configuration: Configuration
-    private static let slots = 1 << 14
-    private let buckets = NIOLockedValueBox([Bucket](repeating: Bucket(), count: ResponseRateLimiter.slots))
+    /// 16k buckets in 64 shards, each behind its own lock: workers deciding for different networks rarely meet.
+    private static let shards = 64
+    private static let slotsPerShard = 256
+    private let buckets: [NIOLockedValueBox<[Bucket]>] = (0..<ResponseRateLimiter.shards).map { _ in
+        NIOLockedValueBox([Bucket](repeating: Bucket(), count: ResponseRateLimiter.slotsPerShard))
+    }
     private let drops = Counter(label: "signpost_rrl_responses_total", dimensions: [("action", "drop")])
     private let slips = Counter(label: "signpost_rrl_responses_total", dimensions: [("action", "slip")])
 
@@ -71,9 +75,10 @@ public final class ResponseRateLimiter: Sendable {
         var h = Hasher()
         h.combine(network.0)
         h.combine(network.1)
-        let slot = Int(UInt(bitPattern: h.finalize()) % UInt(Self.slots))
+        let hash = UInt(bitPattern: h.finalize())
+        let shard = Int(hash % UInt(Self.shards)), slot = Int(hash / UInt(Self.shards) % UInt(Self.slotsPerShard))
         let rate = Double(configuration.rate)
-        let decision: Decision = buckets.withLockedValue { table in
+        let decision: Decision = buckets[shard].withLockedValue { table in
             var b = table[slot]
             if !b.used || b.network != network { b = Bucket(network: network, used: true, tokens: rate, refilled: now, limited: 0) }
             b.tokens = min(rate, b.tokens + Double(now &- b.refilled) / 1e9 * rate)

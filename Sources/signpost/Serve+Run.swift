@@ -51,7 +51,8 @@ extension Serve {
         let adminServer = restart.admin.map {
             // Its own thread: the status page's work (sorting 10k services, explaining) never delays a DNS answer.
             AdminServer(address: $0, group: MultiThreadedEventLoopGroup(numberOfThreads: 1), store: store, maxStale: config.maxStale,
-                        metrics: { prometheus.emitToBuffer() },
+                        // The query counters and histogram are Signpost's own sharded table, summed here.
+                        metrics: { prometheus.emitToBuffer() + Array(QueryObserver.exposition().utf8) },
                         handler: slot, logger: logger)
         }
         try await start(server, adminServer, group: group, user: restart.user, logger: logger)
@@ -79,7 +80,6 @@ extension Serve {
         }
         let prometheus = PrometheusCollectorRegistry()
         var factory = PrometheusMetricsFactory(registry: prometheus)
-        factory.durationHistogramBuckets[QueryObserver.durationLabel] = QueryObserver.durationBuckets
         factory.durationHistogramBuckets["signpost_upstream_duration_seconds"] =
             [100, 250, 500, 1000, 2500, 5000, 10_000, 25_000, 100_000, 500_000, 2_000_000].map { Duration.microseconds($0) }
         MetricsSystem.bootstrap(factory)

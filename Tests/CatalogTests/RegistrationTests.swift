@@ -63,7 +63,7 @@ struct RegistrationTests {
         ("{\n  \"Node\": \"a\",\n  \"Address\": \"192.0.2.1\",\n}", 4, "invalid JSON"),
         ("{\"Node\": \"a\"}", 1, "Address: required"),
         ("{\n\"Node\": \"a\",\n\"Address\": \"not an address!\"}", 3, "neither an IP address nor a hostname"),
-        ("{\"Node\": \"a\", \"Address\": \"192.0.2.1\",\n \"Service\": {\"Service\": \"web\",\n \"Port\": 70000}}", 3, "Service.Port: expected an integer from 0 to 65535"),
+        ("{\"Node\": \"a\", \"Address\": \"192.0.2.1\",\n \"Service\": {\"Service\": \"web\",\n \"Port\": 70000}}", 3, "Service.Port: 70000 is not from 0 to 65535"),
         ("{\"Node\": \"a\", \"Address\": \"192.0.2.1\",\n \"Service\": {\"Port\": 80}}", 2, "Service.Service: required"),
         ("{\"Node\": \"a\", \"Address\": \"192.0.2.1\", \"Service\": {\"Service\": \"web\", \"Tags\": \"v1\"}}", 1, "Service.Tags: expected an array of strings"),
         ("\"just a string\"", 1, "expected an object or an array of objects"),

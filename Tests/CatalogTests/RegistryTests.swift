@@ -40,14 +40,19 @@ struct EtcdValueTests {
         func reason(_ value: String) -> String {
             do { _ = try parse("/services/web/1", value); return "" } catch { return error.description }
         }
-        #expect(reason(#"{"Address": "192.0.2.1", "Port": "80"}"#) == "port: expected an integer from 0 to 65535")
+        #expect(reason(#"{"Address": "192.0.2.1", "Port": "80"}"#) == "Port: expected an integer")
+        #expect(reason(#"{"Address": "192.0.2.1", "Port": 70000}"#) == "Port: 70000 is not from 0 to 65535")
         #expect(reason(#"{"address": "192.0.2.1", "tags": "v1"}"#) == "Tags: expected an array of strings")
         #expect(reason(#"{"Address": 7}"#) == "address: expected a string")
         #expect(reason(#"{"Address": "192.0.2.1", "Port": }"#).hasPrefix("invalid JSON"))
         #expect(reason(#"{"name": "x", "nodes": 3}"#).hasPrefix("go-micro service: "))
-        // A meta value that is not a string is left out, the rest kept; a key in any case is the field.
-        let i = try one("/services/web/1", #"{"ADDRESS": "192.0.2.1", "Meta": {"a": "x", "b": 2}, "weights": {"passing": 0}}"#)
+        // A meta value that is not a string is refused, as Consul refuses it; a key in any case is the field.
+        #expect(reason(#"{"ADDRESS": "192.0.2.1", "Meta": {"a": "x", "b": 2}}"#) == "Meta: expected an object of strings")
+        #expect(reason(#"{"Address": "192.0.2.1", "Weights": {"Passing": 1.5}}"#) == "Weights.Passing: expected an integer")
+        let i = try one("/services/web/1", #"{"ADDRESS": "192.0.2.1", "Meta": {"a": "x"}, "weights": {"passing": 0}}"#)
         #expect(i.meta == ["a": "x"] && i.weightPassing == 1)
+        // A status Consul does not know is served, as Consul serves it (not with --only-passing).
+        #expect(try one("/services/web/1", #"{"Address": "192.0.2.1", "Status": "sick"}"#).health == .warning)
     }
 
     @Test func endpointsManagerAndTutorial() throws {
@@ -108,7 +113,7 @@ struct EtcdValueTests {
     @Test(arguments: [
         ("/services/web/1", "not json"), ("/services/web/1", "[1]"), ("/services/web/1", #"{"Port": 80}"#),
         ("/services/web/1", #"{"Addr": "192.0.2.1"}"#), ("/services/web/1", #"{"IP": "192.0.2.1:99999"}"#),
-        ("/services/web/1", #"{"Address": "192.0.2.1", "Status": "sick"}"#), ("/services/web", #"{"Address": "192.0.2.1"}"#),
+        ("/services/web/1", #"{"Address": "0.0.0.0"}"#), ("/services/web", #"{"Address": "192.0.2.1"}"#),
         ("/services/we..b/1", #"{"Address": "192.0.2.1"}"#), ("/services/web/1", #"{"Address": "not an address!"}"#),
         ("/services/web/1", "hostname-only"), ("/services/web/1", #"{"name": "x", "nodes": []}"#),
         ("/services/web/1", #"{"name": "x", "endpoints": ["192.0.2.1:80"]}"#),

@@ -15,4 +15,6 @@ int sp_sendmmsg(int fd, struct sp_mmsghdr *messages, unsigned int count, int fla
 
 /// MSG_WAITFORONE, also hidden without _GNU_SOURCE.
 int sp_msg_waitforone(void);
+/// This thread's number, from 0 in the order threads first ask: which shard of a counter table it writes.
+unsigned int sp_thread_shard(void);
 #endif

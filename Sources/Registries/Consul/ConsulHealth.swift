@@ -108,40 +108,29 @@ extension ConsulWatcher {
         var Checks: [Check]?
     }
 
+    /// The entry as the shared rules read a registration (`RegistrationRules`). Only the entry's node-level checks
+    /// and the instance's own are its checks: Consul lists a node's checks for every service on it.
     static func instance(from entry: HealthEntry, localDatacenter: String) throws -> Instance {
-        guard let node = entry.Node, let service = entry.Service, let nodeName = node.Node, let nodeAddressText = node.Address,
-              let nodeAddress = Address(nodeAddressText), let serviceName = service.Service else {
-            throw EntryError(description: "entry without Node, Node.Address or Service")
-        }
-        let dc = node.Datacenter.flatMap { $0.isEmpty ? nil : $0 } ?? localDatacenter
-        let n = Node(name: nodeName, address: nodeAddress, datacenter: dc, meta: node.Meta ?? [:],
-                     lanAddresses: Address.lanAddresses(ipv4: node.TaggedAddresses?["lan_ipv4"], ipv6: node.TaggedAddresses?["lan_ipv6"], besides: nodeAddress))
-        var serviceAddress: Address? = nil
-        if let a = service.Address, !a.isEmpty {
-            guard let parsed = Address(a) else { throw EntryError(description: "Service.Address \"\(a)\" is not an address") }
-            // Kept even when it equals the node's: Consul's DNS then names the SRV target <hex>.addr, not the node.
-            serviceAddress = parsed
+        guard let node = entry.Node, let nodeName = node.Node, !nodeName.isEmpty, let service = entry.Service, let serviceName = service.Service else {
+            throw EntryError(description: "entry without Node, Node.Node or Service")
         }
         let id = service.ID.flatMap { $0.isEmpty ? nil : $0 } ?? serviceName
-        var checks: [CheckState] = []
-        for check in entry.Checks ?? [] {
-            let sid = check.ServiceID ?? ""
-            guard sid.isEmpty || sid == id else { continue }
-            let name = check.Name ?? ""
-            checks.append(CheckState(id: check.CheckID.flatMap { $0.isEmpty ? nil : $0 } ?? name, name: name,
-                                     status: Health(registered: check.Status),
-                                     output: CheckState.text(output: check.Output, notes: check.Notes), nodeLevel: sid.isEmpty))
+        let checks = (entry.Checks ?? []).compactMap { c -> RegistrationFields.Check? in
+            let sid = c.ServiceID ?? ""
+            guard sid.isEmpty || sid == id else { return nil }
+            return .init(id: c.CheckID, name: c.Name, status: c.Status, output: c.Output, notes: c.Notes, nodeLevel: sid.isEmpty)
         }
-        let serviceTagged = service.TaggedAddresses
-        let (passing, warning) = Instance.weights(passing: service.Weights?.Passing, warning: service.Weights?.Warning)
-        var inst = Instance(id: id, service: serviceName, node: n, serviceAddress: serviceAddress,
-                            port: UInt16(clamping: max(0, service.Port ?? 0)), tags: service.Tags ?? [], meta: service.Meta ?? [:],
-                            weightPassing: passing, weightWarning: warning,
-                            health: Self.foldedHealth(checks),
-                            serviceLanAddresses: Address.lanAddresses(ipv4: serviceTagged?["lan_ipv4"]?.Address,
-                                                                      ipv6: serviceTagged?["lan_ipv6"]?.Address, besides: serviceAddress))
-        inst.checks = checks
-        inst.origin = Origin(registry: "consul", location: "service \(id) on node \(nodeName)", revision: service.ModifyIndex)
+        let fields = RegistrationFields(
+            service: serviceName, id: id, node: nodeName, nodeAddress: node.Address, datacenter: node.Datacenter,
+            nodeMeta: node.Meta ?? [:], nodeLAN: (node.TaggedAddresses?["lan_ipv4"], node.TaggedAddresses?["lan_ipv6"]),
+            address: service.Address, port: service.Port, tags: service.Tags ?? [], meta: service.Meta ?? [:],
+            weights: service.Weights.map { .init(passing: $0.Passing, warning: $0.Warning) },
+            serviceLAN: (service.TaggedAddresses?["lan_ipv4"]?.Address, service.TaggedAddresses?["lan_ipv6"]?.Address), checks: checks)
+        var inst: Instance
+        do { inst = try RegistrationRules.instance(fields, localDatacenter: localDatacenter) } catch {
+            throw EntryError(description: "service \(id) on node \(nodeName): \(error)")
+        }
+        inst.origin = Origin(registry: "consul", location: "service \(id) on node \(inst.node.name)", revision: service.ModifyIndex)
         return inst
     }
 

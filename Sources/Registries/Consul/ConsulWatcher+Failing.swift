@@ -105,8 +105,8 @@ extension ConsulWatcher {
         }
         for (key, check) in list where heldNow.services[key] == nil {
             let node = check.Node.lowercased(), serviceID = check.ServiceID ?? ""
-            let state = CheckState(id: check.CheckID, name: check.Name ?? "", status: Health(registered: check.Status),
-                                   output: CheckState.text(output: check.Output, notes: check.Notes), nodeLevel: serviceID.isEmpty)
+            guard let state = try? RegistrationRules.check(.init(id: check.CheckID, name: check.Name, status: check.Status, output: check.Output,
+                                                                 notes: check.Notes, nodeLevel: serviceID.isEmpty)) else { continue }
             let targets = serviceID.isEmpty ? (servicesByNode[node] ?? []) : [ServiceName.key(check.ServiceName ?? "")]
             for service in targets {
                 apply(service, node: node, serviceID: serviceID.isEmpty ? nil : serviceID) { Self.setCheck(state, on: &$0); return true }
@@ -144,12 +144,7 @@ extension ConsulWatcher {
         } else {
             instance.checks.append(check)
         }
-        instance.health = foldedHealth(instance.checks)
-    }
-
-    /// An instance's health in Consul: its worst check, node-level ones included.
-    static func foldedHealth(_ checks: [CheckState]) -> Health {
-        checks.reduce(.passing) { max($0, $1.status) }
+        instance.health = RegistrationRules.fold(instance.checks)
     }
 
     /// Records the failing checks a service's data now carries (none, for a service that went).

@@ -77,8 +77,9 @@ enum EtcdLayout {
 
 extension EtcdLayout {
     /// Signpost's own format: `{"Address", "Port", "ID", "Service", "Tags", "Meta", "Weights", "Node", "Datacenter",
-    /// "Status"}`, any case. A field of the wrong type is an error that names it; a meta value that is not a
-    /// string is left out, as are weights out of range.
+    /// "Status"}`, any case. A field of the wrong type is an error that names it (as Consul refuses a
+    /// registration with a meta value that is not a string, or a weight that is not an integer); what the values
+    /// mean is `RegistrationRules`'.
     struct Native: Decodable {
         var address: String
         var port: Int?
@@ -86,8 +87,7 @@ extension EtcdLayout {
         var datacenter: String?
         var tags: [String] = []
         var meta: [String: String] = [:]
-        var weightPassing: UInt16?
-        var weightWarning: UInt16?
+        var weights: RegistrationFields.Weights?
         var status: String?
         var node: String?
 
@@ -105,8 +105,8 @@ extension EtcdLayout {
             guard let a = try string("address"), !a.isEmpty else { throw EtcdValue.Invalid(description: "Address: expected a non-empty string") }
             address = a
             if let k = key("port") {
-                guard let d = try? c.decode(Double.self, forKey: k), d == d.rounded(), (0...65535).contains(d) else {
-                    throw EtcdValue.Invalid(description: "port: expected an integer from 0 to 65535")
+                guard let d = try? c.decode(Double.self, forKey: k), d == d.rounded(), abs(d) < 1e15 else {
+                    throw EtcdValue.Invalid(description: "Port: expected an integer")
                 }
                 port = Int(d)
             }
@@ -116,22 +116,26 @@ extension EtcdLayout {
                 guard let t = try? c.decode([String].self, forKey: k) else { throw EtcdValue.Invalid(description: "Tags: expected an array of strings") }
                 tags = t
             }
-            if let k = key("meta"), let m = try? c.decode([String: StringOrOther].self, forKey: k) {
-                meta = m.compactMapValues(\.string)
+            if let k = key("meta") {
+                guard let m = try? c.decode([String: String].self, forKey: k) else { throw EtcdValue.Invalid(description: "Meta: expected an object of strings") }
+                meta = m
             }
-            if let k = key("weights"), let w = try? c.nestedContainer(keyedBy: AnyCaseKey.self, forKey: k) {
-                if let p = try? w.value(Double.self, "passing"), p >= 1, p <= 65535 { weightPassing = UInt16(p) }
-                if let p = try? w.value(Double.self, "warning"), p >= 0, p <= 65535 { weightWarning = UInt16(p) }
+            if let k = key("weights") {
+                guard let w = try? c.nestedContainer(keyedBy: AnyCaseKey.self, forKey: k) else {
+                    throw EtcdValue.Invalid(description: "Weights: expected an object")
+                }
+                func integer(_ name: String) throws -> Int? {
+                    guard let k = w.allKeys.first(where: { $0.stringValue.equalsIgnoringASCIICase(name) }) else { return nil }
+                    guard let d = try? w.decode(Double.self, forKey: k), d == d.rounded(), abs(d) < 1e15 else {
+                        throw EtcdValue.Invalid(description: "Weights.\(name): expected an integer")
+                    }
+                    return Int(d)
+                }
+                weights = .init(passing: try integer("Passing"), warning: try integer("Warning"))
             }
             status = try string("status")
             node = try string("node")
         }
-    }
-
-    /// A JSON value that may be a string.
-    struct StringOrOther: Decodable {
-        var string: String?
-        init(from decoder: any Decoder) throws { string = try? decoder.singleValueContainer().decode(String.self) }
     }
 
     /// A value's layout, told by which fields it has, and decoded in the same pass: one parse per value.

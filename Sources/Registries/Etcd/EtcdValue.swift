@@ -52,23 +52,29 @@ public enum EtcdValue {
         var id: String
         var datacenter: String
 
+        /// The service's name: the value's, where its layout gives one, or else the key's first segment. Whether
+        /// it can be served is the registration rules' call (`instance`).
         func serviceName(_ fromValue: String?) throws(Invalid) -> String {
-            if let fromValue, !fromValue.isEmpty { return try checked(fromValue) }
+            if let fromValue, !fromValue.isEmpty { return fromValue }
             guard let service else { throw Invalid(description: "key is not <prefix><service>/<id>") }
-            return try checked(service)
-        }
-
-        private func checked(_ name: String) throws(Invalid) -> String {
-            if let reason = ServiceName.problem(name) {
-                throw Invalid(description: "service \"\(name)\" cannot be served: \(reason)", reason: reason)
-            }
-            return name
+            return service
         }
 
         /// An instance without a node: its address is its own, so its SRV target is `<hex>.addr.<dc>.<domain>`.
-        func instance(_ service: String, id: String, address: Address, port: UInt16) -> Instance {
-            Instance(id: id, service: service, node: Node(name: "", address: address, datacenter: datacenter, meta: [:]),
-                     serviceAddress: address, port: port, tags: [], meta: [:], weightPassing: 1, weightWarning: 1, health: .passing)
+        func instance(_ service: String, id: String, address: Address, port: UInt16, meta: [String: String] = [:],
+                      namedPorts: [String: UInt16] = [:]) throws(Invalid) -> Instance {
+            try EtcdValue.instance(RegistrationFields(service: service, id: id, datacenter: datacenter, address: address.description,
+                                                      port: Int(port), namedPorts: namedPorts, meta: meta), self)
+        }
+    }
+
+    /// A registration through the shared rules (`RegistrationRules`); a refusal is this key's `Invalid`.
+    static func instance(_ fields: RegistrationFields, _ context: KeyContext) throws(Invalid) -> Instance {
+        do throws(RegistrationProblem) {
+            return try RegistrationRules.instance(fields, localDatacenter: context.datacenter)
+        } catch {
+            if case .serviceName(_, let reason) = error { throw Invalid(description: "\(error)", reason: reason) }
+            throw Invalid(description: "\(error)")
         }
     }
 
@@ -94,14 +100,14 @@ public enum EtcdValue {
     /// over a whole keyspace, most such values are someone else's settings.
     static func plain(_ text: String, _ context: KeyContext) throws(Invalid) -> Instance {
         let service = try context.serviceName(nil)
-        if let ip = IPv4(text) { return context.instance(service, id: context.id, address: .v4(ip), port: 0) }
+        if let ip = IPv4(text) { return try context.instance(service, id: context.id, address: .v4(ip), port: 0) }
         if text.contains(":"), !text.contains("]"), let ip = IPv6(text) {
-            return context.instance(service, id: context.id, address: .v6(ip), port: 0)
+            return try context.instance(service, id: context.id, address: .v6(ip), port: 0)
         }
         guard let (address, port) = try? hostPort(text) else {
             throw Invalid(description: "none of the value formats: not JSON, host:port or an IP address")
         }
-        return context.instance(service, id: context.id, address: address, port: port)
+        return try context.instance(service, id: context.id, address: address, port: port)
     }
 
     static func describe(_ error: any Error) -> String {
@@ -132,9 +138,8 @@ public enum EtcdValue {
             var out: [Instance] = []
             for node in s.nodes {
                 let (address, port) = try hostPort(node.address, portOptional: true)
-                var inst = context.instance(service, id: node.id.isEmpty ? context.id : node.id, address: address, port: port)
-                inst.meta = s.metadata.merging(node.metadata) { $1 }
-                out.append(inst)
+                out.append(try context.instance(service, id: node.id.isEmpty ? context.id : node.id, address: address, port: port,
+                                                meta: s.metadata.merging(node.metadata) { $1 }))
             }
             return out
         case .kratos(let k):
@@ -142,10 +147,10 @@ public enum EtcdValue {
         case .endpointUpdate(let u):
             guard u.op != 1 else { return nil }
             let (address, port) = try hostPort(u.addr)
-            return [context.instance(try context.serviceName(nil), id: context.id, address: address, port: port)]
+            return [try context.instance(try context.serviceName(nil), id: context.id, address: address, port: port)]
         case .tutorial(let t):
             let (address, port) = try hostPort(t.ip)
-            return [context.instance(try context.serviceName(t.name), id: context.id, address: address, port: port)]
+            return [try context.instance(try context.serviceName(t.name), id: context.id, address: address, port: port)]
         case .native(let n):
             return [try native(n, context)]
         case .none:
@@ -168,35 +173,16 @@ public enum EtcdValue {
             if named[scheme] == nil { named[scheme] = port }
         }
         guard let (address, port) = first else { throw Invalid(description: "Kratos instance: no endpoints") }
-        var inst = context.instance(service, id: k.id.isEmpty ? context.id : k.id, address: address, port: port)
-        inst.namedPorts = named
-        inst.meta = k.metadata
-        return inst
+        return try context.instance(service, id: k.id.isEmpty ? context.id : k.id, address: address, port: port, meta: k.metadata, namedPorts: named)
     }
 
-    /// The native format.
+    /// The native format: with a `Node`, `Address` is the node's and the SRV target the node's name; without
+    /// one, the instance's own (its `<hex>.addr` name). `Status` is the instance's, as a check's would be.
     static func native(_ n: EtcdLayout.Native, _ context: KeyContext) throws(Invalid) -> Instance {
-        var inst = context.instance(try context.serviceName(nil), id: context.id, address: try address(n.address), port: UInt16(n.port ?? 0))
-        if let id = n.id, !id.isEmpty { inst.id = id }
-        if let dc = n.datacenter, !dc.isEmpty { inst.node.datacenter = dc }
-        inst.tags = n.tags
-        inst.meta = n.meta
-        if let p = n.weightPassing { inst.weightPassing = p }
-        if let w = n.weightWarning { inst.weightWarning = w }
-        if let status = n.status {
-            guard let h = Health(status: status) else {
-                throw Invalid(description: "Status: \"\(status)\" is not one of passing, warning, critical, maintenance")
-            }
-            inst.health = h
-        }
-        // With a node, the SRV target is the node's name; without one, the instance's <hex>.addr name.
-        if let nodeName = n.node, !nodeName.isEmpty {
-            guard (try? DNSName(labels: nodeName.split(separator: ".", omittingEmptySubsequences: false))) != nil else {
-                throw Invalid(description: "Node: \"\(nodeName)\" cannot be a DNS label")
-            }
-            inst.node.name = nodeName
-            inst.serviceAddress = nil
-        }
-        return inst
+        let node = n.node.flatMap { $0.isEmpty ? nil : $0 }
+        return try instance(RegistrationFields(service: try context.serviceName(nil), id: n.id.flatMap { $0.isEmpty ? nil : $0 } ?? context.id,
+                                               node: node, nodeAddress: node == nil ? nil : n.address, datacenter: n.datacenter ?? context.datacenter,
+                                               address: node == nil ? n.address : nil, port: n.port, tags: n.tags, meta: n.meta,
+                                               weights: n.weights, status: n.status), context)
     }
 }

@@ -1,7 +1,10 @@
 // The query path in pieces, against a snapshot of 1,000 services (3 instances each): decode, resolve, encode,
 // and the whole path, on the fast path (pre-encoded templates) and on the general path. Each benchmark runs
 // 1,000 operations per measured iteration, so the reported time and malloc count are per operation.
+import Atomics
 import Benchmark
+import Dispatch
+import Foundation
 import Catalog
 import DNSWire
 import Gateway
@@ -39,7 +42,6 @@ func query(_ type: UInt16, name: String = "svc500.service.consul") -> [UInt8] {
 let benchmarks: @Sendable () -> Void = {
     // Metrics go to Prometheus with the server's buckets, so the observer's cost is the real one.
     var factory = PrometheusMetricsFactory(registry: PrometheusCollectorRegistry())
-    factory.durationHistogramBuckets[QueryObserver.durationLabel] = QueryObserver.durationBuckets
     MetricsSystem.bootstrap(factory)
     Benchmark.defaultConfiguration = .init(metrics: [.wallClock, .mallocCountTotal, .throughput], scalingFactor: .kilo,
                                            maxDuration: .seconds(2), maxIterations: 1_000)
@@ -111,6 +113,42 @@ let benchmarks: @Sendable () -> Void = {
             for _ in benchmark.scaledIterations {
                 blackHole(handler.respondWithoutFastPath(to: buffer, transport: .udp, allocator: allocator))
             }
+        }
+    }
+
+    // Contention: 1, 2 and 4 threads recording at once into the one process-wide table, as the UDP workers and
+    // the event loops do. Each thread measures its own CPU time (CLOCK_THREAD_CPUTIME_ID), so the row is CPU ns
+    // per record whatever the core count; on 2 cores, 4 threads still share cache lines two at a time.
+    let a = query(RRType.a)
+    for threads in [1, 2, 4] {
+        Benchmark("metrics contention: QueryObserver.record, \(threads) thread\(threads == 1 ? "" : "s") at once",
+                  configuration: .init(metrics: [.custom("CPU ns per record", useScalingFactor: false), .mallocCountTotal],
+                                       maxDuration: .seconds(2), maxIterations: 50)) { benchmark in
+            let observer = QueryObserver()
+            let records = 200_000
+            let cpu = ManagedAtomic<Int>(0)
+            let started = ManagedAtomic<Int>(0)
+            var workers: [Thread] = []
+            let done = DispatchGroup()
+            for _ in 0..<threads {
+                done.enter()
+                let t = Thread {
+                    a.withUnsafeBytes { raw in
+                        started.wrappingIncrement(ordering: .relaxed)
+                        while started.load(ordering: .relaxed) < threads {}
+                        var t0 = timespec(), t1 = timespec()
+                        clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t0)
+                        for _ in 0..<records { observer.record(query: raw, response: raw, transport: .udp, started: 0, client: "-") }
+                        clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t1)
+                        cpu.wrappingIncrement(by: (t1.tv_sec - t0.tv_sec) * 1_000_000_000 + (t1.tv_nsec - t0.tv_nsec), ordering: .relaxed)
+                    }
+                    done.leave()
+                }
+                workers.append(t)
+            }
+            for t in workers { t.start() }
+            done.wait()
+            benchmark.measurement(.custom("CPU ns per record", useScalingFactor: false), cpu.load(ordering: .relaxed) / (threads * records))
         }
     }
 

@@ -14,7 +14,7 @@ for line in out.stdout.splitlines():
     if line.startswith("### "):
         name = line[4:].strip()
         rows.append({"name": name})
-    elif name and line.startswith("|") and "*" in line:
+    elif name and line.startswith("|") and ("*" in line or "CPU ns per record" in line):
         cells = [c.strip() for c in line.strip("|").split("|")]
         key = "ns" if cells[0].startswith("Time (wall clock)") or cells[0].startswith("CPU ns per record") else "mallocs" if cells[0].startswith("Malloc") else None
         if key:

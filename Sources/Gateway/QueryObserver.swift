@@ -25,12 +25,12 @@ public final class QueryObserver: Sendable {
     static let rcodes = ["NOERROR", "FORMERR", "SERVFAIL", "NXDOMAIN", "NOTIMP", "REFUSED"]
     static let transports = ["udp", "tcp"]
     /// Rows: the types above, then "other"; columns: the rcodes above, then BADVERS, "other" and "dropped".
-    static let typeCount = types.count + 1
-    static let rcodeCount = rcodes.count + 3
+    static let typeCount = 11  // types.count + 1 (literals, so the hot path reads no lazily made global)
+    static let rcodeCount = 9  // rcodes.count + 3
     static let rcodeNames = rcodes + ["BADVERS", "other", "dropped"]
     /// The table: the request counters, then per transport the histogram's buckets, its +Inf bucket and its sum (ns).
-    static let requestCount = transports.count * typeCount * rcodeCount
-    static let histogramWidth = durationBuckets.count + 2
+    static let requestCount = 198  // transports.count * typeCount * rcodeCount
+    static let histogramWidth = 16  // durationBuckets.count + 2
     static let counters = ShardedCounters(width: requestCount + transports.count * histogramWidth)
 
     private let queryLog: Logger?
@@ -40,11 +40,13 @@ public final class QueryObserver: Sendable {
         self.queryLog = queryLog
     }
 
-    /// Records one query. `response` is nil when the query was dropped; `started` is `Uptime.nanoseconds` at receipt.
+    /// Records one query. `response` is nil when the query was dropped; `started` is `Uptime.nanoseconds` at receipt,
+    /// `now` at the answer (the recvmmsg engine reads the clock once per batch for `started`).
+    @inline(__always)
     public func record(query: UnsafeRawBufferPointer, response: UnsafeRawBufferPointer?, transport: QueryHandler.Transport,
-                       started: UInt64, client: @autoclosure () -> String) {
-        let elapsed = Uptime.nanoseconds &- started
-        let (typeIndex, type) = Self.questionType(query)
+                       started: UInt64, now: UInt64 = Uptime.nanoseconds, client: @autoclosure () -> String) {
+        let elapsed = now &- started
+        let (typeIndex, typeNumber) = Self.questionType(query)
         let rcode = response.map(Self.rcode) ?? Self.rcodeCount - 1
         let t = transport == .udp ? 0 : 1
         Self.counters.add((t * Self.typeCount + typeIndex) * Self.rcodeCount + rcode)
@@ -55,18 +57,23 @@ public final class QueryObserver: Sendable {
             let name = (try? DNSName.read(from: ByteBuffer(bytes: query), at: DNSHeader.size).0.description) ?? "-"
             let rcodeName = Self.rcodeNames[rcode]
             queryLog.info("query", metadata: [
-                "client": "\(client())", "name": "\(name)", "type": "\(type)", "protocol": "\(transport)", "rcode": "\(rcodeName)",
+                "client": "\(client())", "name": "\(name)", "type": "\(Self.typeName(typeIndex, typeNumber))", "protocol": "\(transport)", "rcode": "\(rcodeName)",
                 "size": "\(response?.count ?? 0)", "duration_us": "\(elapsed / 1000)",
             ])
         }
     }
 
-    /// The histogram bucket of a duration: the first whose bound holds it, or the +Inf one.
+    /// The histogram bucket of a duration: the first whose bound holds it, or the +Inf one. Compares with
+    /// constants (the bounds of `durationBuckets`, which a test holds equal), reading no shared array.
     @inline(__always)
-    static func bucket(_ nanoseconds: UInt64) -> Int {
-        var i = 0
-        while i < bucketNanoseconds.count, nanoseconds > bucketNanoseconds[i] { i += 1 }
-        return i
+    static func bucket(_ ns: UInt64) -> Int {
+        if ns <= 250_000 {
+            if ns <= 25_000 { return ns <= 10_000 ? 0 : 1 }
+            return ns <= 50_000 ? 2 : ns <= 100_000 ? 3 : 4
+        }
+        if ns <= 5_000_000 { return ns <= 500_000 ? 5 : ns <= 1_000_000 ? 6 : ns <= 2_500_000 ? 7 : 8 }
+        if ns <= 100_000_000 { return ns <= 10_000_000 ? 9 : ns <= 25_000_000 ? 10 : 11 }
+        return ns <= 500_000_000 ? 12 : ns <= 2_000_000_000 ? 13 : 14
     }
 
     /// The counters and the histogram in Prometheus's text format, summed over the recording threads' rows.
@@ -105,30 +112,48 @@ public final class QueryObserver: Sendable {
         return "\(nanoseconds / 1_000_000_000).\(fraction)"
     }
 
-    /// The index and name of the question's type, read in place.
-    static func questionType(_ p: UnsafeRawBufferPointer) -> (Int, String) {
-        let other = (types.count, "other")
-        guard p.count > DNSHeader.size, p[4] != 0 || p[5] != 0 else { return other }
+    /// The index of the question's type among `types` (`types.count` for any other), and the type number (nil
+    /// when there is no readable question), read in place.
+    @inline(__always)
+    static func questionType(_ p: UnsafeRawBufferPointer) -> (Int, UInt16?) {
+        let other = 10  // types.count
+        guard p.count > DNSHeader.size, p[4] != 0 || p[5] != 0 else { return (other, nil) }
         var i = DNSHeader.size
         while i < p.count, p[i] != 0 {
-            guard p[i] <= 63 else { return other }
+            guard p[i] <= 63 else { return (other, nil) }
             i += Int(p[i]) + 1
         }
-        guard i + 2 < p.count else { return other }
+        guard i + 2 < p.count else { return (other, nil) }
         let type = UInt16(p[i + 1]) << 8 | UInt16(p[i + 2])
-        for (k, t) in types.enumerated() where t.0 == type { return (k, t.1) }
-        return (types.count, "\(type)")
+        switch type {
+        case RRType.a: return (0, type)
+        case RRType.aaaa: return (1, type)
+        case RRType.srv: return (2, type)
+        case RRType.any: return (3, type)
+        case RRType.txt: return (4, type)
+        case RRType.ptr: return (5, type)
+        case RRType.mx: return (6, type)
+        case RRType.ns: return (7, type)
+        case RRType.soa: return (8, type)
+        case RRType.cname: return (9, type)
+        default: return (other, type)
+        }
+    }
+
+    /// A type's name for the query log: its row's, or its number.
+    static func typeName(_ index: Int, _ type: UInt16?) -> String {
+        index < types.count ? types[index].1 : type.map { "\($0)" } ?? "other"
     }
 
     /// The response code, with the extended bits of our OPT record (always last, with no options): BADVERS.
     static func rcode(_ r: UnsafeRawBufferPointer) -> Int {
-        guard r.count >= DNSHeader.size else { return rcodes.count + 1 }
+        guard r.count >= DNSHeader.size else { return 7 }
         var code = Int(r[3] & 0x0F)
         if r.count >= DNSHeader.size + 11, r[10] != 0 || r[11] != 0, r[r.count - 11] == 0, r[r.count - 10] == 0, r[r.count - 9] == 41 {
             code |= Int(r[r.count - 6]) << 4
         }
-        if code < rcodes.count { return code }
-        return code == 16 ? rcodes.count : rcodes.count + 1
+        if code < 6 { return code }  // rcodes.count
+        return code == 16 ? 6 : 7
     }
 }
 

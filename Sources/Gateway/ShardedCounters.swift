@@ -5,9 +5,10 @@ import CUDPBatch
 /// cache line: each thread adds to its own row (`sp_thread_shard`, numbered once per thread), and a reader sums
 /// the rows (when `/metrics` is scraped). Rows are whole cache lines apart. More threads than rows share rows,
 /// which stays correct (the adds are atomic) and only costs contention.
-// Unchecked: the storage is only touched through atomic operations, and lives as long as the table (never freed:
-// the tables are process-wide).
-final class ShardedCounters: @unchecked Sendable {
+// Unchecked: the storage is only touched through atomic operations, and is never freed (the tables are
+// process-wide). A struct of a pointer and two numbers: using it retains nothing, so threads share no reference
+// count either.
+struct ShardedCounters: @unchecked Sendable {
     static let rows = 16
     let width: Int
     private let stride: Int

@@ -107,8 +107,10 @@ final class UDPBatchServer: Sendable {
             if received <= 0 { continue }  // timeout (shutdown check) or a transient error
             var out = 0
             let handler = slot.handler  // one handler for the whole batch, even across a reload
+            // Durations count from the batch's arrival: one clock reading for all of it.
+            let started = handler.observer == nil ? 0 : Uptime.nanoseconds
             for i in 0..<Int(received) {
-                if let length = answer(i, slots, into: out, handler, fd: fd, loop: loop) {
+                if let length = answer(i, slots, into: out, handler, started: started, fd: fd, loop: loop) {
                     slots.queueAnswer(out, length: length, to: i)
                     out += 1
                 }
@@ -120,8 +122,8 @@ final class UDPBatchServer: Sendable {
     /// Query `i` of the batch answered into send slot `out`: the answer's length, or nil when nothing goes out in
     /// this batch (dropped, rate-limited, or answered later by a forwarded query's own send).
     @inline(__always)
-    private func answer(_ i: Int, _ slots: Slots, into out: Int, _ handler: QueryHandler, fd: Int32, loop: any EventLoop) -> Int? {
-        let started = handler.observer == nil ? 0 : Uptime.nanoseconds
+    private func answer(_ i: Int, _ slots: Slots, into out: Int, _ handler: QueryHandler, started: UInt64, fd: Int32,
+                        loop: any EventLoop) -> Int? {
         let raw = slots.query(i), client = slots.names + i, into = slots.answerSlot(out)
         // The fast path writes straight into the send slot: no buffer is allocated for the query or the answer.
         if let plan = handler.fastPlan(raw, transport: .udp, mayRecurse: { handler.access.mayRecurse(sockaddr: client) }) {

@@ -46,7 +46,10 @@ final class Reloader: Sendable {
         // Files first: a rotated certificate or token is picked up even when the configuration does not parse.
         for connection in connections { connection.refresh(force: true) }
         let new: ServeConfiguration
-        do { new = try ServeConfiguration.load(arguments: Array(CommandLine.arguments.dropFirst()), running: started.restartOnly.server.listen) } catch {
+        do {
+            new = try ServeConfiguration.load(arguments: Array(CommandLine.arguments.dropFirst()), running: started.restartOnly.server.listen,
+                                              datacenter: started.resolver.datacenter)
+        } catch {
             let reason = (error as? StartupError)?.message ?? "\(error)"
             logger.error("reload failed; still serving the previous configuration", metadata: ["reason": "\(reason)"])
             return
@@ -59,11 +62,9 @@ final class Reloader: Sendable {
     }
 
     /// Swaps in the handler `new` describes; returns whether the resolver (and its encoded answers) was kept.
-    func apply(_ proposed: ServeConfiguration) -> Bool {
-        var new = proposed
-        // The datacenter chosen at start-up (it may have come from the Consul agent) is restart-only.
-        new.resolver.datacenter = started.resolver.datacenter
-        new.restartOnly.datacenter = started.restartOnly.datacenter
+    /// `new` keeps the datacenter chosen at start-up (`load(…, datacenter:)`): it may have come from the Consul
+    /// agent, and it is restart-only.
+    func apply(_ new: ServeConfiguration) -> Bool {
         let changed = new.restartOnly.changes(from: started.restartOnly)
         if !changed.isEmpty {
             logger.warning("these settings change only on restart; the change waits", metadata: ["settings": "\(changed.joined(separator: ", "))"])

@@ -17,15 +17,17 @@ import Glibc
 
 extension Serve {
     func run() async throws {
-        var config = try ServeConfiguration(settings(), environment: ProcessInfo.processInfo.environment,
-                                            resolvConf: { (try? String(contentsOfFile: "/etc/resolv.conf", encoding: .utf8)) ?? "" })
-        let prometheus = Self.bootstrap(level: config.restartOnly.logLevel)
+        let settings = try overFile()
+        let environment = ProcessInfo.processInfo.environment
+        let resolvConf = { (try? String(contentsOfFile: "/etc/resolv.conf", encoding: .utf8)) ?? "" }
+        let given = try ServeConfiguration(settings, environment: environment, resolvConf: resolvConf)
+        let prometheus = Self.bootstrap(level: given.restartOnly.logLevel)
         let logger = Logger(label: "signpost")
         let store = SnapshotStore()
-        let restart = config.restartOnly
         // Logged once the sockets are bound: a busy port must stay the only line printed.
-        let (dc, datacenterNote) = await Self.localDatacenter(given: restart.datacenter, restart.registries)
-        config.resolver.datacenter = dc
+        let (dc, datacenterNote) = await Self.localDatacenter(given: given.restartOnly.datacenter, given.restartOnly.registries)
+        let config = try ServeConfiguration(settings, environment: environment, resolvConf: resolvConf, datacenter: dc)
+        let restart = config.restartOnly
         let assembler = CatalogAssembler(sources: restart.registries.map(\.description), expectsZones: restart.zones != nil,
                                          localDatacenter: dc, store: store, logger: logger)
         let stateDir = restart.stateDir.flatMap { StateKeeper.usable(directory: $0, logger: logger) ? $0 : nil }
@@ -127,11 +129,11 @@ extension Serve {
                 let dc = try await ConsulWatcher.agentDatacenter(connection: connection, logger: Logger(label: "signpost"))
                 return (dc, { $0.info("local datacenter from the Consul agent", metadata: ["datacenter": "\(dc)", "consul.address": "\(address)"]) })
             } catch {
-                return ("dc1", { $0.warning("could not read the Consul agent's datacenter; using dc1 (set --datacenter to choose)",
+                return (ServeConfiguration.defaultDatacenter, { $0.warning("could not read the Consul agent's datacenter; using dc1 (set --datacenter to choose)",
                                             metadata: ["consul.address": "\(address)", "error": "\(error)"]) })
             }
         }
-        return ("dc1", { _ in })
+        return (ServeConfiguration.defaultDatacenter, { _ in })
     }
 }
 

@@ -3,9 +3,10 @@ import Catalog
 import Registries
 import Gateway
 
-/// `signpost serve`: its flags. Every one is optional, so a flag not given leaves the `--config` file's setting
-/// (or the default) in place; `settings()` is the command line as a `Settings` value, and `ServeConfiguration`
-/// holds the defaults. Every boolean flag has a `--no-` form, so a file's `true` can be turned off.
+/// `signpost serve`: its flags, which are the settings. Every one is optional, so a flag not given leaves the
+/// `--config` file's setting (`overFile()`, through the table `fileSettings`) or the default in place;
+/// `ServeConfiguration` holds the defaults. Every boolean flag has a `--no-` form, so a file's `true` can be
+/// turned off.
 struct Serve: AsyncParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Serve DNS (the default command).")
 
@@ -118,27 +119,4 @@ struct Serve: AsyncParsableCommand {
 
     @Option(name: .long, help: ArgumentHelp("Keep each registry's last-good catalog here, and serve it after a restart while the registry is unreachable (within --max-stale). Off by default.", valueName: "DIR"))
     var stateDir: String?
-
-    /// The command line's settings over the `--config` file's.
-    func settings() throws(StartupError) -> Settings {
-        let flags = Settings(
-            listen: list(listen), catalog: catalogOptions.catalog, zones: catalogOptions.zones, datacenter: catalogOptions.datacenter,
-            registry: list(registry), maxStale: maxStale, domain: domain, altDomain: altDomain, onlyPassing: onlyPassing,
-            answerLimit: answerLimit, nodeMetaTxt: nodeMetaTxt, serviceTtl: list(serviceTTL), nodeTtl: nodeTTL, grpcLbPolicy: grpcLbPolicy,
-            order: order, maxUdpSize: maxUDPSize, tcpIdleTimeout: tcpIdleTimeout, tcpMaxConnections: tcpMaxConnections,
-            tcpMaxInflight: tcpMaxInflight, logLevel: logLevel, threads: threads, udpEngine: udpEngine, admin: admin, rrlRate: rrlRate,
-            rrlSlip: rrlSlip, rrlExempt: list(rrlExempt), user: user, queryLog: queryLog, upstream: list(upstream), forward: forward,
-            upstreamPolicy: upstreamPolicy, upstreamTimeout: upstreamTimeout, maxConcurrent: maxConcurrent, cacheSize: cacheSize,
-            cacheMinTtl: cacheMinTTL, cacheMaxTtl: cacheMaxTTL, staleTtl: staleTTL, allowRecursion: list(allowRecursion),
-            stateDir: stateDir)
-        guard let path = catalogOptions.config else { return flags }
-        do { return try Settings.decode(file: path).overlaid(with: flags) } catch let problem as CatalogProblem {
-            throw StartupError(message: problem.description, code: 64)
-        } catch {
-            throw StartupError(message: "\(path): \(error)", code: 64)
-        }
-    }
-
-    /// A repeatable option not given is nil, so the file's list stands.
-    private func list(_ values: [String]) -> [String]? { values.isEmpty ? nil : values }
 }

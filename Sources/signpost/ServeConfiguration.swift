@@ -37,18 +37,16 @@ struct ServeConfiguration: Sendable, Equatable {
         var stateDir: String?
 
         /// The names of the fields that differ from `old`, for the log line a reload writes (compared as values:
-        /// a registry's token or wait counts, though its description leaves them out).
+        /// a registry's token or wait counts, though its description leaves them out). Every field counts, the
+        /// server's one by one, so a field added here is compared without being listed again.
         func changes(from old: RestartOnly) -> [String] {
-            let s = server, o = old.server
-            let fields: [(String, Bool)] = [
-                ("listen", s.listen != o.listen), ("tcpIdleTimeout", s.tcpIdleTimeout != o.tcpIdleTimeout),
-                ("udpEngine", s.udpEngine != o.udpEngine), ("udpWorkers", s.udpWorkers != o.udpWorkers),
-                ("tcpMaxConnections", s.tcpMaxConnections != o.tcpMaxConnections), ("tcpMaxInflight", s.tcpMaxInflight != o.tcpMaxInflight),
-                ("threads", threads != old.threads), ("admin", admin != old.admin), ("registries", registries != old.registries),
-                ("zones", zones != old.zones), ("datacenter", datacenter != old.datacenter), ("logLevel", logLevel != old.logLevel),
-                ("user", user != old.user), ("stateDir", stateDir != old.stateDir),
-            ]
-            return fields.filter(\.1).map(\.0).sorted()
+            func differing(_ a: Any, _ b: Any) -> [String] {
+                zip(Mirror(reflecting: a).children, Mirror(reflecting: b).children).compactMap { x, y in
+                    guard let label = x.label, let value = x.value as? any Equatable else { return nil }
+                    return value.isEqual(to: y.value) ? nil : label
+                }
+            }
+            return (differing(server, old.server) + differing(self, old).filter { $0 != "server" }).sorted()
         }
     }
 
@@ -57,24 +55,32 @@ struct ServeConfiguration: Sendable, Equatable {
     /// forwarder's "never forward to ourselves" use them, not a `--listen` that waits for a restart.
     static func load(arguments: [String], environment: [String: String] = ProcessInfo.processInfo.environment,
                      resolvConf: () -> String = { (try? String(contentsOfFile: "/etc/resolv.conf", encoding: .utf8)) ?? "" },
-                     running: [ListenAddress]? = nil) throws -> ServeConfiguration
+                     running: [ListenAddress]? = nil, datacenter: String? = nil) throws -> ServeConfiguration
     {
         let command: ParsableCommand
         do { command = try Signpost.parseAsRoot(arguments) } catch {
             throw StartupError(message: Signpost.message(for: error).split(separator: "\n").first.map(String.init) ?? "\(error)", code: 64)
         }
         guard let serve = command as? Serve else { throw StartupError(message: "not a serve command", code: 64) }
-        return try ServeConfiguration(serve.settings(), environment: environment, resolvConf: resolvConf, running: running)
+        return try ServeConfiguration(serve.overFile(), environment: environment, resolvConf: resolvConf, running: running, datacenter: datacenter)
     }
 
-    /// Defaults applied and every value checked. The one place a setting's default and meaning live.
-    init(_ s: Settings, environment: [String: String] = [:], resolvConf: () -> String = { "" }, running: [ListenAddress]? = nil)
-        throws(StartupError)
+    /// The local datacenter when neither `--datacenter` nor the file gives one and no Consul agent says.
+    static let defaultDatacenter = "dc1"
+    /// The catalog directory when no registry is given.
+    static let defaultCatalog = "zones/catalog"
+
+    /// Defaults applied and every value checked. The one place a setting's default and meaning live. `datacenter`:
+    /// the local datacenter chosen for this process (the Consul agent's, found at start-up, and kept by reloads:
+    /// it is restart-only), over `--datacenter`; `restartOnly.datacenter` stays as given, so a reload that
+    /// changes it is told.
+    init(_ s: Serve, environment: [String: String] = [:], resolvConf: () -> String = { "" }, running: [ListenAddress]? = nil,
+         datacenter: String? = nil) throws(StartupError)
     {
         do {
             restartOnly = try Self.restartOnly(s, environment: environment)
             let listen = running ?? restartOnly.server.listen
-            resolver = try Self.resolver(s, listen: listen)
+            resolver = try Self.resolver(s, listen: listen, datacenter: datacenter)
             let limits = try Self.handlerLimits(s)
             (maxStale, rateLimit, queryLog) = (limits.maxStale, limits.rateLimit, s.queryLog ?? false)
             (forwarding, access) = try Self.forwarding(s, listen: listen, resolvConf: resolvConf)
@@ -83,8 +89,8 @@ struct ServeConfiguration: Sendable, Equatable {
         }
     }
 
-    private static func restartOnly(_ s: Settings, environment: [String: String]) throws(ConfigurationError) -> RestartOnly {
-        let listen = try (s.listen ?? ["127.0.0.1:8600"]).map { text throws(ConfigurationError) in try ListenAddress(parsing: text) }
+    private static func restartOnly(_ s: Serve, environment: [String: String]) throws(ConfigurationError) -> RestartOnly {
+        let listen = try (s.listen.isEmpty ? ["127.0.0.1:8600"] : s.listen).map { text throws(ConfigurationError) in try ListenAddress(parsing: text) }
         guard let idle = (s.tcpIdleTimeout ?? DurationSetting(.seconds(10))).value.timeAmount, idle > .zero else {
             throw ConfigurationError("--tcp-idle-timeout must be positive")
         }
@@ -103,16 +109,16 @@ struct ServeConfiguration: Sendable, Equatable {
             do { admin = try ListenAddress(parsing: local, defaultPort: 8080) } catch { throw ConfigurationError("invalid --admin: \(error.description)") }
         }
         var registries: [RegistrySpec] = []
-        if let c = s.catalog { registries.append(.file(directory: c)) }
-        for r in s.registry ?? [] {
+        if let c = s.catalogOptions.catalog { registries.append(.file(directory: c)) }
+        for r in s.registry {
             do { registries += try RegistrySpec(parsing: r, environment: environment).watchers } catch { throw ConfigurationError(error.description) }
         }
-        if registries.isEmpty { registries = [.file(directory: "zones/catalog")] }
-        return RestartOnly(server: server, threads: threads, admin: admin, registries: registries, zones: CatalogOptions.zonesDirectory(s.zones),
-                           datacenter: s.datacenter, logLevel: level, user: s.user, stateDir: s.stateDir)
+        if registries.isEmpty { registries = [.file(directory: defaultCatalog)] }
+        return RestartOnly(server: server, threads: threads, admin: admin, registries: registries, zones: CatalogOptions.zonesDirectory(s.catalogOptions.zones),
+                           datacenter: s.catalogOptions.datacenter, logLevel: level, user: s.user, stateDir: s.stateDir)
     }
 
-    private static func resolver(_ s: Settings, listen: [ListenAddress]) throws(ConfigurationError) -> ResolverConfiguration {
+    private static func resolver(_ s: Serve, listen: [ListenAddress], datacenter: String?) throws(ConfigurationError) -> ResolverConfiguration {
         let domainText = s.domain ?? "consul"
         guard let domain = try? DNSName(domainText), domain.labelCount > 0 else { throw ConfigurationError("invalid --domain \"\(domainText)\"") }
         var altDomain: DNSName? = nil
@@ -122,18 +128,18 @@ struct ServeConfiguration: Sendable, Equatable {
             }
             altDomain = name
         }
-        let answerLimit = s.answerLimit ?? 0, maxUDPSize = s.maxUdpSize ?? 1232
+        let answerLimit = s.answerLimit ?? 0, maxUDPSize = s.maxUDPSize ?? 1232
         guard answerLimit >= 0 else { throw ConfigurationError("--answer-limit must not be negative") }
         guard (512...65535).contains(maxUDPSize) else { throw ConfigurationError("--max-udp-size must be 512-65535") }
         let addresses = listen.compactMap { Address($0.host) }.filter { $0 != Address("0.0.0.0") && $0 != Address("::") }
         return ResolverConfiguration(
-            domain: domain, datacenter: s.datacenter ?? "dc1", onlyPassing: s.onlyPassing ?? false, order: s.order ?? .cyclic,
-            serviceTTL: try TTLPolicy.parse(s.serviceTtl ?? []), nodeTTL: s.nodeTtl?.seconds ?? 0, maxUDPSize: maxUDPSize,
+            domain: domain, datacenter: datacenter ?? s.catalogOptions.datacenter ?? ServeConfiguration.defaultDatacenter, onlyPassing: s.onlyPassing ?? false, order: s.order ?? .cyclic,
+            serviceTTL: try TTLPolicy.parse(s.serviceTTL), nodeTTL: s.nodeTTL?.seconds ?? 0, maxUDPSize: maxUDPSize,
             nameserverAddresses: addresses.isEmpty ? [Address("127.0.0.1")!] : addresses, grpcLBPolicy: s.grpcLbPolicy ?? .none,
             answerLimit: answerLimit, altDomain: altDomain, nodeMetaTXT: s.nodeMetaTxt ?? false)
     }
 
-    private static func handlerLimits(_ s: Settings) throws(ConfigurationError)
+    private static func handlerLimits(_ s: Serve) throws(ConfigurationError)
         -> (maxStale: Duration?, rateLimit: ResponseRateLimiter.Configuration?)
     {
         if let d = s.maxStale?.value, d <= .zero { throw ConfigurationError("--max-stale must be positive") }
@@ -141,21 +147,21 @@ struct ServeConfiguration: Sendable, Equatable {
         guard rate >= 0, slip >= 0 else { throw ConfigurationError("--rrl-rate and --rrl-slip must not be negative") }
         guard rate > 0 else { return (s.maxStale?.value, nil) }
         var exempt = ResponseRateLimiter.loopback
-        if let list = s.rrlExempt, !list.isEmpty {
+        if case let list = s.rrlExempt, !list.isEmpty {
             exempt = try list.filter { $0 != "none" }.map { t throws(ConfigurationError) in try CIDR(t) }
         }
         return (s.maxStale?.value, .init(rate: rate, slip: slip, exempt: exempt))
     }
 
     /// The forwarder's configuration and the recursion ACL; nil configuration when forwarding is off.
-    private static func forwarding(_ s: Settings, listen: [ListenAddress], resolvConf: () -> String) throws(ConfigurationError)
+    private static func forwarding(_ s: Serve, listen: [ListenAddress], resolvConf: () -> String) throws(ConfigurationError)
         -> (Forwarder.Configuration?, AccessControl)
     {
         var access = AccessControl()
-        if let list = s.allowRecursion, !list.isEmpty { access = AccessControl(allowed: try list.map { t throws(ConfigurationError) in try CIDR(t) }) }
+        if case let list = s.allowRecursion, !list.isEmpty { access = AccessControl(allowed: try list.map { t throws(ConfigurationError) in try CIDR(t) }) }
         guard s.forward ?? true else { return (nil, access) }
         var chosen: [ListenAddress] = []
-        if let given = s.upstream, !given.isEmpty {
+        if case let given = s.upstream, !given.isEmpty {
             for text in given {
                 do { chosen.append(try ListenAddress(parsing: text, defaultPort: 53)) } catch {
                     throw ConfigurationError("invalid --upstream \"\(text)\": \(error.description)")
@@ -180,11 +186,16 @@ struct ServeConfiguration: Sendable, Equatable {
         config.timeout = timeout
         (config.maxConcurrent, config.cacheSize) = (s.maxConcurrent ?? 1000, s.cacheSize ?? 10000)
         guard config.maxConcurrent > 0, config.cacheSize > 0 else { throw ConfigurationError("--max-concurrent and --cache-size must be positive") }
-        config.cacheMinTTL = s.cacheMinTtl?.seconds ?? 0
-        config.cacheMaxTTL = s.cacheMaxTtl?.seconds ?? 86400
-        config.staleTTL = s.staleTtl?.seconds ?? 86400
+        config.cacheMinTTL = s.cacheMinTTL?.seconds ?? 0
+        config.cacheMaxTTL = s.cacheMaxTTL?.seconds ?? 86400
+        config.staleTTL = s.staleTTL?.seconds ?? 86400
         return (config, access)
     }
+}
+
+extension Equatable {
+    /// Whether `other` is a value of the same type, equal to this one.
+    func isEqual(to other: Any) -> Bool { (other as? Self) == self }
 }
 
 extension Duration {

@@ -35,78 +35,101 @@ struct DurationSetting: Sendable, Equatable, Codable, ExpressibleByArgument, Cus
     var seconds: UInt32 { UInt32(clamping: value.components.seconds) }
 }
 
-/// Every `serve` setting as given, by the command line or the `--config` file: nil where neither gives it.
-/// The command line and the file are decoded into this one type; `overlaid` puts the command line over the file,
-/// and `ServeConfiguration(_:)` applies the defaults and checks every value.
-struct Settings: Sendable, Equatable, Codable {
-    var listen: [String]?
-    var catalog: String?
-    var zones: String?
-    var datacenter: String?
-    var registry: [String]?
-    var maxStale: DurationSetting?
-    var domain: String?
-    var altDomain: String?
-    var onlyPassing: Bool?
-    var answerLimit: Int?
-    var nodeMetaTxt: Bool?
-    var serviceTtl: [String]?
-    var nodeTtl: DurationSetting?
-    var grpcLbPolicy: GRPCLBPolicy?
-    var order: AnswerOrder?
-    var maxUdpSize: Int?
-    var tcpIdleTimeout: DurationSetting?
-    var tcpMaxConnections: Int?
-    var tcpMaxInflight: Int?
-    var logLevel: String?
-    var threads: Int?
-    var udpEngine: DNSServer.UDPEngine?
-    var admin: String?
-    var rrlRate: Int?
-    var rrlSlip: Int?
-    var rrlExempt: [String]?
-    var user: String?
-    var queryLog: Bool?
-    var upstream: [String]?
-    var forward: Bool?
-    var upstreamPolicy: Forwarder.Policy?
-    var upstreamTimeout: DurationSetting?
-    var maxConcurrent: Int?
-    var cacheSize: Int?
-    var cacheMinTtl: DurationSetting?
-    var cacheMaxTtl: DurationSetting?
-    var staleTtl: DurationSetting?
-    var allowRecursion: [String]?
-    var stateDir: String?
+/// One `serve` setting as the `--config` file gives it: the flag's name (the file takes it with `-` or `_`, in any
+/// case) and where it goes in `Serve`. `Serve`'s properties are the settings, declared once with their flags and
+/// help; this table is the one list of them for the file, and `SettingsTableTests` checks that it names every
+/// flag. A value the command line gives wins over the file's.
+struct FileSetting {
+    let name: String
+    /// Reads the file's value into `serve`, unless the command line gave one.
+    let read: (inout Serve, JSONNode) throws(ConfigurationError) -> Void
 
-    /// The file's keys are the flag names; the JSON names are the same with `_` for `-` (`only_passing`).
-    enum CodingKeys: String, CodingKey, CaseIterable {
-        case listen, catalog, zones, datacenter, registry, domain, order, threads, admin, user, upstream, forward
-        case maxStale = "max_stale", altDomain = "alt_domain", onlyPassing = "only_passing", answerLimit = "answer_limit"
-        case nodeMetaTxt = "node_meta_txt", serviceTtl = "service_ttl", nodeTtl = "node_ttl", grpcLbPolicy = "grpc_lb_policy"
-        case maxUdpSize = "max_udp_size", tcpIdleTimeout = "tcp_idle_timeout", tcpMaxConnections = "tcp_max_connections"
-        case tcpMaxInflight = "tcp_max_inflight", logLevel = "log_level", udpEngine = "udp_engine", rrlRate = "rrl_rate"
-        case rrlSlip = "rrl_slip", rrlExempt = "rrl_exempt", queryLog = "query_log", upstreamPolicy = "upstream_policy"
-        case upstreamTimeout = "upstream_timeout", maxConcurrent = "max_concurrent", cacheSize = "cache_size"
-        case cacheMinTtl = "cache_min_ttl", cacheMaxTtl = "cache_max_ttl", staleTtl = "stale_ttl", allowRecursion = "allow_recursion"
-        case stateDir = "state_dir"
-    }
-
-    /// `self` with every setting `top` gives replaced by `top`'s: the command line over the file. A list given on
-    /// the command line replaces the file's list.
-    func overlaid(with top: Settings) throws -> Settings {
-        let encoder = JSONEncoder()
-        guard case .object(var fields, var keys) = try JSONParser.parse(Array(encoder.encode(self))).value,
-              case .object(let over, let overKeys) = try JSONParser.parse(Array(encoder.encode(top))).value else { return top }
-        for key in overKeys {
-            if fields[key] == nil { keys.append(key) }
-            fields[key] = over[key]
+    /// A single value, decoded as its type decodes (a duration also from a bare number of seconds).
+    static func value<V: Decodable>(_ name: String, _ path: WritableKeyPath<Serve, V?>) -> FileSetting {
+        FileSetting(name: name) { serve, node throws(ConfigurationError) in
+            guard serve[keyPath: path] == nil else { return }
+            serve[keyPath: path] = try decode(V.self, node)
         }
-        return try JSONDecoder().decode(Settings.self, from: Data(JSONNode(value: .object(fields, keys: keys), line: 0).jsonText.utf8))
     }
 
-    /// The `serve` settings `--config FILE` gives. A problem is reported with the file, the line and the reason.
-    static func decode(file path: String) throws(CatalogProblem) -> Settings {
+    /// A list: the command line's, when it gives any, replaces the file's; a bare string is a list of one.
+    /// `map` reads an object instead (`service-ttl` as Consul's map, `{"*": "5s", "web": "30s"}`).
+    static func list(_ name: String, _ path: WritableKeyPath<Serve, [String]>,
+                     map: ((String, String) -> String)? = nil) -> FileSetting {
+        FileSetting(name: name) { serve, node throws(ConfigurationError) in
+            guard serve[keyPath: path].isEmpty else { return }
+            switch node.value {
+            case .string(let one): serve[keyPath: path] = [one]
+            case .object(let fields, let keys) where map != nil:
+                serve[keyPath: path] = try keys.map { key throws(ConfigurationError) in
+                    guard case .string(let value) = fields[key]!.value else { throw ConfigurationError("expected an object of name to duration") }
+                    return map!(key, value)
+                }
+            default: serve[keyPath: path] = try decode([String].self, node)
+            }
+        }
+    }
+
+    /// A flag with a `--no-` form: the file takes `no-<name>` too, inverted.
+    static func flag(_ name: String, _ path: WritableKeyPath<Serve, Bool?>) -> [FileSetting] {
+        [value(name, path), FileSetting(name: "no-" + name) { serve, node throws(ConfigurationError) in
+            guard serve[keyPath: path] == nil else { return }
+            serve[keyPath: path] = !(try decode(Bool.self, node))
+        }]
+    }
+
+    private static func decode<V: Decodable>(_ type: V.Type, _ node: JSONNode) throws(ConfigurationError) -> V {
+        do { return try JSONDecoder().decode(V.self, from: Data(node.jsonText.utf8)) } catch let error as DecodingError {
+            switch error {
+            case .dataCorrupted(let c) where !c.debugDescription.hasPrefix("The given data"): throw ConfigurationError(c.debugDescription)
+            default: throw ConfigurationError("expected \(describe(V.self)), got \(node.typeName)")
+            }
+        } catch {
+            throw ConfigurationError("\(error)")
+        }
+    }
+
+    private static func describe(_ type: Any.Type) -> String {
+        switch type {
+        case is Bool.Type: return "true or false"
+        case is Int.Type: return "an integer"
+        case is [String].Type: return "a string or an array of strings"
+        default: return "a string"
+        }
+    }
+
+    /// The file's name for a key: lower case, `_` for `-`.
+    static func key(_ text: String) -> String { text.lowercased().replacingOccurrences(of: "-", with: "_") }
+}
+
+extension Serve {
+    /// Every setting the file may give, by flag name.
+    static var fileSettings: [FileSetting] {
+        [.list("listen", \.listen), .value("catalog", \.catalogOptions.catalog), .value("zones", \.catalogOptions.zones),
+         .value("datacenter", \.catalogOptions.datacenter), .list("registry", \.registry), .value("max-stale", \.maxStale),
+         .value("domain", \.domain), .value("alt-domain", \.altDomain), .value("answer-limit", \.answerLimit),
+         .list("service-ttl", \.serviceTTL, map: { "\($0)=\($1)" }), .value("node-ttl", \.nodeTTL),
+         .value("grpc-lb-policy", \.grpcLbPolicy), .value("order", \.order), .value("max-udp-size", \.maxUDPSize),
+         .value("tcp-idle-timeout", \.tcpIdleTimeout), .value("tcp-max-connections", \.tcpMaxConnections),
+         .value("tcp-max-inflight", \.tcpMaxInflight), .value("log-level", \.logLevel), .value("threads", \.threads),
+         .value("udp-engine", \.udpEngine), .value("admin", \.admin), .value("rrl-rate", \.rrlRate), .value("rrl-slip", \.rrlSlip),
+         .list("rrl-exempt", \.rrlExempt), .value("user", \.user), .list("upstream", \.upstream),
+         .value("upstream-policy", \.upstreamPolicy), .value("upstream-timeout", \.upstreamTimeout),
+         .value("max-concurrent", \.maxConcurrent), .value("cache-size", \.cacheSize), .value("cache-min-ttl", \.cacheMinTTL),
+         .value("cache-max-ttl", \.cacheMaxTTL), .value("stale-ttl", \.staleTTL), .list("allow-recursion", \.allowRecursion),
+         .value("state-dir", \.stateDir)]
+            + FileSetting.flag("only-passing", \.onlyPassing) + FileSetting.flag("node-meta-txt", \.nodeMetaTxt)
+            + FileSetting.flag("query-log", \.queryLog) + FileSetting.flag("forward", \.forward)
+    }
+
+    /// These settings with the `--config` file's under the command line's. A problem is reported with the file,
+    /// the line and the reason.
+    func overFile() throws(StartupError) -> Serve {
+        guard let path = catalogOptions.config else { return self }
+        do { return try overFile(path) } catch { throw StartupError(message: error.description, code: 64) }
+    }
+
+    func overFile(_ path: String) throws(CatalogProblem) -> Serve {
         guard let data = FileManager.default.contents(atPath: path) else {
             throw CatalogProblem(path: path, line: 0, reason: "cannot read config file")
         }
@@ -117,77 +140,18 @@ struct Settings: Sendable, Equatable, Codable {
         guard case .object(let fields, let keys) = root.value else {
             throw CatalogProblem(path: path, line: root.line, reason: "expected an object of settings")
         }
-        var normalized: [String: JSONNode] = [:]
-        var given: [String: JSONNode] = [:]
+        let settings = Self.fileSettings
+        var out = self
         for key in keys {
-            let name = key.lowercased().replacingOccurrences(of: "-", with: "_")
-            do { try normalize(name, fields[key]!, into: &normalized) } catch {
-                let reason = error.description.hasPrefix("unknown") ? "unknown setting \"\(key)\"\(error.description.dropFirst("unknown setting".count))"
-                    : "\(key): \(error.description)"
-                throw CatalogProblem(path: path, line: fields[key]!.line, reason: reason)
+            let node = fields[key]!
+            guard let setting = settings.first(where: { FileSetting.key($0.name) == FileSetting.key(key) }) else {
+                let known = settings.map(\.name).sorted().joined(separator: ", ")
+                throw CatalogProblem(path: path, line: node.line, reason: "unknown setting \"\(key)\" (known: \(known))")
             }
-            given[name == "no_forward" ? "forward" : name] = fields[key]!
-        }
-        let text = JSONNode(value: .object(normalized, keys: normalized.keys.sorted()), line: root.line).jsonText
-        do {
-            return try JSONDecoder().decode(Settings.self, from: Data(text.utf8))
-        } catch let error as DecodingError {
-            let (key, reason) = Self.explain(error)
-            let got = given[key].map { ", got \($0.typeName)" } ?? ""
-            throw CatalogProblem(path: path, line: given[key]?.line ?? root.line,
-                                 reason: "\(key.replacingOccurrences(of: "_", with: "-")): \(reason)\(reason.hasPrefix("expected") ? got : "")")
-        } catch {
-            throw CatalogProblem(path: path, line: root.line, reason: "\(error)")
-        }
-    }
-
-    private static let lists: Set<String> = ["listen", "registry", "upstream", "allow_recursion", "rrl_exempt", "service_ttl"]
-
-    /// One key of the file, in the form `Codable` reads: a bare string where a list goes is a list of one;
-    /// `service_ttl` may be Consul's map (`{"*": "5s", "web": "30s"}`); `no_forward` is `forward` inverted.
-    private static func normalize(_ name: String, _ node: JSONNode, into out: inout [String: JSONNode]) throws(ConfigurationError) {
-        switch (name, node.value) {
-        case ("no_forward", .bool(let b)):
-            out["forward"] = JSONNode(value: .bool(!b), line: node.line)
-        case ("no_forward", _):
-            throw ConfigurationError("expected true or false, got \(node.typeName)")
-        case ("service_ttl", .object(let map, let names)):
-            var items: [JSONNode] = []
-            for n in names {
-                guard case .string(let ttl) = map[n]!.value else { throw ConfigurationError("expected an object of name to duration") }
-                items.append(JSONNode(value: .string("\(n)=\(ttl)"), line: node.line))
+            do { try setting.read(&out, node) } catch {
+                throw CatalogProblem(path: path, line: node.line, reason: "\(setting.name): \(error.description)")
             }
-            out[name] = JSONNode(value: .array(items), line: node.line)
-        case (_, .string) where lists.contains(name):
-            out[name] = JSONNode(value: .array([node]), line: node.line)
-        case _ where CodingKeys(rawValue: name) != nil:
-            out[name] = node
-        default:
-            let known = CodingKeys.allCases.map { $0.rawValue.replacingOccurrences(of: "_", with: "-") } + ["no-forward"]
-            throw ConfigurationError("unknown setting (known: \(known.sorted().joined(separator: ", ")))")
         }
-    }
-
-    /// The key and a one-line reason for a decoding failure.
-    private static func explain(_ error: DecodingError) -> (String, String) {
-        switch error {
-        case .typeMismatch(let type, let c), .valueNotFound(let type, let c):
-            return (c.codingPath.first?.stringValue ?? "?", "expected \(describe(type))")
-        case .dataCorrupted(let c):
-            return (c.codingPath.first?.stringValue ?? "?", c.debugDescription)
-        case .keyNotFound(let key, _):
-            return (key.stringValue, "missing")
-        @unknown default:
-            return ("?", "\(error)")
-        }
-    }
-
-    private static func describe(_ type: Any.Type) -> String {
-        switch type {
-        case is Bool.Type, is Bool?.Type: return "true or false"
-        case is Int.Type, is Int?.Type: return "an integer"
-        case is [String].Type, is [String]?.Type: return "a string or an array of strings"
-        default: return "a string"
-        }
+        return out
     }
 }

@@ -102,16 +102,13 @@ struct Check: AsyncParsableCommand {
             throw StartupError(message: "\(connectionProblems) problem\(connectionProblems == 1 ? "" : "s") found")
         }
         // The file's catalog, zones and datacenter count too; the command line wins.
-        var settings = Settings(catalog: catalogOptions.catalog, zones: catalogOptions.zones, datacenter: catalogOptions.datacenter)
-        if let path = catalogOptions.config {
-            do { settings = try Settings.decode(file: path).overlaid(with: settings) } catch let problem as CatalogProblem {
-                throw StartupError(message: problem.description, code: 64)
-            }
-        }
+        var serve = try Serve.parse([])
+        serve.catalogOptions = catalogOptions
+        let settings = try serve.overFile().catalogOptions
         let zonesDir = CatalogOptions.zonesDirectory(settings.zones)
-        let catalog = settings.catalog ?? "zones/catalog"
+        let catalog = settings.catalog ?? ServeConfiguration.defaultCatalog
         let problems = CatalogWatcher.check(catalogDirectory: catalog, zonesDirectory: zonesDir,
-                                            localDatacenter: settings.datacenter ?? "dc1")
+                                            localDatacenter: settings.datacenter ?? ServeConfiguration.defaultDatacenter)
         for p in problems { print(p) }
         if !problems.isEmpty {
             throw StartupError(message: "\(problems.count) problem\(problems.count == 1 ? "" : "s") found")

@@ -261,15 +261,26 @@ struct Scenario {
         server.adminPort.map { httpGet("http://127.0.0.1:\($0)/ready").body } ?? ""
     }
 
+    /// Each phase lasts a number of the checker's rounds over every service on both Signposts (and, while etcd has
+    /// quorum, of acknowledged writes), not a time: a busy machine makes the phases longer, never thinner.
+    func phase(rounds: Int, writes: Int = 0) throws {
+        func checked() -> [Int] { checker.tallies.map { $0.answers + $0.wrong + $0.nxdomain + $0.servfail + $0.noReply } }
+        let (checks0, writes0) = (checked(), churn.acknowledged)
+        let done = eventually(within: 60, every: 20_000) {
+            zip(checked(), checks0).allSatisfy { $0 - $1 >= rounds * FleetTests.services } && churn.acknowledged - writes0 >= writes
+        }
+        try #require(done != nil, "a phase of \(rounds) rounds and \(writes) writes did not end within 60 s")
+    }
+
     func run() throws -> [String] {
         var report: [String] = []
-        usleep(2_000_000)  // 1. steady state
+        try phase(rounds: 40)  // 1. steady state
         churn.resume()  // 2. churn
-        usleep(3_000_000)
+        try phase(rounds: 60, writes: 30)
         // 3. Both watch the first endpoint: kill it; both move on.
         etcd.kill(0)
         try #require(eventually(within: 10) { slots.all.allSatisfy { $0.log_().contains("registry unreachable") } } != nil)
-        usleep(3_000_000)
+        try phase(rounds: 60, writes: 30)
         // 4. A second member: quorum is lost. Both keep serving, and say they are stale.
         etcd.kill(1)
         let lost = Date()
@@ -282,7 +293,7 @@ struct Scenario {
         let bodies = slots.all.map(readyBody)
         #expect(bodies.allSatisfy { $0.hasPrefix("ready\n") && $0.contains("stale") }, "\(bodies)")
         report.append("quorum lost: both Signposts knew (staleness over 1 s, /ready 200 and saying stale) \(String(format: "%.1f", stale ?? -1)) s later")
-        usleep(2_000_000)
+        try phase(rounds: 40)
         // 5. Restart the second Signpost while there is no quorum: it answers from its state file.
         let old = try #require(slots.server(1))
         slots.set(1, nil)
@@ -294,7 +305,7 @@ struct Scenario {
         let restartTime = served.map { _ in Date().timeIntervalSince(launched) } ?? -1
         #expect(served != nil && restartTime <= 1.0, "restarted Signpost served all 50 services from its state file in \(restartTime) s")
         report.append(String(format: "restart during the outage: all 50 services answered from the state file %.2f s after launch", restartTime))
-        usleep(2_000_000)
+        try phase(rounds: 40)
         // 6. The members come back: both converge.
         try etcd.start(0)
         try etcd.start(1)
@@ -305,7 +316,7 @@ struct Scenario {
         #expect(converged != nil && convergeTime <= 2.0, "converged \(convergeTime) s after the cluster was healthy again")
         report.append(String(format: "members back: both converged to the truth %.2f s after the cluster was healthy; quorum was lost for %.1f s",
                              convergeTime, healthy.timeIntervalSince(lost)))
-        usleep(2_000_000)
+        try phase(rounds: 40, writes: 20)
         return report
     }
 }

@@ -74,5 +74,16 @@ struct QueryObserverTests {
         #expect(QueryObserver.seconds(1_500_000_123) == "1.500000123")
         #expect(QueryObserver.seconds(0) == "0.0")
         #expect(QueryObserver.bucket(10_000) == 0 && QueryObserver.bucket(10_001) == 1 && QueryObserver.bucket(3_000_000_000) == 14)
+        // The hot path's constants are the declared bounds and sizes.
+        for (i, bound) in QueryObserver.bucketNanoseconds.enumerated() {
+            #expect(QueryObserver.bucket(bound) == i && QueryObserver.bucket(bound + 1) == i + 1, "bucket \(i)")
+        }
+        #expect(QueryObserver.typeCount == QueryObserver.types.count + 1 && QueryObserver.rcodeCount == QueryObserver.rcodes.count + 3)
+        #expect(QueryObserver.requestCount == QueryObserver.transports.count * QueryObserver.typeCount * QueryObserver.rcodeCount)
+        #expect(QueryObserver.histogramWidth == QueryObserver.durationBuckets.count + 2)
+        for (k, t) in QueryObserver.types.enumerated() {
+            #expect(QueryObserverTests.query(t.0).withUnsafeBytes { QueryObserver.questionType($0).0 } == k)
+        }
+        #expect(QueryObserverTests.query(99).withUnsafeBytes { QueryObserver.questionType($0) } == (10, 99))
     }
 }

@@ -373,6 +373,11 @@ public final class RegistryConnection: Sendable {
         config.timeout = .init(connect: connectTimeout)
         config.redirectConfiguration = .disallow
         config.connectionPool = .init(idleTimeout: .seconds(60), concurrentHTTP1ConnectionsPerHostSoftLimit: poolSize)
+        // A failed connect fails the requests waiting for it at once: the watchers' own loop (`RegistryLoop`) backs
+        // off and moves to the next endpoint. AHC's retry would keep a backoff that grows with the outage (up to
+        // 60 s, reset only by a connect that succeeds) and fail a request to a member that is back with the stale
+        // error, so recovery after a long outage took seconds longer than after a short one (FleetTests).
+        config.connectionPool.retryConnectionEstablishment = false
         if let eventLoop { return HTTPClient(eventLoopGroup: eventLoop, configuration: config) }
         return HTTPClient(eventLoopGroupProvider: .singleton, configuration: config)
     }

@@ -1,0 +1,70 @@
+import Foundation
+import Logging
+import NIOCore
+@testable import Registries
+import Testing
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// How a registry connection treats a member that is down: the watchers' loop decides the retries, not the HTTP
+/// client's pool.
+@Suite("Registry connection recovery")
+struct ConnectionRecoveryTests {
+    /// A one-connection HTTP server on `port` that answers `{}` to one request.
+    static func serveOnce(port: UInt16) -> Int32 {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        var one: Int32 = 1
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
+        var addr = sockaddr_in()
+        addr.sin_family = sa_family_t(AF_INET)
+        addr.sin_port = port.bigEndian
+        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+        let bound = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+        precondition(bound == 0 && listen(fd, 4) == 0, "cannot listen on \(port)")
+        Thread.detachNewThread {
+            let c = accept(fd, nil, nil)
+            guard c >= 0 else { return }
+            var buffer = [UInt8](repeating: 0, count: 4096)
+            _ = read(c, &buffer, buffer.count)
+            let answer = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}"
+            _ = answer.withCString { write(c, $0, strlen($0)) }
+            close(c)
+        }
+        return fd
+    }
+
+    static func closedPort() -> UInt16 {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        var addr = sockaddr_in()
+        addr.sin_family = sa_family_t(AF_INET)
+        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        _ = withUnsafeMutablePointer(to: &addr) { p in
+            p.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length); return getsockname(fd, $0, &length) }
+        }
+        close(fd)
+        return UInt16(bigEndian: addr.sin_port)
+    }
+
+    /// A refused connect fails the request at once, so the watcher's own loop moves on to the next member; and the
+    /// member, once back, answers the next request. (With AsyncHTTPClient's connect retry, each request to a down
+    /// member waited out the whole connect timeout, retrying with a backoff that grew with the outage.) The bound
+    /// is half the connect timeout, against well under a millisecond expected: a loaded machine cannot reach it.
+    @Test func aDownMemberFailsAtOnceAndAnswersOnceBack() async throws {
+        let port = Self.closedPort()
+        let endpoint = "http://127.0.0.1:\(port)"
+        let connection = RegistryConnection(settings: ConnectionSettings(endpoints: [endpoint]), registry: .consul, name: "test",
+                                            logger: Logger(label: "test"), connectTimeout: .seconds(10))
+        for _ in 0..<20 {
+            let started = ContinuousClock.now
+            await #expect(throws: RegistryFailure.self) { try await connection.fetchJSON(endpoint, "/v1/status/leader", deadline: .now() + .seconds(30)) }
+            #expect(ContinuousClock.now - started < .seconds(5), "a refused connect held the request")
+        }
+        let listener = Self.serveOnce(port: port)
+        defer { close(listener) }
+        let (_, body) = try await connection.fetchJSON(endpoint, "/v1/status/leader", deadline: .now() + .seconds(30))
+        #expect(body.readableBytes == 2)
+        await connection.shutdown()
+    }
+}

@@ -106,3 +106,17 @@ struct ConfigurationValueTests {
         #expect(slot.handler.resolver.identity != first.identity && slot.handler.resolver.configuration.nodeTTL == 5)
     }
 }
+
+/// The `--config` file's table and `serve`'s flags name the same settings: a flag left out of the table would be
+/// silently unknown in files, and a row without a flag would be a setting no command line can give.
+@Suite("Settings table")
+struct SettingsTableTests {
+    @Test func theFileTableNamesEveryFlagAndNothingElse() throws {
+        let help = Serve.helpMessage(columns: 10_000)
+        let regex = try Regex("--([a-z0-9-]+)")
+        let flags = Set(help.matches(of: regex).map { String(help[$0.range].dropFirst(2)) }).subtracting(["help", "config"])
+        let table = Serve.fileSettings.map(\.name)
+        #expect(Set(table) == flags, "only flags: \(flags.subtracting(table).sorted()); only rows: \(Set(table).subtracting(flags).sorted())")
+        #expect(table.count == Set(table).count, "a setting twice in the table")
+    }
+}

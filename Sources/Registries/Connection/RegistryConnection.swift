@@ -325,14 +325,16 @@ public final class RegistryConnection: Sendable {
         RegistryFailure(.badResponse, endpoint: endpoint, "\(path) returned JSON that does not parse or has the wrong shape (\(Self.short(error)))")
     }
 
+    /// A decoding error in one line: where in the document (`Node.Checks.[2].Status`) and why. Every registry's
+    /// JSON errors are said this way.
     static func short(_ error: any Error) -> String {
         let ns = error as NSError
         if ns.domain == NSCocoaErrorDomain, let debug = ns.userInfo[NSDebugDescriptionErrorKey] as? String { return debug }
         if let decoding = error as? DecodingError {
             switch decoding {
             case .dataCorrupted(let c), .keyNotFound(_, let c), .typeMismatch(_, let c), .valueNotFound(_, let c):
-                let at = c.codingPath.map(\.stringValue).joined(separator: ".")
-                return (at.isEmpty ? "" : "at \(at): ") + c.debugDescription
+                let at = c.codingPath.map { $0.intValue.map { "[\($0)]" } ?? $0.stringValue }.joined(separator: ".")
+                return (at.isEmpty ? "" : "\(at): ") + c.debugDescription
             @unknown default: break
             }
         }

@@ -110,25 +110,15 @@ public enum EtcdValue {
         return try context.instance(service, id: context.id, address: address, port: port)
     }
 
-    static func describe(_ error: any Error) -> String {
-        switch error as? DecodingError {
-        case .typeMismatch(_, let c)?, .valueNotFound(_, let c)?, .keyNotFound(_, let c)?, .dataCorrupted(let c)?:
-            let path = c.codingPath.map { $0.intValue.map { "[\($0)]" } ?? $0.stringValue }.joined(separator: ".")
-            return path.isEmpty ? c.debugDescription : "\(path): \(c.debugDescription)"
-        default:
-            return "\(error)"
-        }
-    }
-
     /// A JSON object: the layout is told by which fields it has (`EtcdLayout.Detected`, one parse).
     static func object(_ value: [UInt8], _ context: KeyContext) throws(Invalid) -> [Instance]? {
         let detected: EtcdLayout.Detected
         do { detected = try JSONDecoder().decode(EtcdLayout.Detected.self, from: Data(value)) } catch {
             switch error {
             case let invalid as Invalid: throw invalid
-            case let failure as EtcdLayout.Detected.Failure: throw Invalid(description: "\(failure.layout): \(Self.describe(failure.error))")
+            case let failure as EtcdLayout.Detected.Failure: throw Invalid(description: "\(failure.layout): \(RegistryConnection.short(failure.error))")
             case DecodingError.typeMismatch(_, let c) where c.codingPath.isEmpty: throw Invalid(description: "expected a JSON object")
-            default: throw Invalid(description: "invalid JSON: \(Self.describe(error))")
+            default: throw Invalid(description: "invalid JSON: \(RegistryConnection.short(error))")
             }
         }
         switch detected {

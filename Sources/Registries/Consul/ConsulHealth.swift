@@ -95,13 +95,16 @@ extension ConsulWatcher {
             var Weights: Weights?
             var ModifyIndex: Int64?
         }
+        /// Consul's `structs.HealthCheck`, as health entries and the failing lists (`FailingCheck`) give it.
         struct Check: Decodable, Sendable {
+            var Node: String?
             var CheckID: String?
             var Name: String?
             var Status: String?
             var Output: String?
             var Notes: String?
             var ServiceID: String?
+            var ServiceName: String?
         }
         var Node: NodePart?
         var Service: ServicePart?

@@ -51,16 +51,27 @@ extension ConsulWatcher {
         }
     }
 
-    /// One entry of `/v1/health/state/<status>`: what the diff and a patch need.
+    /// One entry of `/v1/health/state/<status>`: a check (`HealthEntry.Check`, Consul's `structs.HealthCheck`) that
+    /// names its node and its ID, which the diff keys on; a list with an entry that does not is refused whole.
     struct FailingCheck: Decodable {
-        var Node: String
-        var CheckID: String
-        var Name: String?
-        var Status: String?
-        var Output: String?
-        var Notes: String?
-        var ServiceID: String?
-        var ServiceName: String?
+        let Node: String
+        let CheckID: String
+        let check: HealthEntry.Check
+
+        init(from decoder: any Decoder) throws {
+            check = try HealthEntry.Check(from: decoder)
+            guard let node = check.Node, let id = check.CheckID else {
+                throw DecodingError.dataCorrupted(.init(codingPath: decoder.codingPath, debugDescription: "a check without Node or CheckID"))
+            }
+            (Node, CheckID) = (node, id)
+        }
+
+        var Name: String? { check.Name }
+        var Status: String? { check.Status }
+        var Output: String? { check.Output }
+        var Notes: String? { check.Notes }
+        var ServiceID: String? { check.ServiceID }
+        var ServiceName: String? { check.ServiceName }
     }
 
     /// A failing list by node and check ID.

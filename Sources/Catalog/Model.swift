@@ -79,6 +79,18 @@ public enum Address: Hashable, Sendable, CustomStringConvertible {
     }
 }
 
+/// Where an instance runs: a region, and a zone within it (Consul's `Locality`, Envoy's, Kubernetes'
+/// `topology.kubernetes.io/region` and `/zone`). Either may be empty.
+public struct Locality: Sendable, Hashable, Codable, CustomStringConvertible {
+    public var region: String
+    public var zone: String
+
+    public init(region: String = "", zone: String = "") { (self.region, self.zone) = (region, zone) }
+
+    public var isEmpty: Bool { region.isEmpty && zone.isEmpty }
+    public var description: String { [region, zone].filter { !$0.isEmpty }.joined(separator: "/") }
+}
+
 /// A node as registered: name, address, datacenter and its metadata.
 public struct Node: Sendable, Hashable {
     public var name: String
@@ -135,6 +147,9 @@ public struct Instance: Sendable, Hashable {
     public var checks: [CheckState] = []
     /// Where the registry holds it (a catalog file's line, an etcd key and revision, a Consul service's index).
     public var origin = Origin()
+    /// Where it runs, as the registration says (Consul's `Service.Locality`, else its node's); nil when it says
+    /// nothing. Meta keys (`--locality-key`) are the resolver's fallback.
+    public var locality: Locality? = nil
 
     public init(id: String, service: String, node: Node, serviceAddress: Address?, port: UInt16, namedPorts: [String: UInt16] = [:],
                 tags: [String], meta: [String: String], weightPassing: UInt16, weightWarning: UInt16, health: Health,

@@ -114,6 +114,12 @@ public enum RegistrationDecoder {
             return out
         }
 
+        /// Consul's `Locality`: `{"Region": "…", "Zone": "…"}`.
+        func locality(_ key: String) throws(SchemaError) -> Locality? {
+            guard let l = try object(key) else { return nil }
+            return Locality(region: try l.string("Region") ?? "", zone: try l.string("Zone") ?? "")
+        }
+
         func object(_ key: String) throws(SchemaError) -> Object? {
             guard let n = node(key) else { return nil }
             return try Object(n, path: "\(path)\(key).")
@@ -131,6 +137,7 @@ public enum RegistrationDecoder {
         let tagged = try o.stringMap("TaggedAddresses")
         let (name, address) = (try o.string("Node", required: true)!, try o.string("Address", required: true))
         let (datacenter, meta) = (try o.string("Datacenter"), try o.stringMap("NodeMeta"))
+        let nodeLocality = try o.locality("Locality")
         let node: Node
         do throws(RegistrationProblem) {
             node = try RegistrationRules.node(name: name, address: address, datacenter: datacenter, meta: meta,
@@ -161,7 +168,8 @@ public enum RegistrationDecoder {
         var instance: Instance? = nil
         var skippedID: String? = nil
         if let s = try o.object("Service") {
-            let fields = try serviceFields(s)
+            var fields = try serviceFields(s)
+            fields.nodeLocality = nodeLocality
             do throws(RegistrationProblem) {
                 instance = try RegistrationRules.instance(fields, on: node)
                 instance?.origin = Origin(registry: "file", location: "\(file):\(s.line)")
@@ -188,6 +196,7 @@ public enum RegistrationDecoder {
         return RegistrationFields(service: try s.string("Service", required: true)!, id: try s.string("ID"), address: try s.string("Address"),
                                   port: try s.integer("Port", in: Int(Int32.min)...Int(Int32.max)), tags: try s.strings("Tags"),
                                   meta: try s.stringMap("Meta"), weights: weights,
-                                  serviceLAN: (try tagged?.object("lan_ipv4")?.string("Address"), try tagged?.object("lan_ipv6")?.string("Address")))
+                                  serviceLAN: (try tagged?.object("lan_ipv4")?.string("Address"), try tagged?.object("lan_ipv6")?.string("Address")),
+                                  locality: try s.locality("Locality"))
     }
 }

@@ -46,22 +46,27 @@ public struct RegistrationFields: Sendable, Equatable {
     /// A status given for the instance itself, without a check (etcd's native `Status`).
     public var status: String?
     public var checks: [Check]
+    /// The service's `Locality`, and its node's (Consul's agent gives its node one).
+    public var locality: Locality?
+    public var nodeLocality: Locality?
 
     public init(service: String, id: String? = nil, node: String? = nil, nodeAddress: String? = nil, datacenter: String? = nil,
                 nodeMeta: [String: String] = [:], nodeLAN: (ipv4: String?, ipv6: String?) = (nil, nil), address: String? = nil,
                 port: Int? = nil, namedPorts: [String: UInt16] = [:], tags: [String] = [], meta: [String: String] = [:],
                 weights: Weights? = nil, serviceLAN: (ipv4: String?, ipv6: String?) = (nil, nil), status: String? = nil,
-                checks: [Check] = []) {
+                checks: [Check] = [], locality: Locality? = nil, nodeLocality: Locality? = nil) {
         (self.service, self.id, self.node, self.nodeAddress, self.datacenter, self.nodeMeta) = (service, id, node, nodeAddress, datacenter, nodeMeta)
         (self.nodeLAN, self.address, self.port, self.namedPorts, self.tags, self.meta) = (nodeLAN, address, port, namedPorts, tags, meta)
         (self.weights, self.serviceLAN, self.status, self.checks) = (weights, serviceLAN, status, checks)
+        (self.locality, self.nodeLocality) = (locality, nodeLocality)
     }
 
     public static func == (a: Self, b: Self) -> Bool {
         a.service == b.service && a.id == b.id && a.node == b.node && a.nodeAddress == b.nodeAddress && a.datacenter == b.datacenter
             && a.nodeMeta == b.nodeMeta && a.nodeLAN == b.nodeLAN && a.address == b.address && a.port == b.port
             && a.namedPorts == b.namedPorts && a.tags == b.tags && a.meta == b.meta && a.weights == b.weights
-            && a.serviceLAN == b.serviceLAN && a.status == b.status && a.checks == b.checks
+            && a.serviceLAN == b.serviceLAN && a.status == b.status && a.checks == b.checks && a.locality == b.locality
+            && a.nodeLocality == b.nodeLocality
     }
 }
 
@@ -137,6 +142,7 @@ public enum RegistrationRules {
                                                                           besides: serviceAddress))
         instance.checks = checks
         instance.health = fold(checks, status: fields.status.map(health))
+        instance.locality = locality(fields.locality, node: fields.nodeLocality)
         return instance
     }
 
@@ -167,6 +173,13 @@ public enum RegistrationRules {
         guard let parsed = Address(text) else { throw .address(field: "Address", text: text) }
         return Node(name: name, address: parsed, datacenter: Self.datacenter(datacenter, localDatacenter), meta: meta,
                     lanAddresses: Address.lanAddresses(ipv4: lan.ipv4, ipv6: lan.ipv6, besides: parsed))
+    }
+
+    /// The service's locality, else its node's (as Consul's services inherit their agent's); none when both are empty.
+    static func locality(_ service: Locality?, node: Locality?) -> Locality? {
+        if let service, !service.isEmpty { return service }
+        if let node, !node.isEmpty { return node }
+        return nil
     }
 
     static func datacenter(_ given: String?, _ local: String) -> String {

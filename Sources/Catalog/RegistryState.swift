@@ -162,6 +162,8 @@ extension RegistryState {
         var sa: String?, np: [String: UInt16]?, t: [String]?, m: [String: String]?, w: [UInt16]?, h: Int?, sl: [String]?
         /// The checks and the origin, for the operator view (absent in files written before they were kept).
         var c: [CheckState]?, o: Origin?
+        /// The locality: region and zone.
+        var lo: Locality?
 
         init(_ i: Instance, node: Int) {
             (id, s, n, p) = (i.id, i.service, node, i.port)
@@ -174,6 +176,7 @@ extension RegistryState {
             sl = i.serviceLanAddresses.isEmpty ? nil : i.serviceLanAddresses.map(\.description)
             c = i.checks.isEmpty ? nil : i.checks
             o = i.origin == Origin() ? nil : i.origin
+            lo = i.locality
         }
 
         /// The instance, read back through the same rules as every registry's (`RegistrationRules`): the file
@@ -186,7 +189,8 @@ extension RegistryState {
                 weights: w.map { .init(passing: Int($0[0]), warning: Int($0[1])) }, serviceLAN: RegistryState.byFamily(sl ?? []),
                 // The health as it was folded (a Consul instance's from its checks, an etcd one's own status), and the checks.
                 status: health.description,
-                checks: (c ?? []).map { .init(id: $0.id, name: $0.name, status: $0.status.description, output: $0.output, nodeLevel: $0.nodeLevel) })
+                checks: (c ?? []).map { .init(id: $0.id, name: $0.name, status: $0.status.description, output: $0.output, nodeLevel: $0.nodeLevel) },
+                locality: lo)
             var inst: Instance
             do { inst = try RegistrationRules.instance(fields, localDatacenter: localDatacenter) } catch {
                 throw Problem(path: "", reason: "corrupt: instance \(id): \(error)")

@@ -128,12 +128,15 @@ public struct ResolverConfiguration: Sendable, Equatable {
     public var altDomain: DNSName?
     /// Node meta as TXT in the additional section of SRV answers (Consul's `enable_additional_node_meta_txt`).
     public var nodeMetaTXT: Bool
+    /// Nearest-first answers (`--locality` and its settings); off by default.
+    public var locality = LocalityConfiguration()
 
     public init(domain: DNSName = try! DNSName("consul"), datacenter: String = "dc1", onlyPassing: Bool = false,
                 order: AnswerOrder = .cyclic, serviceTTL: TTLPolicy = TTLPolicy(), nodeTTL: UInt32 = 0,
                 maxUDPSize: Int = 1232,
                 nameserverAddresses: [Address] = [.v4(IPv4("127.0.0.1")!)], grpcLBPolicy: GRPCLBPolicy = .none,
-                answerLimit: Int = 0, altDomain: DNSName? = nil, nodeMetaTXT: Bool = false) {
+                answerLimit: Int = 0, altDomain: DNSName? = nil, nodeMetaTXT: Bool = false,
+                locality: LocalityConfiguration = LocalityConfiguration()) {
         self.domain = domain.lowercased
         self.datacenter = datacenter
         self.datacenterKey = NameKey(datacenter.lowercased())
@@ -147,6 +150,7 @@ public struct ResolverConfiguration: Sendable, Equatable {
         self.answerLimit = answerLimit
         self.altDomain = altDomain?.lowercased
         self.nodeMetaTXT = nodeMetaTXT
+        self.locality = locality
     }
 
     /// Default SOA timers (RFC 1912 style), used without a zone file for the domain.

@@ -44,6 +44,8 @@ extension QueryHandler {
         case .service(let entry, let selector):
             // SRV targets name the domain: the templates are the primary domain's.
             if query.type == RRType.srv && plan.alt { return nil }
+            // Nearest-first answers depend on the client: the general path orders them (for now).
+            if resolver.configuration.locality.mode != .off { return nil }
             let encoded = resolver.templates(entry, selector, datacenter: plan.datacenter, name: name, in: snapshot)
             guard let template = encoded.template(query.type) else { return nil }
             (source, bodySize) = (.service(entry, count: encoded.count, template), template.bodySize)

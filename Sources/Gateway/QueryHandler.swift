@@ -70,7 +70,7 @@ public final class QueryHandler: Sendable {
     func handleWithoutFastPath(_ packet: ByteBuffer, transport: Transport, client: SocketAddress?, eventLoop: any EventLoop) -> Handled {
         let parsed = Query.parse(packet)
         guard let forwarder, case .query(let query) = parsed, !resolver.answersLocally(query.question, in: store.snapshot) else {
-            return .now(respond(parsed, transport: transport, allocator: ByteBufferAllocator()))
+            return .now(respond(parsed, transport: transport, client: client, allocator: ByteBufferAllocator()))
         }
         let config = resolver.configuration
         var h = replyHeader(to: query.header)
@@ -113,6 +113,12 @@ public final class QueryHandler: Sendable {
         return h
     }
 
+    /// Where a client is, for nearest-first answers: nil when locality is off (without reading the address).
+    func clientLocality(_ client: SocketAddress?) -> ClientLocality? {
+        guard resolver.configuration.locality.mode != .off else { return nil }
+        return withClientAddress(client) { resolver.clientLocality(address: $0) } ?? resolver.clientLocality(address: nil)
+    }
+
     /// True when the data is older than `--max-stale` allows.
     func tooStale(_ question: Question) -> Bool {
         guard let maxStale, let age = store.staleness(), age > maxStale else { return false }
@@ -130,7 +136,7 @@ public final class QueryHandler: Sendable {
         respond(Query.parse(packet), transport: transport, allocator: allocator)
     }
 
-    func respond(_ parsed: QueryParse, transport: Transport, allocator: ByteBufferAllocator) -> ByteBuffer? {
+    func respond(_ parsed: QueryParse, transport: Transport, client: SocketAddress? = nil, allocator: ByteBufferAllocator) -> ByteBuffer? {
         let config = resolver.configuration
         switch parsed {
         case .drop(let reason):
@@ -145,7 +151,7 @@ public final class QueryHandler: Sendable {
         case .query(let query):
             let answer = tooStale(query.question)
                 ? Answer(rcode: RCode.servFail, authoritative: false)
-                : resolver.resolve(query.question, in: store.snapshot)
+                : resolver.resolve(query.question, in: store.snapshot, client: clientLocality(client))
             var h = replyHeader(to: query.header)
             h.aa = answer.authoritative
             h.cd = query.header.cd

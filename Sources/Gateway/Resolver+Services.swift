@@ -16,7 +16,7 @@ struct Exclusions: OptionSet {
 extension Resolver {
     /// The instances a service plan selects, healthy and in the datacenter, as A, AAAA or SRV records.
     func service(_ name: DNSName, _ type: UInt16, entry: ServiceEntry, selector: ServiceSelector, datacenter: String,
-                 _ snapshot: CatalogSnapshot, _ plan: NamePlan, depth: Int) -> Answer {
+                 _ snapshot: CatalogSnapshot, _ plan: NamePlan, depth: Int, client: ClientLocality? = nil) -> Answer {
         let healthy = selected(entry, selector, datacenter: datacenter)
         guard !healthy.isEmpty else {
             // `b.web` under a tag `a.b` is an empty non-terminal: `a.b.web` exists below it.
@@ -26,7 +26,7 @@ extension Resolver {
             }
             return negative(RCode.nxDomain, snapshot, plan)
         }
-        let ordered = rotate(healthy, entry: entry)
+        let (ordered, preferred) = rotate(healthy, entry: entry, client: client)
         let ttl = configuration.serviceTTL.ttl(for: entry.name)
 
         // Only hostname instances: the name is one CNAME (an owner may hold just one), to the first in rotated
@@ -44,7 +44,8 @@ extension Resolver {
             let records = addressRecords(Self.answerAddresses(ordered, type), owner: name, type: type, ttl: ttl)
             return records.isEmpty ? negative(RCode.noError, snapshot, plan) : Answer(rcode: RCode.noError, authoritative: true, answers: records)
         case RRType.srv:
-            let (answers, glue) = srvRecords(ordered, owner: name, selector: selector, ttl: ttl, domain: domain(of: plan), snapshot, depth: depth)
+            let (answers, glue) = srvRecords(ordered, owner: name, selector: selector, ttl: ttl, domain: domain(of: plan), snapshot, depth: depth,
+                                             preferred: preferred)
             return Answer(rcode: RCode.noError, authoritative: true, answers: answers, glue: glue)
         default:
             return negative(RCode.noError, snapshot, plan)
@@ -66,15 +67,18 @@ extension Resolver {
         return out
     }
 
-    /// SRV records in the given order, with each target's glue.
+    /// SRV records in the given order, with each target's glue. The first `preferred` (the client's nearest group)
+    /// have priority 1 and the rest 2, so an RFC 2782 client fails over to them by itself; with no preference,
+    /// every record has priority 1.
     func srvRecords(_ ordered: [Instance], owner: DNSName, selector: ServiceSelector, ttl: UInt32, domain: DNSName,
-                    _ snapshot: CatalogSnapshot, depth: Int) -> ([ResourceRecord], [[ResourceRecord]]) {
+                    _ snapshot: CatalogSnapshot, depth: Int, preferred: Int = 0) -> ([ResourceRecord], [[ResourceRecord]]) {
         var answers: [ResourceRecord] = []
         var glue: [[ResourceRecord]] = []
-        for inst in ordered {
+        for (k, inst) in ordered.enumerated() {
             let (target, targetGlue) = srvTarget(inst, ttl: ttl, domain: domain, snapshot, depth: depth)
+            let priority: UInt16 = preferred == 0 || k < preferred ? 1 : 2
             answers.append(ResourceRecord(name: owner, ttl: ttl,
-                                          rdata: .srv(priority: 1, weight: inst.weight, port: selector.port(of: inst), target: target)))
+                                          rdata: .srv(priority: priority, weight: inst.weight, port: selector.port(of: inst), target: target)))
             glue.append(targetGlue)
         }
         return (answers, glue)
@@ -129,19 +133,39 @@ extension Resolver {
     /// `--answer-limit`. With a limit below the count, each query starts a whole window further round, so
     /// ⌈M/N⌉ successive queries return every one of the M instances. Works on a copy: the snapshot's array is
     /// never reordered.
-    func rotate(_ instances: [Instance], entry: ServiceEntry) -> [Instance] {
-        guard instances.count > 1 else { return instances }
+    ///
+    /// With nearest-first answers (`--locality`) and a client whose zone is known, the set is split into groups
+    /// (`nearestGroups`), each rotated (or shuffled) on its own, nearest first, and the limit takes the nearest
+    /// groups first. `preferred` is how many of the returned instances are in the client's group (0 when there is
+    /// no preference): SRV gives those priority 1 and the rest priority 2.
+    func rotate(_ instances: [Instance], entry: ServiceEntry, client: ClientLocality? = nil) -> (ordered: [Instance], preferred: Int) {
+        guard instances.count > 1 else { return (instances, 0) }
         let limit = configuration.answerLimit
         let capped = limit > 0 && instances.count > limit
-        switch configuration.order {
-        case .random:
-            let shuffled = instances.shuffled()
-            return capped ? Array(shuffled.prefix(limit)) : shuffled
-        case .cyclic:
-            let offset = (entry.nextRotation() % instances.count) * (capped ? limit : 1) % instances.count
-            let rotated = Array(instances[offset...] + instances[..<offset])
-            return capped ? Array(rotated.prefix(limit)) : rotated
+        let (groups, preferred) = nearestGroups(instances, client: client)
+        guard preferred else {
+            switch configuration.order {
+            case .random:
+                let shuffled = instances.shuffled()
+                return (capped ? Array(shuffled.prefix(limit)) : shuffled, 0)
+            case .cyclic:
+                let offset = (entry.nextRotation() % instances.count) * (capped ? limit : 1) % instances.count
+                let rotated = Array(instances[offset...] + instances[..<offset])
+                return (capped ? Array(rotated.prefix(limit)) : rotated, 0)
+            }
         }
+        let turn = configuration.order == .cyclic ? entry.nextRotation() : 0
+        var ordered: [Instance] = []
+        for group in groups {
+            switch configuration.order {
+            case .random: ordered += group.shuffled()
+            case .cyclic:
+                let offset = turn % group.count
+                ordered += group[offset...] + group[..<offset]
+            }
+        }
+        let kept = capped ? Array(ordered.prefix(limit)) : ordered
+        return (kept, min(groups[0].count, kept.count))
     }
 
     /// A node's meta as TXT records, `key=value`, one per key in key order (RFC 1464 style, as Consul writes them).

@@ -39,8 +39,9 @@ public struct Resolver: Sendable {
         self.identity = Self.identities.loadThenWrappingIncrement(ordering: .relaxed)
     }
 
-    public func resolve(_ question: Question, in snapshot: CatalogSnapshot) -> Answer {
-        let answer = resolve(question.name, question.type, qclass: question.qclass, in: snapshot, depth: 0)
+    /// `client`: where the query comes from, for nearest-first answers (`clientLocality`).
+    public func resolve(_ question: Question, in snapshot: CatalogSnapshot, client: ClientLocality? = nil) -> Answer {
+        let answer = resolve(question.name, question.type, qclass: question.qclass, in: snapshot, depth: 0, client: client)
         return question.type == RRType.any ? Self.minimalAny(answer) : answer
     }
 
@@ -57,17 +58,18 @@ public struct Resolver: Sendable {
     }
 
     /// The general path: the name's plan (`classify`, the naming rules), answered in full.
-    func resolve(_ name: DNSName, _ type: UInt16, qclass: UInt16, in snapshot: CatalogSnapshot, depth: Int) -> Answer {
+    func resolve(_ name: DNSName, _ type: UInt16, qclass: UInt16, in snapshot: CatalogSnapshot, depth: Int,
+                 client: ClientLocality? = nil) -> Answer {
         guard qclass == DNSClass.inet || qclass == DNSClass.any else { return .refused }
         guard type != RRType.axfr && type != RRType.ixfr else { return .refused }
         return name.wire.withUnsafeBytes { wire -> Answer in
             let plan = classify(wire, in: snapshot) { zone in zone.records[name.lowercased] != nil }
-            return answer(plan, name, wire, type, snapshot, depth: depth)
+            return answer(plan, name, wire, type, snapshot, depth: depth, client: client)
         }
     }
 
     private func answer(_ plan: NamePlan, _ name: DNSName, _ wire: UnsafeRawBufferPointer, _ type: UInt16,
-                        _ snapshot: CatalogSnapshot, depth: Int) -> Answer {
+                        _ snapshot: CatalogSnapshot, depth: Int, client: ClientLocality?) -> Answer {
         let domain = self.domain(of: plan)
         switch plan.kind {
         case .outside:
@@ -91,7 +93,8 @@ public struct Resolver: Sendable {
             return negative(RCode.noError, snapshot, plan)
         case .service(let entry, let selector):
             let datacenter = plan.datacenter?.text(wire) ?? configuration.datacenterKey.text
-            return service(name, type, entry: entry, selector: selector.selector(wire), datacenter: datacenter, snapshot, plan, depth: depth)
+            return service(name, type, entry: entry, selector: selector.selector(wire), datacenter: datacenter, snapshot, plan, depth: depth,
+                           client: client)
         case .grpcConfig(let entry):
             return grpcConfig(name, type, policy: grpcPolicy(for: entry)!, entry: entry, snapshot, plan)
         case .node(let node):

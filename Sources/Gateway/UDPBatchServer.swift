@@ -135,7 +135,8 @@ final class UDPBatchServer: Sendable {
             return Self.rateLimit(handler, client, into, length)
         }
         let packet = ByteBuffer(bytes: raw)
-        let address = handler.forwarder == nil && handler.observer == nil ? nil : Self.address(client)
+        let needsAddress = handler.forwarder != nil || handler.observer != nil || handler.resolver.configuration.locality.mode != .off
+        let address = needsAddress ? Self.address(client) : nil
         // The fast paths already declined this one: straight to the general path.
         switch handler.handleWithoutFastPath(packet, transport: .udp, client: address, eventLoop: loop) {
         case .now(let response):

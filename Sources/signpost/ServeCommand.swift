@@ -119,4 +119,22 @@ struct Serve: AsyncParsableCommand {
 
     @Option(name: .long, help: ArgumentHelp("Keep each registry's last-good catalog here, and serve it after a restart while the registry is unreachable (within --max-stale). Off by default.", valueName: "DIR"))
     var stateDir: String?
+
+    @Option(name: .long, help: "Nearest-first answers: zone (the client's zone first, then its region, then the rest), region, or off (the default).")
+    var locality: LocalityMode?
+
+    @Option(name: .long, help: ArgumentHelp("Signpost's own zone: the zone of clients no --client-zone network names (the host's own resolver).", valueName: "ZONE"))
+    var zone: String?
+
+    @Option(name: .long, help: ArgumentHelp("Clients in this network are in this zone, for --locality. Repeatable; the most specific network wins.", valueName: "CIDR=ZONE"))
+    var clientZone: [String] = []
+
+    @Option(name: .long, help: ArgumentHelp("A meta key that gives an instance's zone or region when its registration has no Locality (service meta, then node meta). Repeatable. Default zone=zone, zone=topology.kubernetes.io/zone, region=region, region=topology.kubernetes.io/region.", valueName: "zone=KEY|region=KEY"))
+    var localityKey: [String] = []
+
+    @Option(name: .long, help: ArgumentHelp("With --locality: prefer the client's zone only while it holds at least N healthy instances. Default 1.", valueName: "N"))
+    var localityMin: Int?
+
+    @Option(name: .long, help: ArgumentHelp("With --locality: prefer the client's zone only while it holds at least this fraction of an even share of the healthy instances (all of them over the zones that hold any). Default 0.5.", valueName: "FRACTION"))
+    var localityMinShare: Double?
 }

@@ -136,7 +136,35 @@ struct ServeConfiguration: Sendable, Equatable {
             domain: domain, datacenter: datacenter ?? s.catalogOptions.datacenter ?? ServeConfiguration.defaultDatacenter, onlyPassing: s.onlyPassing ?? false, order: s.order ?? .cyclic,
             serviceTTL: try TTLPolicy.parse(s.serviceTTL), nodeTTL: s.nodeTTL?.seconds ?? 0, maxUDPSize: maxUDPSize,
             nameserverAddresses: addresses.isEmpty ? [Address("127.0.0.1")!] : addresses, grpcLBPolicy: s.grpcLbPolicy ?? .none,
-            answerLimit: answerLimit, altDomain: altDomain, nodeMetaTXT: s.nodeMetaTxt ?? false)
+            answerLimit: answerLimit, altDomain: altDomain, nodeMetaTXT: s.nodeMetaTxt ?? false, locality: try locality(s))
+    }
+
+    /// Nearest-first answers: `--locality`, the zones of clients, the meta keys and the guard.
+    private static func locality(_ s: Serve) throws(ConfigurationError) -> LocalityConfiguration {
+        var l = LocalityConfiguration()
+        l.mode = s.locality ?? .off
+        l.zone = s.zone.flatMap { $0.isEmpty ? nil : $0 }
+        for text in s.clientZone {
+            let parts = text.split(separator: "=", maxSplits: 1).map(String.init)
+            guard parts.count == 2, !parts[1].isEmpty else { throw ConfigurationError("invalid --client-zone \"\(text)\": expected CIDR=ZONE") }
+            l.clientZones.append((try CIDR(parts[0]), parts[1]))
+        }
+        var zoneKeys: [String] = [], regionKeys: [String] = []
+        for text in s.localityKey {
+            let parts = text.split(separator: "=", maxSplits: 1).map(String.init)
+            switch (parts.first, parts.count) {
+            case ("zone", 2): zoneKeys.append(parts[1])
+            case ("region", 2): regionKeys.append(parts[1])
+            default: throw ConfigurationError("invalid --locality-key \"\(text)\": expected zone=KEY or region=KEY")
+            }
+        }
+        if !zoneKeys.isEmpty { l.zoneKeys = zoneKeys }
+        if !regionKeys.isEmpty { l.regionKeys = regionKeys }
+        l.minimum = s.localityMin ?? 1
+        l.minimumShare = s.localityMinShare ?? 0.5
+        guard l.minimum >= 1 else { throw ConfigurationError("--locality-min must be at least 1") }
+        guard (0...1).contains(l.minimumShare) else { throw ConfigurationError("--locality-min-share must be from 0 to 1") }
+        return l
     }
 
     private static func handlerLimits(_ s: Serve) throws(ConfigurationError)

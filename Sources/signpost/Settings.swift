@@ -93,6 +93,7 @@ struct FileSetting {
         switch type {
         case is Bool.Type: return "true or false"
         case is Int.Type: return "an integer"
+        case is Double.Type: return "a number"
         case is [String].Type: return "a string or an array of strings"
         default: return "a string"
         }
@@ -117,7 +118,8 @@ extension Serve {
          .value("upstream-policy", \.upstreamPolicy), .value("upstream-timeout", \.upstreamTimeout),
          .value("max-concurrent", \.maxConcurrent), .value("cache-size", \.cacheSize), .value("cache-min-ttl", \.cacheMinTTL),
          .value("cache-max-ttl", \.cacheMaxTTL), .value("stale-ttl", \.staleTTL), .list("allow-recursion", \.allowRecursion),
-         .value("state-dir", \.stateDir)]
+         .value("state-dir", \.stateDir), .value("locality", \.locality), .value("zone", \.zone), .list("client-zone", \.clientZone),
+         .list("locality-key", \.localityKey), .value("locality-min", \.localityMin), .value("locality-min-share", \.localityMinShare)]
             + FileSetting.flag("only-passing", \.onlyPassing) + FileSetting.flag("node-meta-txt", \.nodeMetaTxt)
             + FileSetting.flag("query-log", \.queryLog) + FileSetting.flag("forward", \.forward)
     }

@@ -121,3 +121,4 @@ extension AnswerOrder: ExpressibleByArgument {}
 extension GRPCLBPolicy: ExpressibleByArgument {}
 extension Forwarder.Policy: ExpressibleByArgument {}
 extension DNSServer.UDPEngine: ExpressibleByArgument {}
+extension LocalityMode: ExpressibleByArgument {}

@@ -24,6 +24,8 @@ struct RegistrationRulesTests {
         var weights: (passing: Int?, warning: Int?)? = nil
         /// The instance's one status (a check of its own in Consul's formats); nil: no check at all.
         var status: String?? = .some("passing")
+        var locality: Locality? = nil
+        var nodeLocality: Locality? = nil
         var expected: Expected
 
         enum Expected: Sendable {
@@ -51,6 +53,10 @@ struct RegistrationRulesTests {
         Row(label: "an unknown status is served as warning", status: "sleepy", expected: .serves(.warning, passing: 1, warning: 1)),
         Row(label: "statuses ignore case", status: "Critical", expected: .serves(.critical, passing: 1, warning: 1)),
         Row(label: "no checks is passing", status: .none, expected: .serves(.passing, passing: 1, warning: 1)),
+        Row(label: "the service's locality", locality: Locality(region: "us-east-1", zone: "us-east-1a"),
+            nodeLocality: Locality(region: "us-east-1", zone: "us-east-1b"), expected: .serves(.passing, passing: 1, warning: 1)),
+        Row(label: "the node's locality, when the service has none", nodeLocality: Locality(region: "eu-west-1", zone: "eu-west-1c"),
+            expected: .serves(.passing, passing: 1, warning: 1)),
         Row(label: "a service name that cannot be a DNS name", service: "we..b", expected: .refused(.serviceName("we..b", .emptyLabel))),
         Row(label: "a node name that cannot be a DNS name", node: "n..1", expected: .refused(.nodeName("n..1"))),
         Row(label: "a node address that is no address", nodeAddress: "not an address!",
@@ -69,13 +75,17 @@ struct RegistrationRulesTests {
 
     static func json(_ object: Any) -> [UInt8] { Array(try! JSONSerialization.data(withJSONObject: object)) }
 
+    static func locality(_ l: Locality) -> [String: String] { ["Region": l.region, "Zone": l.zone] }
+
     /// A catalog file: a catalog-register body, its status as the instance's own check.
     static func file(_ r: Row) -> Outcome? {
         guard let node = r.node else { return nil }
         var service: [String: Any] = ["ID": r.id, "Service": r.service, "Address": r.address, "Tags": r.tags, "Meta": r.meta]
         if let port = r.port { service["Port"] = port }
         if let w = r.weights { service["Weights"] = [("Passing", w.passing), ("Warning", w.warning)].reduce(into: [String: Int]()) { $0[$1.0] = $1.1 } }
+        if let l = r.locality { service["Locality"] = locality(l) }
         var body: [String: Any] = ["Node": node, "Address": r.nodeAddress, "Datacenter": r.datacenter, "Service": service]
+        if let l = r.nodeLocality { body["Locality"] = locality(l) }
         if case .some(let status) = r.status {
             var check: [String: Any] = ["CheckID": "c1", "ServiceID": r.id]
             if let status { check["Status"] = status }
@@ -95,12 +105,15 @@ struct RegistrationRulesTests {
     static func etcd(_ r: Row) -> Outcome? {
         // With a node, Address is the node's; the native layout has no separate service address then.
         if r.node != nil && !r.address.isEmpty { return nil }
+        // A value has one locality, the instance's own.
+        if r.nodeLocality != nil && r.locality == nil { return nil }
         var value: [String: Any] = ["ID": r.id, "Tags": r.tags, "Meta": r.meta, "Datacenter": r.datacenter,
                                     "Address": r.node == nil ? r.address : r.nodeAddress]
         if let node = r.node { value["Node"] = node }
         if let port = r.port { value["Port"] = port }
         if let w = r.weights { value["Weights"] = [("Passing", w.passing), ("Warning", w.warning)].reduce(into: [String: Int]()) { $0[$1.0] = $1.1 } }
         if case .some(let status) = r.status { value["Status"] = status ?? "" }
+        if let l = r.locality { value["Locality"] = locality(l) }
         do {
             return .instance(try EtcdValue.parse(key: "/services/\(r.service)/\(r.id)", value: json(value), prefix: "/services/", localDatacenter: "dc1")!.first!)
         } catch {
@@ -120,7 +133,10 @@ struct RegistrationRulesTests {
             if let status { check["Status"] = status }
             checks.append(check)
         }
-        let entry: [String: Any] = ["Node": ["Node": node, "Address": r.nodeAddress, "Datacenter": r.datacenter], "Service": service, "Checks": checks]
+        if let l = r.locality { service["Locality"] = locality(l) }
+        var nodePart: [String: Any] = ["Node": node, "Address": r.nodeAddress, "Datacenter": r.datacenter]
+        if let l = r.nodeLocality { nodePart["Locality"] = locality(l) }
+        let entry: [String: Any] = ["Node": nodePart, "Service": service, "Checks": checks]
         do {
             let decoded = try JSONDecoder().decode(ConsulWatcher.HealthEntry.self, from: Data(json(entry)))
             return .instance(try ConsulWatcher.instance(from: decoded, localDatacenter: "dc1"))
@@ -145,6 +161,7 @@ struct RegistrationRulesTests {
             guard let p = w.passing, let q = w.warning, (0...65535).contains(p), (0...65535).contains(q) else { return nil }
             record["w"] = [p, q]
         }
+        if let l = r.locality ?? r.nodeLocality { record["lo"] = ["region": l.region, "zone": l.zone] }
         let datacenter = r.datacenter.isEmpty ? "dc1" : r.datacenter
         if r.node == nil { record["sa"] = r.address } else if !r.address.isEmpty { record["sa"] = r.address }
         let node: [String: Any] = ["n": r.node ?? "", "a": r.node == nil ? r.address : r.nodeAddress, "dc": datacenter]
@@ -170,8 +187,10 @@ struct RegistrationRulesTests {
         let serviceAddress = r.address.isEmpty ? nil : Address(r.address)
         let nodeAddress = r.node == nil ? serviceAddress! : Address(r.nodeAddress)!
         let node = Node(name: r.node ?? "", address: nodeAddress, datacenter: r.datacenter.isEmpty ? "dc1" : r.datacenter, meta: [:])
-        return Instance(id: r.id, service: r.service, node: node, serviceAddress: serviceAddress, port: UInt16(r.port ?? 0), tags: r.tags,
-                        meta: r.meta, weightPassing: passing, weightWarning: warning, health: health)
+        var i = Instance(id: r.id, service: r.service, node: node, serviceAddress: serviceAddress, port: UInt16(r.port ?? 0), tags: r.tags,
+                         meta: r.meta, weightPassing: passing, weightWarning: warning, health: health)
+        i.locality = r.locality ?? r.nodeLocality
+        return i
     }
 
     @Test(arguments: rows)

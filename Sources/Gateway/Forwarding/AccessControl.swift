@@ -40,7 +40,10 @@ public struct CIDR: Sendable, Hashable, CustomStringConvertible {
         return true
     }
 
-    public var description: String { "\(network)/\(prefix)" }
+    public var description: String {
+        let address = network.count == 4 ? IPv4(bytes: network).description : IPv6(bytes: network).description
+        return "\(address)/\(prefix)"
+    }
 
     /// Loopback, RFC 1918, RFC 6598 (CGNAT), link-local, and IPv6 loopback, ULA and link-local.
     public static let privateDefaults: [CIDR] = ["127.0.0.0/8", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10",

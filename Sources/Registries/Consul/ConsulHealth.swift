@@ -78,6 +78,13 @@ extension ConsulWatcher {
             var Datacenter: String?
             var TaggedAddresses: [String: String]?
             var Meta: [String: String]?
+            var Locality: LocalityPart?
+        }
+        /// Consul's `structs.Locality` (1.16+), on a node (its agent's) and on a service.
+        struct LocalityPart: Decodable, Sendable {
+            var Region: String?
+            var Zone: String?
+            var value: Catalog.Locality { Catalog.Locality(region: Region ?? "", zone: Zone ?? "") }
         }
         struct TaggedAddress: Decodable, Sendable { var Address: String? }
         struct Weights: Decodable, Sendable {
@@ -94,6 +101,7 @@ extension ConsulWatcher {
             var Port: Int?
             var Weights: Weights?
             var ModifyIndex: Int64?
+            var Locality: LocalityPart?
         }
         /// Consul's `structs.HealthCheck`, as health entries and the failing lists (`FailingCheck`) give it.
         struct Check: Decodable, Sendable {
@@ -128,7 +136,8 @@ extension ConsulWatcher {
             nodeMeta: node.Meta ?? [:], nodeLAN: (node.TaggedAddresses?["lan_ipv4"], node.TaggedAddresses?["lan_ipv6"]),
             address: service.Address, port: service.Port, tags: service.Tags ?? [], meta: service.Meta ?? [:],
             weights: service.Weights.map { .init(passing: $0.Passing, warning: $0.Warning) },
-            serviceLAN: (service.TaggedAddresses?["lan_ipv4"]?.Address, service.TaggedAddresses?["lan_ipv6"]?.Address), checks: checks)
+            serviceLAN: (service.TaggedAddresses?["lan_ipv4"]?.Address, service.TaggedAddresses?["lan_ipv6"]?.Address), checks: checks,
+            locality: service.Locality?.value, nodeLocality: node.Locality?.value)
         var inst: Instance
         do { inst = try RegistrationRules.instance(fields, localDatacenter: localDatacenter) } catch {
             throw EntryError(description: "service \(id) on node \(nodeName): \(error)")

@@ -88,6 +88,7 @@ extension EtcdLayout {
         var tags: [String] = []
         var meta: [String: String] = [:]
         var weights: RegistrationFields.Weights?
+        var locality: Locality?
         var status: String?
         var node: String?
 
@@ -135,6 +136,13 @@ extension EtcdLayout {
             }
             status = try string("status")
             node = try string("node")
+            if let k = key("locality") {
+                guard let l = try? c.nestedContainer(keyedBy: AnyCaseKey.self, forKey: k),
+                      let region = try? l.value(String.self, "region"), let zone = try? l.value(String.self, "zone") else {
+                    throw EtcdValue.Invalid(description: "Locality: expected {\"Region\": string, \"Zone\": string}")
+                }
+                locality = Locality(region: region ?? "", zone: zone ?? "")
+            }
         }
     }
 

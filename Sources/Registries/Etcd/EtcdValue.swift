@@ -173,6 +173,6 @@ public enum EtcdValue {
         return try instance(RegistrationFields(service: try context.serviceName(nil), id: n.id.flatMap { $0.isEmpty ? nil : $0 } ?? context.id,
                                                node: node, nodeAddress: node == nil ? nil : n.address, datacenter: n.datacenter ?? context.datacenter,
                                                address: node == nil ? n.address : nil, port: n.port, tags: n.tags, meta: n.meta,
-                                               weights: n.weights, status: n.status), context)
+                                               weights: n.weights, status: n.status, locality: n.locality), context)
     }
 }

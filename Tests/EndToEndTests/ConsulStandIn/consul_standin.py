@@ -171,10 +171,11 @@ def touch_check_services(node, check):
         touch_node_services(node)
 
 
-def put_node(name, address, datacenter=None, tagged=None, meta=None):
+def put_node(name, address, datacenter=None, tagged=None, meta=None, locality=None):
     """ensureNodeTxn: a node the same as the stored one is not written."""
     old = state["nodes"].get(name)
-    new = {"Address": address, "Datacenter": datacenter or DC, "TaggedAddresses": tagged or {}, "Meta": meta or {}}
+    new = {"Address": address, "Datacenter": datacenter or DC, "TaggedAddresses": tagged or {}, "Meta": meta or {},
+           "Locality": locality}
     if old and all(old.get(k) == v for k, v in new.items()):
         return
     new["CreateIndex"] = old["CreateIndex"] if old else pending()
@@ -371,7 +372,16 @@ def node_json(name, node):
     tagged.update(node.get("TaggedAddresses") or {})
     return {"ID": node_uuid(name), "Node": name, "Address": node["Address"], "Datacenter": node["Datacenter"],
             "TaggedAddresses": tagged, "Meta": node.get("Meta") or None,
-            "CreateIndex": node["CreateIndex"], "ModifyIndex": node["ModifyIndex"]}
+            "CreateIndex": node["CreateIndex"], "ModifyIndex": node["ModifyIndex"]} | locality_json(node.get("Locality"))
+
+
+def locality_json(locality):
+    """Consul's structs.Locality (1.16+), `omitempty` on the pointer and on Region and Zone."""
+    if not locality:
+        return {}
+    out = {k: locality.get(k) or locality.get(k.lower()) for k in ("Region", "Zone")}
+    out = {k: v for k, v in out.items() if v}
+    return {"Locality": out} if out else {}
 
 
 def service_json(sid, svc):
@@ -385,6 +395,7 @@ def service_json(sid, svc):
         out["Port"] = svc["Port"]
     if svc.get("TaggedAddresses"):
         out["TaggedAddresses"] = svc["TaggedAddresses"]
+    out |= locality_json(svc.get("Locality"))
     return out
 
 
@@ -661,12 +672,12 @@ class Handler(BaseHTTPRequestHandler):
                     if csid and csid != sid and (node, csid) not in state["services"]:
                         # Consul's catalog endpoint (vetRegisterWithACL) refuses a check on a service it does not know.
                         return self.reply(500, f"Unknown service ID '{csid}' for check ID '{c.get('checkid') or c.get('name')}'")
-                put_node(node, b["address"], b.get("datacenter"), b.get("taggedaddresses"), b.get("nodemeta"))
+                put_node(node, b["address"], b.get("datacenter"), b.get("taggedaddresses"), b.get("nodemeta"), b.get("locality"))
                 if svc_body:
                     put_service(node, {"ID": sid, "Service": svc_body["service"], "Tags": svc_body.get("tags") or [],
                                        "Address": svc_body.get("address") or "", "Port": svc_body.get("port") or 0,
                                        "Meta": svc_body.get("meta") or {}, "Weights": svc_body.get("weights"),
-                                       "TaggedAddresses": svc_body.get("taggedaddresses")})
+                                       "TaggedAddresses": svc_body.get("taggedaddresses"), "Locality": svc_body.get("locality")})
                 for c in checks:
                     cid = c.get("checkid") or c.get("name")
                     # The catalog endpoint stores the check as sent, Output included.
@@ -696,7 +707,8 @@ class Handler(BaseHTTPRequestHandler):
         del_service(AGENT_NODE, sid)
         put_service(AGENT_NODE, {
             "ID": sid, "Service": name, "Tags": b.get("tags") or [], "Address": b.get("address") or "",
-            "Port": b.get("port") or 0, "Meta": b.get("meta") or {}, "Weights": b.get("weights") or {"Passing": 1, "Warning": 1}})
+            "Port": b.get("port") or 0, "Meta": b.get("meta") or {}, "Weights": b.get("weights") or {"Passing": 1, "Warning": 1},
+            "Locality": b.get("locality")})
         checks = ([b["check"]] if b.get("check") else []) + list(b.get("checks") or [])
         for i, raw in enumerate(checks):
             c = lower_keys(raw)

@@ -1,0 +1,121 @@
+import Catalog
+import DNSWire
+
+/// `--locality`: which nearness orders answers. Off by default, as Consul's DNS and CoreDNS spread evenly.
+public enum LocalityMode: String, Sendable, Equatable, CaseIterable, Codable {
+    case off, zone, region
+}
+
+/// Nearest-first answers: where instances and clients are, and when to prefer the near ones.
+public struct LocalityConfiguration: Sendable, Equatable {
+    public var mode: LocalityMode = .off
+    /// Meta keys that give an instance's zone and region when its registration has no `Locality` (service meta
+    /// first, then node meta; the first key present wins). `--locality-key zone=KEY` / `region=KEY`.
+    public var zoneKeys = ["zone", "topology.kubernetes.io/zone"]
+    public var regionKeys = ["region", "topology.kubernetes.io/region"]
+    /// Client networks and their zones (`--client-zone CIDR=ZONE`); the most specific network holding a client wins.
+    public var clientZones: [(network: CIDR, zone: String)] = []
+    /// Signpost's own zone (`--zone`): the zone of clients no network names (the host's own resolver).
+    public var zone: String? = nil
+    /// The overload guard, as Envoy's zone-aware routing has one: the client's group must hold at least this many
+    /// healthy instances (`--locality-min`)…
+    public var minimum = 1
+    /// …and at least this fraction of an even share of them (the healthy count over the number of zones that
+    /// hold any), else the answer is as if there were no preference. An even share assumes clients spread
+    /// over zones as the instances are; a zone with half of that would take twice its load.
+    public var minimumShare = 0.5
+
+    public init() {}
+
+    public static func == (a: Self, b: Self) -> Bool {
+        a.mode == b.mode && a.zoneKeys == b.zoneKeys && a.regionKeys == b.regionKeys && a.zone == b.zone && a.minimum == b.minimum
+            && a.minimumShare == b.minimumShare
+            && a.clientZones.map(\.zone) == b.clientZones.map(\.zone) && a.clientZones.map(\.network) == b.clientZones.map(\.network)
+    }
+}
+
+/// Where a query comes from: its zone, and what said so.
+public struct ClientLocality: Sendable, Equatable {
+    public enum Source: Sendable, Equatable, CustomStringConvertible {
+        /// A `--client-zone` network that holds the client's address.
+        case network(CIDR)
+        /// Signpost's own `--zone`.
+        case own
+
+        public var description: String {
+            switch self {
+            case .network(let n): return "--client-zone \(n)"
+            case .own: return "--zone"
+            }
+        }
+    }
+
+    public var zone: String
+    public var source: Source
+}
+
+extension Resolver {
+    /// The zone of a client at `address` (4 or 16 bytes): the most specific `--client-zone` network holding it, or
+    /// else Signpost's own `--zone`; nil when locality is off or neither applies.
+    public func clientLocality(address: UnsafeRawBufferPointer?) -> ClientLocality? {
+        let l = configuration.locality
+        guard l.mode != .off else { return nil }
+        if let address, let match = l.clientZones.filter({ $0.network.contains(address) }).max(by: { $0.network.prefix < $1.network.prefix }) {
+            return ClientLocality(zone: match.zone, source: .network(match.network))
+        }
+        return l.zone.map { ClientLocality(zone: $0, source: .own) }
+    }
+
+    /// An instance's locality: its registration's, else the first `--locality-key` present in its service meta,
+    /// then its node meta.
+    public func locality(of instance: Instance) -> Locality {
+        let keys = configuration.locality
+        func lookup(_ names: [String]) -> String {
+            for name in names {
+                if let v = instance.meta[name] ?? instance.node.meta[name], !v.isEmpty { return v }
+            }
+            return ""
+        }
+        var out = instance.locality ?? Locality()
+        if out.zone.isEmpty { out.zone = lookup(keys.zoneKeys) }
+        if out.region.isEmpty { out.region = lookup(keys.regionKeys) }
+        return out
+    }
+
+    /// Where an instance stands from a client: 0 in its zone (or its region, with `--locality region`), 1 in its
+    /// region, 2 elsewhere.
+    enum Nearness: Int, Comparable {
+        case zone = 0, region, elsewhere
+        static func < (a: Nearness, b: Nearness) -> Bool { a.rawValue < b.rawValue }
+    }
+
+    /// The healthy instances split into nearest-first groups for `client`: its zone, the rest of its region, and
+    /// everything else (with `--locality region`: its region, then everything else). Empty groups are left out.
+    /// One group, in the given order, when locality is off, the client's zone is unknown, or the guard says the
+    /// client's group is too small to take its clients' load (`preferred` false).
+    func nearestGroups(_ instances: [Instance], client: ClientLocality?) -> (groups: [[Instance]], preferred: Bool) {
+        let config = configuration.locality
+        guard config.mode != .off, let client, instances.count > 1 else { return ([instances], false) }
+        let places = instances.map(locality(of:))
+        // The client's region: what the instances in its zone say theirs is.
+        let region = places.first { $0.zone.equalsIgnoringASCIICase(client.zone) && !$0.region.isEmpty }?.region
+        func nearness(_ place: Locality) -> Nearness {
+            let sameZone = !place.zone.isEmpty && place.zone.equalsIgnoringASCIICase(client.zone)
+            let sameRegion = region.map { !place.region.isEmpty && place.region.equalsIgnoringASCIICase($0) } ?? false
+            switch config.mode {
+            case .zone: return sameZone ? .zone : sameRegion ? .region : .elsewhere
+            case .region: return sameZone || sameRegion ? .zone : .elsewhere
+            case .off: return .elsewhere
+            }
+        }
+        var groups: [[Instance]] = [[], [], []]
+        for (instance, place) in zip(instances, places) { groups[nearness(place).rawValue].append(instance) }
+        // The guard: enough instances near the client, and at least a set fraction of an even share.
+        let zones = Set(places.map { (config.mode == .region ? $0.region : $0.zone).lowercased() }).count
+        let evenShare = Double(instances.count) / Double(max(zones, 1))
+        guard groups[0].count >= max(config.minimum, 1), Double(groups[0].count) >= config.minimumShare * evenShare else {
+            return ([instances], false)
+        }
+        return (groups.filter { !$0.isEmpty }, true)
+    }
+}

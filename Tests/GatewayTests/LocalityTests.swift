@@ -1,0 +1,130 @@
+import Catalog
+import DNSWire
+@testable import Gateway
+import Testing
+
+/// Nearest-first answers (`--locality`): the client's zone first, rotated among itself, then the rest of its
+/// region, then the rest; SRV priorities 1 and 2; the overload guard; where a client's zone comes from.
+@Suite("Locality: nearest first")
+struct LocalityTests {
+    /// `web` in three zones of us-east-1 (three instances each, zone and region in node meta, as Kubernetes labels
+    /// carry them) and two in eu-west-1.
+    static func instances(criticalZone: String? = nil) -> [Fixture.I] {
+        var out: [Fixture.I] = []
+        for (z, zone) in ["us-east-1a", "us-east-1b", "us-east-1c"].enumerated() {
+            for k in 1...3 {
+                out.append(Fixture.I(node: "web-\(zone)-\(k)", address: "10.0.\(z + 1).\(k)", service: "web", status: zone == criticalZone ? "critical" : "passing",
+                                     meta: ["topology.kubernetes.io/zone": zone, "topology.kubernetes.io/region": "us-east-1"]))
+            }
+        }
+        for k in 1...2 {
+            out.append(Fixture.I(node: "web-eu-\(k)", address: "10.9.0.\(k)", service: "web", meta: ["zone": "eu-west-1a", "region": "eu-west-1"]))
+        }
+        return out
+    }
+
+    static func resolver(_ mode: LocalityMode = .zone, minimum: Int = 1, answerLimit: Int = 0) throws -> Resolver {
+        var c = ResolverConfiguration(answerLimit: answerLimit)
+        c.locality.mode = mode
+        c.locality.minimum = minimum
+        c.locality.clientZones = [(try CIDR("10.1.0.0/16"), "us-east-1a"), (try CIDR("10.1.2.0/24"), "us-east-1b"),
+                                  (try CIDR("10.2.0.0/16"), "eu-west-1a")]
+        c.locality.zone = "us-east-1c"
+        return Resolver(configuration: c)
+    }
+
+    static func client(_ resolver: Resolver, _ address: String?) -> ClientLocality? {
+        guard let address else { return resolver.clientLocality(address: nil) }
+        return IPv4(address)!.array.withUnsafeBytes { resolver.clientLocality(address: $0) }
+    }
+
+    /// The zone an answer's address is in (by the fixture's numbering).
+    static func zone(_ address: String) -> String {
+        let p = address.split(separator: ".")
+        if p[1] == "9" { return "eu-west-1a" }
+        return ["", "us-east-1a", "us-east-1b", "us-east-1c"][Int(p[2])!]
+    }
+
+    static func answer(_ resolver: Resolver, _ snapshot: CatalogSnapshot, _ type: UInt16, from address: String?) -> Answer {
+        resolver.resolve(Question(name: Fixture.name("web.service.consul"), type: type), in: snapshot, client: client(resolver, address))
+    }
+
+    static func addresses(_ a: Answer) -> [String] {
+        a.answers.compactMap { if case .a(let v4) = $0.rdata { return v4.description } else { return nil } }
+    }
+
+    @Test func theClientsZoneComesFirstRotatedThenItsRegionThenTheRest() throws {
+        let resolver = try Self.resolver(), snapshot = Fixture.snapshot(Self.instances())
+        var firsts: [String: Int] = [:]
+        for _ in 0..<300 {
+            let zones = Self.addresses(Self.answer(resolver, snapshot, RRType.a, from: "10.1.7.7")).map(Self.zone)
+            #expect(zones.count == 11)
+            #expect(Array(zones.prefix(3)) == Array(repeating: "us-east-1a", count: 3), "\(zones)")
+            #expect(Set(zones[3..<9]) == ["us-east-1b", "us-east-1c"] && Set(zones[9...]) == ["eu-west-1a"], "\(zones)")
+            firsts[Self.addresses(Self.answer(resolver, snapshot, RRType.a, from: "10.1.7.7"))[0], default: 0] += 1
+        }
+        // Rotated among the zone's own three, evenly.
+        #expect(firsts.count == 3 && firsts.values.allSatisfy { $0 == 100 }, "\(firsts)")
+    }
+
+    @Test func whereTheClientsZoneComesFrom() throws {
+        let resolver = try Self.resolver()
+        #expect(Self.client(resolver, "10.1.2.9") == ClientLocality(zone: "us-east-1b", source: .network(try CIDR("10.1.2.0/24"))))  // the most specific
+        #expect(Self.client(resolver, "10.1.3.9")?.zone == "us-east-1a")
+        #expect(Self.client(resolver, "192.0.2.1") == ClientLocality(zone: "us-east-1c", source: .own))
+        #expect(Self.client(resolver, nil)?.zone == "us-east-1c")
+        #expect(Self.client(try Self.resolver(.off), "10.1.2.9") == nil)
+    }
+
+    @Test func srvGivesTheNearestGroupPriorityOne() throws {
+        let resolver = try Self.resolver(), snapshot = Fixture.snapshot(Self.instances())
+        let answer = Self.answer(resolver, snapshot, RRType.srv, from: "10.2.0.5")
+        let priorities = answer.answers.compactMap { if case .srv(let p, _, _, _) = $0.rdata { return p } else { return nil } }
+        #expect(priorities == [1, 1] + Array(repeating: 2, count: 9), "\(priorities)")
+    }
+
+    @Test func aZoneThatGoesCriticalSendsItsClientsElsewhere() throws {
+        let resolver = try Self.resolver(), snapshot = Fixture.snapshot(Self.instances(criticalZone: "us-east-1a"))
+        for _ in 0..<20 {
+            let zones = Self.addresses(Self.answer(resolver, snapshot, RRType.a, from: "10.1.7.7")).map(Self.zone)
+            #expect(zones.count == 8 && !zones.contains("us-east-1a"))
+        }
+    }
+
+    /// With `--locality-min 4`, a zone of three is too small: no preference, every SRV priority 1, and the first
+    /// answers go round every instance.
+    @Test func theGuardDropsThePreferenceForASmallZone() throws {
+        let resolver = try Self.resolver(minimum: 4), snapshot = Fixture.snapshot(Self.instances())
+        var firsts: Set<String> = []
+        for _ in 0..<11 { firsts.insert(Self.addresses(Self.answer(resolver, snapshot, RRType.a, from: "10.1.7.7"))[0]) }
+        #expect(firsts.count == 11)
+        let srv = Self.answer(resolver, snapshot, RRType.srv, from: "10.1.7.7")
+        #expect(srv.answers.allSatisfy { if case .srv(let p, _, _, _) = $0.rdata { return p == 1 } else { return false } })
+        // The share guard: one healthy instance left of three zones' eleven is under half an even share.
+        let thin = Fixture.snapshot(Self.instances().filter { !$0.node.hasPrefix("web-us-east-1a-") || $0.node.hasSuffix("-1") })
+        let first = Set((0..<9).map { _ in Self.zone(Self.addresses(Self.answer(try! Self.resolver(), thin, RRType.a, from: "10.1.7.7"))[0]) })
+        #expect(first.count > 1, "\(first)")
+    }
+
+    @Test func theAnswerLimitTakesTheNearestFirst() throws {
+        let resolver = try Self.resolver(answerLimit: 2), snapshot = Fixture.snapshot(Self.instances())
+        for _ in 0..<9 {
+            #expect(Self.addresses(Self.answer(resolver, snapshot, RRType.a, from: "10.1.7.7")).map(Self.zone) == ["us-east-1a", "us-east-1a"])
+        }
+    }
+
+    @Test func regionModeKeepsTheWholeRegionFirst() throws {
+        let resolver = try Self.resolver(.region), snapshot = Fixture.snapshot(Self.instances())
+        for _ in 0..<12 {
+            let zones = Self.addresses(Self.answer(resolver, snapshot, RRType.a, from: "10.1.7.7")).map(Self.zone)
+            #expect(!zones.prefix(9).contains("eu-west-1a") && Set(zones.suffix(2)) == ["eu-west-1a"], "\(zones)")
+        }
+    }
+
+    @Test func offAnswersAsBefore() throws {
+        let resolver = try Self.resolver(.off), snapshot = Fixture.snapshot(Self.instances())
+        var firsts: Set<String> = []
+        for _ in 0..<11 { firsts.insert(Self.addresses(Self.answer(resolver, snapshot, RRType.a, from: "10.1.7.7"))[0]) }
+        #expect(firsts.count == 11)
+    }
+}

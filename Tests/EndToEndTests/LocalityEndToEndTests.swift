@@ -1,0 +1,162 @@
+import DNSWire
+import TestSupport
+import Foundation
+import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Nearest first, from real client addresses: three network namespaces, each joined to this one by a veth pair in
+/// its own subnet, and each subnet mapped to a zone (`--client-zone`). The clients are Python's plain sockets
+/// inside the namespaces; the zone of an answer is told by its address.
+@Suite("End to end: nearest first from three subnets", .serialized)
+struct LocalityEndToEndTests {
+    static let zones = ["zone-a", "zone-b", "zone-c"]
+
+    /// Three namespaces `<base>-1…3`, with 10.231.K.1 on our side and 10.231.K.2 on theirs.
+    final class Subnets {
+        let names: [String]
+        let links: [String]
+
+        init() throws {
+            let tag = String(UInt32(getpid()) % 100_000)
+            names = (1...3).map { "sp-loc-\(tag)-\($0)" }
+            links = (1...3).map { "spl\(tag)x\($0)" }
+            for k in 0..<3 {
+                let (ns, link, net) = (names[k], links[k], "10.231.\(k + 1)")
+                for command in [["ip", "netns", "add", ns], ["ip", "link", "add", link, "type", "veth", "peer", "name", link + "p"],
+                                ["ip", "link", "set", link + "p", "netns", ns], ["ip", "addr", "add", net + ".1/24", "dev", link],
+                                ["ip", "link", "set", link, "up"], ["ip", "netns", "exec", ns, "ip", "addr", "add", net + ".2/24", "dev", link + "p"],
+                                ["ip", "netns", "exec", ns, "ip", "link", "set", link + "p", "up"], ["ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up"]] {
+                    let r = try run(command)
+                    guard r.status == 0 else { throw Server.ServerError(message: "\(command.joined(separator: " ")): \(r.err)") }
+                }
+            }
+        }
+
+        deinit {
+            for link in links { _ = try? run(["ip", "link", "del", link]) }
+            for ns in names { _ = try? run(["ip", "netns", "del", ns]) }
+        }
+    }
+
+    /// Instances: three per zone, 192.0.2.<10·zone + k>, the zone in node meta.
+    static func catalog(_ dir: TempDir, critical: (String) -> Bool = { _ in false }) {
+        for (z, zone) in zones.enumerated() {
+            for k in 1...3 {
+                let node = "\(zone)-\(k)"
+                dir.write("catalog/\(node).json", #"""
+                    {"Node": "\#(node)", "Address": "192.0.2.\#(10 * (z + 1) + k)", "NodeMeta": {"zone": "\#(zone)"},
+                     "Service": {"ID": "web-\#(node)", "Service": "web", "Port": 80},
+                     "Checks": [{"CheckID": "c", "Status": "\#(critical(node) ? "critical" : "passing")", "ServiceID": "web-\#(node)"}]}
+                    """#)
+            }
+        }
+    }
+
+    static func zone(of address: String) -> String {
+        let last = Int(address.split(separator: ".").last!)!
+        return zones[last / 10 - 1]
+    }
+
+    /// `count` A queries for web.service.consul from inside `ns`, over one socket: how often each address came
+    /// first. One process per batch of queries, bounded by a count and a per-query timeout.
+    static func firsts(_ ns: String, server: String, port: Int, count: Int, dir: TempDir) throws -> [String: Int] {
+        let script = dir.path + "/firsts.py"
+        try #"""
+        import json, socket, struct, sys
+        server, port, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(2)
+        q = b"".join(bytes([len(l)]) + l.encode() for l in "web.service.consul".split(".")) + b"\0" + struct.pack(">HH", 1, 1)
+        out = {}
+        for i in range(count):
+            s.sendto(struct.pack(">HHHHHH", i & 0xFFFF, 0x0100, 1, 0, 0, 0) + q, (server, port))
+            while True:
+                data = s.recv(4096)
+                if struct.unpack(">H", data[:2])[0] == i & 0xFFFF: break
+            an, p = struct.unpack(">H", data[6:8])[0], 12 + len(q)
+            first = None
+            for _ in range(an):
+                p += 2 if data[p] & 0xC0 == 0xC0 else 0
+                rtype, rdlen = struct.unpack(">H", data[p:p + 2])[0], struct.unpack(">H", data[p + 8:p + 10])[0]
+                if rtype == 1 and first is None: first = socket.inet_ntoa(data[p + 10:p + 14])
+                p += 10 + rdlen
+            out[first] = out.get(first, 0) + 1
+        print(json.dumps(out))
+        """#.write(toFile: script, atomically: true, encoding: .utf8)
+        let r = try run(["ip", "netns", "exec", ns, "python3", script, server, "\(port)", "\(count)"])
+        guard r.status == 0, let data = r.out.data(using: .utf8), let counts = try JSONSerialization.jsonObject(with: data) as? [String: Int] else {
+            throw Server.ServerError(message: "queries from \(ns) failed: \(r.err)")
+        }
+        return counts
+    }
+
+    static func start(_ dir: TempDir, port: Int, extra: [String] = []) throws -> Server {
+        let listen = (1...3).flatMap { ["--listen", "10.231.\($0).1:\(port)"] }
+        let zonesOfClients = (1...3).flatMap { ["--client-zone", "10.231.\($0).0/24=\(zones[$0 - 1])"] }
+        return try Server(dir: dir, extra: listen + zonesOfClients + ["--locality", "zone"] + extra)
+    }
+
+    /// A UDP port free on every subnet address.
+    static func freePort() -> Int {
+        let fd = socket(AF_INET, Int32(SOCK_DGRAM.rawValue), 0)
+        defer { close(fd) }
+        var a = sockaddr_in()
+        a.sin_family = sa_family_t(AF_INET)
+        a.sin_addr.s_addr = inet_addr("10.231.1.1")
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        _ = withUnsafeMutablePointer(to: &a) { p in
+            p.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length); return getsockname(fd, $0, &length) }
+        }
+        return Int(UInt16(bigEndian: a.sin_port))
+    }
+
+    @Test(.enabled(if: namespacesPermitted, "network namespaces are not permitted here (needs root and iproute2)"))
+    func everyFirstAnswerIsInTheClientsZoneUntilItGoesCritical() throws {
+        let subnets = try Subnets()
+        let dir = TempDir()
+        Self.catalog(dir)
+        let port = Self.freePort()
+        let server = try Self.start(dir, port: port)
+        defer { server.stop() }
+        for k in 0..<3 {
+            let counts = try Self.firsts(subnets.names[k], server: "10.231.\(k + 1).1", port: port, count: 1000, dir: dir)
+            #expect(counts.values.reduce(0, +) == 1000)
+            #expect(counts.keys.allSatisfy { Self.zone(of: $0) == Self.zones[k] }, "from \(Self.zones[k]): \(counts)")
+            // Rotated among the zone's three.
+            #expect(counts.count == 3, "\(counts)")
+        }
+        // All of zone-a goes critical: its clients' next answers come from elsewhere. Polled from this process
+        // with zone-a's own source address (10.231.1.1) until the catalog change is served; then 100 more from
+        // inside zone-a's namespace.
+        Self.catalog(dir) { $0.hasPrefix("zone-a") }
+        var moved = false
+        for _ in 0..<200 where !moved {
+            let sock = UDPSocket(port: server.port, source: "10.231.1.1")
+            let id = nextQueryID()
+            sock.send(queryBytes("web.service.consul", RRType.a, id: id))
+            let first = sock.reply(id: id, within: 2)?.answers.first.flatMap { r -> String? in if case .a(let ip) = r.rdata { "\(ip)" } else { nil } }
+            moved = first.map { Self.zone(of: $0) != "zone-a" } ?? false
+            if !moved { usleep(50_000) }
+        }
+        #expect(moved, "zone-a's clients still answered from zone-a: \(server.log_())")
+        let after = try Self.firsts(subnets.names[0], server: "10.231.1.1", port: port, count: 100, dir: dir)
+        #expect(after.keys.allSatisfy { Self.zone(of: $0) != "zone-a" }, "\(after)")
+    }
+
+    /// `--locality-min 2` with one healthy instance left in zone-a: no preference, so its clients' first answers
+    /// go round every healthy instance.
+    @Test(.enabled(if: namespacesPermitted, "network namespaces are not permitted here (needs root and iproute2)"))
+    func belowTheMinimumThereIsNoPreference() throws {
+        let subnets = try Subnets()
+        let dir = TempDir()
+        Self.catalog(dir) { $0 == "zone-a-2" || $0 == "zone-a-3" }
+        let port = Self.freePort()
+        let server = try Self.start(dir, port: port, extra: ["--locality-min", "2"])
+        defer { server.stop() }
+        let counts = try Self.firsts(subnets.names[0], server: "10.231.1.1", port: port, count: 70, dir: dir)
+        #expect(counts.count == 7, "every healthy instance comes first in turn: \(counts)")
+        #expect(Set(counts.keys.map(Self.zone(of:))) == Set(Self.zones), "\(counts)")
+    }
+}

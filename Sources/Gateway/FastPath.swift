@@ -14,7 +14,7 @@ import NIOCore
 extension QueryHandler {
     public struct FastPlan {
         enum Source {
-            case service(ServiceEntry, count: Int, AnswerTemplate)
+            case service(ServiceEntry, EncodedAnswers, AnswerTemplate)
             /// A node's addresses of the asked family.
             case addresses(Node, count: Int)
             /// An addr name's one address: the hex label at this span of the name.
@@ -48,7 +48,7 @@ extension QueryHandler {
             if resolver.configuration.locality.mode != .off { return nil }
             let encoded = resolver.templates(entry, selector, datacenter: plan.datacenter, name: name, in: snapshot)
             guard let template = encoded.template(query.type) else { return nil }
-            (source, bodySize) = (.service(entry, count: encoded.count, template), template.bodySize)
+            (source, bodySize) = (.service(entry, encoded, template), template.bodySize)
         case .node(let node):
             guard query.type != RRType.srv, case let n = Self.nodeAddresses(node, query.type), n > 0 else { return nil }
             (source, bodySize) = (.addresses(node, count: n), n * (query.type == RRType.a ? 16 : 28))
@@ -110,9 +110,9 @@ extension QueryHandler {
         var p: Int
         let counts: (an: UInt16, ns: UInt16, ar: UInt16)
         switch plan.source {
-        case .service(let entry, let count, let template):
+        case .service(let entry, let encoded, let template):
             out[2] = 0x84 | (q.rd ? 0x01 : 0)
-            let rotation = count > 1 ? entry.nextRotation() % count : 0
+            let rotation = encoded.count > 1 ? encoded.rotation(entry.nextRotation(), type: q.type) : 0
             p = template.write(rotation: rotation, into: out, at: q.questionEnd)
             counts = (template.answerCount, 0, template.glueCount)
         case .addresses(let node, let count):

@@ -119,3 +119,34 @@ extension Resolver {
         return (groups.filter { !$0.isEmpty }, true)
     }
 }
+
+extension Resolver {
+    /// Weighted first position for A and AAAA answers: the order in which instances of these SRV weights
+    /// (`Instance.weight`, Consul's `Weights.Passing` or `.Warning` by health) come first, by smooth weighted round
+    /// robin (nginx's: each turn, every instance's current weight grows by its weight, the largest is picked and
+    /// loses the total). Over one cycle of the sequence an instance of weight 3 comes first three times as often as
+    /// one of weight 1, spread out rather than in runs. Nil when the weights are all equal: plain rotation is then
+    /// the same thing. A cycle longer than 4,096 is scaled down in proportion (weights may reach 65,535 each).
+    /// Built once per selection (with its templates), so a query only indexes it with the rotation counter.
+    public static func weightedSequence(_ weights: [Int]) -> [UInt16]? {
+        guard weights.count > 1, weights.count <= Int(UInt16.max), Set(weights).count > 1 else { return nil }
+        var w = weights.map { max($0, 0) }
+        let total = w.reduce(0, +)
+        guard total > 0 else { return nil }
+        if total > 4096 { w = w.map { $0 == 0 ? 0 : max(1, Int((Double($0) * 4096 / Double(total)).rounded())) } }
+        let cycle = w.reduce(0, +)
+        var current = [Int](repeating: 0, count: w.count)
+        var out: [UInt16] = []
+        out.reserveCapacity(cycle)
+        for _ in 0..<cycle {
+            var best = 0
+            for i in w.indices {
+                current[i] += w[i]
+                if current[i] > current[best] { best = i }
+            }
+            current[best] -= cycle
+            out.append(UInt16(best))
+        }
+        return out
+    }
+}

@@ -26,7 +26,7 @@ extension Resolver {
             }
             return negative(RCode.nxDomain, snapshot, plan)
         }
-        let (ordered, preferred) = rotate(healthy, entry: entry, client: client)
+        let (ordered, preferred) = rotate(healthy, entry: entry, client: client, weighted: type != RRType.srv)
         let ttl = configuration.serviceTTL.ttl(for: entry.name)
 
         // Only hostname instances: the name is one CNAME (an owner may hold just one), to the first in rotated
@@ -138,12 +138,15 @@ extension Resolver {
     /// (`nearestGroups`), each rotated (or shuffled) on its own, nearest first, and the limit takes the nearest
     /// groups first. `preferred` is how many of the returned instances are in the client's group (0 when there is
     /// no preference): SRV gives those priority 1 and the rest priority 2.
-    func rotate(_ instances: [Instance], entry: ServiceEntry, client: ClientLocality? = nil) -> (ordered: [Instance], preferred: Int) {
+    func rotate(_ instances: [Instance], entry: ServiceEntry, client: ClientLocality? = nil, weighted: Bool = false)
+        -> (ordered: [Instance], preferred: Int)
+    {
         guard instances.count > 1 else { return (instances, 0) }
         let limit = configuration.answerLimit
         let capped = limit > 0 && instances.count > limit
         let (groups, preferred) = nearestGroups(instances, client: client)
-        guard preferred else {
+        let sequence = weighted ? Self.weightedSequence(groups[0].map { Int($0.weight) }) : nil
+        guard preferred || sequence != nil else {
             switch configuration.order {
             case .random:
                 let shuffled = instances.shuffled()
@@ -154,18 +157,21 @@ extension Resolver {
                 return (capped ? Array(rotated.prefix(limit)) : rotated, 0)
             }
         }
+        // Each group on its own, nearest first; the first group's first instance by weight (A and AAAA), the rest
+        // of each group after it in turn.
         let turn = configuration.order == .cyclic ? entry.nextRotation() : 0
         var ordered: [Instance] = []
-        for group in groups {
+        for (k, group) in groups.enumerated() {
             switch configuration.order {
             case .random: ordered += group.shuffled()
             case .cyclic:
-                let offset = turn % group.count
+                let weights = k == 0 ? sequence : weighted ? Self.weightedSequence(group.map { Int($0.weight) }) : nil
+                let offset = weights.map { Int($0[turn % $0.count]) } ?? turn % group.count
                 ordered += group[offset...] + group[..<offset]
             }
         }
         let kept = capped ? Array(ordered.prefix(limit)) : ordered
-        return (kept, min(groups[0].count, kept.count))
+        return (kept, preferred ? min(groups[0].count, kept.count) : 0)
     }
 
     /// A node's meta as TXT records, `key=value`, one per key in key order (RFC 1464 style, as Consul writes them).

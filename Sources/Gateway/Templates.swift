@@ -12,12 +12,24 @@ public final class EncodedAnswers: Sendable {
     public let a: AnswerTemplate?
     public let aaaa: AnswerTemplate?
     public let srv: AnswerTemplate?
+    /// Which instance comes first in A and AAAA answers, turn by turn, when their weights differ
+    /// (`Resolver.weightedSequence`); nil for plain rotation.
+    let firstByWeight: [UInt16]?
 
-    init(count: Int, a: AnswerTemplate?, aaaa: AnswerTemplate?, srv: AnswerTemplate?) {
+    init(count: Int, a: AnswerTemplate?, aaaa: AnswerTemplate?, srv: AnswerTemplate?, firstByWeight: [UInt16]? = nil) {
         self.count = count
         self.a = a
         self.aaaa = aaaa
         self.srv = srv
+        self.firstByWeight = firstByWeight
+    }
+
+    /// The instance a query's answer starts with, from the entry's rotation counter: by weight for A and AAAA
+    /// when weights differ, else in turn. The general path's `rotate` picks the same one for the same turn.
+    @inline(__always)
+    func rotation(_ turn: Int, type: UInt16) -> Int {
+        if type != RRType.srv, let sequence = firstByWeight { return Int(sequence[turn % sequence.count]) }
+        return turn % count
     }
 
     func template(_ type: UInt16) -> AnswerTemplate? {
@@ -130,6 +142,7 @@ extension Resolver {
             return AnswerTemplate(question: Question(name: name, type: type, qclass: DNSClass.inet), entries: entries,
                                   dedupeAnswers: type != RRType.srv)
         }
-        return EncodedAnswers(count: healthy.count, a: template(RRType.a), aaaa: template(RRType.aaaa), srv: template(RRType.srv))
+        return EncodedAnswers(count: healthy.count, a: template(RRType.a), aaaa: template(RRType.aaaa), srv: template(RRType.srv),
+                              firstByWeight: Self.weightedSequence(healthy.map { Int($0.weight) }))
     }
 }

@@ -128,3 +128,47 @@ struct LocalityTests {
         #expect(firsts.count == 11)
     }
 }
+
+/// Weighted first position (smooth weighted round robin over Consul's weights): over 10,000 A queries each
+/// instance comes first in proportion to its weight, within ±3% of its share, with and without an answer limit.
+@Suite("Weighted first position")
+struct WeightedFirstTests {
+    static let weights = [1, 2, 3, 4]
+
+    static func snapshot() -> CatalogSnapshot {
+        Fixture.snapshot(weights.enumerated().map { k, w in
+            Fixture.I(node: "w-\(k)", address: "10.5.0.\(k + 1)", service: "web", weights: (w, 1))
+        })
+    }
+
+    static func firsts(answerLimit: Int) -> [String: Int] {
+        let resolver = Fixture.resolver { $0.answerLimit = answerLimit }
+        let snapshot = snapshot()
+        var counts: [String: Int] = [:]
+        for _ in 0..<10_000 {
+            let answer = resolver.resolve(Question(name: Fixture.name("web.service.consul"), type: RRType.a), in: snapshot)
+            guard case .a(let first)? = answer.answers.first?.rdata else { Issue.record("no A"); continue }
+            counts[first.description, default: 0] += 1
+        }
+        return counts
+    }
+
+    @Test(arguments: [0, 2])
+    func firstPositionsFollowTheWeights(answerLimit: Int) {
+        let counts = Self.firsts(answerLimit: answerLimit)
+        let total = Self.weights.reduce(0, +)
+        for (k, w) in Self.weights.enumerated() {
+            let share = Double(counts["10.5.0.\(k + 1)", default: 0]) / 10_000, want = Double(w) / Double(total)
+            #expect(abs(share - want) <= 0.03 * want, "weight \(w): \(share) of first positions, want \(want) (limit \(answerLimit))")
+        }
+    }
+
+    @Test func theSequenceIsSmoothAndPlainWhenWeightsAreEqual() {
+        #expect(Resolver.weightedSequence([1, 1, 1]) == nil)
+        // nginx's example: weights 5, 1, 1 give a, a, b, a, c, a, a.
+        #expect(Resolver.weightedSequence([5, 1, 1]) == [0, 0, 1, 0, 2, 0, 0])
+        // Large weights are scaled to a cycle of at most 4,096, keeping the proportions.
+        let big = Resolver.weightedSequence([65_535, 21_845])!
+        #expect(big.count <= 4096 && abs(Double(big.filter { $0 == 0 }.count) / Double(big.count) - 0.75) < 0.001)
+    }
+}

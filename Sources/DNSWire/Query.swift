@@ -5,11 +5,57 @@ public struct EDNS: Hashable, Sendable {
     public var udpSize: UInt16
     public var version: UInt8
     public var dnssecOK: Bool
+    /// The query's EDNS Client Subnet option (RFC 7871), echoed in the reply with the scope the answer covers.
+    public var clientSubnet: ClientSubnet?
 
-    public init(udpSize: UInt16, version: UInt8, dnssecOK: Bool) {
+    public init(udpSize: UInt16, version: UInt8, dnssecOK: Bool, clientSubnet: ClientSubnet? = nil) {
         self.udpSize = udpSize
         self.version = version
         self.dnssecOK = dnssecOK
+        self.clientSubnet = clientSubnet
+    }
+}
+
+/// EDNS Client Subnet (RFC 7871, option code 8): the network a query was sent on behalf of.
+public struct ClientSubnet: Hashable, Sendable {
+    public static let code: UInt16 = 8
+    /// 1: IPv4, 2: IPv6.
+    public var family: UInt16
+    public var sourcePrefix: UInt8
+    /// How far the answer holds for other addresses: 0 (every address) unless the answer depended on this one.
+    public var scopePrefix: UInt8
+    /// The address, as sent: ⌈source/8⌉ bytes.
+    public var address: [UInt8]
+
+    public init(family: UInt16, sourcePrefix: UInt8, scopePrefix: UInt8, address: [UInt8]) {
+        (self.family, self.sourcePrefix, self.scopePrefix, self.address) = (family, sourcePrefix, scopePrefix, address)
+    }
+
+    /// The option's data, checked as RFC 7871 §6 and §7.2.1 ask: a known family, a source prefix within it, exactly
+    /// ⌈source/8⌉ address bytes, and no bit set past the source prefix. Anything else is a FORMERR.
+    public init(option data: [UInt8]) throws(WireError) {
+        guard data.count >= 4 else { throw WireError(.truncated, "OPT.ECS") }
+        family = UInt16(data[0]) << 8 | UInt16(data[1])
+        // A query's scope must be 0 (§6); the reply's is the server's to set, so it starts at 0 whatever was sent.
+        (sourcePrefix, scopePrefix) = (data[2], 0)
+        let width = family == 1 ? 4 : family == 2 ? 16 : 0
+        guard width > 0 else { throw WireError(.badValue, "OPT.ECS.family") }
+        guard Int(sourcePrefix) <= width * 8 else { throw WireError(.badValue, "OPT.ECS.source") }
+        address = Array(data[4...])
+        guard address.count == (Int(sourcePrefix) + 7) / 8 else { throw WireError(.badValue, "OPT.ECS.address") }
+        if sourcePrefix % 8 != 0, let last = address.last, last & (0xFF >> (sourcePrefix % 8)) != 0 {
+            throw WireError(.badValue, "OPT.ECS.address")
+        }
+    }
+
+    /// The address at its full width (4 or 16 bytes), zero past the sent bytes.
+    public var fullAddress: [UInt8] { address + [UInt8](repeating: 0, count: (family == 1 ? 4 : 16) - address.count) }
+
+    /// The option as written in a reply's OPT record: code, length, then the data with `scopePrefix`.
+    public var wire: [UInt8] {
+        let length = 4 + address.count
+        return [0, UInt8(Self.code), UInt8(length >> 8), UInt8(length & 0xFF), UInt8(family >> 8), UInt8(family & 0xFF),
+                sourcePrefix, scopePrefix] + address
     }
 }
 
@@ -71,6 +117,20 @@ extension Query {
         return (Question(name: name, type: t, qclass: c), next + 4)
     }
 
+    /// The Client Subnet option among an OPT record's options, if there is one; a malformed one, or options that run
+    /// past the record, are a FORMERR.
+    static func clientSubnet(_ options: [UInt8]) throws(WireError) -> ClientSubnet? {
+        var p = 0, found: ClientSubnet? = nil
+        while p < options.count {
+            guard p + 4 <= options.count else { throw WireError(.truncated, "OPT.option") }
+            let code = UInt16(options[p]) << 8 | UInt16(options[p + 1]), length = Int(options[p + 2]) << 8 | Int(options[p + 3])
+            guard p + 4 + length <= options.count else { throw WireError(.truncated, "OPT.option") }
+            if code == ClientSubnet.code { found = try ClientSubnet(option: Array(options[(p + 4)..<(p + 4 + length)])) }
+            p += 4 + length
+        }
+        return found
+    }
+
     /// Skips any answer and authority records, then reads the additional section for exactly one OPT, which
     /// `edns` holds as soon as it is read (a FORMERR after it still echoes it).
     private static func readEDNS(_ buffer: ByteBuffer, _ header: DNSHeader, at start: Int, messageStart: Int,
@@ -92,6 +152,7 @@ extension Query {
                 guard edns == nil else { throw WireError(.badValue, "OPT.count") }
                 guard name.wire == [0] else { throw WireError(.badValue, "OPT.name") }
                 edns = EDNS(udpSize: rclass, version: UInt8((ttl >> 16) & 0xFF), dnssecOK: ttl & 0x8000 != 0)
+                edns?.clientSubnet = try clientSubnet(buffer.getBytes(at: afterName + 10, length: Int(rdlen))!)
             }
             p = afterName + 10 + Int(rdlen)
         }
@@ -139,6 +200,14 @@ public struct PlainQuery: Sendable {
             guard o + 11 <= count, p[o] == 0, p[o + 1] == 0, p[o + 2] == 41 else { return nil }
             let rdlen = Int(p[o + 9]) << 8 | Int(p[o + 10])
             guard o + 11 + rdlen <= count, p[o + 6] == 0 else { return nil }  // version 0 only; others are BADVERS
+            // Options that overrun the record are a FORMERR, and a Client Subnet option is echoed with its scope:
+            // both the general path's business.
+            var k = o + 11
+            let end = o + 11 + rdlen
+            while k < end {
+                guard k + 4 <= end, k + 4 + (Int(p[k + 2]) << 8 | Int(p[k + 3])) <= end, !(p[k] == 0 && p[k + 1] == 8) else { return nil }
+                k += 4 + (Int(p[k + 2]) << 8 | Int(p[k + 3]))
+            }
             q.edns = EDNS(udpSize: UInt16(p[o + 3]) << 8 | UInt16(p[o + 4]), version: 0, dnssecOK: p[o + 7] & 0x80 != 0)
         }
         return q

@@ -17,6 +17,9 @@ public struct LocalityConfiguration: Sendable, Equatable {
     public var clientZones: [(network: CIDR, zone: String)] = []
     /// Signpost's own zone (`--zone`): the zone of clients no network names (the host's own resolver).
     public var zone: String? = nil
+    /// Networks whose EDNS Client Subnet options are believed (`--ecs-trusted`): a resolver there asks on behalf of
+    /// the client the option names. From anywhere else the option is ignored (and echoed with scope 0).
+    public var ecsTrusted: [CIDR] = []
     /// The overload guard, as Envoy's zone-aware routing has one: the client's group must hold at least this many
     /// healthy instances (`--locality-min`)…
     public var minimum = 1
@@ -31,6 +34,7 @@ public struct LocalityConfiguration: Sendable, Equatable {
         a.mode == b.mode && a.zoneKeys == b.zoneKeys && a.regionKeys == b.regionKeys && a.zone == b.zone && a.minimum == b.minimum
             && a.minimumShare == b.minimumShare
             && a.clientZones.map(\.zone) == b.clientZones.map(\.zone) && a.clientZones.map(\.network) == b.clientZones.map(\.network)
+            && a.ecsTrusted == b.ecsTrusted
     }
 }
 
@@ -39,13 +43,24 @@ public struct ClientLocality: Sendable, Equatable {
     public enum Source: Sendable, Equatable, CustomStringConvertible {
         /// A `--client-zone` network that holds the client's address.
         case network(CIDR)
+        /// A `--client-zone` network that holds the address of a trusted resolver's Client Subnet option.
+        case clientSubnet(CIDR)
         /// Signpost's own `--zone`.
         case own
 
         public var description: String {
             switch self {
-            case .network(let n): return "--client-zone \(n)"
+            case .network(let n): return "--client-zone \(n), from the client's address"
+            case .clientSubnet(let n): return "--client-zone \(n), from the query's EDNS Client Subnet"
             case .own: return "--zone"
+            }
+        }
+
+        /// The prefix length a reply's Client Subnet scope gives: how far the answer holds.
+        var prefix: Int? {
+            switch self {
+            case .network(let n), .clientSubnet(let n): return n.prefix
+            case .own: return nil
             }
         }
     }
@@ -64,6 +79,23 @@ extension Resolver {
             return ClientLocality(zone: match.zone, source: .network(match.network))
         }
         return l.zone.map { ClientLocality(zone: $0, source: .own) }
+    }
+
+    /// The zone of a query: from its Client Subnet option when the client (`address`) is in an `--ecs-trusted`
+    /// network, else from the client's own address (`clientLocality(address:)`). Also the scope a reply's Client
+    /// Subnet option gets (RFC 7871 §7.2.1): the length of the network that decided, 0 when the answer does not
+    /// depend on where the client is.
+    public func clientLocality(address: UnsafeRawBufferPointer?, subnet: ClientSubnet?) -> (ClientLocality?, scope: UInt8) {
+        let l = configuration.locality
+        guard l.mode != .off else { return (nil, 0) }
+        if let subnet, let address, l.ecsTrusted.contains(where: { $0.contains(address) }) {
+            // Source prefix 0: the resolver asks that no address be used (§7.1.2).
+            guard subnet.sourcePrefix > 0 else { return (clientLocality(address: nil), 0) }
+            let located = subnet.fullAddress.withUnsafeBytes { clientLocality(address: $0) }
+            guard case .network(let n)? = located?.source else { return (located, located == nil ? 0 : subnet.sourcePrefix) }
+            return (ClientLocality(zone: located!.zone, source: .clientSubnet(n)), UInt8(n.prefix))
+        }
+        return (clientLocality(address: address), 0)
     }
 
     /// An instance's locality: its registration's, else the first `--locality-key` present in its service meta,

@@ -113,10 +113,12 @@ public final class QueryHandler: Sendable {
         return h
     }
 
-    /// Where a client is, for nearest-first answers: nil when locality is off (without reading the address).
-    func clientLocality(_ client: SocketAddress?) -> ClientLocality? {
-        guard resolver.configuration.locality.mode != .off else { return nil }
-        return withClientAddress(client) { resolver.clientLocality(address: $0) } ?? resolver.clientLocality(address: nil)
+    /// Where a client is, for nearest-first answers, and the scope of the reply's Client Subnet option: nil and 0
+    /// when locality is off (without reading the address).
+    func clientLocality(_ client: SocketAddress?, subnet: ClientSubnet?) -> (ClientLocality?, scope: UInt8) {
+        guard resolver.configuration.locality.mode != .off else { return (nil, 0) }
+        return withClientAddress(client) { resolver.clientLocality(address: $0, subnet: subnet) }
+            ?? resolver.clientLocality(address: nil, subnet: subnet)
     }
 
     /// True when the data is older than `--max-stale` allows.
@@ -149,13 +151,17 @@ public final class QueryHandler: Sendable {
             return ResponseEncoder.encode(Answer(rcode: rcode, authoritative: false), reply: reply,
                                           limit: limit(edns, transport), allocator: allocator)
         case .query(let query):
+            let (located, scope) = clientLocality(client, subnet: query.edns?.clientSubnet)
             let answer = tooStale(query.question)
                 ? Answer(rcode: RCode.servFail, authoritative: false)
-                : resolver.resolve(query.question, in: store.snapshot, client: clientLocality(client))
+                : resolver.resolve(query.question, in: store.snapshot, client: located)
             var h = replyHeader(to: query.header)
             h.aa = answer.authoritative
             h.cd = query.header.cd
-            let reply = ResponseEncoder.Reply(header: h, question: query.question, edns: query.edns, rcode: answer.rcode,
+            var edns = query.edns
+            // The Client Subnet option comes back with the scope the answer covers; a negative answer covers all.
+            edns?.clientSubnet?.scopePrefix = answer.rcode == RCode.noError && !answer.answers.isEmpty ? scope : 0
+            let reply = ResponseEncoder.Reply(header: h, question: query.question, edns: edns, rcode: answer.rcode,
                                               udpSize: UInt16(config.maxUDPSize))
             return ResponseEncoder.encode(answer, reply: reply, limit: limit(query.edns, transport), allocator: allocator)
         }

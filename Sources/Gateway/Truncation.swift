@@ -55,7 +55,8 @@ public enum ResponseEncoder {
             }
             if let edns = reply.edns {
                 // RFC 3225: the DO bit of the query is copied into the response.
-                w.writeOPT(udpSize: reply.udpSize, extendedRcode: UInt8(reply.rcode >> 4), dnssecOK: edns.dnssecOK)
+                w.writeOPT(udpSize: reply.udpSize, extendedRcode: UInt8(reply.rcode >> 4), dnssecOK: edns.dnssecOK,
+                           options: edns.clientSubnet?.wire ?? [])
             }
             var h = reply.header
             h.tc = level < levels && droppedSomething(answer, level: level)

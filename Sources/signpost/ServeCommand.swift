@@ -137,4 +137,7 @@ struct Serve: AsyncParsableCommand {
 
     @Option(name: .long, help: ArgumentHelp("With --locality: prefer the client's zone only while it holds at least this fraction of an even share of the healthy instances (all of them over the zones that hold any). Default 0.5.", valueName: "FRACTION"))
     var localityMinShare: Double?
+
+    @Option(name: .long, help: ArgumentHelp("With --locality: believe EDNS Client Subnet options from resolvers in this network, and place their clients by the option's address. Repeatable. Default: none (the option is ignored, and echoed with scope 0).", valueName: "CIDR"))
+    var ecsTrusted: [String] = []
 }

@@ -160,6 +160,7 @@ struct ServeConfiguration: Sendable, Equatable {
         }
         if !zoneKeys.isEmpty { l.zoneKeys = zoneKeys }
         if !regionKeys.isEmpty { l.regionKeys = regionKeys }
+        l.ecsTrusted = try s.ecsTrusted.map { t throws(ConfigurationError) in try CIDR(t) }
         l.minimum = s.localityMin ?? 1
         l.minimumShare = s.localityMinShare ?? 0.5
         guard l.minimum >= 1 else { throw ConfigurationError("--locality-min must be at least 1") }

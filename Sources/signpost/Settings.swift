@@ -119,7 +119,8 @@ extension Serve {
          .value("max-concurrent", \.maxConcurrent), .value("cache-size", \.cacheSize), .value("cache-min-ttl", \.cacheMinTTL),
          .value("cache-max-ttl", \.cacheMaxTTL), .value("stale-ttl", \.staleTTL), .list("allow-recursion", \.allowRecursion),
          .value("state-dir", \.stateDir), .value("locality", \.locality), .value("zone", \.zone), .list("client-zone", \.clientZone),
-         .list("locality-key", \.localityKey), .value("locality-min", \.localityMin), .value("locality-min-share", \.localityMinShare)]
+         .list("locality-key", \.localityKey), .value("locality-min", \.localityMin), .value("locality-min-share", \.localityMinShare),
+         .list("ecs-trusted", \.ecsTrusted)]
             + FileSetting.flag("only-passing", \.onlyPassing) + FileSetting.flag("node-meta-txt", \.nodeMetaTxt)
             + FileSetting.flag("query-log", \.queryLog) + FileSetting.flag("forward", \.forward)
     }

@@ -80,3 +80,48 @@ struct MalformedTests {
         #expect(edns?.version == 1)
     }
 }
+
+/// EDNS Client Subnet options (RFC 7871 §6, §7.2.1): read when well formed, a FORMERR when not; the fast path's
+/// reader leaves queries that carry one to the general path, which echoes it.
+@Suite("EDNS Client Subnet")
+struct ClientSubnetTests {
+    static func query(ecs data: [UInt8]) -> [UInt8] {
+        let option: [UInt8] = [0, 8, UInt8(data.count >> 8), UInt8(data.count & 0xFF)] + data
+        let rdlen = option.count
+        return MalformedTests.header(ar: 1) + MalformedTests.webQ + [0, 0, 41, 0x04, 0xD0, 0, 0, 0, 0, UInt8(rdlen >> 8), UInt8(rdlen & 0xFF)] + option
+    }
+
+    static func parse(_ bytes: [UInt8]) -> QueryParse { Query.parse(ByteBuffer(bytes: bytes)) }
+
+    @Test func aWellFormedOptionIsRead() throws {
+        guard case .query(let q) = Self.parse(Self.query(ecs: [0, 1, 24, 0, 10, 231, 2])) else { Issue.record("not a query"); return }
+        let ecs = try #require(q.edns?.clientSubnet)
+        #expect(ecs.family == 1 && ecs.sourcePrefix == 24 && ecs.address == [10, 231, 2] && ecs.fullAddress == [10, 231, 2, 0])
+        var echoed = ecs
+        echoed.scopePrefix = 16
+        #expect(echoed.wire == [0, 8, 0, 7, 0, 1, 24, 16, 10, 231, 2])
+        // A query's scope is ignored: the reply's starts at 0.
+        guard case .query(let q2) = Self.parse(Self.query(ecs: [0, 2, 48, 9, 0x20, 0x01, 0x0d, 0xb8, 0, 1])) else { Issue.record("not a query"); return }
+        #expect(q2.edns?.clientSubnet?.scopePrefix == 0 && q2.edns?.clientSubnet?.fullAddress.count == 16)
+        // Source 0: no address at all.
+        guard case .query(let q3) = Self.parse(Self.query(ecs: [0, 1, 0, 0])) else { Issue.record("not a query"); return }
+        #expect(q3.edns?.clientSubnet?.address == [])
+        // The fast path's reader declines it.
+        #expect(Self.query(ecs: [0, 1, 24, 0, 10, 231, 2]).withUnsafeBytes { PlainQuery.parse($0) } == nil)
+    }
+
+    @Test(arguments: [
+        ("unknown family", [0, 3, 24, 0, 10, 231, 2]),
+        ("source past the family", [0, 1, 33, 0, 10, 231, 2, 0, 0]),
+        ("an address byte too many", [0, 1, 24, 0, 10, 231, 2, 0]),
+        ("an address byte too few", [0, 1, 24, 0, 10, 231]),
+        ("a bit set past the source", [0, 1, 23, 0, 10, 231, 3]),
+        ("shorter than its header", [0, 1, 24]),
+    ] as [(String, [UInt8])])
+    func aMalformedOptionIsAFormErr(label: String, data: [UInt8]) {
+        guard case .reject(_, _, let edns, let rcode, _) = Self.parse(Self.query(ecs: data)) else { Issue.record("\(label): not rejected"); return }
+        #expect(rcode == RCode.formErr, "\(label)")
+        // The OPT is echoed, without the option it could not read.
+        #expect(edns != nil && edns?.clientSubnet == nil, "\(label)")
+    }
+}

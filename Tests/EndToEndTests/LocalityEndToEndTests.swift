@@ -160,3 +160,43 @@ struct LocalityEndToEndTests {
         #expect(Set(counts.keys.map(Self.zone(of:))) == Set(Self.zones), "\(counts)")
     }
 }
+
+/// EDNS Client Subnet (RFC 7871): a trusted resolver's option places its client; an untrusted one's is ignored; both
+/// come back with the scope the answer covers. dig is the client.
+@Suite("End to end: EDNS Client Subnet")
+struct ClientSubnetEndToEndTests {
+    static func start(trusting network: String) throws -> Server {
+        let dir = TempDir()
+        LocalityEndToEndTests.catalog(dir)
+        return try Server(dir: dir, extra: ["--locality", "zone", "--client-zone", "10.231.1.0/24=zone-a", "--client-zone", "10.231.2.0/24=zone-b",
+                                            "--zone", "zone-c", "--ecs-trusted", network])
+    }
+
+    static func first(_ dig: Dig) -> String? { dig.answer.first { $0.count >= 5 && $0[3] == "A" }?[4] }
+
+    @Test func aTrustedResolversSubnetPlacesItsClientAndTheScopeComesBack() throws {
+        let server = try Self.start(trusting: "127.0.0.0/8")
+        defer { server.stop() }
+        for _ in 0..<6 {
+            let d = try server.dig("web.service.consul", "A", "+subnet=10.231.2.0/24")
+            #expect(d.status == "NOERROR")
+            #expect(Self.first(d).map(LocalityEndToEndTests.zone(of:)) == "zone-b", "\(d.raw)")
+            // The option echoed: same family, source and address, with the scope of the network that decided.
+            #expect(d.raw.contains("CLIENT-SUBNET: 10.231.2.0/24/24"), "\(d.raw)")
+        }
+        // Source prefix 0 asks that no address be used: Signpost's own zone, scope 0.
+        let none = try server.dig("web.service.consul", "A", "+subnet=0.0.0.0/0")
+        #expect(Self.first(none).map(LocalityEndToEndTests.zone(of:)) == "zone-c" && none.raw.contains("CLIENT-SUBNET: 0.0.0.0/0/0"), "\(none.raw)")
+    }
+
+    @Test func anUntrustedSubnetIsIgnoredAndEchoedWithScopeZero() throws {
+        let server = try Self.start(trusting: "10.0.0.0/8")
+        defer { server.stop() }
+        for _ in 0..<6 {
+            let d = try server.dig("web.service.consul", "A", "+subnet=10.231.2.0/24")
+            // From 127.0.0.1, no --client-zone network: Signpost's own zone.
+            #expect(Self.first(d).map(LocalityEndToEndTests.zone(of:)) == "zone-c", "\(d.raw)")
+            #expect(d.raw.contains("CLIENT-SUBNET: 10.231.2.0/24/0"), "\(d.raw)")
+        }
+    }
+}

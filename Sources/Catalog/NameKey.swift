@@ -176,30 +176,34 @@ extension TreeDictionary where Key == CatalogSnapshot.NodeKey {
 }
 
 /// A selection of a service's instances, as a resolver's answer cache keys it: a kind, a label (a tag or a
-/// named port; empty for every instance) and a datacenter. Stored keys own their text; lookups take probes.
+/// named port; empty for every instance), a datacenter, and the client's zone for nearest-first answers (empty
+/// without). Stored keys own their text; lookups take probes.
 public struct SelectionKey: Hashable, Sendable {
     public let kind: UInt8
     public let label: NameKey
     public let datacenter: NameKey
+    public let zone: NameKey
 
-    public init(kind: UInt8, label: String, datacenter: String) {
+    public init(kind: UInt8, label: String, datacenter: String, zone: String = "") {
         self.kind = kind
         self.label = NameKey(label)
         self.datacenter = NameKey(datacenter)
+        self.zone = NameKey(zone)
     }
 
-    fileprivate init(kind: UInt8, label: NameKey, datacenter: NameKey) {
+    fileprivate init(kind: UInt8, label: NameKey, datacenter: NameKey, zone: NameKey) {
         self.kind = kind
         self.label = label
         self.datacenter = datacenter
+        self.zone = zone
     }
 }
 
 extension Dictionary where Key == SelectionKey {
     /// A lookup by a query's names, copying nothing.
     @inline(__always)
-    public func value(kind: UInt8, label: NameProbe, datacenter: NameProbe) -> Value? {
-        self[SelectionKey(kind: kind, label: label.key, datacenter: datacenter.key)]
+    public func value(kind: UInt8, label: NameProbe, datacenter: NameProbe, zone: NameKey = "") -> Value? {
+        self[SelectionKey(kind: kind, label: label.key, datacenter: datacenter.key, zone: zone)]
     }
 }
 

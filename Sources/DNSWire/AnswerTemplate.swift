@@ -133,6 +133,23 @@ public final class AnswerTemplate: Sendable {
     /// bytes of room. `offset` is also the records' offset from the start of the message. Returns the end offset.
     public func write(rotation: Int, into out: UnsafeMutableRawBufferPointer, at offset: Int) -> Int {
         let n = answers.count
+        return write(into: out, at: offset) { k in (rotation &+ k) % n }
+    }
+
+    /// The same, with the instances in groups (`ends`: where each group ends, in base order; at most three), each
+    /// rotated on its own by its `offsets` entry: nearest-first answers.
+    public func write(groups ends: (Int, Int, Int), offsets: (Int, Int, Int), into out: UnsafeMutableRawBufferPointer, at offset: Int) -> Int {
+        write(into: out, at: offset) { k in
+            if k < ends.0 { return (offsets.0 &+ k) % ends.0 }
+            if k < ends.1 { return ends.0 + (offsets.1 &+ k - ends.0) % (ends.1 - ends.0) }
+            return ends.1 + (offsets.2 &+ k - ends.1) % (ends.2 - ends.1)
+        }
+    }
+
+    /// Writes the records in the order `instance(k)` gives (the instance at position k).
+    @inline(__always)
+    func write(into out: UnsafeMutableRawBufferPointer, at offset: Int, instance: (Int) -> Int) -> Int {
+        let n = answers.count
         return withUnsafeTemporaryAllocation(of: Int32.self, capacity: 2 * n) { scratch in
             // scratch[0..<n]: where each target group's SRV target was written (0: not yet);
             // scratch[n..<2n]: 1 when an answer group was written, then reused for glue groups.
@@ -140,7 +157,7 @@ public final class AnswerTemplate: Sendable {
             var p = offset
             bytes.withUnsafeBytes { src in
                 for k in 0..<n {
-                    let i = (rotation &+ k) % n
+                    let i = instance(k)
                     let c = answers[i]
                     if c.isEmpty { continue }
                     if dedupeAnswers {
@@ -156,7 +173,7 @@ public final class AnswerTemplate: Sendable {
                 if glueCount == 0 { return }
                 for g in n..<(2 * n) { scratch[g] = 0 }
                 for k in 0..<n {
-                    let i = (rotation &+ k) % n
+                    let i = instance(k)
                     let c = glue[i]
                     if c.isEmpty || scratch[n + Int(c.group)] != 0 { continue }
                     scratch[n + Int(c.group)] = 1

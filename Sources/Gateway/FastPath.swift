@@ -30,7 +30,9 @@ extension QueryHandler {
     /// Decides whether a fast path answers `packet`, and how big the answer is. Reads, never writes (but for the
     /// cache's recency, and templates encoded on first use). `mayRecurse` is the recursion ACL for this client,
     /// asked only for forwarded names.
-    public func fastPlan(_ packet: UnsafeRawBufferPointer, transport: Transport, mayRecurse: () -> Bool = { false }) -> FastPlan? {
+    /// `client`: where the client is, asked only for a service answer with `--locality` on.
+    public func fastPlan(_ packet: UnsafeRawBufferPointer, transport: Transport, mayRecurse: () -> Bool = { false },
+                         client: () -> ClientLocality? = { nil }) -> FastPlan? {
         guard let query = PlainQuery.parse(packet) else { return nil }
         let name = UnsafeRawBufferPointer(rebasing: packet[DNSHeader.size..<query.nameEnd])
         let snapshot = store.snapshot
@@ -44,9 +46,8 @@ extension QueryHandler {
         case .service(let entry, let selector):
             // SRV targets name the domain: the templates are the primary domain's.
             if query.type == RRType.srv && plan.alt { return nil }
-            // Nearest-first answers depend on the client: the general path orders them (for now).
-            if resolver.configuration.locality.mode != .off { return nil }
-            let encoded = resolver.templates(entry, selector, datacenter: plan.datacenter, name: name, in: snapshot)
+            // Nearest-first answers: each client zone has its templates.
+            let encoded = resolver.templates(entry, selector, datacenter: plan.datacenter, name: name, in: snapshot, client: client())
             guard let template = encoded.template(query.type) else { return nil }
             (source, bodySize) = (.service(entry, encoded, template), template.bodySize)
         case .node(let node):
@@ -112,8 +113,13 @@ extension QueryHandler {
         switch plan.source {
         case .service(let entry, let encoded, let template):
             out[2] = 0x84 | (q.rd ? 0x01 : 0)
-            let rotation = encoded.count > 1 ? encoded.rotation(entry.nextRotation(), type: q.type) : 0
-            p = template.write(rotation: rotation, into: out, at: q.questionEnd)
+            if encoded.groups != nil {
+                let offsets = encoded.groupOffsets(entry.nextRotation(), type: q.type)
+                p = template.write(groups: encoded.groupEnds, offsets: offsets, into: out, at: q.questionEnd)
+            } else {
+                let rotation = encoded.count > 1 ? encoded.rotation(entry.nextRotation(), type: q.type) : 0
+                p = template.write(rotation: rotation, into: out, at: q.questionEnd)
+            }
             counts = (template.answerCount, 0, template.glueCount)
         case .addresses(let node, let count):
             out[2] = 0x84 | (q.rd ? 0x01 : 0)
@@ -194,7 +200,8 @@ extension QueryHandler {
     public func fastResponse(_ packet: ByteBuffer, transport: Transport, client: SocketAddress? = nil,
                              allocator: ByteBufferAllocator) -> ByteBuffer? {
         packet.withUnsafeReadableBytes { bytes -> ByteBuffer? in
-            guard let plan = fastPlan(bytes, transport: transport, mayRecurse: { access.mayRecurse(client) }) else { return nil }
+            guard let plan = fastPlan(bytes, transport: transport, mayRecurse: { access.mayRecurse(client) },
+                                      client: { clientLocality(client, subnet: nil).0 }) else { return nil }
             var out = allocator.buffer(capacity: plan.size)
             out.writeWithUnsafeMutableBytes(minimumWritableBytes: plan.size) { writeFast(plan, packet: bytes, into: $0) }
             return out

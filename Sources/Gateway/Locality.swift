@@ -75,8 +75,13 @@ extension Resolver {
     public func clientLocality(address: UnsafeRawBufferPointer?) -> ClientLocality? {
         let l = configuration.locality
         guard l.mode != .off else { return nil }
-        if let address, let match = l.clientZones.filter({ $0.network.contains(address) }).max(by: { $0.network.prefix < $1.network.prefix }) {
-            return ClientLocality(zone: match.zone, source: .network(match.network))
+        if let address {
+            // The most specific network that holds the address (no allocation: the fast path asks this per query).
+            var best: (network: CIDR, zone: String)? = nil
+            for candidate in l.clientZones where candidate.network.contains(address) && candidate.network.prefix > (best?.network.prefix ?? -1) {
+                best = candidate
+            }
+            if let best { return ClientLocality(zone: best.zone, source: .network(best.network)) }
         }
         return l.zone.map { ClientLocality(zone: $0, source: .own) }
     }

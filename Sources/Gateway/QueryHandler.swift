@@ -121,6 +121,13 @@ public final class QueryHandler: Sendable {
             ?? resolver.clientLocality(address: nil, subnet: subnet)
     }
 
+    /// The same for a raw `sockaddr` (the recvmmsg engine's), which has no Client Subnet option to weigh (the fast
+    /// path leaves those queries to the general path).
+    func clientLocality(sockaddr: UnsafeRawPointer) -> ClientLocality? {
+        guard resolver.configuration.locality.mode != .off else { return nil }
+        return withClientAddress(sockaddr: sockaddr) { resolver.clientLocality(address: $0) } ?? resolver.clientLocality(address: nil)
+    }
+
     /// True when the data is older than `--max-stale` allows.
     func tooStale(_ question: Question) -> Bool {
         guard let maxStale, let age = store.staleness(), age > maxStale else { return false }

@@ -16,12 +16,35 @@ public final class EncodedAnswers: Sendable {
     /// (`Resolver.weightedSequence`); nil for plain rotation.
     let firstByWeight: [UInt16]?
 
-    init(count: Int, a: AnswerTemplate?, aaaa: AnswerTemplate?, srv: AnswerTemplate?, firstByWeight: [UInt16]? = nil) {
+    /// Nearest-first answers: the sizes of the groups (nearest first, at most three) and each one's weighted
+    /// first-position sequence; nil without a preference.
+    let groups: [(size: Int, firstByWeight: [UInt16]?)]?
+    /// Where each group ends, in base order (the last repeated for missing groups).
+    let groupEnds: (Int, Int, Int)
+
+    init(count: Int, a: AnswerTemplate?, aaaa: AnswerTemplate?, srv: AnswerTemplate?, firstByWeight: [UInt16]? = nil,
+         groups: [(size: Int, firstByWeight: [UInt16]?)]? = nil) {
         self.count = count
         self.a = a
         self.aaaa = aaaa
         self.srv = srv
         self.firstByWeight = firstByWeight
+        self.groups = groups
+        let sizes = (groups ?? []).map(\.size) + [0, 0, 0]
+        groupEnds = (sizes[0], sizes[0] + sizes[1], sizes[0] + sizes[1] + sizes[2])
+    }
+
+    /// Each group's first instance for this turn: by weight for A and AAAA when its weights differ, else in turn
+    /// (what `rotate` picks on the general path).
+    @inline(__always)
+    func groupOffsets(_ turn: Int, type: UInt16) -> (Int, Int, Int) {
+        guard let groups else { return (0, 0, 0) }
+        func offset(_ k: Int) -> Int {
+            guard k < groups.count else { return 0 }
+            if type != RRType.srv, let sequence = groups[k].firstByWeight { return Int(sequence[turn % sequence.count]) }
+            return turn % groups[k].size
+        }
+        return (offset(0), offset(1), offset(2))
     }
 
     /// The instance a query's answer starts with, from the entry's rotation counter: by weight for A and AAAA
@@ -64,15 +87,17 @@ extension Resolver {
     /// The encoded answers a service plan selects, built on first use and kept with the entry (so they live as
     /// long as the service is unchanged, and across reloads that keep this resolver). `name` is the query name
     /// the plan's spans point into. Allocates only when it encodes.
+    /// With nearest-first answers, each client zone has its own (`client`).
     func templates(_ entry: ServiceEntry, _ selector: NamePlan.Selector, datacenter: NameSpan?,
-                   name: UnsafeRawBufferPointer, in snapshot: CatalogSnapshot) -> EncodedAnswers {
+                   name: UnsafeRawBufferPointer, in snapshot: CatalogSnapshot, client: ClientLocality? = nil) -> EncodedAnswers {
         let cache = entryTemplates(entry)
         let kind: UInt8
         let label: NameSpan?
+        let zone = client.map { NameKey($0.zone) } ?? ""
         switch selector {
         case .all:
             let local = datacenter.map { span in span.probe(name) { $0.matches(configuration.datacenterKey) } } ?? true
-            if local {
+            if local && client == nil {
                 if let e = cache.local.load() { return e }
                 return cache.local.storeIfNilThenLoad(encode(entry, .all, datacenter: configuration.datacenterKey.text, snapshot))
             }
@@ -82,16 +107,16 @@ extension Resolver {
         }
         let current = cache.others.load(ordering: .acquiring)
         let found = withDatacenter(datacenter, name) { dc in
-            guard let label else { return NameProbe.with("") { current.map.value(kind: kind, label: $0, datacenter: dc) } }
-            return label.probe(name) { current.map.value(kind: kind, label: $0, datacenter: dc) }
+            guard let label else { return NameProbe.with("") { current.map.value(kind: kind, label: $0, datacenter: dc, zone: zone) } }
+            return label.probe(name) { current.map.value(kind: kind, label: $0, datacenter: dc, zone: zone) }
         }
         if let found { return found }
         let dc = datacenter?.text(name) ?? configuration.datacenterKey.text
-        let encoded = encode(entry, selector.selector(name), datacenter: dc, snapshot)
+        let encoded = encode(entry, selector.selector(name), datacenter: dc, snapshot, client: client)
         // Keep it only if it answers something; the key owns its text (the probe's bytes are the query's).
         guard encoded.count > 0, current.map.count < EntryTemplates.limit else { return encoded }
         var map = current.map
-        map[SelectionKey(kind: kind, label: label?.text(name) ?? "", datacenter: dc)] = encoded
+        map[SelectionKey(kind: kind, label: label?.text(name) ?? "", datacenter: dc, zone: client?.zone ?? "")] = encoded
         // A lost race only means encoding again later.
         _ = cache.others.compareExchange(expected: current, desired: EntryTemplates.Others(map), ordering: .acquiringAndReleasing)
         return encoded
@@ -109,9 +134,12 @@ extension Resolver {
     /// The same records `service(…)` gives for the selection, in base order, one per instance `selected` keeps.
     /// Hostname instances (a CNAME, or glue found by chasing our data), random order and an answer limit below
     /// the count are left to the general path.
-    func encode(_ entry: ServiceEntry, _ selector: ServiceSelector, datacenter: String, _ snapshot: CatalogSnapshot) -> EncodedAnswers {
+    func encode(_ entry: ServiceEntry, _ selector: ServiceSelector, datacenter: String, _ snapshot: CatalogSnapshot,
+                client: ClientLocality? = nil) -> EncodedAnswers {
         encodedCounter.increment()
-        let healthy = selected(entry, selector, datacenter: datacenter)
+        // Nearest first: the instances in their groups, nearest first, each rotated on its own when answering.
+        let (groups, preferred) = nearestGroups(selected(entry, selector, datacenter: datacenter), client: client)
+        let healthy = groups.flatMap { $0 }
         guard !healthy.isEmpty, configuration.order == .cyclic || healthy.count == 1,
               configuration.answerLimit == 0 || healthy.count <= configuration.answerLimit,
               !healthy.contains(where: { if case .hostname = $0.address { true } else { false } }),
@@ -122,7 +150,7 @@ extension Resolver {
             let entries: [AnswerTemplate.Entry]
             if type == RRType.srv {
                 let (answers, glue) = srvRecords(healthy, owner: name, selector: selector, ttl: ttl, domain: configuration.domain,
-                                                 snapshot, depth: 0)
+                                                 snapshot, depth: 0, preferred: preferred ? groups[0].count : 0)
                 // A template entry holds one glue record: a dual-stack target (A and AAAA) or node meta TXT takes
                 // the general path.
                 if glue.contains(where: { $0.count > 1 }) { return nil }
@@ -142,7 +170,11 @@ extension Resolver {
             return AnswerTemplate(question: Question(name: name, type: type, qclass: DNSClass.inet), entries: entries,
                                   dedupeAnswers: type != RRType.srv)
         }
+        guard preferred else {
+            return EncodedAnswers(count: healthy.count, a: template(RRType.a), aaaa: template(RRType.aaaa), srv: template(RRType.srv),
+                                  firstByWeight: Self.weightedSequence(healthy.map { Int($0.weight) }))
+        }
         return EncodedAnswers(count: healthy.count, a: template(RRType.a), aaaa: template(RRType.aaaa), srv: template(RRType.srv),
-                              firstByWeight: Self.weightedSequence(healthy.map { Int($0.weight) }))
+                              groups: groups.map { g in (g.count, Self.weightedSequence(g.map { Int($0.weight) })) })
     }
 }

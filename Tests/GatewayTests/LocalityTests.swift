@@ -1,6 +1,7 @@
 import Catalog
 import DNSWire
 @testable import Gateway
+import Logging
 import Testing
 
 /// Nearest-first answers (`--locality`): the client's zone first, rotated among itself, then the rest of its
@@ -170,5 +171,35 @@ struct WeightedFirstTests {
         // Large weights are scaled to a cycle of at most 4,096, keeping the proportions.
         let big = Resolver.weightedSequence([65_535, 21_845])!
         #expect(big.count <= 4096 && abs(Double(big.filter { $0 == 0 }.count) / Double(big.count) - 0.75) < 0.001)
+    }
+}
+
+/// Nearest-first answers on the fast path: the templates of a client's zone, each group rotated on its own, are
+/// byte for byte what the general path answers, turn after turn, with weights in play.
+@Suite("Locality: the fast path")
+struct LocalityFastPathTests {
+    static func pair(zone: String, mode: LocalityMode = .zone) -> (fast: QueryHandler, slow: QueryHandler) {
+        var instances = LocalityTests.instances()
+        for k in instances.indices where k % 4 == 0 { instances[k].weights = (3, 1) }
+        func make() -> QueryHandler {
+            let resolver = Fixture.resolver { c in
+                c.locality.mode = mode
+                c.locality.zone = zone
+            }
+            return QueryHandler(resolver: resolver, store: SnapshotStore(Fixture.snapshot(instances)), logger: Logger(label: "test"))
+        }
+        return (make(), make())
+    }
+
+    @Test(arguments: ["us-east-1a", "us-east-1b", "eu-west-1a", "nowhere"])
+    func theFastPathAnswersAsTheGeneralPath(zone: String) {
+        for mode in [LocalityMode.zone, .region] {
+            let pair = Self.pair(zone: zone, mode: mode)
+            for type in [RRType.a, RRType.srv] {
+                let packet = FastPathTests.query("web.service.consul", type, edns: 4096)
+                #expect(FastPathTests.takesFastPath(pair.fast, packet, .udp), "\(zone) \(mode) \(type)")
+                FastPathTests.compare(pair, packet, .udp, rounds: 25)
+            }
+        }
     }
 }

@@ -64,6 +64,19 @@ public struct Explanation: Codable, Sendable {
         public var origin: String
         /// When it last changed, in seconds since the epoch.
         public var changed: Double?
+        /// Where it runs (region/zone), and its group from the client with nearest-first answers: `zone`
+        /// (the client's), `region` (the rest of the client's region), `elsewhere`; nil without a preference.
+        public var locality: String?
+        public var group: String?
+    }
+
+    /// Where the query is taken to come from, with `--locality`: the client's zone and what said so.
+    public struct Client: Codable, Sendable {
+        public var address: String?
+        public var zone: String?
+        public var source: String
+        /// Whether the answer prefers the client's group; why not, when it does not.
+        public var preference: String
     }
 
     public var name: String
@@ -76,12 +89,15 @@ public struct Explanation: Codable, Sendable {
     public var staleness: Double?
     /// Registrations left out that this name may have meant.
     public var skipped: [Activity.Skip]
+    /// With `--locality`: where the client is taken to be.
+    public var client: Client? = nil
 }
 
 extension QueryHandler {
     /// Explains `name` (a bare service name is read as `<name>.service.<domain>`) for `type` (a mnemonic or a
     /// number), answering it as a query would be answered now. Nil for a name or type that cannot be asked.
-    public func explain(name text: String, type typeText: String) -> Explanation? {
+    /// `client`: the address to answer as if the query came from (for `--locality`); none: Signpost's own zone.
+    public func explain(name text: String, type typeText: String, client clientText: String? = nil) -> Explanation? {
         let config = resolver.configuration
         let bare = !text.contains(".") && !text.isEmpty
         guard let type = Self.typeCode(typeText), !text.isEmpty else { return nil }
@@ -97,7 +113,9 @@ extension QueryHandler {
         }
         let snapshot = store.snapshot
         let question = Question(name: name, type: type)
-        let answer = tooStale(question) ? Answer(rcode: RCode.servFail, authoritative: false) : resolver.resolve(question, in: snapshot)
+        let address = clientText.flatMap { t in IPv4(t)?.array ?? IPv6(t)?.bytes }
+        let located = address.map { a in a.withUnsafeBytes { resolver.clientLocality(address: $0) } } ?? resolver.clientLocality(address: nil)
+        let answer = tooStale(question) ? Answer(rcode: RCode.servFail, authoritative: false) : resolver.resolve(question, in: snapshot, client: located)
         let plan = name.wire.withUnsafeBytes { wire in
             resolver.classify(wire, in: snapshot) { zone in zone.records[name.lowercased] != nil }
         }
@@ -111,6 +129,23 @@ extension QueryHandler {
             let held = Held(answer)
             explanation.instances = entry.instances.map {
                 report($0, selector: chosen, datacenter: datacenter, asked: plan.datacenter != nil, answer: answer, held: held, type: type)
+            }
+            // Where each instance runs, with or without --locality (the status page counts healthy ones per zone).
+            for (k, inst) in entry.instances.enumerated() {
+                let place = resolver.locality(of: inst)
+                if !place.isEmpty { explanation.instances[k].locality = place.description }
+            }
+            if config.locality.mode != .off {
+                let (groups, labels, preferred) = resolver.labelledGroups(resolver.selected(entry, chosen, datacenter: datacenter), client: located)
+                let names = config.locality.mode == .zone ? ["zone", "region", "elsewhere"] : ["region", "elsewhere", "elsewhere"]
+                for (k, inst) in entry.instances.enumerated() {
+                    guard preferred, let g = groups.firstIndex(where: { $0.contains { $0.identity == inst.identity } }) else { continue }
+                    explanation.instances[k].group = names[labels[g].rawValue]
+                }
+                explanation.client = Explanation.Client(
+                    address: clientText, zone: located?.zone, source: located?.source.description ?? "none: no --client-zone network holds it and no --zone",
+                    preference: preferred ? "the client's \(names[0]) first" : located == nil ? "none: the client's zone is unknown"
+                        : "none: too few healthy instances near the client (--locality-min, --locality-min-share)")
             }
         }
         if answer.rcode == RCode.nxDomain || explanation.instances.isEmpty {

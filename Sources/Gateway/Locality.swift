@@ -121,7 +121,7 @@ extension Resolver {
 
     /// Where an instance stands from a client: 0 in its zone (or its region, with `--locality region`), 1 in its
     /// region, 2 elsewhere.
-    enum Nearness: Int, Comparable {
+    enum Nearness: Int, Comparable, CaseIterable {
         case zone = 0, region, elsewhere
         static func < (a: Nearness, b: Nearness) -> Bool { a.rawValue < b.rawValue }
     }
@@ -131,8 +131,14 @@ extension Resolver {
     /// One group, in the given order, when locality is off, the client's zone is unknown, or the guard says the
     /// client's group is too small to take its clients' load (`preferred` false).
     func nearestGroups(_ instances: [Instance], client: ClientLocality?) -> (groups: [[Instance]], preferred: Bool) {
+        let (groups, _, preferred) = labelledGroups(instances, client: client)
+        return (groups, preferred)
+    }
+
+    /// The same, with each group's nearness (`explain` names them).
+    func labelledGroups(_ instances: [Instance], client: ClientLocality?) -> (groups: [[Instance]], labels: [Nearness], preferred: Bool) {
         let config = configuration.locality
-        guard config.mode != .off, let client, instances.count > 1 else { return ([instances], false) }
+        guard config.mode != .off, let client, instances.count > 1 else { return ([instances], [.elsewhere], false) }
         let places = instances.map(locality(of:))
         // The client's region: what the instances in its zone say theirs is.
         let region = places.first { $0.zone.equalsIgnoringASCIICase(client.zone) && !$0.region.isEmpty }?.region
@@ -151,9 +157,10 @@ extension Resolver {
         let zones = Set(places.map { (config.mode == .region ? $0.region : $0.zone).lowercased() }).count
         let evenShare = Double(instances.count) / Double(max(zones, 1))
         guard groups[0].count >= max(config.minimum, 1), Double(groups[0].count) >= config.minimumShare * evenShare else {
-            return ([instances], false)
+            return ([instances], [.elsewhere], false)
         }
-        return (groups.filter { !$0.isEmpty }, true)
+        let kept = Nearness.allCases.filter { !groups[$0.rawValue].isEmpty }
+        return (kept.map { groups[$0.rawValue] }, kept, true)
     }
 }
 

@@ -5,7 +5,7 @@ import NIOHTTP1
 
 /// The operator view behind the admin endpoint: the status page and its read-only JSON.
 /// - `/ui`: one self-contained page (`StatusPage.html`), refreshing itself from the JSON below.
-/// - `/v1/explain?name=…&type=…`: `QueryHandler.explain`.
+/// - `/v1/explain?name=…&type=…[&client=ADDRESS]`: `QueryHandler.explain`.
 /// - `/v1/registries`: each registry's state, and the data's staleness.
 /// - `/v1/services?q=…&offset=…&limit=…`: healthy, warning and excluded counts per service, by name, a page at a time.
 /// - `/v1/changes`: the last instance-level changes, newest first.
@@ -41,7 +41,8 @@ public final class OperatorView: Sendable {
 
     private func explain(_ query: [String: String]) -> Page {
         guard let name = query["name"], !name.isEmpty else { return (.badRequest, "text/plain", Array("name= is required\n".utf8)) }
-        guard let explanation = slot.handler.explain(name: name, type: query["type"].flatMap { $0.isEmpty ? nil : $0 } ?? "A") else {
+        guard let explanation = slot.handler.explain(name: name, type: query["type"].flatMap { $0.isEmpty ? nil : $0 } ?? "A",
+                                                     client: query["client"].flatMap { $0.isEmpty ? nil : $0 }) else {
             return (.badRequest, "text/plain", Array("cannot ask for \(name) \(query["type"] ?? "")\n".utf8))
         }
         return json(explanation)

@@ -210,13 +210,18 @@ async function refreshExplain() {
   const records = d.answer.answers.map(r => r.name + " " + r.ttl + " " + r.type + " " + r.data).join("\n");
   const rows = d.instances.map(i => el("tr", { "data-instance": i.id, class: i.answered ? "answered" : "excluded" },
     el("td", {}, i.id, el("div", { class: "muted" }, i.node + (i.datacenter ? " · " + i.datacenter : ""))),
-    el("td", {}, i.address + ":" + i.port),
+    el("td", {}, i.address + ":" + i.port, i.locality ? el("div", { class: "muted" }, i.locality + (i.group ? " · " + i.group : "")) : ""),
     el("td", {}, el("span", { class: "pill " + (i.health === "passing" ? "ok" : i.health === "warning" ? "warn" : "bad") }, i.health)),
     el("td", { class: "why" }, i.answered ? el("span", { class: "ok" }, "answered") :
       i.reasons.map(r => el("div", { class: "reason bad" }, r))),
     el("td", { class: "origin" }, i.origin, el("div", { class: "muted" }, "changed " + ago(i.changed)))));
+  // Healthy instances per zone (what nearest-first answers group by).
+  const zones = {};
+  for (const i of d.instances) if (i.locality && i.health !== "critical" && i.health !== "maintenance") zones[i.locality] = (zones[i.locality] || 0) + 1;
+  const zoneLine = Object.keys(zones).sort().map(z => z + " " + zones[z]).join(" · ");
   box.replaceChildren(
     el("div", {}, el("b", {}, d.name + " " + d.type), " → ", el("b", {}, d.answer.rcode)),
+    zoneLine ? el("div", { class: "muted zones" }, "healthy by zone: " + zoneLine) : "",
     el("div", { class: "muted" }, "read as " + parse.kind + (parse.service ? " " + parse.service : "") +
       (parse.tag ? ", tag " + parse.tag : "") + (parse.datacenter ? ", datacenter " + parse.datacenter : "") + ": " + parse.rule),
     el("pre", {}, records || "(no records)"),

@@ -24,6 +24,9 @@ struct Explain: AsyncParsableCommand {
     @Option(name: .long, help: ArgumentHelp("The server's admin endpoint (its --admin).", valueName: "HOST:PORT"))
     var server: String = "127.0.0.1:8080"
 
+    @Option(name: .long, help: ArgumentHelp("With --locality: answer as for a client at this address (its --client-zone network). Default: no address (Signpost's own --zone).", valueName: "ADDRESS"))
+    var client: String?
+
     @Flag(name: .long, help: "Print the JSON the admin endpoint returns.")
     var json = false
 
@@ -34,6 +37,7 @@ struct Explain: AsyncParsableCommand {
         let target = server.contains("://") ? server : "http://\(server)"
         var query = URLComponents(string: target + "/v1/explain")
         query?.queryItems = [URLQueryItem(name: "name", value: name), URLQueryItem(name: "type", value: type)]
+            + (client.map { [URLQueryItem(name: "client", value: $0)] } ?? [])
         guard let url = query?.url?.absoluteString else { throw StartupError(message: "invalid --server \(server)", code: 64) }
         let (status, body) = try await Self.get(url)
         guard status == 200 else {
@@ -123,6 +127,9 @@ struct ExplainText {
         if !e.answer.additional.isEmpty {
             out += "  additional\n" + records(e.answer.additional, indent: "              ")
         }
+        if let c = e.client {
+            out += "  client      \(c.address ?? "(no address)"): zone \(c.zone ?? "unknown") (\(c.source))\n              \(dim("nearest first: " + c.preference))\n"
+        }
         out += "\n" + registries(e)
         if !e.instances.isEmpty { out += "\n" + instances(e.instances) }
         if !e.skipped.isEmpty {
@@ -171,6 +178,7 @@ struct ExplainText {
             out += "  \(mark) \(pad(i.id, idWidth))  \(pad(placement(i), nodeWidth))  \(pad("\(i.address):\(i.port)", addressWidth))  \(paintedHealth)"
             out += i.answered ? green("answered") + "\n" : red(i.reasons.first ?? "left out") + "\n"
             for reason in i.reasons.dropFirst() { out += indent + String(repeating: " ", count: 13) + red(reason) + "\n" }
+            if let l = i.locality, !l.isEmpty { out += indent + dim("in \(l)" + (i.group.map { ", \($0) group" } ?? "")) + "\n" }
             out += indent + dim("from \(i.origin.isEmpty ? i.registry : i.origin); changed \(ago(i.changed))") + "\n"
         }
         return out

@@ -286,6 +286,9 @@ struct StatusPageBrowserTests {
         let web4 = try browser.eval("document.querySelector('#explain tr[data-instance=\"web-4\"] .why').textContent") as? String ?? ""
         #expect(web4.contains("check service:web-4 (HTTP /health) is critical at service level"), "\(web4)")
         #expect(try browser.eval("document.querySelector('#explain tr[data-instance=\"web-1\"]').className") as? String == "answered")
+        // Healthy instances per zone (the demo's Service.Locality): web-4 in us-east-1b is critical.
+        #expect(try browser.eval("document.querySelector('#explain .zones').textContent") as? String
+            == "healthy by zone: us-east-1/us-east-1a 2 · us-east-1/us-east-1b 1")
 
         // The hostile service: its check output is text on the page, and nothing of it ran.
         _ = try browser.eval("document.querySelector('#services tbody tr[data-service=\"xss\"]').click()")

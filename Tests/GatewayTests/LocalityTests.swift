@@ -203,3 +203,21 @@ struct LocalityFastPathTests {
         }
     }
 }
+
+@Suite("Locality: explain")
+struct LocalityExplainTests {
+    @Test func explainShowsTheClientsZoneItsSourceAndEachInstancesGroup() throws {
+        let handler = QueryHandler(resolver: try LocalityTests.resolver(), store: SnapshotStore(Fixture.snapshot(LocalityTests.instances())),
+                                   logger: Logger(label: "test"))
+        let e = try #require(handler.explain(name: "web", type: "A", client: "10.1.7.7"))
+        let client = try #require(e.client)
+        #expect(client.zone == "us-east-1a" && client.source.contains("--client-zone 10.1.0.0/16") && client.preference == "the client's zone first")
+        for i in e.instances {
+            let want = i.node.contains("us-east-1a") ? "zone" : i.node.contains("us-east-1") ? "region" : "elsewhere"
+            #expect(i.group == want, "\(i.node): \(i.group ?? "none")")
+            #expect(i.locality == (i.node.contains("eu") ? "eu-west-1/eu-west-1a" : "us-east-1/" + i.node.split(separator: "-").dropFirst().prefix(3).joined(separator: "-")))
+        }
+        // No address: Signpost's own zone.
+        #expect(try #require(handler.explain(name: "web", type: "A")).client?.zone == "us-east-1c")
+    }
+}

@@ -153,6 +153,40 @@ let benchmarks: @Sendable () -> Void = {
         }
     }
 
+    // Nearest first and weighted first position (issue 24): the same plain A query, with `--locality zone` and a
+    // client whose zone a --client-zone network gives, against services whose three instances sit in three zones
+    // with weights 1, 2 and 3. Both must stay on the fast path with 0 mallocs.
+    var zoned: [Registration] = []
+    for s in 0..<1_000 {
+        for i in 0..<3 {
+            let json = #"{"Node": "svc\#(s)-\#(i)", "Address": "10.\#(s / 250).\#(s % 250).\#(i + 1)", "NodeMeta": {"zone": "zone-\#(i)", "region": "r"}, "#
+                + #""Service": {"ID": "svc\#(s)-\#(i)", "Service": "svc\#(s)", "Port": 8080, "Weights": {"Passing": \#(i + 1), "Warning": 1}}}"#
+            zoned += try! RegistrationDecoder.decode(bytes: Array(json.utf8), path: "bench", defaultDatacenter: "dc1")
+        }
+    }
+    var localityConfig = ResolverConfiguration()
+    localityConfig.locality.mode = .zone
+    localityConfig.locality.clientZones = [(try! CIDR("10.1.0.0/16"), "zone-1")]
+    let zonedStore = SnapshotStore(CatalogSnapshot.build(registrations: zoned, zones: [], localDatacenter: "dc1", generation: 1))
+    let nearest = QueryHandler(resolver: Resolver(configuration: localityConfig), store: zonedStore, logger: Logger(label: "bench"))
+    let weighted = QueryHandler(resolver: Resolver(configuration: ResolverConfiguration()), store: zonedStore, logger: Logger(label: "bench"))
+    let clientAddress: [UInt8] = [10, 1, 2, 3]
+    for (label, handler, client) in [("nearest first A (client zone from its address)", nearest, true), ("weighted first A", weighted, false)] {
+        let bytes = query(RRType.a)
+        bytes.withUnsafeBytes { raw in
+            let located = { client ? clientAddress.withUnsafeBytes { handler.resolver.clientLocality(address: $0) } : nil }
+            precondition(handler.fastPlan(raw, transport: .udp, client: located) != nil, "\(label) must take the fast path")
+        }
+        Benchmark("form \(label): svc500.service.consul") { benchmark in
+            bytes.withUnsafeBytes { raw in
+                for _ in benchmark.scaledIterations {
+                    let located = { client ? clientAddress.withUnsafeBytes { handler.resolver.clientLocality(address: $0) } : nil }
+                    if let plan = handler.fastPlan(raw, transport: .udp, client: located) { blackHole(handler.writeFast(plan, packet: raw, into: out)) }
+                }
+            }
+        }
+    }
+
     // Every name form, the whole query path of the mmsg engine (plan, then bytes into a reused buffer). Each must
     // take the fast path: 0 mallocs per query is the bar.
     let forms: [(String, String, UInt16)] = [

@@ -48,7 +48,7 @@ final class Reloader: Sendable {
         let new: ServeConfiguration
         do {
             new = try ServeConfiguration.load(arguments: Array(CommandLine.arguments.dropFirst()), running: started.restartOnly.server.listen,
-                                              datacenter: started.resolver.datacenter)
+                                              datacenter: started.resolver.datacenter, agentZone: started.agentZone)
         } catch {
             let reason = (error as? StartupError)?.message ?? "\(error)"
             logger.error("reload failed; still serving the previous configuration", metadata: ["reason": "\(reason)"])

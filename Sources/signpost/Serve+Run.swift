@@ -25,8 +25,10 @@ extension Serve {
         let logger = Logger(label: "signpost")
         let store = SnapshotStore()
         // Logged once the sockets are bound: a busy port must stay the only line printed.
-        let (dc, datacenterNote) = await Self.localDatacenter(given: given.restartOnly.datacenter, given.restartOnly.registries)
-        let config = try ServeConfiguration(settings, environment: environment, resolvConf: resolvConf, datacenter: dc)
+        let needZone = (settings.locality ?? .off) != .off && settings.zone == nil
+        let (dc, agentZone, datacenterNote) = await Self.localDatacenter(given: given.restartOnly.datacenter, given.restartOnly.registries,
+                                                                         needZone: needZone)
+        let config = try ServeConfiguration(settings, environment: environment, resolvConf: resolvConf, datacenter: dc, agentZone: agentZone)
         let restart = config.restartOnly
         let assembler = CatalogAssembler(sources: restart.registries.map(\.description), expectsZones: restart.zones != nil,
                                          localDatacenter: dc, store: store, logger: logger)
@@ -120,20 +122,26 @@ extension Serve {
     }
 
     /// `--datacenter`; without it, the first Consul registry's agent's own datacenter, as Consul's DNS uses
-    /// (an agent in `us-east-1` answers plain names from `us-east-1`); else dc1. Returns what to log about it.
-    static func localDatacenter(given: String?, _ specs: [RegistrySpec]) async -> (String, (Logger) -> Void) {
-        if let given { return (given, { _ in }) }
+    /// (an agent in `us-east-1` answers plain names from `us-east-1`); else dc1. Also the agent's zone (its node's
+    /// `Locality`), which `--zone` defaults to with `--locality`. Returns what to log about them.
+    static func localDatacenter(given: String?, _ specs: [RegistrySpec], needZone: Bool = false) async -> (String, zone: String?, (Logger) -> Void) {
+        if let given, !needZone { return (given, nil, { _ in }) }
         for case .consul(let connection, _, _, _) in specs {
             let address = connection.endpoints[0]
             do {
-                let dc = try await ConsulWatcher.agentDatacenter(connection: connection, logger: Logger(label: "signpost"))
-                return (dc, { $0.info("local datacenter from the Consul agent", metadata: ["datacenter": "\(dc)", "consul.address": "\(address)"]) })
+                let (dc, locality) = try await ConsulWatcher.agentDatacenter(connection: connection, logger: Logger(label: "signpost"))
+                let zone = locality.flatMap { $0.zone.isEmpty ? nil : $0.zone }
+                return (given ?? dc, zone, { logger in
+                    if given == nil { logger.info("local datacenter from the Consul agent", metadata: ["datacenter": "\(dc)", "consul.address": "\(address)"]) }
+                    if let zone { logger.info("the Consul agent's zone, Signpost's own unless --zone says otherwise", metadata: ["zone": "\(zone)"]) }
+                })
             } catch {
-                return (ServeConfiguration.defaultDatacenter, { $0.warning("could not read the Consul agent's datacenter; using dc1 (set --datacenter to choose)",
-                                            metadata: ["consul.address": "\(address)", "error": "\(error)"]) })
+                if let given { return (given, nil, { _ in }) }
+                return (ServeConfiguration.defaultDatacenter, nil, { $0.warning("could not read the Consul agent's datacenter; using dc1 (set --datacenter to choose)",
+                                                                         metadata: ["consul.address": "\(address)", "error": "\(error)"]) })
             }
         }
-        return (ServeConfiguration.defaultDatacenter, { _ in })
+        return (given ?? ServeConfiguration.defaultDatacenter, nil, { _ in })
     }
 }
 

@@ -19,6 +19,8 @@ struct ServeConfiguration: Sendable, Equatable {
     var access: AccessControl
     var rateLimit: ResponseRateLimiter.Configuration?
     var queryLog: Bool
+    /// The Consul agent's zone found at start-up (`--zone`'s default with `--locality`); reloads keep it.
+    var agentZone: String?
     /// What only a restart applies.
     var restartOnly: RestartOnly
 
@@ -55,14 +57,14 @@ struct ServeConfiguration: Sendable, Equatable {
     /// forwarder's "never forward to ourselves" use them, not a `--listen` that waits for a restart.
     static func load(arguments: [String], environment: [String: String] = ProcessInfo.processInfo.environment,
                      resolvConf: () -> String = { (try? String(contentsOfFile: "/etc/resolv.conf", encoding: .utf8)) ?? "" },
-                     running: [ListenAddress]? = nil, datacenter: String? = nil) throws -> ServeConfiguration
+                     running: [ListenAddress]? = nil, datacenter: String? = nil, agentZone: String? = nil) throws -> ServeConfiguration
     {
         let command: ParsableCommand
         do { command = try Signpost.parseAsRoot(arguments) } catch {
             throw StartupError(message: Signpost.message(for: error).split(separator: "\n").first.map(String.init) ?? "\(error)", code: 64)
         }
         guard let serve = command as? Serve else { throw StartupError(message: "not a serve command", code: 64) }
-        return try ServeConfiguration(serve.overFile(), environment: environment, resolvConf: resolvConf, running: running, datacenter: datacenter)
+        return try ServeConfiguration(serve.overFile(), environment: environment, resolvConf: resolvConf, running: running, datacenter: datacenter, agentZone: agentZone)
     }
 
     /// The local datacenter when neither `--datacenter` nor the file gives one and no Consul agent says.
@@ -74,13 +76,15 @@ struct ServeConfiguration: Sendable, Equatable {
     /// the local datacenter chosen for this process (the Consul agent's, found at start-up, and kept by reloads:
     /// it is restart-only), over `--datacenter`; `restartOnly.datacenter` stays as given, so a reload that
     /// changes it is told.
+    /// `agentZone`: the Consul agent's zone, which `--zone` defaults to (kept by reloads as the datacenter is).
     init(_ s: Serve, environment: [String: String] = [:], resolvConf: () -> String = { "" }, running: [ListenAddress]? = nil,
-         datacenter: String? = nil) throws(StartupError)
+         datacenter: String? = nil, agentZone: String? = nil) throws(StartupError)
     {
         do {
             restartOnly = try Self.restartOnly(s, environment: environment)
             let listen = running ?? restartOnly.server.listen
-            resolver = try Self.resolver(s, listen: listen, datacenter: datacenter)
+            resolver = try Self.resolver(s, listen: listen, datacenter: datacenter, agentZone: agentZone)
+            self.agentZone = agentZone
             let limits = try Self.handlerLimits(s)
             (maxStale, rateLimit, queryLog) = (limits.maxStale, limits.rateLimit, s.queryLog ?? false)
             (forwarding, access) = try Self.forwarding(s, listen: listen, resolvConf: resolvConf)
@@ -118,7 +122,9 @@ struct ServeConfiguration: Sendable, Equatable {
                            datacenter: s.catalogOptions.datacenter, logLevel: level, user: s.user, stateDir: s.stateDir)
     }
 
-    private static func resolver(_ s: Serve, listen: [ListenAddress], datacenter: String?) throws(ConfigurationError) -> ResolverConfiguration {
+    private static func resolver(_ s: Serve, listen: [ListenAddress], datacenter: String?, agentZone: String?) throws(ConfigurationError)
+        -> ResolverConfiguration
+    {
         let domainText = s.domain ?? "consul"
         guard let domain = try? DNSName(domainText), domain.labelCount > 0 else { throw ConfigurationError("invalid --domain \"\(domainText)\"") }
         var altDomain: DNSName? = nil
@@ -136,14 +142,15 @@ struct ServeConfiguration: Sendable, Equatable {
             domain: domain, datacenter: datacenter ?? s.catalogOptions.datacenter ?? ServeConfiguration.defaultDatacenter, onlyPassing: s.onlyPassing ?? false, order: s.order ?? .cyclic,
             serviceTTL: try TTLPolicy.parse(s.serviceTTL), nodeTTL: s.nodeTTL?.seconds ?? 0, maxUDPSize: maxUDPSize,
             nameserverAddresses: addresses.isEmpty ? [Address("127.0.0.1")!] : addresses, grpcLBPolicy: s.grpcLbPolicy ?? .none,
-            answerLimit: answerLimit, altDomain: altDomain, nodeMetaTXT: s.nodeMetaTxt ?? false, locality: try locality(s))
+            answerLimit: answerLimit, altDomain: altDomain, nodeMetaTXT: s.nodeMetaTxt ?? false,
+            locality: try locality(s, agentZone: agentZone))
     }
 
     /// Nearest-first answers: `--locality`, the zones of clients, the meta keys and the guard.
-    private static func locality(_ s: Serve) throws(ConfigurationError) -> LocalityConfiguration {
+    private static func locality(_ s: Serve, agentZone: String?) throws(ConfigurationError) -> LocalityConfiguration {
         var l = LocalityConfiguration()
         l.mode = s.locality ?? .off
-        l.zone = s.zone.flatMap { $0.isEmpty ? nil : $0 }
+        l.zone = s.zone.flatMap { $0.isEmpty ? nil : $0 } ?? agentZone
         for text in s.clientZone {
             let parts = text.split(separator: "=", maxSplits: 1).map(String.init)
             guard parts.count == 2, !parts[1].isEmpty else { throw ConfigurationError("invalid --client-zone \"\(text)\": expected CIDR=ZONE") }

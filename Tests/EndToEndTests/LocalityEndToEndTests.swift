@@ -200,3 +200,31 @@ struct ClientSubnetEndToEndTests {
         }
     }
 }
+
+/// With a Consul registry and no `--zone`, Signpost's own zone is the agent's (its `locality`, which Consul gives
+/// its node); instances place themselves with `Service.Locality`, as Consul 1.16+ registers them.
+@Suite("End to end: nearest first through Consul")
+struct ConsulLocalityEndToEndTests {
+    @Test func theAgentsZoneIsSignpostsOwnAndServiceLocalityPlacesInstances() throws {
+        let consul = try ConsulStandIn(extra: ["--agent-zone", "zone-b", "--agent-region", "r1"])
+        for (z, zone) in LocalityEndToEndTests.zones.enumerated() {
+            for k in 1...3 {
+                let node = "\(zone)-\(k)", id = "web-\(zone)-\(k)"
+                let (code, _) = try consul.call("PUT", "/v1/catalog/register", [
+                    "Node": node, "Address": "192.0.2.\(10 * (z + 1) + k)",
+                    "Service": ["ID": id, "Service": "web", "Port": 80, "Locality": ["Region": "r1", "Zone": zone]],
+                    "Checks": [["CheckID": "c-\(id)", "Status": "passing", "ServiceID": id]]] as [String: Any])
+                #expect(code == 200)
+            }
+        }
+        let server = try Server(dir: TempDir(), catalog: false, extra: ["--registry", "consul:\(consul.url)", "--locality", "zone"])
+        defer { server.stop() }
+        #expect(eventually(within: 20) { server.socketAddresses("web.service.consul").count == 9 } != nil, "\(server.log_())")
+        #expect(server.log_().contains("the Consul agent's zone"), "\(server.log_())")
+        for _ in 0..<9 {
+            let m = try #require(server.socketQuery("web.service.consul", RRType.a))
+            guard case .a(let first)? = m.answers.first?.rdata else { Issue.record("no A"); continue }
+            #expect(LocalityEndToEndTests.zone(of: "\(first)") == "zone-b", "\(first)")
+        }
+    }
+}

@@ -42,11 +42,15 @@ extension ConsulWatcher {
         return (out, returned, leader)
     }
 
-    /// The agent's own datacenter, `Config.Datacenter` of `/v1/agent/self` (which needs `agent:read`).
-    public static func agentDatacenter(connection settings: ConnectionSettings, logger: Logger) async throws -> String {
+    /// The agent's own datacenter, `Config.Datacenter` of `/v1/agent/self` (which needs `agent:read`), and its
+    /// locality: the agent's `locality { region zone }` becomes its node's `Locality` in the catalog, read from
+    /// `/v1/catalog/node/<Config.NodeName>` (nil when it has none, or that read fails).
+    public static func agentDatacenter(connection settings: ConnectionSettings, logger: Logger) async throws -> (String, Locality?) {
         let connection = RegistryConnection(settings: settings, registry: .consul, name: "consul:" + settings.endpoints[0], logger: logger)
         defer { Task { await connection.shutdown() } }
-        return try await connection.agentDatacenter()
+        let (datacenter, node) = try await connection.agentSelf()
+        let locality = node.isEmpty ? nil : try? await connection.nodeLocality(node)
+        return (datacenter, locality ?? nil)
     }
 
     /// A health entry that cannot be an instance.
@@ -179,15 +183,27 @@ extension ConsulWatcher {
 }
 
 extension RegistryConnection {
-    /// `Config.Datacenter` of `/v1/agent/self`.
-    func agentDatacenter() async throws -> String {
-        struct Agent: Decodable { struct Config: Decodable { var Datacenter: String }; var Config: Config }
+    /// `Config.Datacenter` and `Config.NodeName` of `/v1/agent/self`.
+    func agentSelf() async throws -> (datacenter: String, node: String) {
+        struct Agent: Decodable { struct Config: Decodable { var Datacenter: String; var NodeName: String? }; var Config: Config }
         let endpoint = settings.endpoints[0], path = "/v1/agent/self"
         let body = try await execute(request(endpoint, path), endpoint: endpoint, deadline: .now() + .seconds(3)) { response in
             try await jsonBody(response, path: path, endpoint: endpoint)
         }
-        let dc = try decode(Agent.self, body, path: path, endpoint: endpoint).Config.Datacenter
-        guard !dc.isEmpty else { throw RegistryFailure(.badResponse, endpoint: endpoint, "\(path): Config.Datacenter is empty") }
-        return dc
+        let config = try decode(Agent.self, body, path: path, endpoint: endpoint).Config
+        guard !config.Datacenter.isEmpty else { throw RegistryFailure(.badResponse, endpoint: endpoint, "\(path): Config.Datacenter is empty") }
+        return (config.Datacenter, config.NodeName ?? "")
+    }
+
+    /// A node's `Locality` (Consul 1.16+), from `/v1/catalog/node/<name>`; nil when it has none.
+    func nodeLocality(_ node: String) async throws -> Locality? {
+        struct NodeServices: Decodable { struct Node: Decodable { var Locality: ConsulWatcher.HealthEntry.LocalityPart? }; var Node: Node? }
+        let endpoint = settings.endpoints[0]
+        let path = "/v1/catalog/node/" + (node.addingPercentEncoding(withAllowedCharacters: .urlPathAllowed) ?? node)
+        let body = try await execute(request(endpoint, path), endpoint: endpoint, deadline: .now() + .seconds(3)) { response in
+            try await jsonBody(response, path: path, endpoint: endpoint)
+        }
+        let locality = try decode(NodeServices.self, body, path: path, endpoint: endpoint).Node?.Locality?.value
+        return locality?.isEmpty == false ? locality : nil
     }
 }

@@ -110,6 +110,7 @@ LIMITED = None
 TOKEN_FILE = None
 DC = "dc1"
 AGENT_NODE = "standin-agent"
+AGENT_LOCALITY = None  # --agent-zone/--agent-region: the agent's `locality`, which becomes its node's
 # TTL checks by (node, check ID): {"ttl": s, "expires": t, "deregister_after": s or None, "critical_since": t or None}
 ttl_checks = {}
 CHECK_FIELDS = ("Status", "Output", "Notes", "Name", "ServiceID", "ServiceName", "Type")
@@ -277,7 +278,7 @@ def new_check(node, cid, name, status, service_id="", notes="", output="", type_
 
 def ensure_agent_node():
     if AGENT_NODE not in state["nodes"]:
-        put_node(AGENT_NODE, "127.0.0.1")
+        put_node(AGENT_NODE, "127.0.0.1", locality=AGENT_LOCALITY)
         put_check((AGENT_NODE, "serfHealth"), new_check(AGENT_NODE, "serfHealth", "Serf Health Status", "passing",
                                                         output="Agent alive and reachable"))
 
@@ -560,6 +561,18 @@ class Handler(BaseHTTPRequestHandler):
                 # a blocking query wakes only when a check enters, leaves or changes inside this status.
                 since = status_changed[status]
                 moved = lambda wanted: status_changed[status] != since
+        elif url.path.startswith("/v1/catalog/node/"):
+            # structs.NodeServices: the node, and its services by ID (null Node for a node that does not exist).
+            name = unquote(url.path[len("/v1/catalog/node/"):])
+            def node_services():
+                node = state["nodes"].get(name)
+                if node is None:
+                    return None
+                return {"Node": node_json(name, node),
+                        "Services": {sid: service_json(sid, state["services"][(name, sid)]) for sid in sorted(services_by_node.get(name, ()))}}
+            make, current = node_services, lambda: state["nodes_index"]
+            moved = lambda wanted: state["nodes_index"] > wanted
+            fields = None
         elif url.path.startswith("/v1/health/service/"):
             name = unquote(url.path[len("/v1/health/service/"):])
             if name in state["failing"]:
@@ -860,7 +873,7 @@ class UnixHandler(Handler):
 
 
 def main():
-    global TOKEN, DC, LIMITED, MAX_CONNS, TOKEN_FILE
+    global TOKEN, DC, LIMITED, MAX_CONNS, TOKEN_FILE, AGENT_LOCALITY
     ap = argparse.ArgumentParser()
     ap.add_argument("--port", type=int, default=0)
     ap.add_argument("--token")
@@ -873,8 +886,12 @@ def main():
     ap.add_argument("--tls-ca")
     ap.add_argument("--verify-incoming", action="store_true")
     ap.add_argument("--unix")
+    ap.add_argument("--agent-zone", help="the agent's locality zone (its node's Locality)")
+    ap.add_argument("--agent-region", help="the agent's locality region")
     args = ap.parse_args()
     TOKEN, DC, LIMITED, TOKEN_FILE = args.token, args.dc, args.limited_token, args.token_file
+    if args.agent_zone or args.agent_region:
+        AGENT_LOCALITY = {"Region": args.agent_region or "", "Zone": args.agent_zone or ""}
     with lock:
         ensure_agent_node()
         put_service(AGENT_NODE, {"ID": "consul", "Service": "consul", "Tags": [], "Address": "", "Port": 8300, "Meta": {},

@@ -179,9 +179,13 @@ let benchmarks: @Sendable () -> Void = {
         }
         Benchmark("form \(label): svc500.service.consul") { benchmark in
             bytes.withUnsafeBytes { raw in
-                for _ in benchmark.scaledIterations {
-                    let located = { client ? clientAddress.withUnsafeBytes { handler.resolver.clientLocality(address: $0) } : nil }
-                    if let plan = handler.fastPlan(raw, transport: .udp, client: located) { blackHole(handler.writeFast(plan, packet: raw, into: out)) }
+                clientAddress.withUnsafeBytes { address in
+                    for _ in benchmark.scaledIterations {
+                        // The closure is passed as the engines pass theirs: not stored, so nothing is allocated for it.
+                        if let plan = handler.fastPlan(raw, transport: .udp, client: { client ? handler.resolver.clientLocality(address: address) : nil }) {
+                            blackHole(handler.writeFast(plan, packet: raw, into: out))
+                        }
+                    }
                 }
             }
         }

@@ -369,6 +369,13 @@ public final class RegistryConnection: Sendable {
     }
 
     private func makeClient(_ endpoint: String, _ material: ConnectionMaterial) -> HTTPClient {
+        let config = clientConfiguration(endpoint, material)
+        if let eventLoop { return HTTPClient(eventLoopGroup: eventLoop, configuration: config) }
+        return HTTPClient(eventLoopGroupProvider: .singleton, configuration: config)
+    }
+
+    /// How every client to a registry endpoint is set up.
+    func clientConfiguration(_ endpoint: String, _ material: ConnectionMaterial) -> HTTPClient.Configuration {
         var config = HTTPClient.Configuration()
         if endpoint.hasPrefix("https://") { config.tlsConfiguration = material.tls }
         if let serverName = settings.tls.serverName { config.dnsOverride = [serverName: RegistryFailure.host(of: endpoint)] }
@@ -377,11 +384,10 @@ public final class RegistryConnection: Sendable {
         config.connectionPool = .init(idleTimeout: .seconds(60), concurrentHTTP1ConnectionsPerHostSoftLimit: poolSize)
         // A failed connect fails the requests waiting for it at once: the watchers' own loop (`RegistryLoop`) backs
         // off and moves to the next endpoint. AHC's retry would keep a backoff that grows with the outage (up to
-        // 60 s, reset only by a connect that succeeds) and fail a request to a member that is back with the stale
-        // error, so recovery after a long outage took seconds longer than after a short one (FleetTests).
+        // 60 s, reset only by a connect that succeeds) and hold each request to a down member for its whole
+        // connect timeout, so recovery after a long outage took seconds longer than after a short one (FleetTests).
         config.connectionPool.retryConnectionEstablishment = false
-        if let eventLoop { return HTTPClient(eventLoopGroup: eventLoop, configuration: config) }
-        return HTTPClient(eventLoopGroupProvider: .singleton, configuration: config)
+        return config
     }
 
     /// Classifies `error`; a certificate that did not verify is looked at once more (an expired certificate and

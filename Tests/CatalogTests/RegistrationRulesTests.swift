@@ -55,6 +55,7 @@ struct RegistrationRulesTests {
         Row(label: "no checks is passing", status: .none, expected: .serves(.passing, passing: 1, warning: 1)),
         Row(label: "the service's locality", locality: Locality(region: "us-east-1", zone: "us-east-1a"),
             nodeLocality: Locality(region: "us-east-1", zone: "us-east-1b"), expected: .serves(.passing, passing: 1, warning: 1)),
+        Row(label: "a locality with its zone alone", locality: Locality(zone: "us-east-1a"), expected: .serves(.passing, passing: 1, warning: 1)),
         Row(label: "the node's locality, when the service has none", nodeLocality: Locality(region: "eu-west-1", zone: "eu-west-1c"),
             expected: .serves(.passing, passing: 1, warning: 1)),
         Row(label: "a service name that cannot be a DNS name", service: "we..b", expected: .refused(.serviceName("we..b", .emptyLabel))),
@@ -75,7 +76,8 @@ struct RegistrationRulesTests {
 
     static func json(_ object: Any) -> [UInt8] { Array(try! JSONSerialization.data(withJSONObject: object)) }
 
-    static func locality(_ l: Locality) -> [String: String] { ["Region": l.region, "Zone": l.zone] }
+    /// Consul's `Locality`, its empty fields left out (`omitempty`).
+    static func locality(_ l: Locality) -> [String: String] { ["Region": l.region, "Zone": l.zone].filter { !$0.value.isEmpty } }
 
     /// A catalog file: a catalog-register body, its status as the instance's own check.
     static func file(_ r: Row) -> Outcome? {

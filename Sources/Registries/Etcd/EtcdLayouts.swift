@@ -137,11 +137,13 @@ extension EtcdLayout {
             status = try string("status")
             node = try string("node")
             if let k = key("locality") {
-                guard let l = try? c.nestedContainer(keyedBy: AnyCaseKey.self, forKey: k),
-                      let region = try? l.value(String.self, "region"), let zone = try? l.value(String.self, "zone") else {
-                    throw EtcdValue.Invalid(description: "Locality: expected {\"Region\": string, \"Zone\": string}")
+                // Either field may be left out, as in Consul's `Locality` (both are `omitempty`).
+                do {
+                    let l = try c.nestedContainer(keyedBy: AnyCaseKey.self, forKey: k)
+                    locality = Locality(region: try l.value(String.self, "region") ?? "", zone: try l.value(String.self, "zone") ?? "")
+                } catch {
+                    throw EtcdValue.Invalid(description: "Locality: expected {\"Region\": string, \"Zone\": string}, either optional")
                 }
-                locality = Locality(region: region ?? "", zone: zone ?? "")
             }
         }
     }

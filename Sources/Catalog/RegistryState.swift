@@ -23,6 +23,9 @@ public struct RegistryState: Sendable, Equatable {
     public var resume: [String: String]
     /// The data, by the watcher's own key: an etcd key, or a Consul service name.
     public var entries: [String: [Instance]]
+    /// Records read from the file that today's registration rules refuse (a Signpost before a rule was tightened
+    /// wrote them), each with why: left out of `entries`, and reported, rather than the whole file refused.
+    public var refused: [String] = []
 
     public init(registry: String, confirmed: Double, resume: [String: String], entries: [String: [Instance]]) {
         self.registry = registry
@@ -131,14 +134,21 @@ extension RegistryState {
 
         func state() throws -> RegistryState {
             var out: [String: [Instance]] = [:]
+            var refused: [String] = []
             for (key, records) in entries {
-                out[key] = try records.map { r in
+                var instances: [Instance] = []
+                for r in records {
                     guard nodes.indices.contains(r.n) else { throw Problem(path: "", reason: "corrupt: node \(r.n) of \(nodes.count)") }
                     // Every node record names its datacenter; the local one is never needed.
-                    return try r.instance(node: nodes[r.n], localDatacenter: "")
+                    do { instances.append(try r.instance(node: nodes[r.n], localDatacenter: "")) } catch let error as RegistrationProblem {
+                        refused.append("\(key): instance \(r.id): \(error)")
+                    }
                 }
+                if !instances.isEmpty { out[key] = instances }
             }
-            return RegistryState(registry: registry, confirmed: confirmed, resume: resume, entries: out)
+            var state = RegistryState(registry: registry, confirmed: confirmed, resume: resume, entries: out)
+            state.refused = refused
+            return state
         }
     }
 
@@ -180,7 +190,7 @@ extension RegistryState {
         }
 
         /// The instance, read back through the same rules as every registry's (`RegistrationRules`): the file
-        /// holds what they made, and a record they refuse is corrupt.
+        /// holds what they made, and what they now refuse throws their `RegistrationProblem`.
         func instance(node record: NodeRecord, localDatacenter: String) throws -> Instance {
             guard (w?.count ?? 2) == 2, let health = Health(rawValue: h ?? 0) else { throw Problem(path: "", reason: "corrupt: instance \(id)") }
             let fields = RegistrationFields(
@@ -191,10 +201,8 @@ extension RegistryState {
                 status: health.description,
                 checks: (c ?? []).map { .init(id: $0.id, name: $0.name, status: $0.status.description, output: $0.output, nodeLevel: $0.nodeLevel) },
                 locality: lo)
-            var inst: Instance
-            do { inst = try RegistrationRules.instance(fields, localDatacenter: localDatacenter) } catch {
-                throw Problem(path: "", reason: "corrupt: instance \(id): \(error)")
-            }
+            // A record the rules refuse is one they refuse today: `state()` leaves it out and reports it.
+            var inst = try RegistrationRules.instance(fields, localDatacenter: localDatacenter)
             inst.origin = o ?? Origin()
             return inst
         }

@@ -1,16 +1,22 @@
 import Atomics
 import DNSWire
 import HashTreeCollections
+import Synchronization
 #if canImport(Glibc)
 import Glibc
 #endif
 
 /// All instances of one service name, in a stable base order (node, then ID).
-/// The only mutable part is the rotation counter, which never touches the instance list.
+/// The only mutable parts are the rotation counters, which never touch the instance list.
 public final class ServiceEntry: Sendable {
     public let name: String
     public let instances: [Instance]
-    private let rotation = ManagedAtomic<UInt>(0)
+    /// One rotation counter per answer type, so that a client asking A and AAAA together for every lookup (glibc,
+    /// Go) still sees each type's answers turn: a shared counter would give A only even turns, and with two
+    /// instances the same one first every time.
+    private let rotationA = Atomic<UInt>(0)
+    private let rotationAAAA = Atomic<UInt>(0)
+    private let rotationSRV = Atomic<UInt>(0)
     /// Whatever the gateway keeps with this entry (`EntryAttachment`): the first owner's in a slot that is one
     /// plain load to read, another owner's (after a reload that changed the gateway's settings) in a replaceable one.
     private let firstAttachment = ManagedAtomicLazyReference<EntryAttachment>()
@@ -66,9 +72,16 @@ public final class ServiceEntry: Sendable {
         return list.allSatisfy { !$0.node.name.utf8.contains { $0 >= UInt8(ascii: "A") && $0 <= UInt8(ascii: "Z") } }
     }
 
-    /// A fresh start offset for the next answer: 0, 1, 2, … for successive queries.
-    public func nextRotation() -> Int {
-        Int(truncatingIfNeeded: rotation.loadThenWrappingIncrement(ordering: .relaxed) & UInt(Int.max))
+    /// A fresh turn for the next answer of this type: 0, 1, 2, … for successive queries of it. AAAA and SRV have
+    /// their own counters; A and every other type share one.
+    @inline(__always)
+    public func nextRotation(_ type: UInt16) -> Int {
+        let turn = switch type {
+        case RRType.aaaa: rotationAAAA.wrappingAdd(1, ordering: .relaxed).oldValue
+        case RRType.srv: rotationSRV.wrappingAdd(1, ordering: .relaxed).oldValue
+        default: rotationA.wrappingAdd(1, ordering: .relaxed).oldValue
+        }
+        return Int(truncatingIfNeeded: turn & UInt(Int.max))
     }
 }
 

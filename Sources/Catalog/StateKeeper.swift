@@ -91,6 +91,10 @@ public final class StateKeeper: Sendable {
             logger.error("state file ignored", metadata: ["path": "\(path)", "reason": "it holds \(state.registry), not \(registry)"])
             return nil
         }
+        if !state.refused.isEmpty {
+            logger.warning("state file records left out: today's registration rules refuse them; the rest is served",
+                           metadata: ["path": "\(path)", "count": "\(state.refused.count)", "first": "\(state.refused[0])"])
+        }
         // A later confirmation of this very data, if the small file beside it says so.
         if let text = FileManager.default.contents(atPath: confirmedPath).map({ String(decoding: $0, as: UTF8.self) }) {
             let parts = text.split(separator: " ")

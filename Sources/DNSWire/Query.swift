@@ -117,16 +117,28 @@ extension Query {
         return (Question(name: name, type: t, qclass: c), next + 4)
     }
 
+    /// The one walk over an OPT record's options (RFC 6891 §6.1.2: code, length, data), for both paths: calls
+    /// `body` with each option's code and where its data lies, in order. Options that run past the record are a
+    /// FORMERR. It reads through `byte`, so the general path's array and the fast path's packet share it uncopied.
+    @inline(__always)
+    static func forEachOption(in record: Range<Int>, _ byte: (Int) -> UInt8,
+                              _ body: (_ code: UInt16, _ data: Range<Int>) throws(WireError) -> Void) throws(WireError) {
+        var k = record.lowerBound
+        while k < record.upperBound {
+            guard k + 4 <= record.upperBound else { throw WireError(.truncated, "OPT.option") }
+            let code = UInt16(byte(k)) << 8 | UInt16(byte(k + 1)), length = Int(byte(k + 2)) << 8 | Int(byte(k + 3))
+            guard k + 4 + length <= record.upperBound else { throw WireError(.truncated, "OPT.option") }
+            try body(code, (k + 4)..<(k + 4 + length))
+            k += 4 + length
+        }
+    }
+
     /// The Client Subnet option among an OPT record's options, if there is one; a malformed one, or options that run
     /// past the record, are a FORMERR.
     static func clientSubnet(_ options: [UInt8]) throws(WireError) -> ClientSubnet? {
-        var p = 0, found: ClientSubnet? = nil
-        while p < options.count {
-            guard p + 4 <= options.count else { throw WireError(.truncated, "OPT.option") }
-            let code = UInt16(options[p]) << 8 | UInt16(options[p + 1]), length = Int(options[p + 2]) << 8 | Int(options[p + 3])
-            guard p + 4 + length <= options.count else { throw WireError(.truncated, "OPT.option") }
-            if code == ClientSubnet.code { found = try ClientSubnet(option: Array(options[(p + 4)..<(p + 4 + length)])) }
-            p += 4 + length
+        var found: ClientSubnet? = nil
+        try forEachOption(in: options.indices, { options[$0] }) { (code, data) throws(WireError) in
+            if code == ClientSubnet.code { found = try ClientSubnet(option: Array(options[data])) }
         }
         return found
     }
@@ -195,19 +207,19 @@ public struct PlainQuery: Sendable {
                            type: UInt16(p[nameEnd]) << 8 | UInt16(p[nameEnd + 1]),
                            qclass: UInt16(p[nameEnd + 2]) << 8 | UInt16(p[nameEnd + 3]), edns: nil)
         if p[11] == 1 {
-            // The OPT record: root owner, type 41, class = UDP size, TTL = extended rcode/version/flags, RDATA skipped.
+            // The OPT record: root owner, type 41, class = UDP size, TTL = extended rcode/version/flags, then its
+            // options, walked only to see that none is the general path's business.
             let o = nameEnd + 4
             guard o + 11 <= count, p[o] == 0, p[o + 1] == 0, p[o + 2] == 41 else { return nil }
             let rdlen = Int(p[o + 9]) << 8 | Int(p[o + 10])
             guard o + 11 + rdlen <= count, p[o + 6] == 0 else { return nil }  // version 0 only; others are BADVERS
             // Options that overrun the record are a FORMERR, and a Client Subnet option is echoed with its scope:
             // both the general path's business.
-            var k = o + 11
-            let end = o + 11 + rdlen
-            while k < end {
-                guard k + 4 <= end, k + 4 + (Int(p[k + 2]) << 8 | Int(p[k + 3])) <= end, !(p[k] == 0 && p[k + 1] == 8) else { return nil }
-                k += 4 + (Int(p[k + 2]) << 8 | Int(p[k + 3]))
-            }
+            do {
+                try Query.forEachOption(in: (o + 11)..<(o + 11 + rdlen), { p[$0] }) { (code, _) throws(WireError) in
+                    if code == ClientSubnet.code { throw WireError(.badValue, "OPT.ecs") }
+                }
+            } catch { return nil }
             q.edns = EDNS(udpSize: UInt16(p[o + 3]) << 8 | UInt16(p[o + 4]), version: 0, dnssecOK: p[o + 7] & 0x80 != 0)
         }
         return q

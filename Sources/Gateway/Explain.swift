@@ -136,7 +136,7 @@ extension QueryHandler {
                 if !place.isEmpty { explanation.instances[k].locality = place.description }
             }
             if config.locality.mode != .off {
-                let (groups, labels, preferred) = resolver.labelledGroups(resolver.selected(entry, chosen, datacenter: datacenter), client: located)
+                let (groups, labels, preferred) = resolver.labelledGroups(resolver.selected(entry, chosen, datacenter: datacenter), client: located, known: entry.instances)
                 let names = config.locality.mode == .zone ? ["zone", "region", "elsewhere"] : ["region", "elsewhere", "elsewhere"]
                 for (k, inst) in entry.instances.enumerated() {
                     guard preferred, let g = groups.firstIndex(where: { $0.contains { $0.identity == inst.identity } }) else { continue }

@@ -113,11 +113,13 @@ extension QueryHandler {
         switch plan.source {
         case .service(let entry, let encoded, let template):
             out[2] = 0x84 | (q.rd ? 0x01 : 0)
-            if encoded.groups != nil {
-                let offsets = encoded.groupOffsets(entry.nextRotation(), type: q.type)
-                p = template.write(groups: encoded.groupEnds, offsets: offsets, into: out, at: q.questionEnd)
+            // The order the general path's `ordered` gives for the same turn.
+            let order = encoded.order
+            if order.groups.count > 1 {
+                let offsets = order.offsets(entry.nextRotation(q.type), type: q.type)
+                p = template.write(groups: order.ends, offsets: offsets, into: out, at: q.questionEnd)
             } else {
-                let rotation = encoded.count > 1 ? encoded.rotation(entry.nextRotation(), type: q.type) : 0
+                let rotation = order.instances.count > 1 ? order.offset(0, turn: entry.nextRotation(q.type), type: q.type) : 0
                 p = template.write(rotation: rotation, into: out, at: q.questionEnd)
             }
             counts = (template.answerCount, 0, template.glueCount)
@@ -201,7 +203,7 @@ extension QueryHandler {
                              allocator: ByteBufferAllocator) -> ByteBuffer? {
         packet.withUnsafeReadableBytes { bytes -> ByteBuffer? in
             guard let plan = fastPlan(bytes, transport: transport, mayRecurse: { access.mayRecurse(client) },
-                                      client: { clientLocality(client, subnet: nil).0 }) else { return nil }
+                                      client: { clientLocality { withClientAddress(client, $0) }.0 }) else { return nil }
             var out = allocator.buffer(capacity: plan.size)
             out.writeWithUnsafeMutableBytes(minimumWritableBytes: plan.size) { writeFast(plan, packet: bytes, into: $0) }
             return out

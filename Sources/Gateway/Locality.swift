@@ -71,14 +71,16 @@ public struct ClientLocality: Sendable, Equatable {
 
 extension Resolver {
     /// The zone of a client at `address` (4 or 16 bytes): the most specific `--client-zone` network holding it, or
-    /// else Signpost's own `--zone`; nil when locality is off or neither applies.
-    public func clientLocality(address: UnsafeRawBufferPointer?) -> ClientLocality? {
+    /// else Signpost's own `--zone`; nil when locality is off or neither applies. `longest`: only networks no longer
+    /// than this count (a Client Subnet option's address holds that many bits; the rest is padding).
+    public func clientLocality(address: UnsafeRawBufferPointer?, longest: Int = 128) -> ClientLocality? {
         let l = configuration.locality
         guard l.mode != .off else { return nil }
         if let address {
             // The most specific network that holds the address (no allocation: the fast path asks this per query).
             var best: (network: CIDR, zone: String)? = nil
-            for candidate in l.clientZones where candidate.network.contains(address) && candidate.network.prefix > (best?.network.prefix ?? -1) {
+            for candidate in l.clientZones where candidate.network.prefix <= longest && candidate.network.contains(address)
+                && candidate.network.prefix > (best?.network.prefix ?? -1) {
                 best = candidate
             }
             if let best { return ClientLocality(zone: best.zone, source: .network(best.network)) }
@@ -88,19 +90,25 @@ extension Resolver {
 
     /// The zone of a query: from its Client Subnet option when the client (`address`) is in an `--ecs-trusted`
     /// network, else from the client's own address (`clientLocality(address:)`). Also the scope a reply's Client
-    /// Subnet option gets (RFC 7871 §7.2.1): the length of the network that decided, 0 when the answer does not
-    /// depend on where the client is.
+    /// Subnet option gets when the answer depends on the zone (RFC 7871 §7.2.1: how many leading bits of the
+    /// address the answer holds for):
+    /// - the length of the `--client-zone` network that decided, when no more specific one lies inside it;
+    /// - else the option's own source prefix (a nested network, or `--zone` for an address no network names, means
+    ///   a shorter scope would claim the answer for addresses that get another);
+    /// - 0 when no network names a zone at all, or the option was ignored.
     public func clientLocality(address: UnsafeRawBufferPointer?, subnet: ClientSubnet?) -> (ClientLocality?, scope: UInt8) {
         let l = configuration.locality
         guard l.mode != .off else { return (nil, 0) }
-        if let subnet, let address, l.ecsTrusted.contains(where: { $0.contains(address) }) {
-            // Source prefix 0: the resolver asks that no address be used (§7.1.2).
-            guard subnet.sourcePrefix > 0 else { return (clientLocality(address: nil), 0) }
-            let located = subnet.fullAddress.withUnsafeBytes { clientLocality(address: $0) }
-            guard case .network(let n)? = located?.source else { return (located, located == nil ? 0 : subnet.sourcePrefix) }
-            return (ClientLocality(zone: located!.zone, source: .clientSubnet(n)), UInt8(n.prefix))
+        guard let subnet, let address, l.ecsTrusted.contains(where: { $0.contains(address) }) else {
+            return (clientLocality(address: address), 0)
         }
-        return (clientLocality(address: address), 0)
+        // Source prefix 0: the resolver asks that no address be used (§7.1.2).
+        guard subnet.sourcePrefix > 0 else { return (clientLocality(address: nil), 0) }
+        let located = subnet.fullAddress.withUnsafeBytes { clientLocality(address: $0, longest: Int(subnet.sourcePrefix)) }
+        guard let located else { return (nil, 0) }
+        guard case .network(let n) = located.source else { return (located, l.clientZones.isEmpty ? 0 : subnet.sourcePrefix) }
+        let nested = l.clientZones.contains { $0.network.prefix > n.prefix && n.contains($0.network.network) }
+        return (ClientLocality(zone: located.zone, source: .clientSubnet(n)), nested ? subnet.sourcePrefix : UInt8(n.prefix))
     }
 
     /// An instance's locality: its registration's, else the first `--locality-key` present in its service meta,
@@ -126,22 +134,29 @@ extension Resolver {
         static func < (a: Nearness, b: Nearness) -> Bool { a.rawValue < b.rawValue }
     }
 
-    /// The healthy instances split into nearest-first groups for `client`: its zone, the rest of its region, and
-    /// everything else (with `--locality region`: its region, then everything else). Empty groups are left out.
-    /// One group, in the given order, when locality is off, the client's zone is unknown, or the guard says the
-    /// client's group is too small to take its clients' load (`preferred` false).
-    func nearestGroups(_ instances: [Instance], client: ClientLocality?) -> (groups: [[Instance]], preferred: Bool) {
-        let (groups, _, preferred) = labelledGroups(instances, client: client)
-        return (groups, preferred)
+    /// The order of a selection's healthy instances for `client`: nearest-first groups, each rotated on its own
+    /// (`SelectionOrder`). `known`: every instance of the service, whatever its health, which tells the client's
+    /// region when none of its own zone is healthy.
+    func answerOrder(_ instances: [Instance], client: ClientLocality?, known: [Instance]) -> SelectionOrder {
+        let (groups, _, preferred) = labelledGroups(instances, client: client, known: known)
+        return SelectionOrder(groups: groups, preferred: preferred)
     }
 
-    /// The same, with each group's nearness (`explain` names them).
-    func labelledGroups(_ instances: [Instance], client: ClientLocality?) -> (groups: [[Instance]], labels: [Nearness], preferred: Bool) {
+    /// The healthy instances split into nearest-first groups for `client`, with each group's nearness (`explain`
+    /// names them): its zone, the rest of its region, and everything else (with `--locality region`: its region,
+    /// then everything else). Empty groups are left out. One group, in the given order, when locality is off, the
+    /// client's zone is unknown, or the guard says the client's group is too small to take its clients' load
+    /// (`preferred` false). `known`: every instance of the service, whatever its health.
+    func labelledGroups(_ instances: [Instance], client: ClientLocality?, known: [Instance])
+        -> (groups: [[Instance]], labels: [Nearness], preferred: Bool)
+    {
         let config = configuration.locality
         guard config.mode != .off, let client, instances.count > 1 else { return ([instances], [.elsewhere], false) }
         let places = instances.map(locality(of:))
-        // The client's region: what the instances in its zone say theirs is.
-        let region = places.first { $0.zone.equalsIgnoringASCIICase(client.zone) && !$0.region.isEmpty }?.region
+        // The client's region: what the instances in its zone say theirs is, the healthy ones first, then any (so a
+        // zone that is all critical still has its region preferred).
+        let inZone = { (place: Locality) in place.zone.equalsIgnoringASCIICase(client.zone) && !place.region.isEmpty }
+        let region = places.first(where: inZone)?.region ?? known.lazy.map(locality(of:)).first(where: inZone)?.region
         func nearness(_ place: Locality) -> Nearness {
             let sameZone = !place.zone.isEmpty && place.zone.equalsIgnoringASCIICase(client.zone)
             let sameRegion = region.map { !place.region.isEmpty && place.region.equalsIgnoringASCIICase($0) } ?? false
@@ -161,36 +176,5 @@ extension Resolver {
         }
         let kept = Nearness.allCases.filter { !groups[$0.rawValue].isEmpty }
         return (kept.map { groups[$0.rawValue] }, kept, true)
-    }
-}
-
-extension Resolver {
-    /// Weighted first position for A and AAAA answers: the order in which instances of these SRV weights
-    /// (`Instance.weight`, Consul's `Weights.Passing` or `.Warning` by health) come first, by smooth weighted round
-    /// robin (nginx's: each turn, every instance's current weight grows by its weight, the largest is picked and
-    /// loses the total). Over one cycle of the sequence an instance of weight 3 comes first three times as often as
-    /// one of weight 1, spread out rather than in runs. Nil when the weights are all equal: plain rotation is then
-    /// the same thing. A cycle longer than 4,096 is scaled down in proportion (weights may reach 65,535 each).
-    /// Built once per selection (with its templates), so a query only indexes it with the rotation counter.
-    public static func weightedSequence(_ weights: [Int]) -> [UInt16]? {
-        guard weights.count > 1, weights.count <= Int(UInt16.max), Set(weights).count > 1 else { return nil }
-        var w = weights.map { max($0, 0) }
-        let total = w.reduce(0, +)
-        guard total > 0 else { return nil }
-        if total > 4096 { w = w.map { $0 == 0 ? 0 : max(1, Int((Double($0) * 4096 / Double(total)).rounded())) } }
-        let cycle = w.reduce(0, +)
-        var current = [Int](repeating: 0, count: w.count)
-        var out: [UInt16] = []
-        out.reserveCapacity(cycle)
-        for _ in 0..<cycle {
-            var best = 0
-            for i in w.indices {
-                current[i] += w[i]
-                if current[i] > current[best] { best = i }
-            }
-            current[best] -= cycle
-            out.append(UInt16(best))
-        }
-        return out
     }
 }

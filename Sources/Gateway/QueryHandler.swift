@@ -114,18 +114,13 @@ public final class QueryHandler: Sendable {
     }
 
     /// Where a client is, for nearest-first answers, and the scope of the reply's Client Subnet option: nil and 0
-    /// when locality is off (without reading the address).
-    func clientLocality(_ client: SocketAddress?, subnet: ClientSubnet?) -> (ClientLocality?, scope: UInt8) {
+    /// when locality is off (without reading the address). `lend` lends the client's address bytes, from either
+    /// form Signpost holds one in (`withClientAddress`: a `SocketAddress`, or the recvmmsg engine's raw `sockaddr`,
+    /// whose queries carry no Client Subnet option: the fast path leaves those to the general path).
+    typealias Located = (ClientLocality?, scope: UInt8)
+    func clientLocality(subnet: ClientSubnet? = nil, _ lend: ((UnsafeRawBufferPointer) -> Located) -> Located?) -> Located {
         guard resolver.configuration.locality.mode != .off else { return (nil, 0) }
-        return withClientAddress(client) { resolver.clientLocality(address: $0, subnet: subnet) }
-            ?? resolver.clientLocality(address: nil, subnet: subnet)
-    }
-
-    /// The same for a raw `sockaddr` (the recvmmsg engine's), which has no Client Subnet option to weigh (the fast
-    /// path leaves those queries to the general path).
-    func clientLocality(sockaddr: UnsafeRawPointer) -> ClientLocality? {
-        guard resolver.configuration.locality.mode != .off else { return nil }
-        return withClientAddress(sockaddr: sockaddr) { resolver.clientLocality(address: $0) } ?? resolver.clientLocality(address: nil)
+        return lend { resolver.clientLocality(address: $0, subnet: subnet) } ?? resolver.clientLocality(address: nil, subnet: subnet)
     }
 
     /// True when the data is older than `--max-stale` allows.
@@ -153,12 +148,16 @@ public final class QueryHandler: Sendable {
             return nil
         case .reject(let header, let question, let edns, let rcode, let reason):
             if let reason { logger.debug("malformed query", metadata: ["packet.reason": "\(reason)"]) }
+            // A rejected query's options get no answer: its OPT comes back bare (a BADVERS query's options are of a
+            // version we do not speak; a FORMERR one's may be what was malformed). `QueryObserver.rcode` relies on it.
+            var edns = edns
+            edns?.clientSubnet = nil
             let reply = ResponseEncoder.Reply(header: replyHeader(to: header), question: question, edns: edns, rcode: rcode,
                                               udpSize: UInt16(config.maxUDPSize))
             return ResponseEncoder.encode(Answer(rcode: rcode, authoritative: false), reply: reply,
                                           limit: limit(edns, transport), allocator: allocator)
         case .query(let query):
-            let (located, scope) = clientLocality(client, subnet: query.edns?.clientSubnet)
+            let (located, scope) = clientLocality(subnet: query.edns?.clientSubnet) { withClientAddress(client, $0) }
             let answer = tooStale(query.question)
                 ? Answer(rcode: RCode.servFail, authoritative: false)
                 : resolver.resolve(query.question, in: store.snapshot, client: located)
@@ -166,8 +165,9 @@ public final class QueryHandler: Sendable {
             h.aa = answer.authoritative
             h.cd = query.header.cd
             var edns = query.edns
-            // The Client Subnet option comes back with the scope the answer covers; a negative answer covers all.
-            edns?.clientSubnet?.scopePrefix = answer.rcode == RCode.noError && !answer.answers.isEmpty ? scope : 0
+            // The Client Subnet option comes back with the scope the answer covers: all addresses (0) unless nearest
+            // first shaped it.
+            edns?.clientSubnet?.scopePrefix = answer.dependsOnClient ? scope : 0
             let reply = ResponseEncoder.Reply(header: h, question: query.question, edns: edns, rcode: answer.rcode,
                                               udpSize: UInt16(config.maxUDPSize))
             return ResponseEncoder.encode(answer, reply: reply, limit: limit(query.edns, transport), allocator: allocator)

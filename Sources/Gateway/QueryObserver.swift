@@ -145,7 +145,9 @@ public final class QueryObserver: Sendable {
         index < types.count ? types[index].1 : type.map { "\($0)" } ?? "other"
     }
 
-    /// The response code, with the extended bits of our OPT record (always last, with no options): BADVERS.
+    /// The response code, with the extended bits of our OPT record: BADVERS. The OPT is always the last record, and
+    /// the only replies with extended bits (rejected queries) carry it bare, so it is the last 11 bytes; a reply
+    /// whose OPT holds an option (a Client Subnet echo) has rcode bits below 16 only, which the header gives.
     static func rcode(_ r: UnsafeRawBufferPointer) -> Int {
         guard r.count >= DNSHeader.size else { return 7 }
         var code = Int(r[3] & 0x0F)

@@ -14,11 +14,11 @@ struct Exclusions: OptionSet {
 
 /// Answers for services: address and SRV records, CNAMEs for hostname instances, the gRPC service config.
 extension Resolver {
-    /// The instances a service plan selects, healthy and in the datacenter, as A, AAAA or SRV records.
-    func service(_ name: DNSName, _ type: UInt16, entry: ServiceEntry, selector: ServiceSelector, datacenter: String,
-                 _ snapshot: CatalogSnapshot, _ plan: NamePlan, depth: Int, client: ClientLocality? = nil) -> Answer {
-        let healthy = selected(entry, selector, datacenter: datacenter)
-        guard !healthy.isEmpty else {
+    /// The instances a service plan selects, healthy and in the datacenter, as A, AAAA or SRV records, in the
+    /// selection's `order` (nearest first, rotated).
+    func service(_ name: DNSName, _ type: UInt16, entry: ServiceEntry, selector: ServiceSelector, order: SelectionOrder,
+                 _ snapshot: CatalogSnapshot, _ plan: NamePlan, depth: Int) -> Answer {
+        guard !order.instances.isEmpty else {
             // `b.web` under a tag `a.b` is an empty non-terminal: `a.b.web` exists below it.
             if case .tag(let t) = selector,
                entry.instances.contains(where: { $0.tags.contains { $0.lowercased().hasSuffix("." + t) } }) {
@@ -26,7 +26,7 @@ extension Resolver {
             }
             return negative(RCode.nxDomain, snapshot, plan)
         }
-        let (ordered, preferred) = rotate(healthy, entry: entry, client: client, weighted: type != RRType.srv)
+        let (ordered, preferred) = self.ordered(order, entry: entry, type: type)
         let ttl = configuration.serviceTTL.ttl(for: entry.name)
 
         // Only hostname instances: the name is one CNAME (an owner may hold just one), to the first in rotated
@@ -39,17 +39,21 @@ extension Resolver {
             }
             return cname(from: name, to: host, type: type, ttl: ttl, snapshot, depth: depth)
         }
+        var answer: Answer
         switch type {
         case RRType.a, RRType.aaaa, RRType.any:
             let records = addressRecords(Self.answerAddresses(ordered, type), owner: name, type: type, ttl: ttl)
-            return records.isEmpty ? negative(RCode.noError, snapshot, plan) : Answer(rcode: RCode.noError, authoritative: true, answers: records)
+            guard !records.isEmpty else { return negative(RCode.noError, snapshot, plan) }
+            answer = Answer(rcode: RCode.noError, authoritative: true, answers: records)
         case RRType.srv:
             let (answers, glue) = srvRecords(ordered, owner: name, selector: selector, ttl: ttl, domain: domain(of: plan), snapshot, depth: depth,
                                              preferred: preferred)
-            return Answer(rcode: RCode.noError, authoritative: true, answers: answers, glue: glue)
+            answer = Answer(rcode: RCode.noError, authoritative: true, answers: answers, glue: glue)
         default:
             return negative(RCode.noError, snapshot, plan)
         }
+        answer.dependsOnClient = order.preferred
+        return answer
     }
 
     /// The instances an answer may hold: served by health (`--only-passing`), in the datacenter, and selected.
@@ -128,51 +132,6 @@ extension Resolver {
     }
 
     // MARK: Order, targets and records
-
-    /// Starts the healthy set one position further round for each query (or shuffles it), then applies
-    /// `--answer-limit`. With a limit below the count, each query starts a whole window further round, so
-    /// ⌈M/N⌉ successive queries return every one of the M instances. Works on a copy: the snapshot's array is
-    /// never reordered.
-    ///
-    /// With nearest-first answers (`--locality`) and a client whose zone is known, the set is split into groups
-    /// (`nearestGroups`), each rotated (or shuffled) on its own, nearest first, and the limit takes the nearest
-    /// groups first. `preferred` is how many of the returned instances are in the client's group (0 when there is
-    /// no preference): SRV gives those priority 1 and the rest priority 2.
-    func rotate(_ instances: [Instance], entry: ServiceEntry, client: ClientLocality? = nil, weighted: Bool = false)
-        -> (ordered: [Instance], preferred: Int)
-    {
-        guard instances.count > 1 else { return (instances, 0) }
-        let limit = configuration.answerLimit
-        let capped = limit > 0 && instances.count > limit
-        let (groups, preferred) = nearestGroups(instances, client: client)
-        let sequence = weighted ? Self.weightedSequence(groups[0].map { Int($0.weight) }) : nil
-        guard preferred || sequence != nil else {
-            switch configuration.order {
-            case .random:
-                let shuffled = instances.shuffled()
-                return (capped ? Array(shuffled.prefix(limit)) : shuffled, 0)
-            case .cyclic:
-                let offset = (entry.nextRotation() % instances.count) * (capped ? limit : 1) % instances.count
-                let rotated = Array(instances[offset...] + instances[..<offset])
-                return (capped ? Array(rotated.prefix(limit)) : rotated, 0)
-            }
-        }
-        // Each group on its own, nearest first; the first group's first instance by weight (A and AAAA), the rest
-        // of each group after it in turn.
-        let turn = configuration.order == .cyclic ? entry.nextRotation() : 0
-        var ordered: [Instance] = []
-        for (k, group) in groups.enumerated() {
-            switch configuration.order {
-            case .random: ordered += group.shuffled()
-            case .cyclic:
-                let weights = k == 0 ? sequence : weighted ? Self.weightedSequence(group.map { Int($0.weight) }) : nil
-                let offset = weights.map { Int($0[turn % $0.count]) } ?? turn % group.count
-                ordered += group[offset...] + group[..<offset]
-            }
-        }
-        let kept = capped ? Array(ordered.prefix(limit)) : ordered
-        return (kept, preferred ? min(groups[0].count, kept.count) : 0)
-    }
 
     /// A node's meta as TXT records, `key=value`, one per key in key order (RFC 1464 style, as Consul writes them).
     func metaTXT(_ node: Node, owner: DNSName, ttl: UInt32) -> [ResourceRecord] {

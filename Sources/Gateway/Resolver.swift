@@ -12,6 +12,9 @@ public struct Answer: Sendable, Equatable {
     public var glue: [[ResourceRecord]]
     public var authority: [ResourceRecord]
     public var additional: [ResourceRecord]
+    /// Whether the answer depends on where the client is (nearest first put its group first): only then does a
+    /// reply's Client Subnet option get a scope other than 0 (RFC 7871 §7.2.1).
+    public var dependsOnClient = false
 
     public init(rcode: UInt16, authoritative: Bool, answers: [ResourceRecord] = [], glue: [[ResourceRecord]]? = nil,
                 authority: [ResourceRecord] = [], additional: [ResourceRecord] = []) {
@@ -33,10 +36,17 @@ public struct Resolver: Sendable {
     /// Tells apart the templates this resolver encoded from another configuration's (tests run several).
     public let identity: Int
     private static let identities = ManagedAtomic<Int>(1)
+    /// How many selections besides the plain one an entry keeps encoded (`EntryTemplates`): 64 for each zone a
+    /// client can be placed in (the `--client-zone` zones and `--zone`), and 64 for clients with none, so that
+    /// nearest-first answers do not crowd out tags.
+    let templateLimit: Int
 
     public init(configuration: ResolverConfiguration) {
         self.configuration = configuration
         self.identity = Self.identities.loadThenWrappingIncrement(ordering: .relaxed)
+        let l = configuration.locality
+        let zones = l.mode == .off ? 0 : Set(l.clientZones.map { $0.zone.lowercased() } + [l.zone?.lowercased()].compactMap { $0 }).count
+        templateLimit = 64 * (zones + 1)
     }
 
     /// `client`: where the query comes from, for nearest-first answers (`clientLocality`).
@@ -54,6 +64,7 @@ public struct Resolver: Sendable {
         var answer = Answer(rcode: full.rcode, authoritative: full.authoritative,
                             answers: full.answers.filter { $0.type == first.type && $0.name == first.name })
         answer.authority = []
+        answer.dependsOnClient = full.dependsOnClient
         return answer
     }
 
@@ -92,9 +103,9 @@ public struct Resolver: Sendable {
         case .nodata:
             return negative(RCode.noError, snapshot, plan)
         case .service(let entry, let selector):
-            let datacenter = plan.datacenter?.text(wire) ?? configuration.datacenterKey.text
-            return service(name, type, entry: entry, selector: selector.selector(wire), datacenter: datacenter, snapshot, plan, depth: depth,
-                           client: client)
+            // The order comes with the selection's templates (built once, as the fast path's), whichever path answers.
+            let order = templates(entry, selector, datacenter: plan.datacenter, name: wire, in: snapshot, client: client).order
+            return service(name, type, entry: entry, selector: selector.selector(wire), order: order, snapshot, plan, depth: depth)
         case .grpcConfig(let entry):
             return grpcConfig(name, type, policy: grpcPolicy(for: entry)!, entry: entry, snapshot, plan)
         case .node(let node):

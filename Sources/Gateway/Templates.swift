@@ -7,52 +7,20 @@ import Metrics
 /// resolver configuration. A nil template means that query type takes the general path (no such records, or a
 /// shape templates do not cover).
 public final class EncodedAnswers: Sendable {
-    /// How many instances the templates rotate over.
-    public let count: Int
+    /// The healthy instances in their groups, and which comes first turn by turn: what both paths order by.
+    let order: SelectionOrder
     public let a: AnswerTemplate?
     public let aaaa: AnswerTemplate?
     public let srv: AnswerTemplate?
-    /// Which instance comes first in A and AAAA answers, turn by turn, when their weights differ
-    /// (`Resolver.weightedSequence`); nil for plain rotation.
-    let firstByWeight: [UInt16]?
 
-    /// Nearest-first answers: the sizes of the groups (nearest first, at most three) and each one's weighted
-    /// first-position sequence; nil without a preference.
-    let groups: [(size: Int, firstByWeight: [UInt16]?)]?
-    /// Where each group ends, in base order (the last repeated for missing groups).
-    let groupEnds: (Int, Int, Int)
+    /// How many instances the answers rotate over.
+    public var count: Int { order.instances.count }
 
-    init(count: Int, a: AnswerTemplate?, aaaa: AnswerTemplate?, srv: AnswerTemplate?, firstByWeight: [UInt16]? = nil,
-         groups: [(size: Int, firstByWeight: [UInt16]?)]? = nil) {
-        self.count = count
+    init(order: SelectionOrder, a: AnswerTemplate? = nil, aaaa: AnswerTemplate? = nil, srv: AnswerTemplate? = nil) {
+        self.order = order
         self.a = a
         self.aaaa = aaaa
         self.srv = srv
-        self.firstByWeight = firstByWeight
-        self.groups = groups
-        let sizes = (groups ?? []).map(\.size) + [0, 0, 0]
-        groupEnds = (sizes[0], sizes[0] + sizes[1], sizes[0] + sizes[1] + sizes[2])
-    }
-
-    /// Each group's first instance for this turn: by weight for A and AAAA when its weights differ, else in turn
-    /// (what `rotate` picks on the general path).
-    @inline(__always)
-    func groupOffsets(_ turn: Int, type: UInt16) -> (Int, Int, Int) {
-        guard let groups else { return (0, 0, 0) }
-        func offset(_ k: Int) -> Int {
-            guard k < groups.count else { return 0 }
-            if type != RRType.srv, let sequence = groups[k].firstByWeight { return Int(sequence[turn % sequence.count]) }
-            return turn % groups[k].size
-        }
-        return (offset(0), offset(1), offset(2))
-    }
-
-    /// The instance a query's answer starts with, from the entry's rotation counter: by weight for A and AAAA
-    /// when weights differ, else in turn. The general path's `rotate` picks the same one for the same turn.
-    @inline(__always)
-    func rotation(_ turn: Int, type: UInt16) -> Int {
-        if type != RRType.srv, let sequence = firstByWeight { return Int(sequence[turn % sequence.count]) }
-        return turn % count
     }
 
     func template(_ type: UInt16) -> AnswerTemplate? {
@@ -65,10 +33,10 @@ public final class EncodedAnswers: Sendable {
     }
 }
 
-/// What one resolver has encoded for one service entry: the plain selection, and up to `limit` others (tags,
-/// named ports, datacenters), so that a client asking for random tags cannot make an entry grow without bound.
+/// What one resolver has encoded for one service entry: the plain selection, and a bounded number of others (tags,
+/// named ports, datacenters, client zones; `Resolver.templateLimit`), so that a client asking for random tags cannot
+/// make an entry grow without bound.
 final class EntryTemplates: Sendable {
-    static let limit = 64
 
     final class Others: AtomicReference, Sendable {
         let map: [SelectionKey: EncodedAnswers]
@@ -114,7 +82,7 @@ extension Resolver {
         let dc = datacenter?.text(name) ?? configuration.datacenterKey.text
         let encoded = encode(entry, selector.selector(name), datacenter: dc, snapshot, client: client)
         // Keep it only if it answers something; the key owns its text (the probe's bytes are the query's).
-        guard encoded.count > 0, current.map.count < EntryTemplates.limit else { return encoded }
+        guard encoded.count > 0, current.map.count < templateLimit else { return encoded }
         var map = current.map
         map[SelectionKey(kind: kind, label: label?.text(name) ?? "", datacenter: dc, zone: client?.zone ?? "")] = encoded
         // A lost race only means encoding again later.
@@ -131,26 +99,26 @@ extension Resolver {
         return unsafeDowncast(attached.object, to: EntryTemplates.self)
     }
 
-    /// The same records `service(…)` gives for the selection, in base order, one per instance `selected` keeps.
-    /// Hostname instances (a CNAME, or glue found by chasing our data), random order and an answer limit below
-    /// the count are left to the general path.
+    /// The same records `service(…)` gives for the selection, in the order's base order (its groups, nearest first),
+    /// one per instance `selected` keeps, with the order itself. Templates are left out (nil) for hostname
+    /// instances (a CNAME, or glue found by chasing our data), random order and an answer limit below the count:
+    /// the general path answers those, with the same order.
     func encode(_ entry: ServiceEntry, _ selector: ServiceSelector, datacenter: String, _ snapshot: CatalogSnapshot,
                 client: ClientLocality? = nil) -> EncodedAnswers {
         encodedCounter.increment()
-        // Nearest first: the instances in their groups, nearest first, each rotated on its own when answering.
-        let (groups, preferred) = nearestGroups(selected(entry, selector, datacenter: datacenter), client: client)
-        let healthy = groups.flatMap { $0 }
+        let order = answerOrder(selected(entry, selector, datacenter: datacenter), client: client, known: entry.instances)
+        let healthy = order.instances
         guard !healthy.isEmpty, configuration.order == .cyclic || healthy.count == 1,
               configuration.answerLimit == 0 || healthy.count <= configuration.answerLimit,
               !healthy.contains(where: { if case .hostname = $0.address { true } else { false } }),
               let name = try? DNSName(labels: entry.name.split(separator: ".", omittingEmptySubsequences: false) + ["service"])
-                .appending(configuration.domain) else { return EncodedAnswers(count: healthy.count, a: nil, aaaa: nil, srv: nil) }
+                .appending(configuration.domain) else { return EncodedAnswers(order: order) }
         let ttl = configuration.serviceTTL.ttl(for: entry.name)
         func template(_ type: UInt16) -> AnswerTemplate? {
             let entries: [AnswerTemplate.Entry]
             if type == RRType.srv {
                 let (answers, glue) = srvRecords(healthy, owner: name, selector: selector, ttl: ttl, domain: configuration.domain,
-                                                 snapshot, depth: 0, preferred: preferred ? groups[0].count : 0)
+                                                 snapshot, depth: 0, preferred: order.preferred ? order.groups[0].size : 0)
                 // A template entry holds one glue record: a dual-stack target (A and AAAA) or node meta TXT takes
                 // the general path.
                 if glue.contains(where: { $0.count > 1 }) { return nil }
@@ -170,11 +138,6 @@ extension Resolver {
             return AnswerTemplate(question: Question(name: name, type: type, qclass: DNSClass.inet), entries: entries,
                                   dedupeAnswers: type != RRType.srv)
         }
-        guard preferred else {
-            return EncodedAnswers(count: healthy.count, a: template(RRType.a), aaaa: template(RRType.aaaa), srv: template(RRType.srv),
-                                  firstByWeight: Self.weightedSequence(healthy.map { Int($0.weight) }))
-        }
-        return EncodedAnswers(count: healthy.count, a: template(RRType.a), aaaa: template(RRType.aaaa), srv: template(RRType.srv),
-                              groups: groups.map { g in (g.count, Self.weightedSequence(g.map { Int($0.weight) })) })
+        return EncodedAnswers(order: order, a: template(RRType.a), aaaa: template(RRType.aaaa), srv: template(RRType.srv))
     }
 }

@@ -19,6 +19,8 @@ final class Reloader: Sendable {
         var running: ServeConfiguration
         var forwarder: Forwarder?
         var probes: Task<Void, Never>?
+        /// The Consul agent's zone, once asked (at start-up, or by the first reload that turned `--locality` on).
+        var agentZone: String?
     }
 
     /// What start-up applied; restart-only changes are measured against it.
@@ -38,17 +40,31 @@ final class Reloader: Sendable {
         self.connections = connections
         self.group = group
         self.logger = logger
-        self.state = NIOLockedValueBox(State(running: running, forwarder: forwarder, probes: forwarder.map { f in Task { await f.runProbes() } }))
+        self.state = NIOLockedValueBox(State(running: running, forwarder: forwarder, probes: forwarder.map { f in Task { await f.runProbes() } },
+                                             agentZone: running.agentZone))
     }
 
     func reload() async {
         logger.info("SIGHUP: reloading the configuration, catalog and zones, and the registries' TLS and credential files")
         // Files first: a rotated certificate or token is picked up even when the configuration does not parse.
         for connection in connections { connection.refresh(force: true) }
-        let new: ServeConfiguration
+        var new: ServeConfiguration
         do {
-            new = try ServeConfiguration.load(arguments: Array(CommandLine.arguments.dropFirst()), running: started.restartOnly.server.listen,
-                                              datacenter: started.resolver.datacenter, agentZone: started.agentZone)
+            let agentZone = state.withLockedValue { $0.agentZone }
+            func load(_ zone: String?) throws -> ServeConfiguration {
+                try ServeConfiguration.load(arguments: Array(CommandLine.arguments.dropFirst()), running: started.restartOnly.server.listen,
+                                            datacenter: started.resolver.datacenter, agentZone: zone)
+            }
+            new = try load(agentZone)
+            // `--locality` turned on with no `--zone`: Signpost's own zone is the Consul agent's, as at start-up.
+            if new.resolver.locality.mode != .off, new.resolver.locality.zone == nil, agentZone == nil {
+                let (_, zone, note) = await Serve.localDatacenter(given: started.resolver.datacenter, started.restartOnly.registries, needZone: true)
+                note(logger)
+                if let zone {
+                    state.withLockedValue { $0.agentZone = zone }
+                    new = try load(zone)
+                }
+            }
         } catch {
             let reason = (error as? StartupError)?.message ?? "\(error)"
             logger.error("reload failed; still serving the previous configuration", metadata: ["reason": "\(reason)"])

@@ -3,6 +3,7 @@ import Logging
 import NIOCore
 @testable import Registries
 import Testing
+import TestSupport
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -34,18 +35,8 @@ struct ConnectionRecoveryTests {
         return fd
     }
 
-    static func closedPort() -> UInt16 {
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        var addr = sockaddr_in()
-        addr.sin_family = sa_family_t(AF_INET)
-        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
-        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-        _ = withUnsafeMutablePointer(to: &addr) { p in
-            p.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length); return getsockname(fd, $0, &length) }
-        }
-        close(fd)
-        return UInt16(bigEndian: addr.sin_port)
-    }
+    /// A loopback port where nothing listens.
+    static func closedPort() -> UInt16 { UInt16(freePort()) }
 
     /// A refused connect is the watcher's loop's to retry, not the HTTP client pool's: the pool's retry held each
     /// request to a down member for its whole connect timeout, with a backoff that grew with the outage (FleetTests

@@ -51,8 +51,13 @@ struct SnapshotTests {
         let snap = try Self.build([Self.reg("n1", "192.0.2.1", service: "web"), Self.reg("n2", "192.0.2.2", service: "web")])
         let web = try #require(snap.services["web"])
         let before = web.instances
-        #expect((0..<4).map { _ in web.nextRotation() } == [0, 1, 2, 3])
+        #expect((0..<4).map { _ in web.nextRotation(RRType.a) } == [0, 1, 2, 3])
         #expect(web.instances == before)
+        // A and AAAA asked together (as glibc and Go do for every lookup) each keep their own turn.
+        let pairs = (0..<4).map { _ in (web.nextRotation(RRType.a), web.nextRotation(RRType.aaaa)) }
+        #expect(pairs.map(\.0) == [4, 5, 6, 7])
+        #expect(pairs.map(\.1) == [0, 1, 2, 3])
+        #expect(web.nextRotation(RRType.srv) == 0)
     }
 }
 

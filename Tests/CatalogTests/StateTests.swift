@@ -38,6 +38,20 @@ struct StateTests {
         #expect(try RegistryState.decode(s.encoded(), path: "x") == s)
     }
 
+    /// A record today's registration rules refuse (a service on 0.0.0.0, which a Signpost before that rule wrote)
+    /// is left out and reported with why; the rest of the file still serves a warm restart.
+    @Test func aRecordTheRulesNowRefuseIsLeftOutNotTheFile() throws {
+        var s = Self.state(services: 2)
+        s.entries["/services/svc0/a"]![0].serviceAddress = Address("0.0.0.0")
+        let decoded = try RegistryState.decode(s.encoded(), path: "x")
+        #expect(decoded.refused.count == 1 && decoded.refused[0].contains("/services/svc0/a: instance svc0-a") && decoded.refused[0].contains("unspecified"),
+                "\(decoded.refused)")
+        #expect(decoded.entries["/services/svc0/a"] == nil)
+        var rest = Self.state(services: 2)
+        rest.entries["/services/svc0/a"] = nil
+        #expect(decoded.entries == rest.entries)
+    }
+
     @Test func truncatedAtAnyOffsetIsReportedNeverDecoded() throws {
         let bytes = try Self.state(services: 20).encoded()
         var g = seededGenerator()

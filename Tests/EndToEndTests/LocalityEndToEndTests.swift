@@ -99,18 +99,7 @@ struct LocalityEndToEndTests {
     }
 
     /// A UDP port free on every subnet address.
-    static func freePort() -> Int {
-        let fd = socket(AF_INET, Int32(SOCK_DGRAM.rawValue), 0)
-        defer { close(fd) }
-        var a = sockaddr_in()
-        a.sin_family = sa_family_t(AF_INET)
-        a.sin_addr.s_addr = inet_addr("10.231.1.1")
-        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-        _ = withUnsafeMutablePointer(to: &a) { p in
-            p.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length); return getsockname(fd, $0, &length) }
-        }
-        return Int(UInt16(bigEndian: a.sin_port))
-    }
+    static func freePort() -> Int { TestSupport.freePort(on: "10.231.1.1", type: Int32(SOCK_DGRAM.rawValue)) }
 
     @Test(.enabled(if: namespacesPermitted, "network namespaces are not permitted here (needs root and iproute2)"))
     func everyFirstAnswerIsInTheClientsZoneUntilItGoesCritical() throws {
@@ -205,7 +194,8 @@ struct ClientSubnetEndToEndTests {
 /// its node); instances place themselves with `Service.Locality`, as Consul 1.16+ registers them.
 @Suite("End to end: nearest first through Consul")
 struct ConsulLocalityEndToEndTests {
-    @Test func theAgentsZoneIsSignpostsOwnAndServiceLocalityPlacesInstances() throws {
+    /// A stand-in whose agent is in zone-b, with `web` registered three times in each of three zones.
+    static func consulWithThreeZones() throws -> ConsulStandIn {
         let consul = try ConsulStandIn(extra: ["--agent-zone", "zone-b", "--agent-region", "r1"])
         for (z, zone) in LocalityEndToEndTests.zones.enumerated() {
             for k in 1...3 {
@@ -217,14 +207,39 @@ struct ConsulLocalityEndToEndTests {
                 #expect(code == 200)
             }
         }
+        return consul
+    }
+
+    /// The zones of the next `count` first answers.
+    static func firstZones(_ server: Server, count: Int) throws -> [String] {
+        try (0..<count).map { _ in
+            let m = try #require(server.socketQuery("web.service.consul", RRType.a))
+            guard case .a(let first)? = m.answers.first?.rdata else { Issue.record("no A"); return "" }
+            return LocalityEndToEndTests.zone(of: "\(first)")
+        }
+    }
+
+    @Test func theAgentsZoneIsSignpostsOwnAndServiceLocalityPlacesInstances() throws {
+        let consul = try Self.consulWithThreeZones()
         let server = try Server(dir: TempDir(), catalog: false, extra: ["--registry", "consul:\(consul.url)", "--locality", "zone"])
         defer { server.stop() }
         #expect(eventually(within: 20) { server.socketAddresses("web.service.consul").count == 9 } != nil, "\(server.log_())")
         #expect(server.log_().contains("the Consul agent's zone"), "\(server.log_())")
-        for _ in 0..<9 {
-            let m = try #require(server.socketQuery("web.service.consul", RRType.a))
-            guard case .a(let first)? = m.answers.first?.rdata else { Issue.record("no A"); continue }
-            #expect(LocalityEndToEndTests.zone(of: "\(first)") == "zone-b", "\(first)")
-        }
+        #expect(try Self.firstZones(server, count: 9) == Array(repeating: "zone-b", count: 9))
+    }
+
+    /// A reload that turns `--locality` on asks the agent for its zone then, as start-up would have.
+    @Test func aReloadThatTurnsLocalityOnAsksTheAgentsZone() throws {
+        let consul = try Self.consulWithThreeZones()
+        let dir = TempDir()
+        dir.write("signpost.json", #"{"locality": "off"}"#)
+        let server = try Server(dir: dir, catalog: false, extra: ["--registry", "consul:\(consul.url)", "--config", dir.path + "/signpost.json"])
+        defer { server.stop() }
+        #expect(eventually(within: 20) { server.socketAddresses("web.service.consul").count == 9 } != nil, "\(server.log_())")
+        #expect(Set(try Self.firstZones(server, count: 9)).count == 3, "no preference yet: every zone comes first in turn")
+        dir.write("signpost.json", #"{"locality": "zone"}"#)
+        try ReloadTests().reload(server)
+        #expect(server.log_().contains("the Consul agent's zone"), "\(server.log_())")
+        #expect(try Self.firstZones(server, count: 9) == Array(repeating: "zone-b", count: 9))
     }
 }

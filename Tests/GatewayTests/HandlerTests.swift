@@ -72,6 +72,39 @@ struct HandlerTests {
         #expect(try respond(ByteBuffer(bytes: [1, 2, 3])) == nil)
     }
 
+    /// A query with an EDNS Client Subnet option for `10.1.7.0/24`, and EDNS `version`.
+    static func withClientSubnet(_ name: String, _ type: UInt16, version: UInt8 = 0) -> ByteBuffer {
+        var q = Fixture.query(name, type)
+        let option: [UInt8] = [0, 8, 0, 7, 0, 1, 24, 0, 10, 1, 7]
+        q.writeBytes([0, 0, 41, 0x04, 0xD0, 0, version, 0, 0, 0, UInt8(option.count)] + option)
+        q.setInteger(UInt16(1), at: 10)
+        return q
+    }
+
+    /// A rejected query's OPT comes back bare (no Client Subnet echo), so the BADVERS in its extended bits is counted
+    /// as BADVERS; and a trusted Client Subnet option's scope is nonzero only when nearest first shaped the answer.
+    @Test func clientSubnetEchoesOnlyWhereTheAnswerDependsOnIt() throws {
+        let handler = Self.handler { c in
+            c.locality.mode = .zone
+            c.locality.clientZones = [(try! CIDR("10.1.0.0/16"), "a")]
+            c.locality.ecsTrusted = [try! CIDR("127.0.0.0/8")]
+        }
+        let client = try SocketAddress(ipAddress: "127.0.0.1", port: 5353)
+        func respond(_ packet: ByteBuffer) -> ByteBuffer? {
+            handler.respond(Query.parse(packet), transport: .udp, client: client, allocator: ByteBufferAllocator())
+        }
+        let badvers = try #require(respond(Self.withClientSubnet("web.service.consul", RRType.a, version: 1)))
+        let b = try Message(from: badvers)
+        #expect(b.rcode == RCode.badVers && b.opt?.rdata == .unknown([]), "\(b)")
+        #expect(badvers.withUnsafeReadableBytes { QueryObserver.rcode($0) } == 6)  // the BADVERS column
+        // No zone in the catalog: nothing depends on the client, so the scope is 0 (RFC 7871 §7.2.1).
+        let plain = try #require(respond(Self.withClientSubnet("web.service.consul", RRType.a)))
+        #expect(try Message(from: plain).rcode == RCode.noError)
+        #expect(plain.getInteger(at: plain.writerIndex - 4, as: UInt8.self) == 0)
+        let nx = try #require(respond(Self.withClientSubnet("nothing.service.consul", RRType.a)))
+        #expect(nx.getInteger(at: nx.writerIndex - 4, as: UInt8.self) == 0)
+    }
+
     @Test func udpChannelSurvivesGarbage() throws {
         let channel = EmbeddedChannel(handler: UDPQueryHandler(handler: Self.handler(), logger: Logger(label: "test")))
         let peer = try SocketAddress(ipAddress: "127.0.0.1", port: 5353)

@@ -122,6 +122,46 @@ struct LocalityTests {
         }
     }
 
+    /// The client's region is what its zone's instances say, healthy or not: with the whole zone critical, region
+    /// mode still puts the rest of the region first (it knew the region only from healthy instances before).
+    @Test func regionModeKnowsTheRegionOfAZoneThatIsAllCritical() throws {
+        let resolver = try Self.resolver(.region), snapshot = Fixture.snapshot(Self.instances(criticalZone: "us-east-1a"))
+        for _ in 0..<12 {
+            let answer = Self.answer(resolver, snapshot, RRType.a, from: "10.1.7.7")
+            let zones = Self.addresses(answer).map(Self.zone)
+            #expect(zones.count == 8 && !zones.prefix(6).contains("eu-west-1a") && Set(zones.suffix(2)) == ["eu-west-1a"], "\(zones)")
+            #expect(answer.dependsOnClient)
+        }
+    }
+
+    /// A Client Subnet option's zone and the scope its reply gets (RFC 7871 §7.2.1), from a trusted resolver.
+    @Test func clientSubnetZonesAndScopes() throws {
+        var c = ResolverConfiguration()
+        c.locality.mode = .zone
+        c.locality.clientZones = [(try CIDR("10.1.0.0/16"), "a"), (try CIDR("10.1.0.0/24"), "b"), (try CIDR("10.2.0.0/16"), "eu")]
+        c.locality.zone = "own"
+        c.locality.ecsTrusted = [try CIDR("127.0.0.0/8")]
+        let resolver = Resolver(configuration: c)
+        func located(_ address: [UInt8], _ source: UInt8) throws -> (String?, UInt8) {
+            let subnet = try ClientSubnet(option: [0, 1, source, 0] + address)
+            let (l, scope) = IPv4("127.0.0.1")!.array.withUnsafeBytes { resolver.clientLocality(address: $0, subnet: subnet) }
+            return (l?.zone, scope)
+        }
+        // The network that decided, when nothing more specific lies inside it.
+        #expect(try located([10, 2, 3], 24) == ("eu", 16))
+        // A /16 with a /24 of another zone inside it holds only for the source network.
+        #expect(try located([10, 1, 7], 24) == ("a", 24))
+        // Sixteen bits cannot tell whether the client is in the /24: its padding does not place it there.
+        #expect(try located([10, 1], 16) == ("a", 16))
+        #expect(try located([10, 1, 0], 24) == ("b", 24))
+        // No network holds it: Signpost's own zone, for the source network only (others would get another).
+        #expect(try located([192, 0, 2], 24) == ("own", 24))
+        // An untrusted resolver's option is ignored: its own address decides, and the scope is 0.
+        let subnet = try ClientSubnet(option: [0, 1, 24, 0, 10, 2, 3])
+        let (l, scope) = IPv4("10.1.0.9")!.array.withUnsafeBytes { resolver.clientLocality(address: $0, subnet: subnet) }
+        #expect(l?.zone == "b" && scope == 0)
+    }
+
     @Test func offAnswersAsBefore() throws {
         let resolver = try Self.resolver(.off), snapshot = Fixture.snapshot(Self.instances())
         var firsts: Set<String> = []
@@ -164,11 +204,30 @@ struct WeightedFirstTests {
         }
     }
 
+    /// glibc and Go ask A and AAAA together for every lookup: each type keeps its own turn, so A's first positions
+    /// still follow the weights (a shared counter gave A every other turn of the sequence only).
+    @Test func aAndAAAAAskedTogetherEachFollowTheWeights() {
+        let resolver = Fixture.resolver { _ in }
+        let snapshot = Self.snapshot()
+        var counts: [String: Int] = [:]
+        for _ in 0..<10_000 {
+            let answer = resolver.resolve(Question(name: Fixture.name("web.service.consul"), type: RRType.a), in: snapshot)
+            _ = resolver.resolve(Question(name: Fixture.name("web.service.consul"), type: RRType.aaaa), in: snapshot)
+            guard case .a(let first)? = answer.answers.first?.rdata else { Issue.record("no A"); continue }
+            counts[first.description, default: 0] += 1
+        }
+        let total = Self.weights.reduce(0, +)
+        for (k, w) in Self.weights.enumerated() {
+            let share = Double(counts["10.5.0.\(k + 1)", default: 0]) / 10_000, want = Double(w) / Double(total)
+            #expect(abs(share - want) <= 0.03 * want, "weight \(w): \(share) of first positions, want \(want)")
+        }
+    }
+
     @Test func theSequenceIsSmoothAndPlainWhenWeightsAreEqual() {
         #expect(Resolver.weightedSequence([1, 1, 1]) == nil)
         // nginx's example: weights 5, 1, 1 give a, a, b, a, c, a, a.
         #expect(Resolver.weightedSequence([5, 1, 1]) == [0, 0, 1, 0, 2, 0, 0])
-        // Large weights are scaled to a cycle of at most 4,096, keeping the proportions.
+        // Large weights are scaled to a cycle of about 4,096, keeping the proportions.
         let big = Resolver.weightedSequence([65_535, 21_845])!
         #expect(big.count <= 4096 && abs(Double(big.filter { $0 == 0 }.count) / Double(big.count) - 0.75) < 0.001)
     }

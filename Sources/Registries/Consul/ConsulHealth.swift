@@ -82,13 +82,7 @@ extension ConsulWatcher {
             var Datacenter: String?
             var TaggedAddresses: [String: String]?
             var Meta: [String: String]?
-            var Locality: LocalityPart?
-        }
-        /// Consul's `structs.Locality` (1.16+), on a node (its agent's) and on a service.
-        struct LocalityPart: Decodable, Sendable {
-            var Region: String?
-            var Zone: String?
-            var value: Catalog.Locality { Catalog.Locality(region: Region ?? "", zone: Zone ?? "") }
+            var Locality: RegisteredLocality?
         }
         struct TaggedAddress: Decodable, Sendable { var Address: String? }
         struct Weights: Decodable, Sendable {
@@ -105,7 +99,7 @@ extension ConsulWatcher {
             var Port: Int?
             var Weights: Weights?
             var ModifyIndex: Int64?
-            var Locality: LocalityPart?
+            var Locality: RegisteredLocality?
         }
         /// Consul's `structs.HealthCheck`, as health entries and the failing lists (`FailingCheck`) give it.
         struct Check: Decodable, Sendable {
@@ -197,7 +191,7 @@ extension RegistryConnection {
 
     /// A node's `Locality` (Consul 1.16+), from `/v1/catalog/node/<name>`; nil when it has none.
     func nodeLocality(_ node: String) async throws -> Locality? {
-        struct NodeServices: Decodable { struct Node: Decodable { var Locality: ConsulWatcher.HealthEntry.LocalityPart? }; var Node: Node? }
+        struct NodeServices: Decodable { struct Node: Decodable { var Locality: RegisteredLocality? }; var Node: Node? }
         let endpoint = settings.endpoints[0]
         let path = "/v1/catalog/node/" + (node.addingPercentEncoding(withAllowedCharacters: .urlPathAllowed) ?? node)
         let body = try await execute(request(endpoint, path), endpoint: endpoint, deadline: .now() + .seconds(3)) { response in

@@ -138,10 +138,7 @@ extension EtcdLayout {
             node = try string("node")
             if let k = key("locality") {
                 // Either field may be left out, as in Consul's `Locality` (both are `omitempty`).
-                do {
-                    let l = try c.nestedContainer(keyedBy: AnyCaseKey.self, forKey: k)
-                    locality = Locality(region: try l.value(String.self, "region") ?? "", zone: try l.value(String.self, "zone") ?? "")
-                } catch {
+                do { locality = try c.decode(RegisteredLocality.self, forKey: k).value } catch {
                     throw EtcdValue.Invalid(description: "Locality: expected {\"Region\": string, \"Zone\": string}, either optional")
                 }
             }

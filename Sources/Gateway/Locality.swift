@@ -24,7 +24,7 @@ public struct LocalityConfiguration: Sendable, Equatable {
     /// healthy instances (`--locality-min`)…
     public var minimum = 1
     /// …and at least this fraction of an even share of them (the healthy count over the number of zones that
-    /// hold any), else the answer is as if there were no preference. An even share assumes clients spread
+    /// hold a healthy one), else the answer is as if there were no preference. An even share assumes clients spread
     /// over zones as the instances are; a zone with half of that would take twice its load.
     public var minimumShare = 0.5
 

@@ -33,6 +33,9 @@ FORMS = [("plain A", "web.service.consul", "A"), ("plain SRV", "web.service.cons
          ("tag A", "v2.web.service.consul", "A"), ("datacenter A", "web.service.dc1.consul", "A"),
          ("RFC 2782 SRV", "_web._tcp.service.consul", "SRV"), ("node A", "web-1.node.consul", "A"),
          ("addr A", "c000020b.addr.dc1.consul", "A"), ("dotted A", "go.micro.srv.greeter.service.consul", "A")]
+# BENCH_FORMS="plain A,plain SRV" measures only those forms (a quick check of one change).
+if os.environ.get("BENCH_FORMS"):
+    FORMS = [f for f in FORMS if f[0] in os.environ["BENCH_FORMS"].split(",")]
 FORM_ZONE = "".join(
     f"v2.web.service IN A {ip}\nweb.service.dc1 IN A {ip}\n_web._tcp.service IN SRV 1 1 8080 web-{i + 1}.node.dc1\n"
     f"go.micro.srv.greeter.service IN A {ip}\n" for i, ip in enumerate(IPS)) + f"web-1.node IN A {IPS[0]}\nc000020b.addr.dc1 IN A {IPS[0]}\n"

@@ -130,6 +130,9 @@ public struct ResolverConfiguration: Sendable, Equatable {
     public var nodeMetaTXT: Bool
     /// Nearest-first answers (`--locality` and its settings); off by default.
     public var locality = LocalityConfiguration()
+    /// Where names outside our data go with forwarding on: `--forward-zone`s and the local zones. Empty with
+    /// forwarding off (outside names are then REFUSED).
+    public var routes = ForwardRoutes()
 
     public init(domain: DNSName = try! DNSName("consul"), datacenter: String = "dc1", onlyPassing: Bool = false,
                 order: AnswerOrder = .cyclic, serviceTTL: TTLPolicy = TTLPolicy(), nodeTTL: UInt32 = 0,

@@ -120,7 +120,7 @@ extension QueryHandler {
             resolver.classify(wire, in: snapshot) { zone in zone.records[name.lowercased] != nil }
         }
         var explanation = Explanation(
-            name: name.description, type: Self.typeName(type), parse: parse(plan, name), answer: Self.reply(answer),
+            name: name.description, type: Self.typeName(type), parse: parse(plan, name, outside: { resolver.outsideSource(name, type, in: snapshot) }), answer: Self.reply(answer),
             instances: [], registries: store.activity.registries(), staleness: store.staleness().map { Double($0.components.seconds) },
             skipped: [])
         if case .service(let entry, let selector) = plan.kind {
@@ -159,13 +159,29 @@ extension QueryHandler {
     }
 
     /// How the naming rules read the name, and which rule decided.
-    private func parse(_ plan: NamePlan, _ name: DNSName) -> Explanation.Parse {
+    /// `outside`: where a name outside the served domains is answered from (asked only for those).
+    private func parse(_ plan: NamePlan, _ name: DNSName, outside: () -> Resolver.OutsideSource) -> Explanation.Parse {
         let dc = name.wire.withUnsafeBytes { plan.datacenter?.text($0) }
         func p(_ kind: String, _ rule: String) -> Explanation.Parse {
             Explanation.Parse(kind: kind, datacenter: dc, rule: rule)
         }
         switch plan.kind {
-        case .outside: return p("outside", "outside the service domain: a zone file, a reverse name, or forwarded upstream")
+        case .outside:
+            switch outside() {
+            case .zone(let zone): return p("outside", "outside the service domain: the zone file for \(zone.origin)")
+            case .pointer: return p("outside", "outside the service domain: a reverse name for an address in the catalog, its PTR")
+            case .local(let zone):
+                return p("outside", "outside the service domain: the locally served zone \(zone.origin) (RFC 6303, RFC 6761), answered here, never forwarded")
+            case .refusedZone(let zone): return p("outside", "outside the service domain: --forward-zone \(zone)=none, REFUSED, never forwarded")
+            case .forwarded(let zone?):
+                let upstreams = forwarder?.configuration.zones.first { $0.name == zone }?.upstreams.map(Forwarder.label).joined(separator: ", ") ?? "?"
+                return p("outside", "outside the service domain: forwarded by --forward-zone \(zone) to \(upstreams)")
+            case .forwarded(nil):
+                guard let forwarder, !forwarder.configuration.upstreams.isEmpty else {
+                    return p("outside", "outside the service domain, and not forwarded: REFUSED")
+                }
+                return p("outside", "outside the service domain: forwarded to --upstream \(forwarder.configuration.upstreams.map(Forwarder.label).joined(separator: ", "))")
+            }
         case .notLoaded: return p("not-loaded", "the registries have not loaded yet: SERVFAIL, never a false NXDOMAIN")
         case .apex: return p("apex", "the domain's apex: SOA and NS")
         case .nameserver: return p("nameserver", "ns.<domain>: this server's addresses")

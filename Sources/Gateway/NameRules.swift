@@ -80,14 +80,24 @@ extension Resolver {
         case zone(Zone)
         /// A reverse name whose address we hold, asked for PTR (or ANY): its answer.
         case pointer(Answer)
-        /// None of ours: forwarded when forwarding is on and the client may recurse, else REFUSED.
-        case forwarded
+        /// A zone served locally with forwarding on (`LocalZones`: RFC 6303, RFC 6761): never forwarded.
+        case local(Zone)
+        /// A `--forward-zone ZONE=none`: REFUSED, never forwarded.
+        case refusedZone(DNSName)
+        /// None of ours: forwarded when forwarding is on and the client may recurse, else REFUSED; to the upstreams
+        /// of the `--forward-zone` holding it (`zone`), or else to `--upstream`.
+        case forwarded(zone: DNSName?)
     }
 
     func outsideSource(_ name: DNSName, _ type: UInt16, in snapshot: CatalogSnapshot) -> OutsideSource {
         if let zone = snapshot.zone(containing: name) { return .zone(zone) }
         if let answer = pointer(name, type, in: snapshot) { return .pointer(answer) }
-        return .forwarded
+        switch configuration.routes.route(for: name) {
+        case .local(let zone)?: return .local(zone)
+        case .refuse(let zone)?: return .refusedZone(zone)
+        case .forward(let zone)?: return .forwarded(zone: zone)
+        case nil: return .forwarded(zone: nil)
+        }
     }
 
     /// The naming rules, in one place: what `name` (uncompressed wire bytes, validated) asks for. Reads the bytes

@@ -69,7 +69,9 @@ public final class QueryHandler: Sendable {
     /// The general path alone: what the fast paths must match byte for byte.
     func handleWithoutFastPath(_ packet: ByteBuffer, transport: Transport, client: SocketAddress?, eventLoop: any EventLoop) -> Handled {
         let parsed = Query.parse(packet)
-        guard let forwarder, case .query(let query) = parsed, !resolver.answersLocally(query.question, in: store.snapshot) else {
+        // Forwarded: to a `--forward-zone`'s upstreams, or else `--upstream`'s (none given: REFUSED, as with forwarding off).
+        guard let forwarder, case .query(let query) = parsed, case .upstreams(let zone) = resolver.forwarding(query.question, in: store.snapshot),
+              zone != nil || !forwarder.configuration.upstreams.isEmpty else {
             return .now(respond(parsed, transport: transport, client: client, allocator: ByteBufferAllocator()))
         }
         let config = resolver.configuration
@@ -93,7 +95,7 @@ public final class QueryHandler: Sendable {
         return .later(eventLoop.makeFutureWithTask {
             var r = reply
             let answer: Answer
-            switch await forwarder.resolve(query.question, dnssecOK: dnssecOK) {
+            switch await forwarder.resolve(query.question, dnssecOK: dnssecOK, zone: zone) {
             case .answer(let a): answer = a
             case .failure: answer = Answer(rcode: RCode.servFail, authoritative: false)
             }

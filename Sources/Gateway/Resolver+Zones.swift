@@ -32,6 +32,23 @@ extension Resolver {
         return Answer(rcode: RCode.noError, authoritative: true, answers: answers, additional: additional)
     }
 
+    /// A locally served zone's answer (`LocalZones`): as a zone file's, but under `localhost` every name answers
+    /// as the apex does (RFC 6761 §6.3), with its own name as the owner.
+    func resolveLocal(_ name: DNSName, _ type: UInt16, zone: Zone, in snapshot: CatalogSnapshot) -> Answer {
+        guard LocalZones.redirects(zone), name.lowercased != zone.origin.lowercased else {
+            return resolveStatic(name, type, zone: zone, in: snapshot, depth: 0)
+        }
+        var answer = resolveStatic(zone.origin, type, zone: zone, in: snapshot, depth: 0)
+        for k in answer.answers.indices { answer.answers[k].name = name }
+        // Below the apex there is no SOA or NS: those types get NODATA, as every other type the apex lacks.
+        if type == RRType.soa || type == RRType.ns {
+            var soa = zone.soa
+            soa.ttl = zone.negativeTTL
+            answer = Answer(rcode: RCode.noError, authoritative: true, authority: [soa])
+        }
+        return answer
+    }
+
     /// A/AAAA glue for a hostname we are authoritative for, if any.
     func chase(_ host: DNSName, _ snapshot: CatalogSnapshot, depth: Int) -> [ResourceRecord] {
         guard depth < 8 else { return [] }

@@ -30,7 +30,8 @@ public struct Answer: Sendable, Equatable {
 }
 
 /// The pure part of the gateway: (question, snapshot, configuration) → answer.
-/// The only state it touches is a service's rotation counter, which never changes the snapshot.
+/// The only state it touches is a service's rotation counters (and the templates it keeps with an entry), which
+/// never change the snapshot.
 public struct Resolver: Sendable {
     public let configuration: ResolverConfiguration
     /// Tells apart the templates this resolver encoded from another configuration's (tests run several).
@@ -87,7 +88,8 @@ public struct Resolver: Sendable {
             switch outsideSource(name, type, in: snapshot) {
             case .zone(let zone): return resolveStatic(name, type, zone: zone, in: snapshot, depth: depth)
             case .pointer(let answer): return answer
-            case .forwarded: return .refused
+            case .local(let zone): return resolveLocal(name, type, zone: zone, in: snapshot)
+            case .refusedZone, .forwarded: return .refused
             }
         case .notLoaded:
             return Answer(rcode: RCode.servFail, authoritative: false)
@@ -118,9 +120,18 @@ public struct Resolver: Sendable {
 
     /// Whether the question is answered from our own data; anything else is forwarded, or REFUSED without forwarding.
     public func answersLocally(_ question: Question, in snapshot: CatalogSnapshot) -> Bool {
-        if servedDomain(containing: question.name) != nil { return true }
-        if case .forwarded = outsideSource(question.name, question.type, in: snapshot) { return false }
+        if case .upstreams = forwarding(question, in: snapshot) { return false }
         return true
+    }
+
+    /// Where a question goes with forwarding on: answered here (our data, a zone file, a local zone, a `none`
+    /// zone's REFUSED), or to upstreams: a `--forward-zone`'s (`zone`), or else `--upstream`'s (nil).
+    public enum Forwarding: Equatable { case local, upstreams(zone: DNSName?) }
+
+    public func forwarding(_ question: Question, in snapshot: CatalogSnapshot) -> Forwarding {
+        if servedDomain(containing: question.name) != nil { return .local }
+        if case .forwarded(let zone) = outsideSource(question.name, question.type, in: snapshot) { return .upstreams(zone: zone) }
+        return .local
     }
 
     // MARK: Negative answers

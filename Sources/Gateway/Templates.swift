@@ -61,7 +61,6 @@ extension Resolver {
         let cache = entryTemplates(entry)
         let kind: UInt8
         let label: NameSpan?
-        let zone = client.map { NameKey($0.zone) } ?? ""
         switch selector {
         case .all:
             let local = datacenter.map { span in span.probe(name) { $0.matches(configuration.datacenterKey) } } ?? true
@@ -73,6 +72,7 @@ extension Resolver {
         case .tag(let span): (kind, label) = (1, span)
         case .named(let span): (kind, label) = (2, span)
         }
+        let zone = client.map { NameKey($0.zone) } ?? ""
         let current = cache.others.load(ordering: .acquiring)
         let found = withDatacenter(datacenter, name) { dc in
             guard let label else { return NameProbe.with("") { current.map.value(kind: kind, label: $0, datacenter: dc, zone: zone) } }

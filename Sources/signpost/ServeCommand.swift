@@ -93,6 +93,12 @@ struct Serve: AsyncParsableCommand {
     @Flag(name: .long, inversion: .prefixedNo, help: "Forward names outside the domain and the zones (the default); --no-forward answers them REFUSED.")
     var forward: Bool?
 
+    @Option(name: .long, help: ArgumentHelp("Split DNS: forward names in ZONE (and its reverse zones alike, e.g. 10.in-addr.arpa) to these resolvers instead of --upstream; the most specific zone wins. \"none\": answer REFUSED and never forward. Repeatable.", valueName: "ZONE=HOST[:PORT][,…]|none"))
+    var forwardZone: [String] = []
+
+    @Flag(name: .long, inversion: .prefixedNo, help: "With forwarding on, answer the private and special-use zones here, never forwarding them: localhost, test, invalid, onion, home.arpa and the reverse zones of RFC 1918, 100.64/10, link-local, loopback and ULA (RFC 6303, RFC 6761; Unbound's defaults). A --forward-zone or a zone file covering one wins. Default on.")
+    var localZones: Bool?
+
     @Option(name: .long, help: "Upstream order: sequential (the default), random or round_robin.")
     var upstreamPolicy: Forwarder.Policy?
 

@@ -87,7 +87,7 @@ struct ServeConfiguration: Sendable, Equatable {
             self.agentZone = agentZone
             let limits = try Self.handlerLimits(s)
             (maxStale, rateLimit, queryLog) = (limits.maxStale, limits.rateLimit, s.queryLog ?? false)
-            (forwarding, access) = try Self.forwarding(s, listen: listen, resolvConf: resolvConf)
+            (forwarding, access, resolver.routes) = try Self.forwarding(s, listen: listen, resolvConf: resolvConf)
         } catch {
             throw StartupError(message: error.description, code: 64)
         }
@@ -189,13 +189,35 @@ struct ServeConfiguration: Sendable, Equatable {
         return (s.maxStale?.value, .init(rate: rate, slip: slip, exempt: exempt))
     }
 
-    /// The forwarder's configuration and the recursion ACL; nil configuration when forwarding is off.
+    /// The forwarder's configuration, the recursion ACL, and where outside names go (`--forward-zone`, the local
+    /// zones); nil configuration and no routes when forwarding is off.
     private static func forwarding(_ s: Serve, listen: [ListenAddress], resolvConf: () -> String) throws(ConfigurationError)
-        -> (Forwarder.Configuration?, AccessControl)
+        -> (Forwarder.Configuration?, AccessControl, ForwardRoutes)
     {
         var access = AccessControl()
         if case let list = s.allowRecursion, !list.isEmpty { access = AccessControl(allowed: try list.map { t throws(ConfigurationError) in try CIDR(t) }) }
-        guard s.forward ?? true else { return (nil, access) }
+        guard s.forward ?? true else { return (nil, access, ForwardRoutes()) }
+        func address(_ text: String, _ flag: String) throws(ConfigurationError) -> SocketAddress {
+            let u: ListenAddress
+            do { u = try ListenAddress(parsing: text, defaultPort: 53) } catch { throw ConfigurationError("invalid \(flag) \"\(text)\": \(error.description)") }
+            guard let a = try? SocketAddress(ipAddress: u.host, port: u.port) else { throw ConfigurationError("invalid \(flag) \"\(text)\": not an IP address") }
+            return a
+        }
+        var zones: [Forwarder.Zone] = [], refused: [DNSName] = []
+        for text in s.forwardZone {
+            let parts = text.split(separator: "=", maxSplits: 1).map(String.init)
+            guard parts.count == 2, let zone = try? DNSName(parts[0]), !parts[1].isEmpty else {
+                throw ConfigurationError("invalid --forward-zone \"\(text)\": expected ZONE=HOST[:PORT][,HOST[:PORT]…] or ZONE=none")
+            }
+            guard !zones.contains(where: { $0.name == zone.lowercased }) && !refused.contains(zone) else {
+                throw ConfigurationError("--forward-zone \(zone) is given twice")
+            }
+            if parts[1].lowercased() == "none" { refused.append(zone); continue }
+            var upstreams: [SocketAddress] = []
+            for u in parts[1].split(separator: ",") { upstreams.append(try address(String(u), "--forward-zone \(zone)")) }
+            zones.append(Forwarder.Zone(name: zone, upstreams: upstreams))
+        }
+        let routes = ForwardRoutes(forwardZones: zones.map { ($0.name, false) } + refused.map { ($0, true) }, localZones: s.localZones ?? true)
         var chosen: [ListenAddress] = []
         if case let given = s.upstream, !given.isEmpty {
             for text in given {
@@ -213,8 +235,10 @@ struct ServeConfiguration: Sendable, Equatable {
             guard let a = try? SocketAddress(ipAddress: u.host, port: u.port) else { throw ConfigurationError("invalid upstream \"\(u)\": not an IP address") }
             addresses.append(a)
         }
-        guard !addresses.isEmpty else { return (nil, access) }
+        // Forward zones alone forward too; names outside them are then REFUSED, as with forwarding off.
+        guard !addresses.isEmpty || !zones.isEmpty else { return (nil, access, ForwardRoutes()) }
         var config = Forwarder.Configuration(upstreams: addresses)
+        config.zones = zones
         config.policy = s.upstreamPolicy ?? .sequential
         guard let timeout = (s.upstreamTimeout ?? DurationSetting(.seconds(2))).value.timeAmount, timeout > .zero else {
             throw ConfigurationError("--upstream-timeout must be positive")
@@ -225,7 +249,7 @@ struct ServeConfiguration: Sendable, Equatable {
         config.cacheMinTTL = s.cacheMinTTL?.seconds ?? 0
         config.cacheMaxTTL = s.cacheMaxTTL?.seconds ?? 86400
         config.staleTTL = s.staleTTL?.seconds ?? 86400
-        return (config, access)
+        return (config, access, routes)
     }
 }
 

@@ -18,7 +18,12 @@ struct ConfigurationValueTests {
 
     @Test func defaults() throws {
         let c = try load([])
-        #expect(c.resolver == ResolverConfiguration())
+        // Forwarding is on, so the local zones are served (RFC 6303, RFC 6761).
+        var resolver = ResolverConfiguration()
+        resolver.routes = ForwardRoutes(localZones: true)
+        #expect(c.resolver == resolver)
+        #expect(try load(["--no-forward"]).resolver == ResolverConfiguration())
+        #expect(try load(["--no-local-zones"]).resolver == ResolverConfiguration())
         #expect(c.restartOnly.server.listen == [try ListenAddress(parsing: "127.0.0.1:8600")])
         #expect(c.restartOnly.server.tcpIdleTimeout == .seconds(10))
         #expect(c.restartOnly.registries == [.file(directory: "zones/catalog")])

@@ -183,7 +183,8 @@ struct DNSRulesTests {
         #expect(try plain.dig("-x", "192.0.2.99").status == "REFUSED", "unknown, and forwarding is off")
         #expect(try plain.dig("11.2.0.192.in-addr.arpa", "A").status == "REFUSED", "only PTR is ours at a reverse name")
 
-        // With forwarding, an unknown reverse name goes upstream (knotd serves 2.0.192.in-addr.arpa here).
+        // With forwarding, an unknown reverse name goes upstream (knotd serves 2.0.192.in-addr.arpa here), once a
+        // --forward-zone takes it from the local zones.
         let knot = try Knot(zones: ["2.0.192.in-addr.arpa": """
             $ORIGIN 2.0.192.in-addr.arpa.
             $TTL 60
@@ -196,7 +197,13 @@ struct DNSRulesTests {
         defer { knot.stop() }
         let forwarding = try Server(dir: dir, forward: true, extra: ["--upstream", "127.0.0.1:\(knot.port)"])
         defer { forwarding.stop() }
-        #expect(try forwarding.dig("-x", "192.0.2.99").data("PTR") == ["elsewhere.example."])
+        // 2.0.192.in-addr.arpa (TEST-NET-1) is a locally served zone (RFC 6303): answered here unless a
+        // --forward-zone names it, or --no-local-zones.
+        #expect(try forwarding.dig("-x", "192.0.2.99").status == "NXDOMAIN")
+        let split = try Server(dir: dir, forward: true, extra: ["--upstream", "127.0.0.1:\(knot.port)", "--forward-zone", "2.0.192.in-addr.arpa=127.0.0.1:\(knot.port)"])
+        defer { split.stop() }
+        #expect(try split.dig("-x", "192.0.2.99").data("PTR") == ["elsewhere.example."])
+        #expect(try split.dig("-x", "192.0.2.11").data("PTR") == ["web-1.node.dc1.consul."], "what we know is answered by us")
         #expect(try forwarding.dig("-x", "192.0.2.11").data("PTR") == ["web-1.node.dc1.consul."], "what we know is answered by us")
     }
 
@@ -263,7 +270,7 @@ struct DNSRulesTests {
                                         "--upstream-timeout", "5s", "--admin", "127.0.0.1:0"])
         defer { server.stop() }
         // dig gives up after 2 s; the timeout is 5 s: only a refusal seen at once can answer in time.
-        let answer = try server.dig("www.example.test", "A")
+        let answer = try server.dig("www.example.org", "A")
         #expect(answer.data("A") == ["192.0.2.80"], "\(answer)\n\(server.log_())")
         let metrics = httpGet("http://127.0.0.1:\(try #require(server.adminPort))/metrics").body
         #expect(sample(metrics, #"signpost_upstream_failures_total{upstream="127.0.0.1:\#(closed)",reason="connection_refused"}"#) == 1,

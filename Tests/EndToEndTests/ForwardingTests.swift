@@ -16,8 +16,8 @@ final class Knot: @unchecked Sendable {
     /// The name whose answer shows knotd is up.
     let probe: String
 
-    /// Serves `zones` (origin → master-file text); by default the example.test zone.
-    init(zones: [String: String] = ["example.test": Knot.defaultZone], probe: String = "www.example.test") throws {
+    /// Serves `zones` (origin → master-file text); by default the example.org zone.
+    init(zones: [String: String] = ["example.org": Knot.defaultZone], probe: String = "www.example.org") throws {
         port = freePort()
         self.probe = probe
         var conf = """
@@ -37,11 +37,11 @@ final class Knot: @unchecked Sendable {
         try start()
     }
 
-    convenience init(zone: String) throws { try self.init(zones: ["example.test": zone]) }
+    convenience init(zone: String) throws { try self.init(zones: ["example.org": zone]) }
 
     static let defaultZone: String = {
         var z = """
-        $ORIGIN example.test.
+        $ORIGIN example.org.
         $TTL 300
         @ IN SOA ns hostmaster 1 3600 600 86400 60
         @ IN NS ns
@@ -115,29 +115,29 @@ struct ForwardingTests {
         let knot = try Knot()
         let server = try server([knot.port], extra: ["--admin", "127.0.0.1:0"])
         defer { server.stop() }
-        let first = try server.dig("www.example.test", "A")
+        let first = try server.dig("www.example.org", "A")
         #expect(first.status == "NOERROR" && first.data("A") == ["192.0.2.80"])
         #expect(first.flags.contains("ra") && !first.flags.contains("aa"))
         // Our own names are still ours, and RA is set there too now.
         #expect(try server.dig("consul", "SOA").flags.contains("ra"))
         // The DO bit is copied into the reply (RFC 3225), for forwarded and for our own answers.
-        #expect(try server.dig("+dnssec", "www.example.test", "A").raw.contains("flags: do;"))
+        #expect(try server.dig("+dnssec", "www.example.org", "A").raw.contains("flags: do;"))
         #expect(try server.dig("+dnssec", "consul", "SOA").raw.contains("flags: do;"))
-        let negative = try server.dig("nope.example.test", "A")
+        let negative = try server.dig("nope.example.org", "A")
         #expect(negative.status == "NXDOMAIN" && negative.authority.first?[3] == "SOA")
 
         // Waits for the cached answer's TTL to have counted down by two seconds (TTLs are whole seconds).
-        var second = try server.dig("www.example.test", "A")
+        var second = try server.dig("www.example.org", "A")
         func ttl(_ d: Dig) -> Int { Int(d.answer.first?[1] ?? "") ?? 0 }
         try eventually(within: 15, every: 250_000) {
-            second = try server.dig("www.example.test", "A")
+            second = try server.dig("www.example.org", "A")
             return ttl(second) <= 298
         }
         #expect(ttl(second) <= 298 && ttl(second) >= 290, "TTL counts down in cached answers: \(second)")
 
         knot.stop()
-        #expect(try server.dig("www.example.test", "A").data("A") == ["192.0.2.80"], "served from the cache")
-        let cachedNegative = try server.dig("nope.example.test", "A")
+        #expect(try server.dig("www.example.org", "A").data("A") == ["192.0.2.80"], "served from the cache")
+        let cachedNegative = try server.dig("nope.example.org", "A")
         #expect(cachedNegative.status == "NXDOMAIN" && cachedNegative.authority.first?[3] == "SOA")
         // Two names went upstream (the DO query may be a third); the rest, at least three, came from the cache.
         let metrics = httpGet("http://127.0.0.1:\(try #require(server.adminPort))/metrics").body
@@ -153,18 +153,18 @@ struct ForwardingTests {
         let knot = try Knot()
         let server = try server([knot.port], extra: ["--upstream-timeout", "300ms"])
         defer { server.stop() }
-        #expect(try server.dig("short.example.test", "A").data("A") == ["192.0.2.81"])
+        #expect(try server.dig("short.example.org", "A").data("A") == ["192.0.2.81"])
         knot.stop()
         // Once the 1 s TTL has run out, the answer is the stale one (until then, the cached one, counting down).
-        var stale = try server.dig("short.example.test", "A")
+        var stale = try server.dig("short.example.org", "A")
         try eventually(within: 15, every: 250_000) {
-            stale = try server.dig("short.example.test", "A")
+            stale = try server.dig("short.example.org", "A")
             return stale.answer.first?[1] == "30"
         }
         #expect(stale.data("A") == ["192.0.2.81"], "\(stale)")
         #expect(stale.answer.first?[1] == "30", "stale answers carry TTL 30 (RFC 8767)")
         // A name never cached: SERVFAIL.
-        #expect(try server.dig("www.example.test", "A").status == "SERVFAIL")
+        #expect(try server.dig("www.example.org", "A").status == "SERVFAIL")
     }
 
     @Test func failsOverPastADeadUpstream() throws {
@@ -173,7 +173,7 @@ struct ForwardingTests {
         let server = try server([dead.port, knot.port], extra: ["--upstream-timeout", "400ms", "--admin", "127.0.0.1:0"])
         defer { server.stop() }
         // dig gives up after 2 s, so an answer at all means the 400 ms timeout, not the 2 s default, moved us on.
-        #expect(try server.dig("www.example.test", "A").data("A") == ["192.0.2.80"])
+        #expect(try server.dig("www.example.org", "A").data("A") == ["192.0.2.80"])
         // The timeout is counted against the dead upstream, by reason, and the live one has none.
         let metrics = httpGet("http://127.0.0.1:\(try #require(server.adminPort))/metrics").body
         #expect(sample(metrics, #"signpost_upstream_failures_total{upstream="127.0.0.1:\#(dead.port)",reason="timeout"}"#) == 1, "\(metrics)")
@@ -213,7 +213,7 @@ struct ForwardingTests {
         let dead = try FakeUpstream(mode: "blackhole")
         let server = try server([dead.port, knot.port], extra: ["--upstream-timeout", "300ms", "--admin", "127.0.0.1:0"])
         defer { server.stop() }
-        for i in 1...3 { _ = try server.dig("n\(i).example.test", "A") }  // each waits out the dead one first
+        for i in 1...3 { _ = try server.dig("n\(i).example.org", "A") }  // each waits out the dead one first
         #expect(server.log_().contains("upstream marked down"), "\(server.log_())")
         // Counted by the server rather than timed by the test: a query that tried the dead upstream first would
         // add a fourth timeout against it. (The background probe's failures are not client exchanges.)
@@ -221,7 +221,7 @@ struct ForwardingTests {
         let deadTimeouts = #"signpost_upstream_failures_total{upstream="127.0.0.1:\#(dead.port)",reason="timeout"}"#
         #expect(sample(httpGet(admin).body, deadTimeouts) == 3)
         for name in ["www", "short", "ns"] {
-            #expect(try server.dig("\(name).example.test", "A").status == "NOERROR")
+            #expect(try server.dig("\(name).example.org", "A").status == "NOERROR")
         }
         #expect(sample(httpGet(admin).body, deadTimeouts) == 3, "the dead upstream is no longer tried first")
     }
@@ -232,7 +232,7 @@ struct ForwardingTests {
         let server = try server([first.port, second.port], extra: ["--upstream-timeout", "300ms"])
         defer { server.stop() }
         first.stop()
-        for i in 1...3 { _ = try server.dig("m\(i).example.test", "A") }
+        for i in 1...3 { _ = try server.dig("m\(i).example.org", "A") }
         #expect(server.log_().contains("upstream marked down"))
         try first.start()
         // The background probe (every 2 s) finds it answering again; no client traffic is needed.
@@ -254,10 +254,10 @@ struct ForwardingTests {
         let server = try server([knot.port])
         defer { server.stop() }
         // Knot truncates 100 A records over UDP; Signpost retries over TCP and has them all.
-        let tcp = try server.dig("+tcp", "big.example.test", "A")
+        let tcp = try server.dig("+tcp", "big.example.org", "A")
         #expect(tcp.data("A").count == 100 && !tcp.flags.contains("tc"), "\(tcp)")
         // To a UDP client the same truncation rules apply as for our own answers.
-        let udp = try server.dig("+ignore", "+bufsize=1232", "big.example.test", "A")
+        let udp = try server.dig("+ignore", "+bufsize=1232", "big.example.org", "A")
         #expect(udp.flags.contains("tc") && udp.data("A").count < 100)
     }
 
@@ -274,11 +274,11 @@ struct ForwardingTests {
         let knot = try Knot()
         let server = try server([knot.port], extra: ["--allow-recursion", "10.0.0.0/8"])
         defer { server.stop() }
-        #expect(try server.dig("www.example.test", "A").status == "REFUSED")
+        #expect(try server.dig("www.example.org", "A").status == "REFUSED")
         #expect(try server.dig("web.service.consul", "A").status == "NXDOMAIN", "service answers still come")
         let open = try self.server([knot.port], extra: ["--allow-recursion", "127.0.0.0/8"])
         defer { open.stop() }
-        #expect(try open.dig("www.example.test", "A").data("A") == ["192.0.2.80"])
+        #expect(try open.dig("www.example.org", "A").data("A") == ["192.0.2.80"])
     }
 
     @Test func maxConcurrentIsEnforced() throws {

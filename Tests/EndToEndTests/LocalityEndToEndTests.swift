@@ -14,31 +14,9 @@ import Glibc
 struct LocalityEndToEndTests {
     static let zones = ["zone-a", "zone-b", "zone-c"]
 
-    /// Three namespaces `<base>-1…3`, with 10.231.K.1 on our side and 10.231.K.2 on theirs.
-    final class Subnets {
-        let names: [String]
-        let links: [String]
-
-        init() throws {
-            let tag = String(UInt32(getpid()) % 100_000)
-            names = (1...3).map { "sp-loc-\(tag)-\($0)" }
-            links = (1...3).map { "spl\(tag)x\($0)" }
-            for k in 0..<3 {
-                let (ns, link, net) = (names[k], links[k], "10.231.\(k + 1)")
-                for command in [["ip", "netns", "add", ns], ["ip", "link", "add", link, "type", "veth", "peer", "name", link + "p"],
-                                ["ip", "link", "set", link + "p", "netns", ns], ["ip", "addr", "add", net + ".1/24", "dev", link],
-                                ["ip", "link", "set", link, "up"], ["ip", "netns", "exec", ns, "ip", "addr", "add", net + ".2/24", "dev", link + "p"],
-                                ["ip", "netns", "exec", ns, "ip", "link", "set", link + "p", "up"], ["ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up"]] {
-                    let r = try run(command)
-                    guard r.status == 0 else { throw Server.ServerError(message: "\(command.joined(separator: " ")): \(r.err)") }
-                }
-            }
-        }
-
-        deinit {
-            for link in links { _ = try? run(["ip", "link", "del", link]) }
-            for ns in names { _ = try? run(["ip", "netns", "del", ns]) }
-        }
+    /// Three namespaces, with 10.231.K.1 on our side and 10.231.K.2 on theirs.
+    final class Subnets: NetworkNamespaces {
+        init() throws { try super.init(prefix: "loc", network: 231, count: 3) }
     }
 
     /// Instances: three per zone, 192.0.2.<10·zone + k>, the zone in node meta.

@@ -78,7 +78,7 @@ struct ReloadLeakTests {
         var baseline = 0
         for i in 1...100 {
             // Over TCP upstream (the fake truncates over UDP), so this forwarder's pool holds a connection.
-            let answer = try server.dig("q\(i).example.test", "A")
+            let answer = try server.dig("q\(i).example.org", "A")
             #expect(answer.status == "NOERROR", "query \(i): \(answer)")
             let before = server.log_().components(separatedBy: "] reloaded").count
             config(i)

@@ -23,7 +23,7 @@ struct ResolvConfTests {
         let dir = TempDir()
         dir.write("a/catalog/web.json", registration(node: "web-1", address: "192.0.2.11", service: "web"))
         dir.write("b/catalog/.keep", "")
-        dir.write("b/zones/example.test.zone", "@ 60 IN SOA ns hostmaster 1 2 3 4 5\nwww 60 IN A 192.0.2.80\n")
+        dir.write("b/zones/example.org.zone", "@ 60 IN SOA ns hostmaster 1 2 3 4 5\nwww 60 IN A 192.0.2.80\n")
         try FileManager.default.createDirectory(atPath: etc, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: etc) }
         // Signpost first; a second server for names the first one refuses.
@@ -59,7 +59,7 @@ struct ResolvConfTests {
         #expect(hosts.contains("192.0.2.11"), "getent ahosts web.service.consul: \(hosts)")
         var other = ""
         for _ in 0..<100 {
-            other = try run(["ip", "netns", "exec", ns, "getent", "hosts", "www.example.test"]).out
+            other = try run(["ip", "netns", "exec", ns, "getent", "hosts", "www.example.org"]).out
             if !other.isEmpty { break }
             usleep(50_000)
         }
@@ -72,7 +72,7 @@ struct ResolvConfTests {
         let etc = "/etc/netns/\(ns)"
         let dir = TempDir()
         dir.write("catalog/web.json", registration(node: "web-1", address: "192.0.2.11", service: "web"))
-        dir.write("knot/example.test.zone", "$ORIGIN example.test.\n$TTL 60\n@ IN SOA ns hostmaster 1 2 3 4 5\nwww IN A 192.0.2.80\n")
+        dir.write("knot/example.org.zone", "$ORIGIN example.org.\n$TTL 60\n@ IN SOA ns hostmaster 1 2 3 4 5\nwww IN A 192.0.2.80\n")
         dir.write("knot/knot.conf", """
         server:
             rundir: "\(dir.path)/knot"
@@ -80,9 +80,9 @@ struct ResolvConfTests {
         database:
             storage: "\(dir.path)/knot"
         zone:
-          - domain: example.test
+          - domain: example.org
             storage: "\(dir.path)/knot"
-            file: "example.test.zone"
+            file: "example.org.zone"
         """)
         try FileManager.default.createDirectory(atPath: etc, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: etc) }
@@ -111,11 +111,11 @@ struct ResolvConfTests {
         var service = "", forwarded = ""
         for _ in 0..<100 {
             service = try run(["ip", "netns", "exec", ns, "getent", "ahosts", "web.service.consul"]).out
-            forwarded = try run(["ip", "netns", "exec", ns, "getent", "hosts", "www.example.test"]).out
+            forwarded = try run(["ip", "netns", "exec", ns, "getent", "hosts", "www.example.org"]).out
             if !service.isEmpty && !forwarded.isEmpty { break }
             usleep(50_000)
         }
         #expect(service.contains("192.0.2.11"), "getent ahosts web.service.consul: \(service)")
-        #expect(forwarded.contains("192.0.2.80"), "getent hosts www.example.test through Signpost's forwarding: \(forwarded)")
+        #expect(forwarded.contains("192.0.2.80"), "getent hosts www.example.org through Signpost's forwarding: \(forwarded)")
     }
 }

@@ -441,3 +441,43 @@ let resultsDirectory: String = {
     try? FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
     return dir
 }()
+
+/// Network namespaces the test creates and removes itself, each joined to this one by a veth pair in a subnet of its
+/// own: 10.N.K.1 on our side, 10.N.K.2 in namespace K (1-based), for `network` N. `names[k]`/`links[k]` are the
+/// namespace and our end of its pair. `resolvConf` gives a namespace its own /etc/resolv.conf (`ip netns exec`
+/// mounts /etc/netns/<name>/resolv.conf over it), so glibc's resolver inside asks whom the test says.
+class NetworkNamespaces {
+    let names: [String]
+    let links: [String]
+
+    init(prefix: String, network: Int, count: Int) throws {
+        let tag = String(UInt32(getpid()) % 100_000)
+        names = (1...count).map { "sp-\(prefix)-\(tag)-\($0)" }
+        links = (1...count).map { "sp\(prefix.prefix(2))\(tag)x\($0)" }
+        for k in 0..<count {
+            let (ns, link, net) = (names[k], links[k], "10.\(network).\(k + 1)")
+            for command in [["ip", "netns", "add", ns], ["ip", "link", "add", link, "type", "veth", "peer", "name", link + "p"],
+                            ["ip", "link", "set", link + "p", "netns", ns], ["ip", "addr", "add", net + ".1/24", "dev", link],
+                            ["ip", "link", "set", link, "up"], ["ip", "netns", "exec", ns, "ip", "addr", "add", net + ".2/24", "dev", link + "p"],
+                            ["ip", "netns", "exec", ns, "ip", "link", "set", link + "p", "up"], ["ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up"]] {
+                let r = try run(command)
+                guard r.status == 0 else { throw Server.ServerError(message: "\(command.joined(separator: " ")): \(r.err)") }
+            }
+        }
+    }
+
+    /// Namespace `k`'s resolv.conf.
+    func resolvConf(_ k: Int, _ text: String) throws {
+        let dir = "/etc/netns/\(names[k])"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        try text.write(toFile: dir + "/resolv.conf", atomically: true, encoding: .utf8)
+    }
+
+    deinit {
+        for link in links { _ = try? run(["ip", "link", "del", link]) }
+        for ns in names {
+            _ = try? run(["ip", "netns", "del", ns])
+            try? FileManager.default.removeItem(atPath: "/etc/netns/\(ns)")
+        }
+    }
+}

@@ -8,7 +8,9 @@ import NIOCore
 
 /// Resolves names outside the service domain through upstream resolvers, with a cache.
 ///
-/// - Upstreams are tried in policy order; a timeout, a network error, SERVFAIL or REFUSED moves on to the next.
+/// - A name goes to the upstreams of the most specific `--forward-zone` holding it (`ForwardRoutes`, which the
+///   resolver asks), else to `--upstream`. Each zone's upstreams are tried in policy order; a timeout, a network
+///   error, SERVFAIL or REFUSED moves on to the next.
 /// - An upstream that fails `downAfter` times in a row is marked down and tried last; any answer brings it back.
 /// - Identical queries in flight (name, type, class, DO) share one upstream exchange.
 /// - At most `maxConcurrent` exchanges run at once; beyond that, SERVFAIL at once (and counted).
@@ -17,8 +19,17 @@ import NIOCore
 public final class Forwarder: Sendable {
     public enum Policy: String, Sendable, CaseIterable, Codable { case sequential, random, round_robin }
 
-    public struct Configuration: Sendable, Equatable {
+    /// `--forward-zone ZONE=UPSTREAM,…`: a zone's own upstreams (split DNS). `none` zones never reach the forwarder.
+    public struct Zone: Sendable, Equatable {
+        public var name: DNSName
         public var upstreams: [SocketAddress]
+        public init(name: DNSName, upstreams: [SocketAddress]) { (self.name, self.upstreams) = (name.lowercased, upstreams) }
+    }
+
+    public struct Configuration: Sendable, Equatable {
+        /// The default upstreams (`--upstream`), for names no forward zone holds; may be empty when zones are given.
+        public var upstreams: [SocketAddress]
+        public var zones: [Zone] = []
         public var policy: Policy = .sequential
         public var timeout: TimeAmount = .seconds(2)
         public var maxConcurrent: Int = 1000
@@ -44,6 +55,12 @@ public final class Forwarder: Sendable {
     private let running = NIOLockedValueBox(0)
     /// Replaced by a reload: its upstream connections close when its last query ends.
     private let retired = ManagedAtomic(false)
+    /// Every upstream, each once: the default ones, then the zones' others. Failures, marks and metrics are kept
+    /// per upstream, whichever zones share it.
+    let all: [SocketAddress]
+    /// Indexes into `all`: the default upstreams' and each zone's, in the order given.
+    private let defaultMembers: [Int]
+    private let zoneMembers: [DNSName: [Int]]
     private let failures: NIOLockedValueBox<[Int]>
     private let rotation = NIOLockedValueBox(0)
     private let overloaded = Counter(label: "signpost_forward_overload_total")
@@ -61,9 +78,18 @@ public final class Forwarder: Sendable {
                                   maxTTL: configuration.cacheMaxTTL, staleTTL: configuration.staleTTL, clock: clock)
         self.client = UpstreamClient(group: group, timeout: configuration.timeout)
         self.logger = logger
-        self.failures = NIOLockedValueBox(Array(repeating: 0, count: configuration.upstreams.count))
-        self.upstreamMetrics = configuration.upstreams.map { upstream in
-            let name = "\(upstream.ipAddress ?? "?"):\(upstream.port ?? 0)"
+        var all: [SocketAddress] = []
+        func index(_ a: SocketAddress) -> Int {
+            if let i = all.firstIndex(of: a) { return i }
+            all.append(a)
+            return all.count - 1
+        }
+        self.defaultMembers = configuration.upstreams.map(index)
+        self.zoneMembers = Dictionary(configuration.zones.map { ($0.name, $0.upstreams.map(index)) }, uniquingKeysWith: { _, last in last })
+        self.all = all
+        self.failures = NIOLockedValueBox(Array(repeating: 0, count: all.count))
+        self.upstreamMetrics = all.map { upstream in
+            let name = Self.label(upstream)
             func failures(_ reason: String) -> Counter {
                 Counter(label: "signpost_upstream_failures_total", dimensions: [("upstream", name), ("reason", reason)])
             }
@@ -71,6 +97,9 @@ public final class Forwarder: Sendable {
                     failures("timeout"), failures("error"), failures("servfail"), failures("refused"), failures("connection_refused"))
         }
     }
+
+    /// An upstream as metrics, logs and `explain` name it: `IP:PORT`.
+    public static func label(_ upstream: SocketAddress) -> String { "\(upstream.ipAddress ?? "?"):\(upstream.port ?? 0)" }
 
     /// Counts a hit that the fast path answered from `cache.wire`.
     func countHit() { hits.increment() }
@@ -83,7 +112,8 @@ public final class Forwarder: Sendable {
         return answer
     }
 
-    public func resolve(_ question: Question, dnssecOK: Bool) async -> Outcome {
+    /// `zone`: the forward zone holding the name (`Resolver.forwarding`), nil for the default upstreams.
+    public func resolve(_ question: Question, dnssecOK: Bool, zone: DNSName? = nil) async -> Outcome {
         let key = ForwardCache.Key(name: question.name, type: question.type, qclass: question.qclass, dnssecOK: dnssecOK)
         let stale: Answer?
         switch cache.lookup(key) {
@@ -103,7 +133,7 @@ public final class Forwarder: Sendable {
                 n += 1
                 return true
             }) else { return nil }
-            let t = Task { await self.fetch(question, dnssecOK: dnssecOK, key: key) }
+            let t = Task { await self.fetch(question, dnssecOK: dnssecOK, key: key, zone: zone) }
             map[key] = t
             return t
         }
@@ -119,7 +149,7 @@ public final class Forwarder: Sendable {
         return outcome
     }
 
-    private func fetch(_ question: Question, dnssecOK: Bool, key: ForwardCache.Key) async -> Outcome {
+    private func fetch(_ question: Question, dnssecOK: Bool, key: ForwardCache.Key, zone: DNSName?) async -> Outcome {
         defer {
             inflight.withLockedValue { $0[key] = nil }
             let idle = running.withLockedValue { n -> Bool in
@@ -128,10 +158,10 @@ public final class Forwarder: Sendable {
             }
             if idle, retired.load(ordering: .acquiring) { client.pool.shutdown() }
         }
-        for i in order() {
+        for i in order(zone: zone) {
             let started = Uptime.nanoseconds
             do {
-                let reply = try await client.exchange(question, dnssecOK: dnssecOK, upstream: configuration.upstreams[i])
+                let reply = try await client.exchange(question, dnssecOK: dnssecOK, upstream: all[i])
                 upstreamMetrics[i].duration.recordNanoseconds(Int64(Uptime.nanoseconds - started))
                 let rcode = reply.rcode
                 if rcode == RCode.servFail || rcode == RCode.refused {
@@ -147,7 +177,7 @@ public final class Forwarder: Sendable {
                 let m = upstreamMetrics[i]
                 (error is UpstreamClient.Timeout ? m.timeout : UpstreamClient.isRefusal(error) ? m.connectionRefused : m.error).increment()
                 markFailure(i)
-                logger.debug("upstream failed", metadata: ["upstream": "\(configuration.upstreams[i])", "error": "\(error)"])
+                logger.debug("upstream failed", metadata: ["upstream": "\(all[i])", "error": "\(error)"])
             }
         }
         return .failure
@@ -160,15 +190,16 @@ public final class Forwarder: Sendable {
         if running.withLockedValue({ $0 == 0 }) { client.pool.shutdown() }
     }
 
-    /// Upstream indexes in policy order, with the ones marked down moved to the end.
-    func order() -> [Int] {
-        let n = configuration.upstreams.count
-        var base = Array(0..<n)
+    /// The upstreams of `zone` (nil: the default ones), as indexes into `all`, in policy order, with the ones marked
+    /// down moved to the end.
+    func order(zone: DNSName? = nil) -> [Int] {
+        var base = zone.flatMap { zoneMembers[$0.lowercased] } ?? defaultMembers
+        let n = base.count
         switch configuration.policy {
         case .sequential: break
         case .random: base.shuffle()
         case .round_robin:
-            let start = rotation.withLockedValue { r in defer { r = (r + 1) % max(n, 1) }; return r }
+            let start = rotation.withLockedValue { r in defer { r = r &+ 1 }; return r } % max(n, 1)
             base = Array(base[start...] + base[..<start])
         }
         let down = failures.withLockedValue { f in Set(base.filter { f[$0] >= configuration.downAfter }) }
@@ -178,14 +209,14 @@ public final class Forwarder: Sendable {
     private func markFailure(_ i: Int) {
         let count = failures.withLockedValue { f in f[i] += 1; return f[i] }
         if count == configuration.downAfter {
-            logger.warning("upstream marked down", metadata: ["upstream": "\(configuration.upstreams[i])"])
+            logger.warning("upstream marked down", metadata: ["upstream": "\(all[i])"])
         }
     }
 
     private func markSuccess(_ i: Int) {
         let was = failures.withLockedValue { f in defer { f[i] = 0 }; return f[i] }
         if was >= configuration.downAfter {
-            logger.info("upstream up again", metadata: ["upstream": "\(configuration.upstreams[i])"])
+            logger.info("upstream up again", metadata: ["upstream": "\(all[i])"])
         }
     }
 
@@ -196,7 +227,7 @@ public final class Forwarder: Sendable {
             let down = failures.withLockedValue { f in f.indices.filter { f[$0] >= configuration.downAfter } }
             for i in down {
                 if (try? await client.exchange(Question(name: .root, type: RRType.ns), dnssecOK: false,
-                                               upstream: configuration.upstreams[i])) != nil {
+                                               upstream: all[i])) != nil {
                     markSuccess(i)
                 }
             }

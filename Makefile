@@ -9,7 +9,7 @@ SUDO     := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 # System packages: what building and serving needs, and what the test suite adds.
 RUN_PACKAGES  := libldns-dev libssl-dev pkg-config
-TEST_PACKAGES := $(RUN_PACKAGES) bind9-dnsutils knot-dnsutils ldnsutils iproute2 etcd-server etcd-client knot dnsperf \
+TEST_PACKAGES := $(RUN_PACKAGES) bind9-dnsutils knot-dnsutils ldnsutils iproute2 etcd-server etcd-client knot dnsperf unbound \
                  golang-go golang-google-grpc-dev dnsviz zonemaster-cli musl-tools python3-consul chromium fonts-dejavu-core \
                  openssl python3-cryptography
 

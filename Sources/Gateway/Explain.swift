@@ -174,13 +174,13 @@ extension QueryHandler {
                 return p("outside", "outside the service domain: the locally served zone \(zone.origin) (RFC 6303, RFC 6761), answered here, never forwarded")
             case .refusedZone(let zone): return p("outside", "outside the service domain: --forward-zone \(zone)=none, REFUSED, never forwarded")
             case .forwarded(let zone?):
-                let upstreams = forwarder?.configuration.zones.first { $0.name == zone }?.upstreams.map(Forwarder.label).joined(separator: ", ") ?? "?"
+                let upstreams = forwarder?.configuration.zones.first { $0.name == zone }?.upstreams.map { "\($0)" }.joined(separator: ", ") ?? "?"
                 return p("outside", "outside the service domain: forwarded by --forward-zone \(zone) to \(upstreams)")
             case .forwarded(nil):
                 guard let forwarder, !forwarder.configuration.upstreams.isEmpty else {
                     return p("outside", "outside the service domain, and not forwarded: REFUSED")
                 }
-                return p("outside", "outside the service domain: forwarded to --upstream \(forwarder.configuration.upstreams.map(Forwarder.label).joined(separator: ", "))")
+                return p("outside", "outside the service domain: forwarded to --upstream \(forwarder.configuration.upstreams.map { "\($0)" }.joined(separator: ", "))")
             }
         case .notLoaded: return p("not-loaded", "the registries have not loaded yet: SERVFAIL, never a false NXDOMAIN")
         case .apex: return p("apex", "the domain's apex: SOA and NS")

@@ -87,13 +87,19 @@ struct Serve: AsyncParsableCommand {
     @Flag(name: .long, inversion: .prefixedNo, help: "Log every query (client, name, type, protocol, rcode, size, duration) at info level. Default off.")
     var queryLog: Bool?
 
-    @Option(name: .long, help: ArgumentHelp("Forward other names to this resolver (port 53 by default). Repeatable. Default: the nameservers in /etc/resolv.conf, except Signpost's own addresses.", valueName: "HOST[:PORT]"))
+    @Option(name: .long, help: ArgumentHelp("Forward other names to this resolver (port 53 by default), or over DNS over TLS with tls://IP[:853]@NAME (its certificate must name NAME). Repeatable. Default: the nameservers in /etc/resolv.conf, except Signpost's own addresses.", valueName: "HOST[:PORT]|tls://IP[:PORT]@NAME"))
     var upstream: [String] = []
+
+    @Option(name: .long, help: ArgumentHelp("CA certificates (PEM) that tls:// upstreams' certificates must chain to. Default: the system's roots.", valueName: "FILE"))
+    var upstreamCa: String?
+
+    @Option(name: .long, help: ArgumentHelp("Close a pooled TCP or TLS connection to an upstream after this long with no query. Default 10s.", valueName: "DURATION"))
+    var upstreamIdleTimeout: DurationSetting?
 
     @Flag(name: .long, inversion: .prefixedNo, help: "Forward names outside the domain and the zones (the default); --no-forward answers them REFUSED.")
     var forward: Bool?
 
-    @Option(name: .long, help: ArgumentHelp("Split DNS: forward names in ZONE (and its reverse zones alike, e.g. 10.in-addr.arpa) to these resolvers instead of --upstream; the most specific zone wins. \"none\": answer REFUSED and never forward. Repeatable.", valueName: "ZONE=HOST[:PORT][,…]|none"))
+    @Option(name: .long, help: ArgumentHelp("Split DNS: forward names in ZONE (and its reverse zones alike, e.g. 10.in-addr.arpa) to these resolvers instead of --upstream; the most specific zone wins. \"none\": answer REFUSED and never forward. Repeatable.", valueName: "ZONE=UPSTREAM[,…]|none"))
     var forwardZone: [String] = []
 
     @Flag(name: .long, inversion: .prefixedNo, help: "With forwarding on, answer the private and special-use zones here, never forwarding them: localhost, test, invalid, onion, home.arpa and the reverse zones of RFC 1918, 100.64/10, link-local, loopback and ULA (RFC 6303, RFC 6761; Unbound's defaults). A --forward-zone or a zone file covering one wins. Default on.")

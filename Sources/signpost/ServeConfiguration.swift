@@ -197,47 +197,52 @@ struct ServeConfiguration: Sendable, Equatable {
         var access = AccessControl()
         if case let list = s.allowRecursion, !list.isEmpty { access = AccessControl(allowed: try list.map { t throws(ConfigurationError) in try CIDR(t) }) }
         guard s.forward ?? true else { return (nil, access, ForwardRoutes()) }
-        func address(_ text: String, _ flag: String) throws(ConfigurationError) -> SocketAddress {
-            let u: ListenAddress
-            do { u = try ListenAddress(parsing: text, defaultPort: 53) } catch { throw ConfigurationError("invalid \(flag) \"\(text)\": \(error.description)") }
-            guard let a = try? SocketAddress(ipAddress: u.host, port: u.port) else { throw ConfigurationError("invalid \(flag) \"\(text)\": not an IP address") }
-            return a
+        /// A list of upstreams for one zone (or `--upstream`): all DNS over TLS, or none, so a zone forwarded over
+        /// TLS never falls back to plain DNS; never one of our own listening addresses.
+        func upstreams(_ texts: [String], _ flag: String) throws(ConfigurationError) -> [Upstream] {
+            var out: [Upstream] = []
+            for text in texts {
+                do { out.append(try Upstream(parsing: text)) } catch { throw ConfigurationError("\(flag): \(error.description)") }
+            }
+            if out.contains(where: \.isTLS) && out.contains(where: { !$0.isTLS }) {
+                throw ConfigurationError("\(flag) mixes tls:// and plain upstreams: a zone forwarded over TLS must never fall back to plain DNS")
+            }
+            return out.filter { u in !listen.contains { Upstream(parsingIfAddress: $0).map { $0.address == u.address } ?? false } }
         }
         var zones: [Forwarder.Zone] = [], refused: [DNSName] = []
         for text in s.forwardZone {
             let parts = text.split(separator: "=", maxSplits: 1).map(String.init)
             guard parts.count == 2, let zone = try? DNSName(parts[0]), !parts[1].isEmpty else {
-                throw ConfigurationError("invalid --forward-zone \"\(text)\": expected ZONE=HOST[:PORT][,HOST[:PORT]…] or ZONE=none")
+                throw ConfigurationError("invalid --forward-zone \"\(text)\": expected ZONE=UPSTREAM[,UPSTREAM…] (HOST[:PORT] or tls://IP[:853]@NAME) or ZONE=none")
             }
             guard !zones.contains(where: { $0.name == zone.lowercased }) && !refused.contains(zone) else {
                 throw ConfigurationError("--forward-zone \(zone) is given twice")
             }
             if parts[1].lowercased() == "none" { refused.append(zone); continue }
-            var upstreams: [SocketAddress] = []
-            for u in parts[1].split(separator: ",") { upstreams.append(try address(String(u), "--forward-zone \(zone)")) }
-            zones.append(Forwarder.Zone(name: zone, upstreams: upstreams))
+            let list = try upstreams(parts[1].split(separator: ",").map(String.init), "--forward-zone \(zone)")
+            guard !list.isEmpty else { throw ConfigurationError("--forward-zone \(zone) names only Signpost's own addresses") }
+            zones.append(Forwarder.Zone(name: zone, upstreams: list))
         }
         let routes = ForwardRoutes(forwardZones: zones.map { ($0.name, false) } + refused.map { ($0, true) }, localZones: s.localZones ?? true)
-        var chosen: [ListenAddress] = []
+        let defaults: [Upstream]
         if case let given = s.upstream, !given.isEmpty {
-            for text in given {
-                do { chosen.append(try ListenAddress(parsing: text, defaultPort: 53)) } catch {
-                    throw ConfigurationError("invalid --upstream \"\(text)\": \(error.description)")
-                }
-            }
-            // Never forward to ourselves.
-            chosen.removeAll { u in listen.contains { $0.host == u.host && $0.port == u.port } }
+            defaults = try upstreams(given, "--upstream")
         } else {
-            chosen = defaultUpstreams(resolvConf: resolvConf(), listen: listen)
-        }
-        var addresses: [SocketAddress] = []
-        for u in chosen {
-            guard let a = try? SocketAddress(ipAddress: u.host, port: u.port) else { throw ConfigurationError("invalid upstream \"\(u)\": not an IP address") }
-            addresses.append(a)
+            defaults = try defaultUpstreams(resolvConf: resolvConf(), listen: listen).map { u throws(ConfigurationError) in
+                try Upstream(parsing: u.host.contains(":") ? "[\(u.host)]:\(u.port)" : "\(u.host):\(u.port)")
+            }
         }
         // Forward zones alone forward too; names outside them are then REFUSED, as with forwarding off.
-        guard !addresses.isEmpty || !zones.isEmpty else { return (nil, access, ForwardRoutes()) }
-        var config = Forwarder.Configuration(upstreams: addresses)
+        guard !defaults.isEmpty || !zones.isEmpty else { return (nil, access, ForwardRoutes()) }
+        var config = Forwarder.Configuration(upstreams: defaults)
+        config.tlsCA = s.upstreamCa
+        if let ca = s.upstreamCa {
+            do { _ = try Forwarder.tlsConfiguration(ca: ca) } catch { throw ConfigurationError("--upstream-ca \(ca): cannot read PEM certificates (\(error))") }
+        }
+        guard let idle = (s.upstreamIdleTimeout ?? DurationSetting(.seconds(10))).value.timeAmount, idle > .zero else {
+            throw ConfigurationError("--upstream-idle-timeout must be positive")
+        }
+        config.idleTimeout = idle
         config.zones = zones
         config.policy = s.upstreamPolicy ?? .sequential
         guard let timeout = (s.upstreamTimeout ?? DurationSetting(.seconds(2))).value.timeAmount, timeout > .zero else {

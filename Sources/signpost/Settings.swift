@@ -120,7 +120,8 @@ extension Serve {
          .value("cache-max-ttl", \.cacheMaxTTL), .value("stale-ttl", \.staleTTL), .list("allow-recursion", \.allowRecursion),
          .value("state-dir", \.stateDir), .value("locality", \.locality), .value("zone", \.zone), .list("client-zone", \.clientZone),
          .list("locality-key", \.localityKey), .value("locality-min", \.localityMin), .value("locality-min-share", \.localityMinShare),
-         .list("ecs-trusted", \.ecsTrusted), .list("forward-zone", \.forwardZone)]
+         .list("ecs-trusted", \.ecsTrusted), .list("forward-zone", \.forwardZone),
+         .value("upstream-ca", \.upstreamCa), .value("upstream-idle-timeout", \.upstreamIdleTimeout)]
             + FileSetting.flag("only-passing", \.onlyPassing) + FileSetting.flag("node-meta-txt", \.nodeMetaTxt)
             + FileSetting.flag("query-log", \.queryLog) + FileSetting.flag("forward", \.forward)
             + FileSetting.flag("local-zones", \.localZones)

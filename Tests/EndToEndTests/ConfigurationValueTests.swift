@@ -27,7 +27,7 @@ struct ConfigurationValueTests {
         #expect(c.restartOnly.server.listen == [try ListenAddress(parsing: "127.0.0.1:8600")])
         #expect(c.restartOnly.server.tcpIdleTimeout == .seconds(10))
         #expect(c.restartOnly.registries == [.file(directory: "zones/catalog")])
-        #expect(c.forwarding?.upstreams == [try SocketAddress(ipAddress: "192.0.2.53", port: 53)])
+        #expect(c.forwarding?.upstreams == [Upstream(try SocketAddress(ipAddress: "192.0.2.53", port: 53))])
         #expect(c.forwarding?.timeout == .seconds(2) && c.maxStale == nil && c.rateLimit == nil && !c.queryLog)
     }
 
@@ -94,7 +94,7 @@ struct ConfigurationValueTests {
                                                    resolvConf: { "nameserver 127.0.0.1\nnameserver 192.0.2.53\n" },
                                                    running: [try ListenAddress(parsing: "127.0.0.1:53")])
         #expect(reloaded.resolver.nameserverAddresses == [Address("127.0.0.1")!])
-        #expect(reloaded.forwarding?.upstreams == [try SocketAddress(ipAddress: "192.0.2.53", port: 53)])
+        #expect(reloaded.forwarding?.upstreams == [Upstream(try SocketAddress(ipAddress: "192.0.2.53", port: 53))])
     }
 
     @Test func aReloadKeepsTheResolverWhenItsPartIsUnchanged() throws {

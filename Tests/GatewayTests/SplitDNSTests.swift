@@ -65,3 +65,18 @@ struct SplitDNSTests {
         #expect(forwarding("web.service.consul") == .local)
     }
 }
+
+/// `--upstream` and `--forward-zone` upstream syntax: plain `HOST[:PORT]`, or DNS over TLS `tls://IP[:PORT]@NAME`.
+@Suite("Upstream syntax")
+struct UpstreamSyntaxTests {
+    @Test func plainAndTLSForms() throws {
+        #expect(try Upstream(parsing: "192.0.2.53").description == "192.0.2.53:53")
+        #expect(try Upstream(parsing: "[2001:db8::53]:5353").description == "2001:db8::53:5353")
+        let tls = try Upstream(parsing: "tls://192.0.2.53@dns.example")
+        #expect(tls.isTLS && tls.tlsName == "dns.example" && tls.address.port == 853 && tls.description == "tls://192.0.2.53:853@dns.example")
+        #expect(try Upstream(parsing: "TLS://192.0.2.53:8853@dns.example").address.port == 8853)
+        for bad in ["tls://192.0.2.53", "tls://192.0.2.53@", "dns.example", "tls://dns.example@dns.example", "192.0.2.53:99999"] {
+            #expect(throws: ConfigurationError.self, "\(bad)") { try Upstream(parsing: bad) }
+        }
+    }
+}

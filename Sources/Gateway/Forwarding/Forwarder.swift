@@ -5,6 +5,7 @@ import Logging
 import Metrics
 import NIOConcurrencyHelpers
 import NIOCore
+import NIOSSL
 
 /// Resolves names outside the service domain through upstream resolvers, with a cache.
 ///
@@ -22,14 +23,19 @@ public final class Forwarder: Sendable {
     /// `--forward-zone ZONE=UPSTREAM,…`: a zone's own upstreams (split DNS). `none` zones never reach the forwarder.
     public struct Zone: Sendable, Equatable {
         public var name: DNSName
-        public var upstreams: [SocketAddress]
-        public init(name: DNSName, upstreams: [SocketAddress]) { (self.name, self.upstreams) = (name.lowercased, upstreams) }
+        public var upstreams: [Upstream]
+        public init(name: DNSName, upstreams: [Upstream]) { (self.name, self.upstreams) = (name.lowercased, upstreams) }
     }
 
     public struct Configuration: Sendable, Equatable {
         /// The default upstreams (`--upstream`), for names no forward zone holds; may be empty when zones are given.
-        public var upstreams: [SocketAddress]
+        public var upstreams: [Upstream]
         public var zones: [Zone] = []
+        /// `--upstream-ca FILE`: the CA certificates (PEM) a DNS-over-TLS upstream's certificate must chain to; nil:
+        /// the system's roots.
+        public var tlsCA: String? = nil
+        /// Pooled TCP and TLS connections to upstreams close after this long with no query (`--upstream-idle-timeout`).
+        public var idleTimeout: TimeAmount = .seconds(10)
         public var policy: Policy = .sequential
         public var timeout: TimeAmount = .seconds(2)
         public var maxConcurrent: Int = 1000
@@ -39,7 +45,8 @@ public final class Forwarder: Sendable {
         public var staleTTL: UInt32 = 86400
         public var downAfter: Int = 3
 
-        public init(upstreams: [SocketAddress]) { self.upstreams = upstreams }
+        public init(upstreams: [Upstream]) { self.upstreams = upstreams }
+        public init(upstreams: [SocketAddress]) { self.upstreams = upstreams.map { Upstream($0) } }
     }
 
     public enum Outcome: Sendable {
@@ -57,7 +64,7 @@ public final class Forwarder: Sendable {
     private let retired = ManagedAtomic(false)
     /// Every upstream, each once: the default ones, then the zones' others. Failures, marks and metrics are kept
     /// per upstream, whichever zones share it.
-    let all: [SocketAddress]
+    let all: [Upstream]
     /// Indexes into `all`: the default upstreams' and each zone's, in the order given.
     private let defaultMembers: [Int]
     private let zoneMembers: [DNSName: [Int]]
@@ -68,7 +75,7 @@ public final class Forwarder: Sendable {
     private let misses = Counter(label: "signpost_cache_requests_total", dimensions: [("result", "miss")])
     /// Per upstream: exchange latency, and failures by kind.
     private let upstreamMetrics: [(duration: Timer, timeout: Counter, error: Counter, servfail: Counter, refused: Counter,
-                                   connectionRefused: Counter)]
+                                   connectionRefused: Counter, handshake: Counter)]
 
     /// `clock`: the cache's now, in `Uptime` nanoseconds (tests drive it).
     public init(configuration: Configuration, group: any EventLoopGroup, logger: Logger,
@@ -76,10 +83,11 @@ public final class Forwarder: Sendable {
         self.configuration = configuration
         self.cache = ForwardCache(capacity: configuration.cacheSize, minTTL: configuration.cacheMinTTL,
                                   maxTTL: configuration.cacheMaxTTL, staleTTL: configuration.staleTTL, clock: clock)
-        self.client = UpstreamClient(group: group, timeout: configuration.timeout)
+        self.client = UpstreamClient(group: group, timeout: configuration.timeout, idleTimeout: configuration.idleTimeout,
+                                     tls: Self.tlsContext(configuration, logger: logger))
         self.logger = logger
-        var all: [SocketAddress] = []
-        func index(_ a: SocketAddress) -> Int {
+        var all: [Upstream] = []
+        func index(_ a: Upstream) -> Int {
             if let i = all.firstIndex(of: a) { return i }
             all.append(a)
             return all.count - 1
@@ -89,17 +97,38 @@ public final class Forwarder: Sendable {
         self.all = all
         self.failures = NIOLockedValueBox(Array(repeating: 0, count: all.count))
         self.upstreamMetrics = all.map { upstream in
-            let name = Self.label(upstream)
+            let name = upstream.description
             func failures(_ reason: String) -> Counter {
                 Counter(label: "signpost_upstream_failures_total", dimensions: [("upstream", name), ("reason", reason)])
             }
             return (Timer(label: "signpost_upstream_duration_seconds", dimensions: [("upstream", name)]),
-                    failures("timeout"), failures("error"), failures("servfail"), failures("refused"), failures("connection_refused"))
+                    failures("timeout"), failures("error"), failures("servfail"), failures("refused"), failures("connection_refused"),
+                    failures("tls_handshake"))
         }
     }
 
-    /// An upstream as metrics, logs and `explain` name it: `IP:PORT`.
-    public static func label(_ upstream: SocketAddress) -> String { "\(upstream.ipAddress ?? "?"):\(upstream.port ?? 0)" }
+    /// The TLS client context for `tls://` upstreams: TLS 1.2 or later, the certificate verified against the
+    /// upstream's NAME and `--upstream-ca` or the system's roots (RFC 7858 §4.2's strict profile). Nil when no
+    /// upstream uses TLS, or the CA file cannot be read (then every TLS exchange fails, and says so).
+    static func tlsContext(_ configuration: Configuration, logger: Logger) -> NIOSSLContext? {
+        guard (configuration.upstreams + configuration.zones.flatMap(\.upstreams)).contains(where: \.isTLS) else { return nil }
+        do { return try NIOSSLContext(configuration: try tlsConfiguration(ca: configuration.tlsCA)) } catch {
+            logger.error("DNS-over-TLS upstreams cannot be used", metadata: ["ca": "\(configuration.tlsCA ?? "system")", "error": "\(error)"])
+            return nil
+        }
+    }
+
+    /// The client TLS configuration; throws when `ca` cannot be read as PEM certificates (checked at start-up too).
+    /// The chain is verified here; the name is checked after the handshake (`HandshakeWaiter`), against NAME alone:
+    /// NIOSSL's own check also accepts a certificate for the IP address connected to, which RFC 7858's
+    /// authentication by name must not.
+    public static func tlsConfiguration(ca: String?) throws -> TLSConfiguration {
+        var tls = TLSConfiguration.makeClientConfiguration()
+        tls.minimumTLSVersion = .tlsv12
+        tls.certificateVerification = .noHostnameVerification
+        if let ca { tls.trustRoots = .certificates(try NIOSSLCertificate.fromPEMFile(ca)) }
+        return tls
+    }
 
     /// Counts a hit that the fast path answered from `cache.wire`.
     func countHit() { hits.increment() }
@@ -175,9 +204,16 @@ public final class Forwarder: Sendable {
                                       additional: reply.additional.filter { $0.type != RRType.opt }))
             } catch {
                 let m = upstreamMetrics[i]
-                (error is UpstreamClient.Timeout ? m.timeout : UpstreamClient.isRefusal(error) ? m.connectionRefused : m.error).increment()
-                markFailure(i)
-                logger.debug("upstream failed", metadata: ["upstream": "\(all[i])", "error": "\(error)"])
+                (error is UpstreamClient.Timeout ? m.timeout : UpstreamClient.isRefusal(error) ? m.connectionRefused
+                    : error is UpstreamClient.HandshakeFailed ? m.handshake : m.error).increment()
+                // A failed TLS handshake is a configuration problem more often than an outage (a wrong NAME, a CA
+                // not trusted): said at warning level, once for each run of failures.
+                let first = markFailure(i) == 1
+                if first, let handshake = error as? UpstreamClient.HandshakeFailed {
+                    logger.warning("TLS handshake with upstream failed", metadata: ["upstream": "\(all[i])", "error": "\(handshake.reason)"])
+                } else {
+                    logger.debug("upstream failed", metadata: ["upstream": "\(all[i])", "error": "\(error)"])
+                }
             }
         }
         return .failure
@@ -206,11 +242,14 @@ public final class Forwarder: Sendable {
         return base.filter { !down.contains($0) } + base.filter { down.contains($0) }
     }
 
-    private func markFailure(_ i: Int) {
+    /// Counts a failure; returns the upstream's failures in a row.
+    @discardableResult
+    private func markFailure(_ i: Int) -> Int {
         let count = failures.withLockedValue { f in f[i] += 1; return f[i] }
         if count == configuration.downAfter {
             logger.warning("upstream marked down", metadata: ["upstream": "\(all[i])"])
         }
+        return count
     }
 
     private func markSuccess(_ i: Int) {

@@ -4,6 +4,9 @@ import NIOConcurrencyHelpers
 import NIOCore
 import NIOExtras
 import NIOPosix
+import NIOSSL
+import NIOTLS
+import X509
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -14,14 +17,29 @@ import Glibc
 /// The UDP socket is connected to the upstream: the kernel then delivers only that address's datagrams, and an
 /// ICMP port-unreachable comes back as ECONNREFUSED at once, so a refusing upstream fails over in milliseconds
 /// instead of after the whole timeout.
+///
+/// A `tls://` upstream (DNS over TLS, RFC 7858) is asked over a pooled TLS connection only, never over plain UDP or
+/// TCP: its answers must not be readable or forgeable on the path, so it has no plain fallback.
 struct UpstreamClient: Sendable {
     let group: any EventLoopGroup
     let timeout: TimeAmount
     let mismatches = Counter(label: "signpost_upstream_mismatched_replies_total")
-    let pool = TCPPool()
+    let pool: TCPPool
+
+    init(group: any EventLoopGroup, timeout: TimeAmount, idleTimeout: TimeAmount = .seconds(10), tls: NIOSSLContext? = nil) {
+        self.group = group
+        self.timeout = timeout
+        self.pool = TCPPool(idleTimeout: idleTimeout, tls: tls)
+    }
 
     struct Timeout: Error {}
     struct Malformed: Error {}
+    /// The TLS handshake with a `tls://` upstream failed: refused, a certificate that does not match its NAME or
+    /// chain to a trusted CA, or no TLS at all.
+    struct HandshakeFailed: Error, CustomStringConvertible {
+        var reason: String
+        var description: String { "TLS handshake failed: \(reason)" }
+    }
 
     /// Whether an exchange failed because the upstream's port refused it (ICMP port unreachable).
     static func isRefusal(_ error: any Error) -> Bool {
@@ -29,12 +47,13 @@ struct UpstreamClient: Sendable {
     }
 
     /// Sends `question` (RD set, EDNS with `udpSize` and the client's DO bit) and returns the parsed reply.
-    func exchange(_ question: Question, dnssecOK: Bool, upstream: SocketAddress) async throws -> Message {
+    func exchange(_ question: Question, dnssecOK: Bool, upstream: Upstream) async throws -> Message {
         let id = UInt16.random(in: 0...UInt16.max)
         let query = Self.encodeQuery(question, id: id, dnssecOK: dnssecOK)
-        let reply = try await udp(query, id: id, question: question, upstream: upstream)
+        if upstream.isTLS { return try await stream(query, question: question, upstream: upstream) }
+        let reply = try await udp(query, id: id, question: question, upstream: upstream.address)
         if reply.header.tc {
-            return try await tcp(query, id: id, question: question, upstream: upstream)
+            return try await stream(query, question: question, upstream: upstream)
         }
         return reply
     }
@@ -69,13 +88,13 @@ struct UpstreamClient: Sendable {
         return try await promise.result()
     }
 
-    /// Over a pooled TCP connection to the upstream (RFC 7766): one connection per upstream, reused while the
-    /// upstream keeps it open, with queries pipelined and replies matched by ID and question.
-    private func tcp(_ query: ByteBuffer, id: UInt16, question: Question, upstream: SocketAddress) async throws -> Message {
+    /// Over a pooled TCP or TLS connection to the upstream (RFC 7766, RFC 7858): one connection per upstream,
+    /// reused while it stays open, with queries pipelined and replies matched by ID and question.
+    private func stream(_ query: ByteBuffer, question: Question, upstream: Upstream) async throws -> Message {
         let connection: TCPConnection
         do { connection = try await pool.connection(to: upstream, group: group, timeout: timeout, mismatches: mismatches) } catch is TCPPool.Closed {
             // A query that reached a forwarder a reload has retired: a connection of its own, closed after it.
-            let own = try await TCPPool.open(upstream, group: group, timeout: timeout, mismatches: mismatches)
+            let own = try await pool.open(upstream, group: group, timeout: timeout, mismatches: mismatches)
             defer { own.close() }
             return try await own.exchange(query, question: question, timeout: timeout)
         }
@@ -83,23 +102,32 @@ struct UpstreamClient: Sendable {
     }
 }
 
-/// One reusable TCP connection per upstream. Concurrent callers share one connection attempt, so two queries that
-/// find no connection do not open two; `shutdown()` closes every connection and opens none after it.
+/// One reusable TCP (or TLS) connection per upstream. Concurrent callers share one connection attempt, so two
+/// queries that find no connection do not open two; a connection with no query for `idleTimeout` closes (CoreDNS's
+/// `forward` expires its pooled connections after 10 s too); `shutdown()` closes every connection and opens none
+/// after it.
 final class TCPPool: Sendable {
     private struct State {
-        var connections: [SocketAddress: Task<TCPConnection, any Error>] = [:]
+        var connections: [Upstream: Task<TCPConnection, any Error>] = [:]
         var closed = false
     }
     private let state = NIOLockedValueBox(State())
+    let idleTimeout: TimeAmount
+    let tls: NIOSSLContext?
+
+    init(idleTimeout: TimeAmount = .seconds(10), tls: NIOSSLContext? = nil) {
+        self.idleTimeout = idleTimeout
+        self.tls = tls
+    }
 
     struct Closed: Error {}
 
-    func connection(to upstream: SocketAddress, group: any EventLoopGroup, timeout: TimeAmount, mismatches: Counter) async throws -> TCPConnection {
+    func connection(to upstream: Upstream, group: any EventLoopGroup, timeout: TimeAmount, mismatches: Counter) async throws -> TCPConnection {
         while true {
             let attempt: Task<TCPConnection, any Error> = try state.withLockedValue { s in
                 if s.closed { throw Closed() }
                 if let existing = s.connections[upstream] { return existing }
-                let task = Task { try await Self.open(upstream, group: group, timeout: timeout, mismatches: mismatches) }
+                let task = Task { try await self.open(upstream, group: group, timeout: timeout, mismatches: mismatches) }
                 s.connections[upstream] = task
                 return task
             }
@@ -115,19 +143,54 @@ final class TCPPool: Sendable {
         }
     }
 
-    static func open(_ upstream: SocketAddress, group: any EventLoopGroup, timeout: TimeAmount, mismatches: Counter) async throws -> TCPConnection {
+    /// `signpost_upstream_connections_total{upstream}`: connections opened, so reuse shows (one per upstream while
+    /// it keeps answering).
+    static func opened(_ upstream: Upstream) -> Counter {
+        Counter(label: "signpost_upstream_connections_total", dimensions: [("upstream", upstream.description)])
+    }
+
+    /// A new connection; for a `tls://` upstream, returned once its handshake has completed, so a refused or failed
+    /// handshake fails at once (`UpstreamClient.HandshakeFailed`), and the caller moves on to the next upstream.
+    func open(_ upstream: Upstream, group: any EventLoopGroup, timeout: TimeAmount, mismatches: Counter) async throws -> TCPConnection {
         let connection = TCPConnection(mismatches: mismatches)
+        let handshake: HandshakeWaiter?
+        let context: NIOSSLContext?
+        if let name = upstream.tlsName {
+            guard let tls else { throw UpstreamClient.HandshakeFailed(reason: "no TLS context (see the error logged at start-up)") }
+            (handshake, context) = (HandshakeWaiter(name: name), tls)
+        } else {
+            (handshake, context) = (nil, nil)
+        }
+        let idle = idleTimeout
         let channel = try await ClientBootstrap(group: group)
             .connectTimeout(timeout)
             .channelInitializer { ch in
                 ch.eventLoop.makeCompletedFuture {
-                    try ch.pipeline.syncOperations.addHandler(ByteToMessageHandler(LengthFieldBasedFrameDecoder(lengthFieldBitLength: .twoBytes)))
-                    try ch.pipeline.syncOperations.addHandler(LengthFieldPrepender(lengthFieldBitLength: .twoBytes))
-                    try ch.pipeline.syncOperations.addHandler(connection)
+                    let sync = ch.pipeline.syncOperations
+                    if let context, let handshake, let name = upstream.tlsName {
+                        try sync.addHandler(try NIOSSLClientHandler(context: context, serverHostname: name))
+                        try sync.addHandler(handshake)
+                    }
+                    try sync.addHandler(IdleStateHandler(allTimeout: idle))
+                    try sync.addHandler(ByteToMessageHandler(LengthFieldBasedFrameDecoder(lengthFieldBitLength: .twoBytes)))
+                    try sync.addHandler(LengthFieldPrepender(lengthFieldBitLength: .twoBytes))
+                    try sync.addHandler(connection)
                 }
             }
-            .connect(to: upstream).get()
+            .connect(to: upstream.address).get()
         connection.attach(channel)
+        Self.opened(upstream).increment()
+        if let handshake {
+            let timer = channel.eventLoop.scheduleTask(in: timeout) { handshake.fail(UpstreamClient.Timeout()) }
+            defer { timer.cancel() }
+            do { try await handshake.done.futureResult.get() } catch let error as UpstreamClient.Timeout {
+                channel.close(promise: nil)
+                throw error
+            } catch {
+                channel.close(promise: nil)
+                throw UpstreamClient.HandshakeFailed(reason: "\(error)")
+            }
+        }
         return connection
     }
 
@@ -196,6 +259,85 @@ final class TCPConnection: ChannelInboundHandler, Sendable {
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
         context.close(promise: nil)
+    }
+
+    /// Idle for the pool's `idleTimeout`: closed (queries still waiting have their own timers, and a new query
+    /// opens another connection).
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if event is IdleStateHandler.IdleStateEvent, state.withLockedValue({ $0.pending.isEmpty }) {
+            context.close(promise: nil)
+            return
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
+}
+
+/// Completes `done` when the TLS handshake does and the upstream's certificate names `name`; fails it when the
+/// handshake fails, the certificate names something else, or the connection closes first.
+final class HandshakeWaiter: ChannelInboundHandler, Sendable {
+    typealias InboundIn = ByteBuffer
+    let name: String
+    private let promise = NIOLockedValueBox<EventLoopPromise<Void>?>(nil)
+    private let settled = NIOLockedValueBox(false)
+
+    init(name: String) { self.name = name }
+
+    /// Whether `certificate`'s DNS names (its subjectAltName; RFC 6125 §6.4, as RFC 7858 §4.2 and RFC 8310 §8 ask)
+    /// hold `name`: equal ignoring case, or a wildcard standing for exactly its first label. IP address entries and
+    /// the common name do not count. Nil when it does; else the reason.
+    static func mismatch(_ certificate: NIOSSLCertificate, name: String) -> String? {
+        let names: [String]
+        do {
+            let parsed = try Certificate(derEncoded: try certificate.toDERBytes())
+            let alternatives: [GeneralName] = try parsed.extensions.subjectAlternativeNames.map(Array.init) ?? []
+            names = alternatives.compactMap { if case .dnsName(let dns) = $0 { return dns } else { return nil } }
+        } catch { return "the certificate cannot be read: \(error)" }
+        let wanted = name.lowercased().split(separator: ".", omittingEmptySubsequences: false)
+        for candidate in names {
+            let labels = candidate.lowercased().split(separator: ".", omittingEmptySubsequences: false)
+            guard labels.count == wanted.count else { continue }
+            if labels == wanted || (labels.first == "*" && labels.dropFirst() == wanted.dropFirst()) { return nil }
+        }
+        return "the certificate does not name \(name) (its DNS names: \(names.isEmpty ? "none" : names.joined(separator: ", ")))"
+    }
+
+    /// Set when the handler joins a pipeline.
+    var done: EventLoopPromise<Void> { promise.withLockedValue { $0! } }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        promise.withLockedValue { $0 = context.eventLoop.makePromise(of: Void.self) }
+    }
+
+    private func first() -> Bool { settled.withLockedValue { was in defer { was = true }; return !was } }
+
+    func fail(_ error: any Error) { if first() { done.fail(error) } }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if case TLSUserEvent.handshakeCompleted = event {
+            let certificate = try? context.pipeline.syncOperations.handler(type: NIOSSLClientHandler.self).peerCertificate
+            if let reason = certificate.map({ Self.mismatch($0, name: name) }) ?? "no certificate" {
+                fail(UpstreamClient.HandshakeFailed(reason: reason))
+                context.close(promise: nil)
+                return
+            }
+            if first() { done.succeed(()) }
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        fail(error)
+        context.fireErrorCaught(error)
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        fail(UpstreamClient.HandshakeFailed(reason: "the upstream closed the connection"))
+        context.fireChannelInactive()
+    }
+
+    /// A connection that never came up (refused) tears its pipeline down without going inactive.
+    func handlerRemoved(context: ChannelHandlerContext) {
+        fail(UpstreamClient.HandshakeFailed(reason: "the connection did not come up"))
     }
 }
 

@@ -1,12 +1,16 @@
 #!/usr/bin/env python3
 """Forwarding benchmark (issue #4): the CPU a cache hit costs, and the latency a cache miss adds.
 
-In one run, each of Signpost, Unbound and dnsmasq forwards `bench.test` to the same knotd upstream:
+In one run, each of Signpost, Unbound and dnsmasq forwards `bench.test` to the same knotd upstream (Signpost twice:
+with `--upstream`, and through a `--forward-zone`, the split-DNS row):
   1. warm: every one of 1,000 names is asked once (so each becomes a cache entry);
   2. hits: dnsperf (pinned to core 1) replays those names at a fixed rate for a fixed time against the server
      (pinned to core 0); the server's CPU comes from /proc/PID/task/*/schedstat, as µs per answered query;
   3. misses: 200 never-asked names, one at a time; the median round trip, less the median of the same kind of
      query sent to knotd directly, is what a miss adds on top of the upstream.
+Then DNS over TLS: Signpost and Unbound each forward `bench.test` over TLS to a third unbound (on core 1) that
+terminates TLS in front of the knotd; 200 never-asked names, one at a time, give each one's median miss round trip
+and its CPU per miss, in the same run.
 Every loop is bounded in count and time; all traffic stays on 127.0.0.1.
 """
 import os, socket, statistics, struct, subprocess, sys, tempfile, time
@@ -47,7 +51,13 @@ def main():
         os.makedirs(os.path.join(work, "catalog"))
         servers["Signpost"] = (sport, ["taskset", "-c", "0", SIGNPOST, "serve", "--listen", f"127.0.0.1:{sport}", "--threads", "1",
                                        "--catalog", os.path.join(work, "catalog"), "--upstream", f"127.0.0.1:{kport}",
-                                       "--log-level", "error"])
+                                       # bench.test is in test., served locally by default (Unbound below: nodefault)
+                                       "--no-local-zones", "--log-level", "error"])
+        split_port = free_port()
+        servers["Signpost split"] = (split_port, ["taskset", "-c", "0", SIGNPOST, "serve", "--listen", f"127.0.0.1:{split_port}",
+                                                  "--threads", "1", "--catalog", os.path.join(work, "catalog"),
+                                                  "--forward-zone", f"bench.test=127.0.0.1:{kport}", "--upstream", "127.0.0.1:9",
+                                                  "--log-level", "error"])
         uport = free_port()
         open(os.path.join(work, "unbound.conf"), "w").write(
             f'server:\n  interface: 127.0.0.1@{uport}\n  port: {uport}\n  do-daemonize: no\n  use-syslog: no\n  chroot: ""\n'
@@ -101,6 +111,7 @@ def main():
                          "sys_us": median["sys_us"], "all_us": [r["cpu_us"] for r in samples[name]],
                          "miss_added_ms": statistics.median(misses) - statistics.median(direct)})
 
+        tls_rows = dot(work, kport, procs)
         base = next(r for r in rows if r["server"] == "Unbound")["cpu_us"]
         lines = [f"# Forwarding benchmark, {date.today()}", "",
                  f"`make bench-forward` on {os.cpu_count()} cores. Each server forwards `bench.test` to the same knotd, runs pinned to core 0",
@@ -112,6 +123,15 @@ def main():
         for r in rows:
             lines.append(f"| {r['server']} | {r['completed']} | {r['lost']} | {r['avg_ms']:.3f} ms | {r['cpu_us']:.1f} µs | {r['user_us']:.1f} µs | {r['sys_us']:.1f} µs | "
                          f"{r['cpu_us'] / base:.2f}× | {r['miss_added_ms']:.3f} ms | {', '.join(f'{x:.1f}' for x in r['all_us'])} µs |")
+        tls_base = next(r for r in tls_rows if r["server"] == "Unbound")
+        lines += ["", "## DNS over TLS", "",
+                  "Each forwards `bench.test` over TLS (one pooled connection, certificate checked against a test CA) to an unbound on",
+                  "core 1 that terminates TLS in front of the same knotd. 200 never-asked names, one at a time: the median round trip,",
+                  "and the server's CPU per miss (all its threads over the run, so idle timers count too).", "",
+                  "| server | answered | miss round trip | vs Unbound | CPU per miss | vs Unbound |", "|---|---|---|---|---|---|"]
+        for r in tls_rows:
+            lines.append(f"| {r['server']} | {r['answered']} of 200 | {r['rtt_ms']:.3f} ms | {r['rtt_ms'] / tls_base['rtt_ms']:.2f}× | "
+                         f"{r['cpu_us']:.1f} µs | {r['cpu_us'] / tls_base['cpu_us']:.2f}× |")
         out = os.path.join(ROOT, "bench", "results", f"forward-{date.today()}.md")
         open(out, "w").write("\n".join(lines) + "\n")
         print("\n".join(lines))
@@ -122,6 +142,61 @@ def main():
                 p.terminate()
                 try: p.wait(10)
                 except subprocess.TimeoutExpired: p.kill()
+
+
+def dot(work, kport, procs):
+    """The DoT rows: Signpost and Unbound forwarding over TLS to a TLS-terminating unbound."""
+    import ssl
+    certs = os.path.join(work, "certs")
+    subprocess.run([sys.executable, os.path.join(ROOT, "Tests", "EndToEndTests", "TLS", "make_certs.py"), certs, "dot", "--server"],
+                   check=True, capture_output=True)
+    ca = os.path.join(certs, "ca.pem")
+    tport = free_port()
+    common = ('  do-daemonize: no\n  use-syslog: no\n  chroot: ""\n  username: ""\n  pidfile: ""\n  num-threads: 1\n'
+              '  access-control: 127.0.0.0/8 allow\n  do-not-query-localhost: no\n  module-config: "iterator"\n'
+              '  qname-minimisation: no\n  domain-insecure: "bench.test"\n  local-zone: "test." nodefault\n  logfile: ""\n  verbosity: 0\n')
+    open(os.path.join(work, "tls.conf"), "w").write(
+        f'server:\n  interface: 127.0.0.1@{tport}\n  tls-port: {tport}\n  tls-service-key: "{certs}/dot.key"\n'
+        f'  tls-service-pem: "{certs}/dot.pem"\n  directory: "{work}"\n' + common +
+        f'forward-zone:\n  name: "bench.test."\n  forward-addr: 127.0.0.1@{kport}\n')
+    procs.append(subprocess.Popen(["taskset", "-c", "1", "unbound", "-d", "-c", os.path.join(work, "tls.conf")],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    context = ssl.create_default_context(cafile=ca)
+
+    def over_tls(name):
+        """One query over a TLS connection of its own (the TLS unbound is up once this answers)."""
+        q = struct.pack(">HHHHHH", 7, 0x0100, 1, 0, 0, 0) + b"".join(bytes([len(l)]) + l.encode() for l in name.split(".")) + b"\0\0\1\0\1"
+        with socket.create_connection(("127.0.0.1", tport), timeout=2) as raw, context.wrap_socket(raw, server_hostname="localhost") as t:
+            t.sendall(struct.pack(">H", len(q)) + q)
+            return t.recv(2)
+
+    for _ in range(100):
+        try:
+            over_tls("warm.bench.test")
+            break
+        except OSError:
+            time.sleep(0.1)
+    sport, uport = free_port(), free_port()
+    fronts = {
+        "Signpost": (sport, ["taskset", "-c", "0", SIGNPOST, "serve", "--listen", f"127.0.0.1:{sport}", "--threads", "1",
+                             "--catalog", os.path.join(work, "catalog"), "--upstream", f"tls://127.0.0.1:{tport}@localhost",
+                             "--upstream-ca", ca, "--no-local-zones", "--log-level", "error"]),
+        "Unbound": (uport, ["taskset", "-c", "0", "unbound", "-d", "-c", os.path.join(work, "front.conf")]),
+    }
+    open(os.path.join(work, "front.conf"), "w").write(
+        f'server:\n  interface: 127.0.0.1@{uport}\n  port: {uport}\n  tls-cert-bundle: "{ca}"\n' + common +
+        f'forward-zone:\n  name: "bench.test."\n  forward-tls-upstream: yes\n  forward-addr: 127.0.0.1@{tport}#localhost\n')
+    rows = []
+    for name, (port, cmd) in fronts.items():
+        p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        procs.append(p)
+        assert wait_up(port, "h0.bench.test"), f"{name} (DoT) did not start"
+        c0 = cpu_ns(p.pid)
+        rtts = [r[0] for r in (query(port, f"tls{i}.{name.lower()}.bench.test") for i in range(200)) if r]
+        spent = cpu_ns(p.pid) - c0
+        rows.append({"server": name, "answered": len(rtts), "rtt_ms": statistics.median(rtts), "cpu_us": spent / max(len(rtts), 1) / 1000})
+        print(name, "DoT", rows[-1], flush=True)
+    return rows
 
 
 if __name__ == "__main__":

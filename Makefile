@@ -6,14 +6,16 @@ RUN_FLAGS ?= --no-forward
 # The admin endpoint: /ui, /v1/*, /metrics, /health, /ready (and what `signpost explain` asks by default).
 ADMIN    ?= 127.0.0.1:8080
 SUDO     := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+# The release binary links the Swift runtime statically: the one the tests run is the one the .deb ships.
+RELEASE  := -c release --static-swift-stdlib
 
 # System packages: what building and serving needs, and what the test suite adds.
 RUN_PACKAGES  := libldns-dev libssl-dev pkg-config
 TEST_PACKAGES := $(RUN_PACKAGES) bind9-dnsutils knot-dnsutils ldnsutils iproute2 etcd-server etcd-client knot dnsperf unbound \
                  golang-go golang-google-grpc-dev dnsviz zonemaster-cli musl-tools python3-consul chromium fonts-dejavu-core \
-                 openssl python3-cryptography
+                 openssl python3-cryptography lintian systemd procps dpkg-dev
 
-.PHONY: run test build deps test-deps check clean grpc-probe bench bench-results bench-registry bench-forward bench-micro fuzz fuzz-build
+.PHONY: deb run test build deps test-deps check clean grpc-probe bench bench-results bench-registry bench-forward bench-micro fuzz fuzz-build
 
 # Installs only what is missing, so a second run does not touch apt.
 define apt_install
@@ -32,7 +34,7 @@ test-deps:
 	$(call apt_install,$(TEST_PACKAGES))
 
 build: deps
-	$(SWIFT) build -c release --product signpost
+	$(SWIFT) build $(RELEASE) --product signpost
 
 # Serves the demo catalog in zones/ on $(LISTEN), over UDP and TCP, with the status page on http://$(ADMIN)/ui.
 run: build
@@ -50,8 +52,10 @@ grpc-probe: test-deps
 	cd $(GRPC_PROBE) && GO111MODULE=off GOPATH=$$PWD:/usr/share/gocode GOCACHE=$$PWD/cache go build -o grpc-probe grpcprobe
 
 test: test-deps grpc-probe
-	$(SWIFT) build -c release --product signpost
+	$(SWIFT) build $(RELEASE) --product signpost
 	$(SWIFT) build --build-tests
+	@# After the debug build, which the man page's generate-manual plugin reuses.
+	$(MAKE) deb
 	$(SWIFT) test --skip-build --disable-xctest --skip OperationsTests --skip FleetTests
 	@# The operations suite puts a 20k qps load and an 800-connection flood on the machine, and the fleet test runs
 	@# a 3-member etcd cluster and two Signposts checked every 20 ms: they run after the rest, one at a time, so
@@ -62,7 +66,7 @@ test: test-deps grpc-probe
 # Results that tests produce for the repository: the status page's screenshot (docs/operations.md) and the fleet report, written
 # into bench/results (`make test` writes them to a temporary directory).
 bench-results: test-deps grpc-probe
-	$(SWIFT) build -c release --product signpost
+	$(SWIFT) build $(RELEASE) --product signpost
 	$(SWIFT) build --build-tests
 	SIGNPOST_RESULTS_DIR=$(CURDIR)/bench/results $(SWIFT) test --skip-build --disable-xctest --filter "StatusPageBrowserTests|FleetTests"
 
@@ -97,3 +101,9 @@ bench-forward: test-deps build
 
 clean:
 	rm -rf .build
+
+# The Debian package for operators: signpost_<version>_<arch>.deb at the top level (packaging/build-deb.sh says
+# what is in it). PackageTests installs it into a throwaway root, and checks it with lintian and systemd-analyze.
+deb: deps
+	$(call apt_install,dpkg-dev)
+	SWIFT=$(SWIFT) RELEASE="$(RELEASE)" packaging/build-deb.sh

@@ -142,7 +142,7 @@ let package = Package(
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
             ],
-            exclude: ["ConsulStandIn", "FakeUpstream", "GRPCProbe", "MuslProbe", "TLS", "BadRegistry"]
+            exclude: ["ConsulStandIn", "FakeUpstream", "GRPCProbe", "MuslProbe", "TLS", "BadRegistry", "GoLookup"]
         ),
     ]
 )

@@ -34,15 +34,18 @@ public struct JSONSyntaxError: Error, Sendable {
     public var reason: String
 }
 
-/// RFC 8259 parser over UTF-8 bytes.
+/// RFC 8259 parser over UTF-8 bytes. `comments`: also skip `//` comments to the end of a line wherever
+/// whitespace may be (the configuration file's, so a packaged one can carry commented defaults; catalog files stay
+/// plain JSON).
 public struct JSONParser {
     private let bytes: [UInt8]
+    private let comments: Bool
     private var i = 0
     private var line = 1
     private var depth = 0
 
-    public static func parse(_ bytes: [UInt8]) throws(JSONSyntaxError) -> JSONNode {
-        var p = JSONParser(bytes: bytes)
+    public static func parse(_ bytes: [UInt8], comments: Bool = false) throws(JSONSyntaxError) -> JSONNode {
+        var p = JSONParser(bytes: bytes, comments: comments)
         p.skipSpace()
         let v = try p.value()
         p.skipSpace()
@@ -50,7 +53,7 @@ public struct JSONParser {
         return v
     }
 
-    private init(bytes: [UInt8]) { self.bytes = bytes }
+    private init(bytes: [UInt8], comments: Bool) { (self.bytes, self.comments) = (bytes, comments) }
 
     private func fail(_ reason: String) -> JSONSyntaxError { JSONSyntaxError(line: line, reason: reason) }
 
@@ -59,6 +62,8 @@ public struct JSONParser {
             switch bytes[i] {
             case 0x0A: line += 1; i += 1
             case 0x20, 0x09, 0x0D: i += 1
+            case UInt8(ascii: "/") where comments && i + 1 < bytes.count && bytes[i + 1] == UInt8(ascii: "/"):
+                while i < bytes.count, bytes[i] != 0x0A { i += 1 }
             default: return
             }
         }

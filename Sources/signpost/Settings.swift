@@ -139,7 +139,7 @@ extension Serve {
             throw CatalogProblem(path: path, line: 0, reason: "cannot read config file")
         }
         let root: JSONNode
-        do { root = try JSONParser.parse([UInt8](data)) } catch {
+        do { root = try JSONParser.parse([UInt8](data), comments: true) } catch {
             throw CatalogProblem(path: path, line: error.line, reason: "invalid JSON: \(error.reason)")
         }
         guard case .object(let fields, let keys) = root.value else {

@@ -22,6 +22,7 @@ struct Signpost: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "signpost",
         abstract: "A DNS gateway for service discovery: Consul-style names from a watched registry.",
+        version: signpostVersion,
         subcommands: [Serve.self, Check.self, Explain.self],
         defaultSubcommand: Serve.self)
 

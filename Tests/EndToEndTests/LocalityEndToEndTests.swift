@@ -114,6 +114,44 @@ struct LocalityEndToEndTests {
 
     /// `--locality-min 2` with one healthy instance left in zone-a: no preference, so its clients' first answers
     /// go round every healthy instance.
+    /// What applications see: glibc's getaddrinfo (`getent ahostsv4`) and Go's own resolver (`net.Resolver` with
+    /// PreferGo), each in its namespace with a resolv.conf naming Signpost on port 53. Both keep the DNS order here:
+    /// RFC 6724's rule 9 (longest matching prefix), which both apply, cannot tell the instances apart, as none of
+    /// their addresses shares more leading bits with the client's than another (README: which clients keep DNS
+    /// order, and gai.conf).
+    @Test(.enabled(if: namespacesPermitted && FileManager.default.isExecutableFile(atPath: "/usr/bin/go"),
+                   "needs network namespaces and Go"))
+    func glibcAndGoApplicationsSeeTheirZoneFirst() throws {
+        let subnets = try Subnets()
+        let dir = TempDir()
+        Self.catalog(dir)
+        for k in 0..<3 { try subnets.resolvConf(k, "nameserver 10.231.\(k + 1).1\noptions attempts:1 timeout:2\n") }
+        let server = try Self.start(dir, port: 53)
+        defer { server.stop() }
+        let goDir = TempDir()
+        try FileManager.default.createDirectory(atPath: goDir.path + "/src/lookup", withIntermediateDirectories: true)
+        try FileManager.default.copyItem(atPath: URL(fileURLWithPath: #filePath).deletingLastPathComponent().path + "/GoLookup/main.go",
+                                         toPath: goDir.path + "/src/lookup/main.go")
+        let built = try run(["go", "build", "-o", goDir.path + "/lookup", "lookup"],
+                            environment: ["GO111MODULE": "off", "GOPATH": goDir.path, "GOCACHE": goDir.path + "/cache", "HOME": goDir.path])
+        try #require(built.status == 0, "go build: \(built.err)")
+        for k in 0..<3 {
+            let ns = subnets.names[k]
+            var glibc: [String] = []
+            for _ in 0..<9 {
+                let r = try run(["ip", "netns", "exec", ns, "getent", "ahostsv4", "web.service.consul"])
+                glibc.append(r.out.split(separator: " ").first.map(String.init) ?? "none")
+            }
+            #expect(glibc.allSatisfy { $0 != "none" && Self.zone(of: $0) == Self.zones[k] }, "glibc in \(Self.zones[k]): \(glibc)")
+            let go = try run(["ip", "netns", "exec", ns, goDir.path + "/lookup", "web.service.consul", "9"])
+            let firsts = go.out.split(separator: "\n").map(String.init)
+            #expect(firsts.count == 9 && firsts.allSatisfy { !$0.hasPrefix("error") && Self.zone(of: $0) == Self.zones[k] },
+                    "Go in \(Self.zones[k]): \(go.out) \(go.err)")
+            // Each rotates over its zone's three.
+            #expect(Set(glibc).count == 3 && Set(firsts).count == 3, "\(glibc) \(firsts)")
+        }
+    }
+
     @Test(.enabled(if: namespacesPermitted, "network namespaces are not permitted here (needs root and iproute2)"))
     func belowTheMinimumThereIsNoPreference() throws {
         let subnets = try Subnets()

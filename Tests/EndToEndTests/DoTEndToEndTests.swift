@@ -62,12 +62,7 @@ final class UnboundDoT: @unchecked Sendable {
         return r?.out.split(separator: "\n").count ?? -1
     }
 
-    func stop() {
-        guard let p = process, p.isRunning else { return }
-        kill(p.processIdentifier, SIGTERM)
-        p.waitUntilExit()
-        process = nil
-    }
+    func stop() { terminate(&process) }
 
     deinit { stop() }
 }

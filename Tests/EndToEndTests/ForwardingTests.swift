@@ -68,12 +68,7 @@ final class Knot: @unchecked Sendable {
         if ok == nil { throw Server.ServerError(message: "knotd did not start") }
     }
 
-    func stop() {
-        guard let p = process, p.isRunning else { return }
-        kill(p.processIdentifier, SIGTERM)
-        p.waitUntilExit()
-        process = nil
-    }
+    func stop() { terminate(&process) }
 
     deinit { stop() }
 }

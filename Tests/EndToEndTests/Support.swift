@@ -481,3 +481,11 @@ class NetworkNamespaces {
         }
     }
 }
+
+/// Stops a daemon a test started (knotd, unbound): SIGTERM, then wait for it. Leaves `process` nil.
+func terminate(_ process: inout Process?) {
+    guard let p = process, p.isRunning else { return }
+    kill(p.processIdentifier, SIGTERM)
+    p.waitUntilExit()
+    process = nil
+}

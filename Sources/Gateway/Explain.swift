@@ -173,14 +173,10 @@ extension QueryHandler {
             case .local(let zone):
                 return p("outside", "outside the service domain: the locally served zone \(zone.origin) (RFC 6303, RFC 6761), answered here, never forwarded")
             case .refusedZone(let zone): return p("outside", "outside the service domain: --forward-zone \(zone)=none, REFUSED, never forwarded")
-            case .forwarded(let zone?):
-                let upstreams = forwarder?.configuration.zones.first { $0.name == zone }?.upstreams.map { "\($0)" }.joined(separator: ", ") ?? "?"
-                return p("outside", "outside the service domain: forwarded by --forward-zone \(zone) to \(upstreams)")
-            case .forwarded(nil):
-                guard let forwarder, !forwarder.configuration.upstreams.isEmpty else {
-                    return p("outside", "outside the service domain, and not forwarded: REFUSED")
-                }
-                return p("outside", "outside the service domain: forwarded to --upstream \(forwarder.configuration.upstreams.map { "\($0)" }.joined(separator: ", "))")
+            case .forwarded(let zone):
+                let upstreams = forwarder?.upstreams(for: zone).map { "\($0)" }.joined(separator: ", ") ?? ""
+                guard !upstreams.isEmpty else { return p("outside", "outside the service domain, and not forwarded: REFUSED") }
+                return p("outside", "outside the service domain: forwarded by \(zone.map { "--forward-zone \($0)" } ?? "--upstream") to \(upstreams)")
             }
         case .notLoaded: return p("not-loaded", "the registries have not loaded yet: SERVFAIL, never a false NXDOMAIN")
         case .apex: return p("apex", "the domain's apex: SOA and NS")

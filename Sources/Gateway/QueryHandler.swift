@@ -71,7 +71,7 @@ public final class QueryHandler: Sendable {
         let parsed = Query.parse(packet)
         // Forwarded: to a `--forward-zone`'s upstreams, or else `--upstream`'s (none given: REFUSED, as with forwarding off).
         guard let forwarder, case .query(let query) = parsed, case .upstreams(let zone) = resolver.forwarding(query.question, in: store.snapshot),
-              zone != nil || !forwarder.configuration.upstreams.isEmpty else {
+              !forwarder.upstreams(for: zone).isEmpty else {
             return .now(respond(parsed, transport: transport, client: client, allocator: ByteBufferAllocator()))
         }
         let config = resolver.configuration

@@ -118,12 +118,6 @@ public struct Resolver: Sendable {
         }
     }
 
-    /// Whether the question is answered from our own data; anything else is forwarded, or REFUSED without forwarding.
-    public func answersLocally(_ question: Question, in snapshot: CatalogSnapshot) -> Bool {
-        if case .upstreams = forwarding(question, in: snapshot) { return false }
-        return true
-    }
-
     /// Where a question goes with forwarding on: answered here (our data, a zone file, a local zone, a `none`
     /// zone's REFUSED), or to upstreams: a `--forward-zone`'s (`zone`), or else `--upstream`'s (nil).
     public enum Forwarding: Equatable { case local, upstreams(zone: DNSName?) }

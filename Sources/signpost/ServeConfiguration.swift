@@ -229,7 +229,8 @@ struct ServeConfiguration: Sendable, Equatable {
             defaults = try upstreams(given, "--upstream")
         } else {
             defaults = try defaultUpstreams(resolvConf: resolvConf(), listen: listen).map { u throws(ConfigurationError) in
-                try Upstream(parsing: u.host.contains(":") ? "[\(u.host)]:\(u.port)" : "\(u.host):\(u.port)")
+                guard let upstream = Upstream(parsingIfAddress: u) else { throw ConfigurationError("invalid upstream \"\(u)\": not an IP address") }
+                return upstream
             }
         }
         // Forward zones alone forward too; names outside them are then REFUSED, as with forwarding off.

@@ -226,10 +226,17 @@ public final class Forwarder: Sendable {
         if running.withLockedValue({ $0 == 0 }) { client.pool.shutdown() }
     }
 
+    /// The upstreams of `zone` (nil: `--upstream`'s), as indexes into `all`, in the order given.
+    private func members(_ zone: DNSName?) -> [Int] { zone.flatMap { zoneMembers[$0.lowercased] } ?? defaultMembers }
+
+    /// The upstreams a name in `zone` (nil: outside every forward zone) goes to; none means it is REFUSED, as with
+    /// forwarding off. The query path and `explain` both ask this.
+    public func upstreams(for zone: DNSName?) -> [Upstream] { members(zone).map { all[$0] } }
+
     /// The upstreams of `zone` (nil: the default ones), as indexes into `all`, in policy order, with the ones marked
     /// down moved to the end.
     func order(zone: DNSName? = nil) -> [Int] {
-        var base = zone.flatMap { zoneMembers[$0.lowercased] } ?? defaultMembers
+        var base = members(zone)
         let n = base.count
         switch configuration.policy {
         case .sequential: break

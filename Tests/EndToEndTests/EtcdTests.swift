@@ -154,6 +154,22 @@ struct EtcdTests {
         #expect(server.log_().contains("compacted; listing again"), "\(server.log_())")
     }
 
+    /// A member that takes the watch request and never answers it (a restarting etcd holds it until it is ready) is
+    /// left after `watchAnswerTimeout` (5 s) for the next endpoint, where the watch goes on.
+    @Test func aMemberThatHoldsTheWatchIsLeftForTheNext() throws {
+        let etcd = try EtcdCluster(size: 1)
+        try etcd.put("/services/web/1", #"{"Address": "192.0.2.50"}"#)
+        let holding = try BadRegistry("hold-watch", environment: ["UPSTREAM": etcd.members[0].url])
+        let server = try Server(dir: TempDir(), catalog: false, extra: ["--registry", "etcd:\(holding.url),\(etcd.members[0].url)"])
+        defer { server.stop() }
+        // The listing goes through the holding endpoint; the watch it holds would keep every later change away.
+        #expect(eventually(within: 10) { addresses(server, "web.service.consul") == ["192.0.2.50"] } != nil, "\(server.log_())")
+        try etcd.put("/services/web/2", #"{"Address": "192.0.2.51"}"#)
+        #expect(eventually(within: 20) { addresses(server, "web.service.consul") == ["192.0.2.50", "192.0.2.51"] } != nil,
+                "\(server.log_())")
+        #expect(server.log_().contains("\(holding.url): timed out"), "\(server.log_())")
+    }
+
     @Test func threeMemberClusterLosesTheMemberWeWatch() throws {
         let etcd = try EtcdCluster(size: 3)
         try etcd.put("/services/web/1", #"{"Address": "192.0.2.40"}"#)

@@ -25,14 +25,23 @@ struct FleetTests {
         func markUncertain(_ service: String) { lock.withLock { _ = uncertain.insert(service) } }
         func current(_ service: String) -> Set<String> { lock.withLock { history[service]?.last?.addresses ?? [] } }
 
+        /// From a second before quorum was lost until both Signposts have converged again.
+        private var outages: [(start: Date, end: Date)] = []
+        func beginOutage(at time: Date = Date()) { lock.withLock { outages.append((time.addingTimeInterval(-1), .distantFuture)) } }
+        func endOutage(at time: Date = Date()) { lock.withLock { if !outages.isEmpty { outages[outages.count - 1].end = time } } }
+
         /// Whether `answer`, seen at `time`, was the truth at some moment in the second before (the propagation window).
+        /// In an outage, at some moment since it began: the member left can give only what it had applied, and a write
+        /// the leader acknowledged just before it went may not have reached that member until quorum is back. The
+        /// Signposts serve such answers as stale, and say so; after the outage they must converge (`Scenario.run`).
         func accepts(_ service: String, _ answer: Set<String>, at time: Date) -> Bool {
             lock.withLock {
                 if uncertain.contains(service) { return true }
+                let from = outages.last { $0.start <= time && time <= $0.end }?.start ?? time.addingTimeInterval(-1)
                 let versions = history[service] ?? []
                 for (k, v) in versions.enumerated() where v.addresses == answer {
                     let end = k + 1 < versions.count ? versions[k + 1].since : .distantFuture
-                    if v.since <= time && end >= time.addingTimeInterval(-1) { return true }
+                    if v.since <= time && end >= from { return true }
                 }
                 return false
             }
@@ -65,7 +74,7 @@ struct FleetTests {
         let states = [TempDir(), TempDir()]
         func start(_ k: Int) throws -> Server {
             try Server(dir: TempDir(), catalog: false, extra: ["--registry", "etcd:\(etcd.endpoints)", "--state-dir", states[k].path,
-                                                              "--admin", "127.0.0.1:0", "--max-stale", "10m"])
+                                                              "--admin", "127.0.0.1:0", "--max-stale", "10m", "--log-level", "debug"])
         }
         let slots = Slots([try start(0), try start(1)])
         defer { slots.all.forEach { $0.stop() } }
@@ -74,7 +83,19 @@ struct FleetTests {
         }
         let checker = Checker(slots: slots, truth: truth)
         let churn = Churn(endpoints: etcd.members.map(\.url), truth: truth)
-        let report = try Scenario(etcd: etcd, slots: slots, checker: checker, churn: churn, truth: truth, start: start).run()
+        let scenario = Scenario(etcd: etcd, slots: slots, checker: checker, churn: churn, truth: truth, start: start)
+        let oldLog = scenario.oldLog
+        /// On a failure, what each Signpost said about etcd (which member, from which revision, when).
+        func dump() {
+            let logs = slots.all.map { $0.log_() } + [oldLog.value]
+            for (k, log) in logs.enumerated() {
+                let lines = log.split(separator: "\n").filter { $0.contains("[Registries]") || $0.contains("[Catalog]") }
+                print("--- \(k < slots.all.count ? "Signpost \(k + 1)" : "Signpost 2 before its restart"): registry log\n"
+                      + lines.suffix(60).joined(separator: "\n"))
+            }
+        }
+        let report: [String]
+        do { report = try scenario.run() } catch { dump(); throw error }
         checker.stop()
         churn.stop()
         let tallies = checker.tallies
@@ -85,6 +106,7 @@ struct FleetTests {
              + String(format: "%.1f s", checker.longestStale) + " (the staleness gauge's highest value, \(checker.staleSamples) samples)"]
         print(lines.joined(separator: "\n"))
         FleetTests.save(lines)
+        if tallies.contains(where: { $0.wrong > 0 }) { dump() }
         for (k, t) in tallies.enumerated() {
             #expect(t.wrong == 0 && t.nxdomain == 0 && t.servfail == 0, "Signpost \(k + 1): \(t.examples.prefix(5))")
             #expect(t.answers > 1000)
@@ -187,6 +209,8 @@ final class Churn: @unchecked Sendable {
     private var running = true
     private var paused = true
     private(set) var acknowledged = 0, failed = 0
+    /// Services whose last write failed and that have not been read back yet.
+    private var unsettled = 0
     private let thread: Thread
     private let finished: DispatchSemaphore
 
@@ -228,6 +252,7 @@ final class Churn: @unchecked Sendable {
                             pending.remove(p)
                         }
                     }
+                    churn.setUnsettled(pending.count)
                 }
                 let left = 0.05 - Date().timeIntervalSince(started)
                 if left > 0 { usleep(useconds_t(left * 1e6)) }
@@ -245,6 +270,9 @@ final class Churn: @unchecked Sendable {
         lock.withLock { running = false }
         _ = finished.wait(timeout: .now() + 10)
     }
+    /// Every write that failed has been read back: the truth holds what etcd holds.
+    var isSettled: Bool { lock.withLock { unsettled == 0 } }
+    func setUnsettled(_ n: Int) { lock.withLock { unsettled = n } }
     func tally(ok: Bool) { lock.withLock { if ok { acknowledged += 1 } else { failed += 1 } } }
 }
 
@@ -252,9 +280,16 @@ final class Churn: @unchecked Sendable {
 struct Scenario {
     let etcd: EtcdCluster, slots: Slots, checker: Checker, churn: Churn, truth: FleetTests.Truth
     let start: (Int) throws -> Server
+    final class Text: @unchecked Sendable { var value = "" }
+    let oldLog = Text()
 
     func everyAnswerRight(_ server: Server) -> Bool {
         (0..<FleetTests.services).allSatisfy { server.socketAddresses("svc\($0).service.consul") == truth.current("svc\($0)") }
+    }
+
+    /// Every service answered with what the checker accepts now (in the outage: any version since it began).
+    func everyAnswerAccepted(_ server: Server) -> Bool {
+        (0..<FleetTests.services).allSatisfy { truth.accepts("svc\($0)", server.socketAddresses("svc\($0).service.consul"), at: Date()) }
     }
 
     func readyBody(_ server: Server) -> String {
@@ -269,7 +304,7 @@ struct Scenario {
         let done = eventually(within: 60, every: 20_000) {
             zip(checked(), checks0).allSatisfy { $0 - $1 >= rounds * FleetTests.services } && churn.acknowledged - writes0 >= writes
         }
-        try #require(done != nil, "a phase of \(rounds) rounds and \(writes) writes did not end within 60 s")
+        try #require(done != nil, "a phase of \(rounds) rounds and \(writes) writes did not end within 60 s: \(checker.tallies), \(churn.acknowledged) writes")
     }
 
     func run() throws -> [String] {
@@ -282,6 +317,7 @@ struct Scenario {
         try #require(eventually(within: 10) { slots.all.allSatisfy { $0.log_().contains("registry unreachable") } } != nil)
         try phase(rounds: 60, writes: 30)
         // 4. A second member: quorum is lost. Both keep serving, and say they are stale.
+        truth.beginOutage()
         etcd.kill(1)
         let lost = Date()
         // The watch moves to the last member, which ends it with "no leader" once it notices (etcd's require-leader):
@@ -298,9 +334,10 @@ struct Scenario {
         let old = try #require(slots.server(1))
         slots.set(1, nil)
         old.stop()
+        oldLog.value = old.log_()
         let launched = Date()
         let fresh = try start(1)
-        let served = eventually(within: 5, every: 10_000) { everyAnswerRight(fresh) }
+        let served = eventually(within: 5, every: 10_000) { everyAnswerAccepted(fresh) }
         slots.set(1, fresh)
         let restartTime = served.map { _ in Date().timeIntervalSince(launched) } ?? -1
         #expect(served != nil && restartTime <= 1.0, "restarted Signpost served all 50 services from its state file in \(restartTime) s")
@@ -311,7 +348,11 @@ struct Scenario {
         try etcd.start(1)
         try etcd.waitHealthy()
         let healthy = Date()
+        // The truth is etcd's only once the writes that failed in the outage are read back (some did commit).
+        let settled = eventually(within: 20, every: 20_000) { churn.isSettled }
+        #expect(settled != nil, "the writes that failed in the outage were not read back within 20 s")
         let converged = eventually(within: 10, every: 20_000) { slots.all.allSatisfy(everyAnswerRight) }
+        truth.endOutage()
         let convergeTime = converged.map { _ in Date().timeIntervalSince(healthy) } ?? -1
         #expect(converged != nil && convergeTime <= 2.0, "converged \(convergeTime) s after the cluster was healthy again")
         report.append(String(format: "members back: both converged to the truth %.2f s after the cluster was healthy; quorum was lost for %.1f s",

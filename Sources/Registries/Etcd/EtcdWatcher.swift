@@ -34,6 +34,10 @@ public actor EtcdWatcher {
         public var state: StateKeeper? = nil
         /// `--max-stale`: a state file confirmed longer ago than this is not served.
         public var maxStale: Duration? = nil
+        /// How long a member may take to answer a watch request (its `created` message comes with the response's
+        /// head). A member that accepts the connection but does not answer, as a restarting etcd does until it has
+        /// caught up, is left for the next endpoint instead of holding the watch until it is ready.
+        public var watchAnswerTimeout: TimeAmount = .seconds(5)
 
         public init(connection: ConnectionSettings, prefix: String = "/services/", localDatacenter: String = "dc1") {
             self.connection = connection
@@ -254,8 +258,9 @@ public actor EtcdWatcher {
     private func watch(_ endpoint: String, onCreated: () async -> Void) async throws {
         let create = EtcdJSON.WatchCreate(key: range.key, range_end: range.range_end, start_revision: String(revision + 1))
         let path = "/v3/watch", limit = configuration.connection.maxResponseBytes
+        // AsyncHTTPClient's deadline bounds the wait for the response's head; the stream then runs unbounded.
         try await connection.execute(request(endpoint, path, EtcdJSON.WatchRequest(create_request: create)), endpoint: endpoint,
-                                     deadline: .distantFuture) { response in
+                                     deadline: .now() + configuration.watchAnswerTimeout) { response in
             guard response.status == .ok else {
                 _ = try await connection.jsonBody(response, path: path, endpoint: endpoint)
                 return
@@ -291,6 +296,7 @@ public actor EtcdWatcher {
             guard let kv = event.kv, let keyBytes = kv.keyBytes else { continue }
             let key = String(decoding: keyBytes, as: UTF8.self)
             if let r = kv.modRevision { revision = max(revision, r) }
+            logger.trace("etcd event", metadata: ["etcd.key": "\(key)", "etcd.type": "\(event.type ?? "PUT")", "etcd.mod_revision": "\(kv.modRevision ?? -1)"])
             let old = keys[key]
             var new: Entry? = nil
             if event.type != "DELETE" {
@@ -347,6 +353,8 @@ public actor EtcdWatcher {
             throw RegistryFailure.status(code, message: reason.isEmpty ? "the watch was cancelled" : reason, path: "/v3/watch", endpoint: endpoint, registry: .etcd)
         }
         if created {
+            logger.debug("etcd watch created", metadata: ["etcd.endpoint": "\(endpoint)", "etcd.start_revision": "\(revision + 1)",
+                                                      "etcd.header_revision": "\(headerRevision ?? -1)"])
             configuration.state?.confirmed()
             await assembler.setContact(source: sourceIndex, inContact: true)
             await onCreated()
@@ -354,7 +362,10 @@ public actor EtcdWatcher {
         guard let events = result.events, !events.isEmpty else {
             // A progress notification: every event up to its revision has been sent. (The `created` response's
             // revision is the cluster's, not how far this watch has got.)
-            if !created, let h = headerRevision { revision = max(revision, h) }
+            if !created, let h = headerRevision {
+                logger.trace("etcd watch progress", metadata: ["etcd.endpoint": "\(endpoint)", "etcd.revision": "\(h)"])
+                revision = max(revision, h)
+            }
             return nil
         }
         return events

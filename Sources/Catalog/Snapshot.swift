@@ -150,8 +150,11 @@ public final class CatalogSnapshot: AtomicReference, Sendable {
     public static let empty = CatalogSnapshot(services: [:], nodes: [:], datacenters: [], zones: [], generation: 0, isLoaded: false)
 
     /// The zone file whose origin is `origin`, if any.
-    public func zone(for origin: DNSName) -> Zone? {
-        zones.isEmpty ? nil : zones.first { $0.origin == origin }
+    public func zone(for origin: DNSName) -> Zone? { zoneIndex(for: origin).map { zones[$0] } }
+
+    /// Where in `zones` the zone for `origin` is: the query path asks this, as an index needs no copy of the zone.
+    public func zoneIndex(for origin: DNSName) -> Int? {
+        zones.isEmpty ? nil : zones.firstIndex { $0.origin == origin }
     }
 
     /// The static zone with the longest origin that contains `name`.

@@ -151,8 +151,14 @@ public struct DNSName: Sendable, CustomStringConvertible {
         var i = 0
         while n - i > m { i += Int(wire[i]) + 1 }
         guard n - i == m else { return false }
-        for k in 0..<m where asciiLower(wire[i + k]) != asciiLower(other.wire[k]) { return false }
-        return true
+        // Read in place: indexing the array each time cost a bounds check per byte, on every query's domain test.
+        return other.wire.withUnsafeBytes { suffix in
+            let a = wire.baseAddress! + i, b = suffix.baseAddress!
+            for k in 0..<m where asciiLower(a.load(fromByteOffset: k, as: UInt8.self)) != asciiLower(b.load(fromByteOffset: k, as: UInt8.self)) {
+                return false
+            }
+            return true
+        }
     }
 
     /// Presentation form with the trailing dot, escaping as RFC 4343 describes.

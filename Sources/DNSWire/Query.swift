@@ -184,7 +184,16 @@ public struct PlainQuery: Sendable {
     public var type: UInt16
     public var qclass: UInt16
     public var questionEnd: Int { nameEnd + 4 }
-    public var edns: EDNS?
+    public var edns: PlainEDNS?
+
+    /// A plain query's OPT record: version 0 and no Client Subnet (both the general path's business), so nothing in
+    /// it needs a reference count, and a `PlainQuery` is copied as plain bytes on the fast path.
+    public struct PlainEDNS: Hashable, Sendable {
+        public var udpSize: UInt16
+        public var dnssecOK: Bool
+        /// The same record as the general reader's `EDNS`.
+        public var edns: EDNS { EDNS(udpSize: udpSize, version: 0, dnssecOK: dnssecOK) }
+    }
 
     public static func parse(_ p: UnsafeRawBufferPointer) -> PlainQuery? {
         let count = p.count
@@ -220,7 +229,7 @@ public struct PlainQuery: Sendable {
                     if code == ClientSubnet.code { throw WireError(.badValue, "OPT.ecs") }
                 }
             } catch { return nil }
-            q.edns = EDNS(udpSize: UInt16(p[o + 3]) << 8 | UInt16(p[o + 4]), version: 0, dnssecOK: p[o + 7] & 0x80 != 0)
+            q.edns = PlainEDNS(udpSize: UInt16(p[o + 3]) << 8 | UInt16(p[o + 4]), dnssecOK: p[o + 7] & 0x80 != 0)
         }
         return q
     }

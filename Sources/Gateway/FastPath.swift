@@ -37,13 +37,20 @@ extension QueryHandler {
         let name = UnsafeRawBufferPointer(rebasing: packet[DNSHeader.size..<query.nameEnd])
         let snapshot = store.snapshot
         let plan = resolver.classify(name, in: snapshot, zoneHolds: { _ in true })
-        if case .outside = plan.kind { return cachePlan(packet, query, transport, mayRecurse) }
-        guard query.qclass == DNSClass.inet, query.type == RRType.a || query.type == RRType.aaaa || query.type == RRType.srv else { return nil }
-        if let maxStale, let age = store.staleness(), age > maxStale { return nil }
+        // Our own data: A, AAAA or SRV in class IN, not past --max-stale.
+        var answerable: Bool {
+            guard query.qclass == DNSClass.inet, query.type == RRType.a || query.type == RRType.aaaa || query.type == RRType.srv else { return false }
+            if let maxStale, let age = store.staleness(), age > maxStale { return false }
+            return true
+        }
         let source: FastPlan.Source
         let bodySize: Int
+        // One switch over the plan: each look at `plan.kind` copied the plan (and retained what it holds).
         switch plan.kind {
+        case .outside:
+            return cachePlan(packet, query, transport, mayRecurse)
         case .service(let entry, let selector):
+            guard answerable else { return nil }
             // SRV targets name the domain: the templates are the primary domain's.
             if query.type == RRType.srv && plan.alt { return nil }
             // Nearest-first answers: each client zone has its templates.
@@ -51,9 +58,10 @@ extension QueryHandler {
             guard let template = encoded.template(query.type) else { return nil }
             (source, bodySize) = (.service(entry, encoded, template), template.bodySize)
         case .node(let node):
-            guard query.type != RRType.srv, case let n = Self.nodeAddresses(node, query.type), n > 0 else { return nil }
+            guard answerable, query.type != RRType.srv, case let n = Self.nodeAddresses(node, query.type), n > 0 else { return nil }
             (source, bodySize) = (.addresses(node, count: n), n * (query.type == RRType.a ? 16 : 28))
         case .addr(let span):
+            guard answerable else { return nil }
             let width = Resolver.hexAddress(UnsafeRawBufferPointer(rebasing: name[span.start..<span.end]))
             guard width == (query.type == RRType.a ? 4 : query.type == RRType.aaaa ? 16 : 0) else { return nil }
             (source, bodySize) = (.addr(span), 12 + width!)
@@ -61,7 +69,7 @@ extension QueryHandler {
             return nil
         }
         let size = query.questionEnd + bodySize + (query.edns == nil ? 0 : 11)
-        guard size <= limit(query.edns, transport) else { return nil }
+        guard size <= limit(udpSize: query.edns?.udpSize, transport) else { return nil }
         return FastPlan(source: source, query: query, size: size)
     }
 
@@ -92,7 +100,7 @@ extension QueryHandler {
         let key = ForwardCache.Key(name: owned, type: query.type, qclass: query.qclass, dnssecOK: query.edns?.dnssecOK ?? false)
         guard let (wire, age) = forwarder.cache.wire(key) else { return nil }
         let size = query.questionEnd + wire.body.count + (query.edns == nil ? 0 : 11)
-        guard size <= limit(query.edns, transport) else { return nil }
+        guard size <= limit(udpSize: query.edns?.udpSize, transport) else { return nil }
         return FastPlan(source: .cache(wire, age: age), query: query, size: size)
     }
 
@@ -113,15 +121,7 @@ extension QueryHandler {
         switch plan.source {
         case .service(let entry, let encoded, let template):
             out[2] = 0x84 | (q.rd ? 0x01 : 0)
-            // The order the general path's `ordered` gives for the same turn.
-            let order = encoded.order
-            if order.groups.count > 1 {
-                let offsets = order.offsets(entry.nextRotation(q.type), type: q.type)
-                p = template.write(groups: order.ends, offsets: offsets, into: out, at: q.questionEnd)
-            } else {
-                let rotation = order.instances.count > 1 ? order.offset(0, turn: entry.nextRotation(q.type), type: q.type) : 0
-                p = template.write(rotation: rotation, into: out, at: q.questionEnd)
-            }
+            p = encoded.write(template, turn: { entry.nextRotation(q.type) }, type: q.type, into: out, at: q.questionEnd)
             counts = (template.answerCount, 0, template.glueCount)
         case .addresses(let node, let count):
             out[2] = 0x84 | (q.rd ? 0x01 : 0)

@@ -115,7 +115,7 @@ extension Resolver {
             offsets[count] = p
             let labels = Labels(name: name, offsets: offsets, count: count - domain.labelCount)
             var datacenter: NameSpan? = nil
-            let kind = domainKind(labels, &datacenter, snapshot, zone: snapshot.zone(for: domain), zoneHolds)
+            let kind = domainKind(labels, &datacenter, snapshot, zone: snapshot.zoneIndex(for: domain), zoneHolds)
             return NamePlan(kind: kind, alt: alt, datacenter: datacenter)
         }
     }
@@ -168,10 +168,10 @@ extension Resolver {
     }
 
     /// `[rest].<service|node|addr>[.<dc>].<domain>`: the kind label is found from the right, as Consul does.
-    private func domainKind(_ l: Labels, _ datacenter: inout NameSpan?, _ snapshot: CatalogSnapshot, zone: Zone?,
+    private func domainKind(_ l: Labels, _ datacenter: inout NameSpan?, _ snapshot: CatalogSnapshot, zone: Int?,
                             _ zoneHolds: (Zone) -> Bool) -> NamePlan.Kind {
         // Records a zone file gives for the domain take precedence at their own names.
-        if let zone, l.count > 0, zoneHolds(zone) { return .domainZone }
+        if let zone, l.count > 0, zoneHolds(snapshot.zones[zone]) { return .domainZone }
         if l.count == 0 { return .apex }
         if zone == nil, l.count == 1, l.label(0, is: "ns") { return .nameserver }
         let branch: Branch

@@ -77,7 +77,7 @@ public final class QueryHandler: Sendable {
         let config = resolver.configuration
         var h = replyHeader(to: query.header)
         h.cd = query.header.cd
-        let limit = self.limit(query.edns, transport)
+        let limit = self.limit(udpSize: query.edns?.udpSize, transport)
         let reply = ResponseEncoder.Reply(header: h, question: query.question, edns: query.edns, rcode: 0,
                                           udpSize: UInt16(config.maxUDPSize))
         guard access.mayRecurse(client) else {
@@ -157,7 +157,7 @@ public final class QueryHandler: Sendable {
             let reply = ResponseEncoder.Reply(header: replyHeader(to: header), question: question, edns: edns, rcode: rcode,
                                               udpSize: UInt16(config.maxUDPSize))
             return ResponseEncoder.encode(Answer(rcode: rcode, authoritative: false), reply: reply,
-                                          limit: limit(edns, transport), allocator: allocator)
+                                          limit: limit(udpSize: edns?.udpSize, transport), allocator: allocator)
         case .query(let query):
             let (located, scope) = clientLocality(subnet: query.edns?.clientSubnet) { withClientAddress(client, $0) }
             let answer = tooStale(query.question)
@@ -172,15 +172,17 @@ public final class QueryHandler: Sendable {
             edns?.clientSubnet?.scopePrefix = answer.dependsOnClient ? scope : 0
             let reply = ResponseEncoder.Reply(header: h, question: query.question, edns: edns, rcode: answer.rcode,
                                               udpSize: UInt16(config.maxUDPSize))
-            return ResponseEncoder.encode(answer, reply: reply, limit: limit(query.edns, transport), allocator: allocator)
+            return ResponseEncoder.encode(answer, reply: reply, limit: limit(udpSize: query.edns?.udpSize, transport), allocator: allocator)
         }
     }
 
     /// 512 bytes without EDNS (RFC 1035); with EDNS the client's size, at least 512 and at most
     /// our cap (RFC 6891 §6.2.5); 65535 over TCP.
-    func limit(_ edns: EDNS?, _ transport: Transport) -> Int {
+    /// How big a reply may be: 64 KiB over TCP; over UDP 512 bytes without EDNS, else the client's size between 512
+    /// and `--max-udp-size`.
+    func limit(udpSize: UInt16?, _ transport: Transport) -> Int {
         if transport == .tcp { return 65535 }
-        guard let edns else { return 512 }
-        return min(max(Int(edns.udpSize), 512), resolver.configuration.maxUDPSize)
+        guard let udpSize else { return 512 }
+        return min(max(Int(udpSize), 512), resolver.configuration.maxUDPSize)
     }
 }

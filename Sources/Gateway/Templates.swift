@@ -14,13 +14,29 @@ public final class EncodedAnswers: Sendable {
     public let srv: AnswerTemplate?
 
     /// How many instances the answers rotate over.
-    public var count: Int { order.instances.count }
+    public let count: Int
+    /// How many groups the order has (more than one only for nearest-first answers).
+    let groupCount: Int
 
     init(order: SelectionOrder, a: AnswerTemplate? = nil, aaaa: AnswerTemplate? = nil, srv: AnswerTemplate? = nil) {
         self.order = order
         self.a = a
         self.aaaa = aaaa
         self.srv = srv
+        count = order.instances.count
+        groupCount = order.groups.count
+    }
+
+    /// Writes `template` (one of this selection's) for the entry's next `type` turn, in the order the general
+    /// path's `ordered` gives for the same turn; returns the end offset. Reads the order in place, so the fast path
+    /// copies none of its arrays.
+    @inline(__always)
+    func write(_ template: AnswerTemplate, turn: () -> Int, type: UInt16, into out: UnsafeMutableRawBufferPointer, at p: Int) -> Int {
+        if groupCount > 1 {
+            return template.write(groups: order.ends, offsets: order.offsets(turn(), type: type), into: out, at: p)
+        }
+        let rotation = count > 1 ? order.offset(0, turn: turn(), type: type) : 0
+        return template.write(rotation: rotation, into: out, at: p)
     }
 
     func template(_ type: UInt16) -> AnswerTemplate? {

@@ -31,6 +31,7 @@ extension QueryHandler {
     /// cache's recency, and templates encoded on first use). `mayRecurse` is the recursion ACL for this client,
     /// asked only for forwarded names.
     /// `client`: where the client is, asked only for a service answer with `--locality` on.
+    @inline(__always)
     public func fastPlan(_ packet: UnsafeRawBufferPointer, transport: Transport, mayRecurse: () -> Bool = { false },
                          client: () -> ClientLocality? = { nil }) -> FastPlan? {
         guard let query = PlainQuery.parse(packet) else { return nil }
@@ -45,16 +46,18 @@ extension QueryHandler {
         }
         let source: FastPlan.Source
         let bodySize: Int
-        // One switch over the plan: each look at `plan.kind` copied the plan (and retained what it holds).
-        switch plan.kind {
+        // One switch over the plan, which it consumes: each look at `plan.kind` copied the plan (and retained what
+        // it holds).
+        let (alt, datacenter) = (plan.alt, plan.datacenter)
+        switch (consume plan).kind {
         case .outside:
             return cachePlan(packet, query, transport, mayRecurse)
         case .service(let entry, let selector):
             guard answerable else { return nil }
             // SRV targets name the domain: the templates are the primary domain's.
-            if query.type == RRType.srv && plan.alt { return nil }
+            if query.type == RRType.srv && alt { return nil }
             // Nearest-first answers: each client zone has its templates.
-            let encoded = resolver.templates(entry, selector, datacenter: plan.datacenter, name: name, in: snapshot, client: client())
+            let encoded = resolver.templates(entry, selector, datacenter: datacenter, name: name, in: snapshot, client: client())
             guard let template = encoded.template(query.type) else { return nil }
             (source, bodySize) = (.service(entry, encoded, template), template.bodySize)
         case .node(let node):
@@ -104,7 +107,17 @@ extension QueryHandler {
         return FastPlan(source: .cache(wire, age: age), query: query, size: size)
     }
 
+    /// Plans and writes in one step, into `out` (room for any UDP answer): the answer's length, or nil for the
+    /// general path. With both steps inlined here the plan never leaves this function, so nothing it holds is
+    /// retained again on the way (the recvmmsg engine's path).
+    public func answerFast(_ packet: UnsafeRawBufferPointer, into out: UnsafeMutableRawBufferPointer, transport: Transport,
+                           mayRecurse: () -> Bool, client: () -> ClientLocality?) -> Int? {
+        guard let plan = fastPlan(packet, transport: transport, mayRecurse: mayRecurse, client: client), plan.size <= out.count else { return nil }
+        return writeFast(plan, packet: packet, into: out)
+    }
+
     /// Writes the planned response into `out` (at least `plan.size` bytes); advances the service's rotation.
+    @inline(__always)
     public func writeFast(_ plan: FastPlan, packet: UnsafeRawBufferPointer, into out: UnsafeMutableRawBufferPointer) -> Int {
         let q = plan.query
         // The header: the query's ID, QR, the query's RD and CD; AA for our own data; RA when forwarding.

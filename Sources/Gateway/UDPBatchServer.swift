@@ -126,9 +126,9 @@ final class UDPBatchServer: Sendable {
                         loop: any EventLoop) -> Int? {
         let raw = slots.query(i), client = slots.names + i, into = slots.answerSlot(out)
         // The fast path writes straight into the send slot: no buffer is allocated for the query or the answer.
-        if let plan = handler.fastPlan(raw, transport: .udp, mayRecurse: { handler.access.mayRecurse(sockaddr: client) },
-                                       client: { handler.clientLocality { withClientAddress(sockaddr: client, $0) }.0 }) {
-            let length = handler.writeFast(plan, packet: raw, into: UnsafeMutableRawBufferPointer(start: into, count: Slots.answerSize))
+        if let length = handler.answerFast(raw, into: UnsafeMutableRawBufferPointer(start: into, count: Slots.answerSize), transport: .udp,
+                                           mayRecurse: { handler.access.mayRecurse(sockaddr: client) },
+                                           client: { handler.clientLocality { withClientAddress(sockaddr: client, $0) }.0 }) {
             if let observer = handler.observer {
                 observer.record(query: raw, response: UnsafeRawBufferPointer(start: into, count: length), transport: .udp,
                                 started: started, client: Self.address(client).map { "\($0)" } ?? "-")

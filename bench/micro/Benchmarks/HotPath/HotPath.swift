@@ -91,7 +91,7 @@ let benchmarks: @Sendable () -> Void = {
         Benchmark("query path \(label): bytes in, bytes out (mmsg engine)") { benchmark in
             bytes.withUnsafeBytes { raw in
                 for _ in benchmark.scaledIterations {
-                    if let plan = handler.fastPlan(raw, transport: .udp) { blackHole(handler.writeFast(plan, packet: raw, into: out)) }
+                    blackHole(handler.answerFast(raw, into: out, transport: .udp, mayRecurse: { false }, client: { nil }))
                 }
             }
         }

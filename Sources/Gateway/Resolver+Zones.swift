@@ -35,6 +35,13 @@ extension Resolver {
     /// A locally served zone's answer (`LocalZones`): as a zone file's, but under `localhost` every name answers
     /// as the apex does (RFC 6761 §6.3), with its own name as the owner.
     func resolveLocal(_ name: DNSName, _ type: UInt16, zone: Zone, in snapshot: CatalogSnapshot) -> Answer {
+        // A reverse name whose address we hold exists (its PTR is answered before the local zone is asked): every
+        // other type is NODATA there, not the local zone's NXDOMAIN.
+        if pointer(name, RRType.ptr, in: snapshot) != nil {
+            var soa = zone.soa
+            soa.ttl = zone.negativeTTL
+            return Answer(rcode: RCode.noError, authoritative: true, authority: [soa])
+        }
         guard LocalZones.redirects(zone), name.lowercased != zone.origin.lowercased else {
             return resolveStatic(name, type, zone: zone, in: snapshot, depth: 0)
         }

@@ -53,6 +53,13 @@ struct SplitDNSTests {
         #expect(ask("1.0.0.127.in-addr.arpa", RRType.ptr).answers.map(\.rdata) == [.ptr(Self.name("localhost"))])
         #expect(ask("test", RRType.soa).answers.count == 1)
         #expect(ask("www.ads.example", RRType.a).rcode == RCode.refused)
+        // A reverse name whose address the catalog holds, in a local zone (2.0.192.in-addr.arpa, TEST-NET-1): its
+        // PTR is answered, and every other type is NODATA with the zone's SOA, not NXDOMAIN.
+        #expect(!ask("11.2.0.192.in-addr.arpa", RRType.ptr).answers.isEmpty)
+        let other = ask("11.2.0.192.in-addr.arpa", RRType.a)
+        #expect(other.rcode == RCode.noError && other.answers.isEmpty && other.authority.first?.name == Self.name("2.0.192.in-addr.arpa"),
+                "\(other)")
+        #expect(ask("99.2.0.192.in-addr.arpa", RRType.a).rcode == RCode.nxDomain)
     }
 
     @Test func forwardingNamesTheZone() {

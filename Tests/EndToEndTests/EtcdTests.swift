@@ -155,7 +155,7 @@ struct EtcdTests {
     }
 
     /// A member that takes the watch request and never answers it (a restarting etcd holds it until it is ready) is
-    /// left after `watchAnswerTimeout` (5 s) for the next endpoint, where the watch goes on.
+    /// left after `watchAnswerTimeout` (2 s) for the next endpoint, where the watch goes on.
     @Test func aMemberThatHoldsTheWatchIsLeftForTheNext() throws {
         let etcd = try EtcdCluster(size: 1)
         try etcd.put("/services/web/1", #"{"Address": "192.0.2.50"}"#)

@@ -354,7 +354,9 @@ struct Scenario {
         let converged = eventually(within: 10, every: 20_000) { slots.all.allSatisfy(everyAnswerRight) }
         truth.endOutage()
         let convergeTime = converged.map { _ in Date().timeIntervalSince(healthy) } ?? -1
-        #expect(converged != nil && convergeTime <= 2.0, "converged \(convergeTime) s after the cluster was healthy again")
+        // A member that is back may still hold a watch it took while starting: that is left after the watch's answer
+        // timeout (2 s), and the next member is tried within the backoff's cap (1 s).
+        #expect(converged != nil && convergeTime <= 4.0, "converged \(convergeTime) s after the cluster was healthy again")
         report.append(String(format: "members back: both converged to the truth %.2f s after the cluster was healthy; quorum was lost for %.1f s",
                              convergeTime, healthy.timeIntervalSince(lost)))
         try phase(rounds: 40, writes: 20)

@@ -36,8 +36,9 @@ public actor EtcdWatcher {
         public var maxStale: Duration? = nil
         /// How long a member may take to answer a watch request (its `created` message comes with the response's
         /// head). A member that accepts the connection but does not answer, as a restarting etcd does until it has
-        /// caught up, is left for the next endpoint instead of holding the watch until it is ready.
-        public var watchAnswerTimeout: TimeAmount = .seconds(5)
+        /// caught up, is left for the next endpoint instead of holding the watch until it is ready. etcd answers a
+        /// watch request at once when it can; 2 s leaves room for a TLS handshake on a slow link.
+        public var watchAnswerTimeout: TimeAmount = .seconds(2)
 
         public init(connection: ConnectionSettings, prefix: String = "/services/", localDatacenter: String = "dc1") {
             self.connection = connection
